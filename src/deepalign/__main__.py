@@ -1,0 +1,3 @@
+from deepalign.cli import main
+
+raise SystemExit(main())
