@@ -1,0 +1,1 @@
+"""Records, loaders and validators, and the DeRTa training recipes."""

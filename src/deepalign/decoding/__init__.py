@@ -1,0 +1,2 @@
+"""Generation behind one interface: plain Hugging Face models and composed (logit-arithmetic)
+decoders such as Emulated Disalignment."""
