@@ -1,0 +1,1 @@
+"""Evaluation: run targets x attacks x datasets, judge, compute metrics, write reports."""

@@ -1,0 +1,1 @@
+"""Training: pretraining the world base model, the DeRTa collator and loss, trainers, DPO."""
