@@ -1,0 +1,295 @@
+"""Logit arithmetic: decode from a weighted sum of several models' next-token log-probs.
+
+    log p(y_t) = log_softmax( sum_i w_i * log_softmax(logits_i(y_t | x_i, y_<t)) )
+
+Each model ``i`` sees the query in its **own** prompt format ``x_i`` and all of them continue
+the **same** response tokens ``y_<t``, so they must share a vocabulary (checked up front).
+Emulated Disalignment, emulated fine-tuning / proxy-tuning and weak-to-strong jailbreaking
+are all instances (see :mod:`deepalign.decoding.presets`).
+
+The loop is compact and cached: every model is prefilled once on its left-padded batch of
+prompts and then advanced one token per step with its own KV cache (``DynamicCache``),
+attention mask and position ids; nothing is re-tokenised. Rows that finish leave the batch.
+Sampling draws each row's uniforms from its own generator, seeded by (seed, request id,
+sample index), so a row's sample does not depend on what else is in the batch.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import zlib
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from deepalign.decoding.base import GenConfig, Generation, Request
+from deepalign.decoding.hf import chunks, left_pad, load_model, logits_width
+from deepalign.decoding.output import continuation_text, eos_ids, find_stop, make_generation, pad_id
+from deepalign.decoding.prompts import PromptFormat
+from deepalign.errors import DeepAlignError
+
+_FLOOR = -1e4  # log-probs are clamped here so that -inf times a negative weight stays finite
+
+
+@dataclass
+class Component:
+    """One model of a composition: its weight and the prompt format it reads queries in."""
+
+    model: object
+    tokenizer: object
+    weight: float
+    prompt_format: PromptFormat = field(default_factory=PromptFormat.chat)
+    name: str = ""
+
+    def __post_init__(self):
+        self.prompt_format = PromptFormat.parse(self.prompt_format)
+        if not self.name:
+            self.name = getattr(self.model, "name_or_path", "") or type(self.model).__name__
+
+    @classmethod
+    def load(cls, path_or_id, weight: float, prompt_format="chat", **load_kwargs) -> Component:
+        model, tokenizer = load_model(path_or_id, **load_kwargs)
+        return cls(model, tokenizer, weight, PromptFormat.parse(prompt_format), os.fspath(path_or_id))
+
+
+def _id_to_token(tokenizer, size: int) -> list[str | None]:
+    table: list[str | None] = [None] * size
+    for token, idx in tokenizer.get_vocab().items():
+        if idx < size:
+            table[idx] = token
+    return table
+
+
+def check_vocabularies(components: Sequence[Component]) -> int:
+    """Check that all components spell every shared id the same way; return the shared size.
+
+    The shared size is the smallest tokenizer size and logits width (models often pad their
+    output layer beyond the tokenizer); ids at or above it are never generated. A mismatch
+    raises :class:`DeepAlignError` naming the first differing id and its tokens.
+    """
+    size = min(min(len(c.tokenizer) for c in components), min(logits_width(c.model) for c in components))
+    first = components[0]
+    ref = None
+    for other in components[1:]:
+        if other.tokenizer is first.tokenizer:
+            continue
+        if ref is None:
+            ref = _id_to_token(first.tokenizer, size)
+        table = _id_to_token(other.tokenizer, size)
+        if table != ref:
+            i = next(i for i in range(size) if table[i] != ref[i])
+            raise DeepAlignError(
+                f"vocabularies differ at id {i}: {first.name} has {ref[i]!r}, {other.name} has {table[i]!r}; "
+                "composed models must share one tokenizer"
+            )
+    return size
+
+
+def row_seed(seed: int, request_id: str, sample: int) -> int:
+    return zlib.crc32(f"{seed}:{request_id}:{sample}".encode("utf-8"))
+
+
+@dataclass
+class _State:
+    """One component's running batch: KV cache, attention mask, last position, last logits."""
+
+    cache: object
+    mask: torch.Tensor
+    pos: torch.Tensor
+    logits: torch.Tensor
+
+    def select(self, keep: torch.Tensor) -> None:
+        self.cache.batch_select_indices(keep.to(self.mask.device))
+        k = keep.to(self.mask.device)
+        self.mask, self.pos = self.mask[k], self.pos[k]
+
+
+@dataclass
+class Decoded:
+    """Raw decoding result, one entry per row (request x sample)."""
+
+    tokens: list[list[int]]
+    logprobs: list[list[float]]
+    dists: list[list[torch.Tensor]] | None = None  # per row, per step: composed log-probs
+
+
+class ComposedTarget:
+    """A :class:`~deepalign.decoding.base.Target` decoding from a weighted sum of models."""
+
+    def __init__(self, components: Sequence[Component], *, name: str | None = None, batch_size: int = 16):
+        components = list(components)
+        if not components:
+            raise DeepAlignError("a composition needs at least one model")
+        if batch_size < 1:
+            raise DeepAlignError(f"batch_size must be >= 1, got {batch_size}")
+        if all(c.weight == 0 for c in components):
+            raise DeepAlignError("all composition weights are zero")
+        self.components = components
+        self.name = name or " + ".join(f"{c.weight:g}*{c.name}" for c in components)
+        self.batch_size = batch_size
+        self.vocab_size = check_vocabularies(components)
+        # a zero-weight model contributes nothing: it is not run
+        self.active = [c for c in components if c.weight != 0]
+        self.decoder = components[0].tokenizer  # turns the shared response tokens into text
+        eos: set[int] = set()
+        for c in components:
+            eos |= eos_ids(c.model, c.tokenizer)
+        self.eos = {e for e in eos if e < self.vocab_size}
+        self._eos_tensor = torch.tensor(sorted(self.eos), dtype=torch.long)
+        self._keep_arg = [
+            "logits_to_keep" in inspect.signature(c.model.forward).parameters for c in self.active
+        ]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.active[0].model.parameters()).device
+
+    # -- Target protocol ----------------------------------------------------------------
+    def generate(self, requests: Sequence[Request], config: GenConfig) -> list[list[Generation]]:
+        out: list[list[Generation]] = []
+        for batch in chunks(list(requests), self.batch_size):
+            out.extend(self._generate_batch(batch, config))
+        return out
+
+    def _generate_batch(self, requests: list[Request], config: GenConfig) -> list[list[Generation]]:
+        copies = config.num_samples if config.do_sample else 1
+        seeds = [row_seed(config.seed, r.id, s) for r in requests for s in range(copies)]
+        decoded = self.decode(requests, config, copies=copies, seeds=seeds)
+        context = [self.components[0].prompt_format.encode(self.decoder, r) for r in requests]
+        out = []
+        for i, req in enumerate(requests):
+            gens = []
+            for s in range(config.num_samples):
+                row = i * copies + (s if copies > 1 else 0)
+                gens.append(make_generation(
+                    self.decoder, req.id, s, context[i], decoded.tokens[row], self.eos, config.stop_strings,
+                    decoded.logprobs[row] if config.return_logprobs else None,
+                ))
+            out.append(gens)
+        return out
+
+    # -- the cached loop ----------------------------------------------------------------
+    def _forward(self, k: int, ids, mask, pos, cache) -> torch.Tensor:
+        c = self.active[k]
+        extra = {"logits_to_keep": 1} if self._keep_arg[k] else {}
+        out = c.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                      use_cache=True, **extra)
+        return out.logits[:, -1, : self.vocab_size].float()
+
+    def _prefill(self, k: int, prompts: list[list[int]], copies: int) -> _State:
+        from transformers import DynamicCache
+
+        c = self.active[k]
+        device = next(c.model.parameters()).device
+        ids, mask = left_pad(prompts, pad_id(c.tokenizer, eos_ids(c.model, c.tokenizer)), device)
+        pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        cache = DynamicCache(config=c.model.config)
+        logits = self._forward(k, ids, mask, pos, cache)
+        last = pos[:, -1]
+        if copies > 1:
+            cache.batch_repeat_interleave(copies)
+            mask = mask.repeat_interleave(copies, dim=0)
+            last = last.repeat_interleave(copies, dim=0)
+            logits = logits.repeat_interleave(copies, dim=0)
+        return _State(cache, mask, last, logits)
+
+    def _compose(self, states: list[_State]) -> torch.Tensor:
+        device = self.device
+        total = None
+        for c, st in zip(self.active, states):
+            term = c.weight * st.logits.to(device).log_softmax(-1).clamp_min(_FLOOR)
+            total = term if total is None else total + term
+        return total.log_softmax(-1)
+
+    def _warpers(self, config: GenConfig):
+        from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+        procs = LogitsProcessorList()
+        if config.temperature != 1.0:
+            procs.append(TemperatureLogitsWarper(config.temperature))
+        if config.top_k:
+            procs.append(TopKLogitsWarper(config.top_k))
+        if config.top_p < 1.0:
+            procs.append(TopPLogitsWarper(config.top_p))
+        return procs
+
+    @torch.inference_mode()
+    def decode(self, requests: Sequence[Request], config: GenConfig, *, copies: int = 1,
+               seeds: Sequence[int] | None = None, record: bool = False) -> Decoded:
+        """Decode ``copies`` rows per request (rows ordered request-major); return the raw
+        token ids and composed log-probs. ``record`` keeps every step's full composed
+        distribution (for analysis and tests)."""
+        n_rows = len(requests) * copies
+        device = self.device
+        prompts = [[c.prompt_format.encode(c.tokenizer, r) for r in requests] for c in self.active]
+        states = [self._prefill(k, prompts[k], copies) for k in range(len(self.active))]
+
+        uniforms = None
+        warpers = None
+        if config.do_sample:
+            seeds = list(seeds) if seeds is not None else [row_seed(config.seed, r.id, s) for r in requests
+                                                           for s in range(copies)]
+            gens = [torch.Generator().manual_seed(s) for s in seeds]
+            uniforms = torch.stack([torch.rand(config.max_new_tokens, generator=g, dtype=torch.float64)
+                                    for g in gens]).to(device)
+            warpers = self._warpers(config)
+
+        eos = self._eos_tensor.to(device)
+        stops = tuple(s for s in config.stop_strings if s)
+        contexts = prompts[0] if stops and self.active[0] is self.components[0] else None
+        if stops and contexts is None:
+            contexts = [self.components[0].prompt_format.encode(self.decoder, r) for r in requests]
+
+        tokens: list[list[int]] = [[] for _ in range(n_rows)]
+        logprobs: list[list[float]] = [[] for _ in range(n_rows)]
+        dists = [[] for _ in range(n_rows)] if record else None
+        alive = torch.arange(n_rows, device=device)  # original row index of each batch row
+
+        for t in range(config.max_new_tokens):
+            lp = self._compose(states)
+            scores = lp
+            if len(eos) and (config.suppress_eos or t < config.min_new_tokens):
+                scores = lp.clone()
+                scores[:, eos] = float("-inf")
+            if config.do_sample:
+                scores = warpers(None, scores)
+                probs = scores.softmax(-1, dtype=torch.float64)
+                cdf = probs.cumsum(-1)
+                u = uniforms[alive, t].unsqueeze(-1) * cdf[:, -1:]
+                nxt = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_max(cdf.shape[-1] - 1)
+                bad = probs.gather(-1, nxt[:, None]).squeeze(-1) <= 0  # rounding at the very top
+                if bad.any():
+                    nxt = torch.where(bad, probs.argmax(-1), nxt)
+            else:
+                nxt = scores.argmax(-1)
+            chosen = lp.gather(-1, nxt[:, None]).squeeze(-1)
+
+            rows = alive.tolist()
+            nxt_list, chosen_list = nxt.tolist(), chosen.tolist()
+            done = []
+            for j, r in enumerate(rows):
+                tokens[r].append(nxt_list[j])
+                logprobs[r].append(chosen_list[j])
+                if record:
+                    dists[r].append(lp[j].cpu())
+                if nxt_list[j] in self.eos:
+                    done.append(j)
+                elif stops:
+                    text = continuation_text(self.decoder, contexts[r // copies], tokens[r])
+                    if find_stop(text, stops) >= 0:
+                        done.append(j)
+            if t + 1 == config.max_new_tokens or len(done) == len(rows):
+                break
+            if done:
+                keep = torch.tensor(sorted(set(range(len(rows))) - set(done)), dtype=torch.long, device=device)
+                alive, nxt = alive[keep], nxt[keep]
+                for st in states:
+                    st.select(keep)
+            for k, st in enumerate(states):
+                dev = st.mask.device
+                st.mask = torch.cat([st.mask, st.mask.new_ones((st.mask.shape[0], 1))], dim=-1)
+                st.pos = st.pos + 1
+                st.logits = self._forward(k, nxt.to(dev)[:, None], st.mask, st.pos[:, None], st.cache)
+        return Decoded(tokens, logprobs, dists)

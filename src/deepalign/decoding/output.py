@@ -1,0 +1,107 @@
+"""Turning generated token ids into :class:`Generation` objects, shared by every local target:
+end-of-sequence ids, continuation text, stop strings and finish reasons."""
+
+from __future__ import annotations
+
+import torch
+from transformers import StoppingCriteria
+
+from deepalign.decoding.base import Generation
+
+_CONTEXT = 8  # prompt tokens decoded with the continuation, so its first space survives
+
+
+def eos_ids(model, tokenizer) -> set[int]:
+    """Every id that ends a response: the generation config's EOS id(s) and the tokenizer's."""
+    ids: set[int] = set()
+    gen = getattr(model, "generation_config", None)
+    for value in (getattr(gen, "eos_token_id", None), getattr(tokenizer, "eos_token_id", None)):
+        if value is None:
+            continue
+        ids.update(int(v) for v in (value if isinstance(value, (list, tuple)) else [value]))
+    return ids
+
+
+def pad_id(tokenizer, eos: set[int]) -> int:
+    if tokenizer.pad_token_id is not None:
+        return int(tokenizer.pad_token_id)
+    return min(eos) if eos else 0
+
+
+def continuation_text(tokenizer, context: list[int], new: list[int]) -> str:
+    """Decode ``new`` as it reads after ``context``: tokenizers that drop a leading space
+    when a sequence starts with a word (SentencePiece) keep it here."""
+    if not new:
+        return ""
+    ctx = context[-_CONTEXT:]
+    if ctx:
+        head = tokenizer.decode(ctx, skip_special_tokens=True)
+        full = tokenizer.decode(ctx + list(new), skip_special_tokens=True)
+        if full.startswith(head):
+            return full[len(head):]
+    return tokenizer.decode(list(new), skip_special_tokens=True)
+
+
+def find_stop(text: str, stops) -> int:
+    """Index of the earliest stop string in ``text``, or -1."""
+    hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return min(hits) if hits else -1
+
+
+def make_generation(
+    tokenizer,
+    request_id: str,
+    sample: int,
+    context: list[int],
+    new: list[int],
+    eos: set[int],
+    stops=(),
+    logprobs: list[float] | None = None,
+) -> Generation:
+    """Cut ``new`` at its first EOS or stop string and build the :class:`Generation`.
+
+    The text excludes the EOS token and the stop string; ``num_tokens`` counts the tokens
+    the model produced up to that point (the EOS excluded, the token completing a stop
+    string included), and ``token_logprobs`` has one entry per counted token.
+    """
+    tokens = list(new)
+    reason = "length"
+    for i, t in enumerate(tokens):
+        if t in eos:
+            tokens, reason = tokens[:i], "eos"
+            break
+    text = continuation_text(tokenizer, context, tokens)
+    cut = find_stop(text, stops)
+    if cut >= 0:
+        # the fewest tokens whose text already holds a stop string
+        lo, hi = 1, len(tokens)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if find_stop(continuation_text(tokenizer, context, tokens[:mid]), stops) >= 0:
+                hi = mid
+            else:
+                lo = mid + 1
+        tokens, text, reason = tokens[:lo], text[:cut], "stop"
+    lps = None if logprobs is None else [float(x) for x in logprobs[: len(tokens)]]
+    return Generation(request_id, sample, text, len(tokens), reason, lps)
+
+
+class StopOnText(StoppingCriteria):
+    """Stop a row once the decoded continuation (tokens after ``prompt_len``) holds a stop
+    string. Works on text, so it does not depend on how a tokenizer spells spaces."""
+
+    def __init__(self, tokenizer, stops, prompt_len: int, contexts: list[list[int]]):
+        self.tokenizer = tokenizer
+        self.stops = tuple(s for s in stops if s)
+        self.prompt_len = prompt_len
+        self.contexts = contexts
+
+    def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        new = input_ids[:, self.prompt_len:].tolist()
+        n_ctx = len(self.contexts)
+        for row, toks in enumerate(new):
+            ctx = self.contexts[row * n_ctx // len(new)] if n_ctx else []
+            if find_stop(continuation_text(self.tokenizer, ctx, toks), self.stops) >= 0:
+                done[row] = True
+        return done
