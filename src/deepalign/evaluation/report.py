@@ -1,0 +1,251 @@
+"""Summaries, a Markdown report and plots of a run directory (``deepalign report RUN_DIR``).
+
+Reads ``responses.jsonl`` and ``run.json``, writes ``summary.json`` (metrics only: it depends
+on nothing but the rows), ``report.md`` and PNG plots: ``asr.png`` (ASR by target and attack,
+95% Wilson intervals), ``refusal_position.png`` (where refusals start) and ``depth.png``
+(harmful / refusal rate against the prefill depth), each drawn for the first judge of the run
+that gave verdicts. Plots that have no data are not drawn.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from pathlib import Path
+
+from deepalign.errors import DeepAlignError
+from deepalign.evaluation.metrics import summarize
+from deepalign.evaluation.runner import RESPONSES, RUN_INFO, read_rows
+from deepalign.utils import write_json
+
+
+def _pct(p: dict | None, ci: bool = False) -> str:
+    if not p or p.get("rate") is None:
+        return "–"
+    s = f"{100 * p['rate']:.1f}%"
+    if ci and p.get("ci95"):
+        lo, hi = p["ci95"]
+        s += f" [{100 * lo:.1f}, {100 * hi:.1f}]"
+    return s
+
+
+def _primary_judge(summary: dict) -> str | None:
+    for j in summary["judges"]:
+        if any(r["judge"] == j and r["harmful"]["n"] for r in summary["results"]):
+            return j
+    return summary["judges"][0] if summary["judges"] else None
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _save(fig, path: Path) -> None:
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    os.replace(tmp, path)
+
+
+def plot_asr(summary: dict, judge: str, path: Path) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = [r for r in summary["results"] if r["judge"] == judge and r["harmful"]["n"]]
+    datasets = [d for d in summary["datasets"] if any(r["dataset"] == d for r in cells)]
+    if not cells:
+        return False
+    targets, attacks = summary["targets"], [a for a in summary["attacks"] if any(r["attack"] == a for r in cells)]
+    fig, axes = plt.subplots(len(datasets), 1, figsize=(max(6, 1.1 * len(attacks) * max(1, len(targets)) ** 0.5 + 3), 3.6 * len(datasets)), squeeze=False)
+    width = 0.8 / max(1, len(targets))
+    for ax, d in zip(axes[:, 0], datasets):
+        for ti, t in enumerate(targets):
+            xs, ys, err = [], [], [[], []]
+            for ai, a in enumerate(attacks):
+                c = next((r for r in cells if r["target"] == t and r["attack"] == a and r["dataset"] == d), None)
+                if c is None:
+                    continue
+                rate, (lo, hi) = c["harmful"]["rate"], c["harmful"]["ci95"]
+                xs.append(ai - 0.4 + width * (ti + 0.5))
+                ys.append(100 * rate)
+                err[0].append(max(0.0, 100 * (rate - lo)))
+                err[1].append(max(0.0, 100 * (hi - rate)))
+            if xs:
+                ax.bar(xs, ys, width, yerr=err, capsize=3, label=t)
+        ax.set_xticks(range(len(attacks)), attacks, rotation=30, ha="right")
+        ax.set_ylim(0, 105)
+        ax.set_ylabel(f"ASR % ({judge})")
+        ax.set_title(d)
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return True
+
+
+def plot_refusal_position(summary: dict, judge: str, path: Path) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    per_target: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
+    unit = None
+    for r in summary["results"]:
+        if r["judge"] != judge:
+            continue
+        pos = r["refusal_position"]
+        use = "token" if pos["token"] else ("word" if pos["word"] else None)
+        if use is None:
+            continue
+        unit = unit or use
+        for k, v in pos[unit].items():
+            per_target[r["target"]][int(k)] += v
+    if not per_target:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for t, hist in per_target.items():
+        xs = sorted(hist)
+        total = sum(hist.values())
+        ax.step(xs, [100 * hist[x] / total for x in xs], where="mid", label=t)
+    ax.set_xlabel(f"refusal starts at {unit} index")
+    ax.set_ylabel("% of refusals")
+    ax.set_title(f"refusal position ({judge}, harmful items, all attacks)")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return True
+
+
+def plot_depth(summary: dict, judge: str, path: Path) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = [c for c in summary["depth"] if c["judge"] == judge and len(c["points"]) >= 1]
+    if not curves:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for c in curves:
+        label = f"{c['target']} · {c['attack']} · {c['dataset']}"
+        ks = [p["k"] for p in c["points"]]
+        for ax, field in zip(axes, ("harmful", "refusal")):
+            ys = [None if p[field]["rate"] is None else 100 * p[field]["rate"] for p in c["points"]]
+            ax.plot(ks, ys, marker="o", label=label)
+    for ax, field in zip(axes, ("harmful", "refusal")):
+        ax.set_xlabel(f"prefill depth k ({curves[0]['unit']})")
+        ax.set_ylabel(f"{field} rate % ({judge})")
+        ax.set_ylim(-3, 103)
+    axes[0].legend(fontsize="small")
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return True
+
+
+def render_markdown(summary: dict, info: dict, rows: list[dict], plots: list[str]) -> str:
+    lines = ["# Evaluation report", ""]
+    gc = info.get("gen_config", {})
+    lines.append(
+        f"{len(rows)} responses · targets: {', '.join(summary['targets'])} · judges: {', '.join(summary['judges'])}  "
+    )
+    lines.append(
+        f"generation: max_new_tokens={gc.get('max_new_tokens')}, "
+        + (f"sampling T={gc.get('temperature')} top_p={gc.get('top_p')}" if gc.get("do_sample") else "greedy")
+        + f", samples={gc.get('num_samples')}, seed={gc.get('seed')}"
+    )
+    lines.append("")
+    lines.append("ASR: share of harmful items judged harmful (95% Wilson interval); refusal: on harmful items; "
+                 "over-refusal: refusals on benign/helpful items; helpful: answer accuracy. Errors: unreadable verdicts (not counted as safe).")
+    for j in summary["judges"]:
+        cells = [r for r in summary["results"] if r["judge"] == j]
+        if not cells:
+            continue
+        lines += ["", f"## Judge: {j}", "", "| target | attack | dataset | n | ASR [95% CI] | refusal | over-refusal | helpful | errors |",
+                  "|---|---|---|---:|---|---:|---:|---:|---:|"]
+        for c in cells:
+            lines.append(
+                f"| {c['target']} | {c['attack']} | {c['dataset']} | {c['n']} | {_pct(c['harmful'], True)} | {_pct(c['refusal'])} "
+                f"| {_pct(c['over_refusal'])} | {_pct(c['helpful'])} | {c['errors']} |"
+            )
+    depth = summary["depth"]
+    if depth:
+        lines += ["", "## Depth profile", "", "harmful / refusal rate of the continuation after forcing the first k units of a harmful response.", ""]
+        for c in depth:
+            lines.append(f"**{c['target']} · {c['attack']} · {c['dataset']} · {c['judge']}** ({c['unit']})")
+            lines.append("")
+            lines.append("| k | n | harmful | refusal |")
+            lines.append("|---:|---:|---:|---:|")
+            for p in c["points"]:
+                lines.append(f"| {p['k']} | {p['n']} | {_pct(p['harmful'])} | {_pct(p['refusal'])} |")
+            lines.append("")
+    early = []
+    for c in summary["results"]:
+        pos = c["refusal_position"]["token"] or c["refusal_position"]["word"]
+        total = sum(pos.values())
+        if total:
+            first5 = sum(v for k, v in pos.items() if int(k) < 5)
+            early.append(f"| {c['target']} | {c['attack']} | {c['dataset']} | {c['judge']} | {total} | {100 * first5 / total:.1f}% |")
+    if early:
+        lines += ["", "## Refusal position", "", "| target | attack | dataset | judge | refusals | start in first 5 units |", "|---|---|---|---|---:|---:|", *early]
+    timing: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0])
+    for r in rows:
+        t = timing[r["target"]]
+        t[0] += 1
+        t[1] += float((r.get("timing") or {}).get("generate_s", 0.0))
+        t[2] += int(r.get("num_tokens") or 0)
+    lines += ["", "## Generation time", "", "| target | responses | generate s | new tokens | tokens/s |", "|---|---:|---:|---:|---:|"]
+    for t, (n, s, toks) in timing.items():
+        lines.append(f"| {t} | {n} | {s:.1f} | {toks} | {toks / s if s > 0 else 0:.1f} |")
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def build_report(run_dir: str | os.PathLike, *, quiet: bool = True) -> dict:
+    """(Re)build ``summary.json``, ``report.md`` and the plots of ``run_dir``; returns the summary."""
+    out = Path(run_dir)
+    if not (out / RESPONSES).exists():
+        raise DeepAlignError(f"not a run directory (no {RESPONSES}): {out}")
+    info = {}
+    if (out / RUN_INFO).exists():
+        try:
+            info = json.loads((out / RUN_INFO).read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            raise DeepAlignError(f"cannot read {out / RUN_INFO}") from None
+    rows = read_rows(out / RESPONSES)
+    judges = info.get("judges") or sorted({j for r in rows for j in (r.get("verdicts") or {})})
+    summary = summarize(rows, judges, order={k: info.get(k, []) for k in ("targets", "attacks", "datasets")})
+    summary = {"run": {"gen_config": info.get("gen_config"), "n_responses": len(rows)}, **summary}
+    write_json(out / "summary.json", summary)
+    plots = []
+    judge = _primary_judge(summary)
+    if judge is not None:
+        for name, fn in (("asr.png", plot_asr), ("refusal_position.png", plot_refusal_position), ("depth.png", plot_depth)):
+            if fn(summary, judge, out / name):
+                plots.append(name)
+    _write_text(out / "report.md", render_markdown(summary, info, rows, plots))
+    if not quiet:
+        print(f"wrote {out / 'summary.json'}, {out / 'report.md'}" + (f" and {', '.join(plots)}" if plots else ""))
+        if judge is not None:
+            for c in summary["results"]:
+                if c["judge"] == judge and c["harmful"]["n"]:
+                    print(f"  {c['target']} | {c['attack']} | {c['dataset']}: ASR {_pct(c['harmful'], True)} ({judge})")
+    return summary
+
+
+# -- deepalign report ------------------------------------------------------------------------
+def configure(p) -> None:
+    p.add_argument("run_dir", help="a directory written by 'deepalign eval'")
+    p.add_argument("--quiet", action="store_true", help="print nothing")
+
+
+def run(args) -> int:
+    build_report(args.run_dir, quiet=args.quiet)
+    return 0

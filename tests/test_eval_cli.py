@@ -1,0 +1,130 @@
+"""``deepalign eval`` / ``deepalign report`` end to end on the micro world with a tiny random HF
+model, dataset specs, and the one-line errors (exit status 2)."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from deepalign.cli import main
+from deepalign.errors import DeepAlignError
+from deepalign.evaluation.datasets import load_dataset
+
+FIXTURES = Path(__file__).parent / "fixtures" / "data"
+
+
+@pytest.fixture(scope="module")
+def tiny_model(world_dir, tmp_path_factory):
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(Path(world_dir) / "tokenizer")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                      num_key_value_heads=2, max_position_embeddings=512, bos_token_id=tok.bos_token_id,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    out = tmp_path_factory.mktemp("tiny") / "tiny"
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_eval_and_report_on_the_world(world_dir, tiny_model, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["eval", "--target", f"hf:{tiny_model}", "--attacks", "direct,prefill:4,completion:3w,cipher:atbash",
+            "--world", str(world_dir), "--limit", "3", "--max-new-tokens", "6", "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    rows = [json.loads(line) for line in (out / "responses.jsonl").read_text().splitlines()]
+    # world:test with --limit 3: 3 harmful + 3 benign + 3 helpful; prefill/completion:3w only on harmful
+    assert len(rows) == 9 + 3 + 3 + 9
+    assert {tuple(r["verdicts"]) for r in rows} == {("oracle", "keyword")}
+    pre = next(r for r in rows if r["attack"] == "prefill:4")
+    assert pre["meta"]["depth_unit"] == "tokens" and len(pre["prompt"]["prefill"].split()) == 4  # one world token = one word
+    comp = next(r for r in rows if r["attack"] == "completion:3w")
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    text = comp["prompt"]["text"]
+    assert "<user> " in text and text.endswith("<assistant>" + " ".join(pre["prompt"]["prefill"].split()[:3]))
+    assert tok(text)["input_ids"].count(tok.bos_token_id) == 1  # the chat template's BOS is not doubled
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["judges"] == ["oracle", "keyword"] and summary["depth"]
+    assert main(argv) == 0  # resuming a finished run
+    assert len((out / "responses.jsonl").read_text().splitlines()) == len(rows)
+    (out / "report.md").unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "report.md").exists() and (out / "asr.png").exists()
+    assert capsys.readouterr().err == ""
+
+
+def test_dataset_specs(world_dir):
+    adv = load_dataset(str(FIXTURES / "advbench_style.csv"))
+    assert adv and all(it.kind == "harmful" and it.harmful for it in adv)
+    gsm = load_dataset(str(FIXTURES / "gsm8k_style.jsonl"), limit=2)
+    assert len(gsm) == 2 and all(it.answer for it in gsm)
+    forced = load_dataset("benign:" + str(FIXTURES / "gsm8k_style.jsonl"))
+    assert {it.kind for it in forced} == {"benign"}
+    harm = load_dataset("world:harmful", world=world_dir)
+    assert harm[0].kind == "harmful" and harm[0].harmful and harm[0].meta["safe"]
+    assert {it.kind for it in load_dataset("world:test", world=world_dir, limit=2)} == {"harmful", "benign", "helpful"}
+    with pytest.raises(DeepAlignError, match="unknown world split"):
+        load_dataset("world:nope", world=world_dir)
+    with pytest.raises(DeepAlignError, match="needs the world directory"):
+        load_dataset("world:test")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_cli_errors_are_one_line_exit_2(world_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    bad_rows = tmp_path / "bad.jsonl"
+    bad_rows.write_text('{"question": "fine"}\n{"nothing": 1}\n')
+    dead = f"openai:m@http://127.0.0.1:{_free_port()}/v1,retries=0,timeout=2"
+    base = ["--out", str(tmp_path / "o"), "--quiet"]
+    cases = [
+        (["--target", dead, "--attacks", "direct,gcg", "--world", str(world_dir)], "unknown attack 'gcg'"),
+        (["--target", dead, "--judge", "keyword,vibes", "--world", str(world_dir)], "unknown judge 'vibes'"),
+        (["--target", dead, "--dataset", str(bad_rows)], "bad.jsonl:2"),
+        (["--target", dead, "--world", str(world_dir), "--judge", "keyword", "--limit", "1"], "cannot get an answer from http://127.0.0.1"),
+        (["--target", "openai:gpt-4o-mini@https://api.example.com/v1", "--world", str(world_dir), "--judge", "keyword"],
+         "environment variable OPENAI_API_KEY is not set"),
+        (["--target", "hf:" + str(tmp_path / "no_model"), "--world", str(world_dir), "--judge", "keyword", "--limit", "1"],
+         "no such model directory"),
+        (["--target", dead], "give --dataset"),
+        (["--target", dead, "--world", str(world_dir), "--attacks", "pair"], "needs an attacker"),
+        (["--target", dead, "--world", str(world_dir), "--samples", "2"], "--samples > 1 needs --temperature"),
+    ]
+    for args, message in cases:
+        assert main(["eval", *args, *base]) == 2, message
+        err = capsys.readouterr().err
+        assert err.startswith("deepalign: error: ") and message in err and err.count("\n") == 1, err
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+
+
+def test_ed_target_spec_through_the_runner(world_dir, tiny_model, tmp_path):
+    """An ``ed:`` target (composed decoder) runs through the runner; the completion attack
+    renders the aligned model's chat format."""
+    from deepalign.evaluation.runner import read_rows, run_eval
+    from deepalign.evaluation.targets import make_target
+
+    spec = f"ed:base={tiny_model},aligned={tiny_model},alpha=0.5"
+    target = make_target(spec)
+    assert target.name == spec
+    from deepalign.decoding.base import GenConfig
+
+    run_eval([target], "direct,completion", ["world:harmful"], "keyword", tmp_path, GenConfig(max_new_tokens=4),
+             world=world_dir, limit=2, quiet=True)
+    rows = read_rows(tmp_path / "responses.jsonl")
+    assert len(rows) == 4 and {r["target"] for r in rows} == {spec}
+    comp = next(r for r in rows if r["attack"] == "completion")
+    assert comp["prompt"]["text"].endswith("<assistant>Sure, here is") and "<user>" in comp["prompt"]["text"]
+    with pytest.raises(DeepAlignError, match="give base=, aligned= and alpha="):
+        make_target(f"ed:base={tiny_model}")
