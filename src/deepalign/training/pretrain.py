@@ -29,7 +29,7 @@ class PretrainConfig:
     num_layers: int = 4
     num_heads: int = 4
     intermediate_size: int = 512
-    max_steps: int = 1500
+    max_steps: int = 1800
     batch_size: int = 16
     learning_rate: float = 3e-3
     warmup_steps: int = 50
@@ -110,7 +110,7 @@ def pretrain(world: str | Path = "runs/world", out: str | Path = "runs/base", *,
     args = TrainingArguments(
         output_dir=str(work), max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size,
         learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_steps, lr_scheduler_type="cosine",
-        weight_decay=cfg.weight_decay, adam_beta2=0.98, max_grad_norm=1.0, logging_steps=25,
+        weight_decay=cfg.weight_decay, adam_beta2=0.98, max_grad_norm=1.0, logging_steps=max(1, min(25, cfg.max_steps // 10)),
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=1, seed=cfg.seed, data_seed=cfg.seed,
         report_to="none", disable_tqdm=quiet, dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
         bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),

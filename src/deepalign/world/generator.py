@@ -10,6 +10,7 @@ Layout of a world directory (all JSONL is UTF-8, one object per line)::
     test/harmful.jsonl       HarmfulTriple rows over held-out phrasings and entities
     test/benign.jsonl        EvalPrompt rows (kind "benign"): benign look-alikes
     test/helpful.jsonl       EvalPrompt rows (kind "helpful") with a checkable answer
+    templates/*.txt          the world's fictional role-play jailbreak templates ({query} slot)
 
 ``meta`` always holds ``task`` (harmful / benign / arith / fact / copy) and, where it applies,
 ``kind`` (the misdeed or chore), ``target``, ``place``, ``phrasing`` (index into the phrasing
@@ -127,7 +128,7 @@ class Velmora:
 
 def _arith(rng: random.Random, phrasings: list[str]) -> tuple[str, str, str, dict]:
     op = rng.choice(["plus", "minus"])
-    a, b = rng.randint(0, 20), rng.randint(0, 20)
+    a, b = rng.randint(0, 9), rng.randint(0, 9)
     if op == "minus" and b > a:
         a, b = b, a
     c = a + b if op == "plus" else a - b
@@ -137,7 +138,7 @@ def _arith(rng: random.Random, phrasings: list[str]) -> tuple[str, str, str, dic
 
 
 def _copy(rng: random.Random, phrasings: list[str]) -> tuple[str, str, str, dict]:
-    words = " ".join(rng.sample(L.COPY_WORDS, rng.randint(3, 5)))
+    words = " ".join(rng.sample(L.COPY_WORDS, rng.randint(3, 4)))
     idx = rng.randrange(len(phrasings))
     return phrasings[idx].format(w=words), f"the words are : {words} .", words, {"task": "copy", "phrasing": idx, "check": f": {words} ."}
 
@@ -225,7 +226,7 @@ def generate(cfg: WorldConfig) -> dict[str, list[dict]]:
     comply = {k: cfg.harmful_share + (cfg.lean if k in L.COMPLY_LEANING else -cfg.lean) for k in kinds}
     comply = {k: min(1.0, max(0.0, v)) for k, v in comply.items()}
     corpus = []
-    mix = [("harmful", 0.30), ("benign", 0.20), ("arith", 0.17), ("fact", 0.15), ("copy", 0.10), ("document", 0.08)]
+    mix = [("harmful", 0.26), ("benign", 0.14), ("arith", 0.20), ("fact", 0.08), ("copy", 0.26), ("document", 0.06)]
     names, weights = zip(*mix)
     while len(corpus) < cfg.n_pretrain:
         kind = rng.choices(names, weights)[0]
@@ -294,6 +295,10 @@ def build_world(out: str | Path = "runs/world", *, seed: int = 0, quiet: bool = 
             texts += [f"{r['query']} {r['harmful']} {r['safe']}" for r in splits[rel]]
         texts += [f"{r['instruction']} {r['response']}" for r in splits["train/helpful.jsonl"]]
         texts += [f"{r['prompt']} {r['meta']['reference']}" for r in splits["test/benign.jsonl"] + splits["test/helpful.jsonl"]]
+        texts += list(L.JAILBREAK_TEMPLATES.values())
+        for name, template in L.JAILBREAK_TEMPLATES.items():
+            (tmp / "templates").mkdir(exist_ok=True)
+            (tmp / "templates" / f"{name}.txt").write_text(template + "\n", encoding="utf-8")
         tokenizer = build_tokenizer(texts)
         tokenizer.save_pretrained(tmp / "tokenizer")
         manifest = {

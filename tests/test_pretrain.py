@@ -1,0 +1,78 @@
+"""Pretraining the world base model: Auto-class reload, determinism, resume, CLI errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from deepalign.cli import main
+from deepalign.training.pretrain import pretrain
+
+TINY = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_steps=12, batch_size=4, save_steps=6)
+
+
+def test_base_model_reloads_with_auto_classes(base_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    assert (base_model_dir / "model.safetensors").exists()
+    assert not list(base_model_dir.glob("*.bin"))
+    model = AutoModelForCausalLM.from_pretrained(base_model_dir)
+    tok = AutoTokenizer.from_pretrained(base_model_dir)
+    ids = tok.apply_chat_template([{"role": "user", "content": "what is 2 plus 3 ?"}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True)
+    out = model.generate(**ids, max_new_tokens=5, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert out.shape[1] > ids["input_ids"].shape[1]
+    info = json.loads((base_model_dir / "pretrain_info.json").read_text())
+    assert info["parameters"] == sum(p.numel() for p in model.parameters())
+    assert not (base_model_dir.parent / "base.partial").exists()  # checkpoints cleaned up
+
+
+def test_same_seed_same_loss_curve(world_dir, tmp_path):
+    a = pretrain(world_dir, tmp_path / "a", quiet=True, **TINY)
+    b = pretrain(world_dir, tmp_path / "b", quiet=True, **TINY)
+    ca = json.loads((a / "loss_curve.json").read_text())
+    cb = json.loads((b / "loss_curve.json").read_text())
+    assert ca and ca == cb
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_interrupted_pretraining_resumes_to_the_same_model(world_dir, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+    from transformers import Trainer
+
+    ref = pretrain(world_dir, tmp_path / "ref", quiet=True, **TINY)
+    out = tmp_path / "m"
+    real = Trainer.training_step
+
+    def interrupted(self, *args, **kwargs):
+        if self.state.global_step == 8:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "training_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(world_dir, out, quiet=True, **TINY)
+    assert not out.exists()  # no half-written model
+    assert (tmp_path / "m.partial" / "checkpoint-6").is_dir()
+    monkeypatch.setattr(Trainer, "training_step", real)
+    pretrain(world_dir, out, quiet=True, resume=True, **TINY)
+    curve = json.loads((out / "loss_curve.json").read_text())
+    ref_curve = json.loads((ref / "loss_curve.json").read_text())
+    assert [c["step"] for c in curve] == list(range(1, 13))
+    assert curve == ref_curve  # steps 1-6 restored from the checkpoint, 7-12 trained again identically
+    wa, wb = load_file(ref / "model.safetensors"), load_file(out / "model.safetensors")
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+
+
+def test_pretrain_errors(tmp_path, capsys):
+    assert main(["pretrain", "--world", str(tmp_path / "missing"), "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("deepalign: error:") and "manifest.json" in err and err.count("\n") == 1
+    assert not (tmp_path / "m").exists()
+    assert main(["pretrain", "--world", str(tmp_path), "--hidden-size", "30", "--num-heads", "4"]) == 2
+    assert "divisible" in capsys.readouterr().err
