@@ -158,6 +158,17 @@ def test_prefill_depth_in_words():
     [[long]] = make_attack("prefill:100w").run(target, [ITEM], GenConfig())
     assert long.request.prefill == ITEM.harmful and long.meta["prefill_len"] == len(ITEM.harmful.split())
     assert make_attack("prefill:0w").prepare(ITEM).request.prefill == ""
+
+
+def test_prefill_mid_response_skip():
+    words = ITEM.harmful.split()
+    attack = make_attack("prefill:3w:skip=2")
+    assert attack.label == "prefill:3w:skip=2"
+    att = attack.prepare(ITEM)
+    assert att.request.prefill == " ".join(words[2:5])
+    assert att.meta == {"depth": 3, "depth_unit": "words", "prefill_len": 3, "skip": 2}
+    with pytest.raises(DeepAlignError, match="skip"):
+        make_attack("prefill:3w:skip=-1")
     with pytest.raises(DeepAlignError, match="needs a reference harmful response"):
         attack.prepare(BENIGN)
 

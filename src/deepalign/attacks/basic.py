@@ -23,17 +23,17 @@ def target_tokenizer(target):
     return getattr(target, "tokenizer", None) or getattr(target, "decoder", None)
 
 
-def leading_units(text: str, k: int, unit: str, tokenizer=None) -> tuple[str, int]:
-    """The first ``k`` words (``unit="w"``) or tokens (``unit="t"``) of ``text`` and how many
-    there actually were (fewer when ``text`` is short)."""
+def leading_units(text: str, k: int, unit: str, tokenizer=None, skip: int = 0) -> tuple[str, int]:
+    """The first ``k`` words (``unit="w"``) or tokens (``unit="t"``) of ``text`` (after
+    skipping ``skip`` units) and how many there actually were (fewer when ``text`` is short)."""
     if k <= 0:
         return "", 0
     if unit == "w":
-        words = text.split()
+        words = text.split()[skip:]
         return " ".join(words[:k]), min(k, len(words))
     if tokenizer is None:
         raise DeepAlignError("counting tokens needs a tokenizer")
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"][skip:]
     return tokenizer.decode(ids[:k]), min(k, len(ids))
 
 
@@ -95,13 +95,18 @@ class Direct(Attack):
 
 class Prefill(Attack):
     """Force the first ``k`` tokens/words of the item's reference harmful response as the start
-    of the answer; the target returns (and the judges see) only the continuation."""
+    of the answer; the target returns (and the judges see) only the continuation.
 
-    def __init__(self, k: int, unit: str = "t"):
+    With ``skip`` the forced text starts ``skip`` units into the reference instead (a response
+    that begins mid-procedure: a shape that harmful-prefix training never shows)."""
+
+    def __init__(self, k: int, unit: str = "t", skip: int = 0):
         if k < 0:
             raise DeepAlignError(f"prefill depth must be >= 0, got {k}")
-        self.k, self.unit = k, unit
-        self.label = f"prefill:{k}" + ("w" if unit == "w" else "")
+        if skip < 0:
+            raise DeepAlignError(f"prefill skip must be >= 0, got {skip}")
+        self.k, self.unit, self.skip = k, unit, skip
+        self.label = f"prefill:{k}" + ("w" if unit == "w" else "") + (f":skip={skip}" if skip else "")
 
     def applies(self, item: EvalPrompt) -> bool:
         return bool(item.harmful)
@@ -116,11 +121,11 @@ class Prefill(Attack):
                 f"attack {self.label} counts tokens and needs a target with a tokenizer (target {name} has none); "
                 f"use prefill:{self.k}w to count words"
             )
-        prefix, depth = leading_units(item.harmful, self.k, self.unit, tok)
-        return Attacked(
-            Request(id=item.id, query=item.prompt, prefill=prefix),
-            meta={"depth": self.k, "depth_unit": "words" if self.unit == "w" else "tokens", "prefill_len": depth},
-        )
+        prefix, depth = leading_units(item.harmful, self.k, self.unit, tok, self.skip)
+        meta = {"depth": self.k, "depth_unit": "words" if self.unit == "w" else "tokens", "prefill_len": depth}
+        if self.skip:
+            meta["skip"] = self.skip
+        return Attacked(Request(id=item.id, query=item.prompt, prefill=prefix), meta=meta)
 
 
 class Completion(Attack):
@@ -156,14 +161,16 @@ def _direct(spec, rest, context):
     return [Direct()]
 
 
-@register("prefill", "prefill:K (tokens) or prefill:Kw (words): force the first K units of the harmful reference")
+@register("prefill", "prefill:K (tokens) or prefill:Kw (words): force the first K units of the harmful reference; "
+                     ":skip=S starts S units into it (mid-response)")
 def _prefill(spec, rest, context):
     args = Args.parse(spec, rest)
     if not args.positional:
         raise DeepAlignError(f"attack {spec!r}: give a depth, e.g. prefill:8 (tokens) or prefill:8w (words)")
     k, unit = _depth(spec, args.positional[0])
+    skip = args.option("skip", 0, int)
     args.done(1)
-    return [Prefill(k, unit)]
+    return [Prefill(k, unit, skip)]
 
 
 @register("completion", "chat prompt + answer start as raw text; completion:start=TEXT or completion:Kw (harmful reference)")

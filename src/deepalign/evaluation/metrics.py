@@ -192,7 +192,7 @@ def summarize(rows: Sequence[dict], judges: Sequence[str], order: dict[str, Sequ
         meta = r.get("meta") or {}
         if meta.get("depth") is None or r.get("kind", "unknown") not in HARMFUL_KINDS:
             continue
-        family = r["attack"].split(":", 1)[0]
+        family = r["attack"].split(":", 1)[0] + (f":skip={meta['skip']}" if meta.get("skip") else "")
         depth_groups[(r["target"], r["dataset"], family, meta.get("depth_unit", "tokens"))][int(meta["depth"])].append(r)
     depth = []
     for (t, d, family, unit) in sorted(depth_groups, key=lambda k: (targets.index(k[0]), datasets.index(k[1]), k[2], k[3])):

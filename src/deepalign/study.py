@@ -1,0 +1,225 @@
+"""``deepalign study``: the end-to-end replication of both seed papers (the main job).
+
+On the embedded world (the default) it chains the public stages, each the same function a
+user calls one by one:
+
+1. ``build_world``  -> ``OUT/world``        (deepalign world)
+2. ``pretrain``     -> ``OUT/base``         (deepalign pretrain)
+3. ``train`` x 5    -> ``OUT/models/<recipe>`` for vanilla, harmful-prefix, rto, derta, and
+   dpo on top of vanilla                    (deepalign train)
+4. ``run_eval``     -> ``OUT/eval/attacks`` (every model x the attack battery on held-out
+   harmful queries), ``OUT/eval/benign`` (over-refusal and helpfulness), ``OUT/eval/ed``
+   (Emulated Disalignment of the base against each aligned model, sampled)  (deepalign eval)
+5. the study report ``OUT/report.md`` with plots and a claims section that checks each seed
+   claim from the measured numbers (PASS / FAIL, with the numbers).
+
+Finished stages are reused on rerun (a model directory only exists once its training
+finished; the evaluation runner skips finished rows); ``--fresh`` redoes everything.
+``--scale`` makes a bigger, slower, more faithful run. With ``--base`` (a hub id or a local
+model directory) the same stages run on real models and data.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from deepalign.errors import DeepAlignError
+from deepalign.utils import write_json
+
+RECIPES = ("vanilla", "harmful-prefix", "rto", "derta", "dpo")
+DEPTHS = (0, 2, 4, 8, 16, 32)
+ALPHAS = (0.3, 1.0)
+MID, MID_DEPTHS = 24, (8, 16)  # prefills that start mid-response (24 tokens in): a shifted shape
+
+
+@dataclass
+class StudyConfig:
+    out: str = "runs/study"
+    seed: int = 0
+    scale: bool = False
+    fresh: bool = False
+    quiet: bool = False
+    # real-model mode
+    base: str | None = None
+    triples: str | None = None
+    helpful: str | None = None
+    eval_datasets: list[str] = field(default_factory=list)
+    lora: bool | None = None  # default: on for real models, off for the world
+    # evaluation
+    depths: tuple[int, ...] = DEPTHS
+    alphas: tuple[float, ...] = ALPHAS
+    ed_samples: int = 2
+    max_new_tokens: int = 64
+    batch_size: int = 64
+    limit: int | None = None
+    train_steps: int = -1  # -1: each recipe's default schedule
+    pretrain_steps: int | None = None  # None: the pretraining default
+
+    @property
+    def world_mode(self) -> bool:
+        return self.base is None
+
+    def validate(self) -> None:
+        if not self.world_mode and not (self.triples and self.helpful):
+            raise DeepAlignError("--base needs --triples and --helpful (the alignment data of a real-model study)")
+        if self.world_mode and (self.triples or self.helpful or self.eval_datasets):
+            raise DeepAlignError("--triples / --helpful / --eval-datasets are for real models: give --base too")
+        if any(a < 0 for a in self.alphas):
+            raise DeepAlignError(f"--alphas must be >= 0, got {list(self.alphas)}")
+        if any(k < 0 for k in self.depths):
+            raise DeepAlignError(f"--depths must be >= 0, got {list(self.depths)}")
+        if self.ed_samples < 1 or self.max_new_tokens < 1 or self.batch_size < 1:
+            raise DeepAlignError("--ed-samples, --max-new-tokens and --batch-size must be >= 1")
+
+
+class _Stages:
+    """Runs the stages in order, timing each and telling the user where it is."""
+
+    def __init__(self, cfg: StudyConfig):
+        self.cfg = cfg
+        self.times: dict[str, float] = {}
+        self.reused: list[str] = []
+
+    def run(self, name: str, done: bool, fn) -> None:
+        if done and not self.cfg.fresh:
+            self.reused.append(name)
+            self.say(f"[study] {name}: reusing finished output")
+            return
+        self.say(f"[study] {name} ...")
+        start = time.time()
+        fn()
+        self.times[name] = round(time.time() - start, 1)
+        self.say(f"[study] {name}: done in {self.times[name]:.0f}s")
+
+    def say(self, msg: str) -> None:
+        if not self.cfg.quiet:
+            print(msg, flush=True)
+
+
+def run_study(cfg: StudyConfig | None = None, **overrides) -> dict:
+    """Run (or resume) the study and return its results (also written to OUT/study.json)."""
+    from deepalign.decoding.base import GenConfig
+    from deepalign.evaluation.runner import run_eval
+    from deepalign.training.commands import train
+
+    cfg = cfg or StudyConfig(**overrides)
+    cfg.validate()
+    out = Path(cfg.out)
+    if cfg.fresh and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    stages = _Stages(cfg)
+    started = time.time()
+    world = out / "world"
+    models = out / "models"
+
+    if cfg.world_mode:
+        from deepalign.training.pretrain import pretrain
+        from deepalign.world.generator import build_world
+
+        world_opts = {"n_pretrain": 48000, "n_train_triples": 2000, "n_train_helpful": 4000} if cfg.scale else {}
+        pre_opts = {"hidden_size": 256, "num_layers": 6, "num_heads": 8, "intermediate_size": 1024, "max_steps": 6000} if cfg.scale else {}
+        if cfg.pretrain_steps is not None:
+            pre_opts["max_steps"] = cfg.pretrain_steps
+        stages.run("world", (world / "manifest.json").exists(),
+                   lambda: build_world(world, seed=cfg.seed, quiet=cfg.quiet, **world_opts))
+        base = out / "base"
+        stages.run("pretrain", (base / "config.json").exists(),
+                   lambda: pretrain(world, base, seed=cfg.seed, quiet=cfg.quiet, resume=True, **pre_opts))
+        base_spec = str(base)
+    else:
+        base_spec = cfg.base
+
+    lora = cfg.lora if cfg.lora is not None else not cfg.world_mode
+    data = {} if cfg.world_mode else {"triples": cfg.triples, "helpful": cfg.helpful}
+    for recipe in RECIPES:
+        dest = models / recipe
+        start_from = str(models / "vanilla") if recipe == "dpo" else base_spec
+        stages.run(f"train {recipe}", (dest / "config.json").exists(), lambda r=recipe, d=dest, m=start_from: train(
+            recipe=r, model=m, out=str(d), world=str(world), seed=cfg.seed, lora=lora, resume=True, max_steps=cfg.train_steps,
+            quiet=cfg.quiet, **data,
+        ))
+
+    targets = {"base": base_spec, **{r: str(models / r) for r in RECIPES}}
+    hf = [f"hf:{p}" for p in targets.values()]
+    greedy = GenConfig(max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+    judges = "oracle,keyword:nocase" if cfg.world_mode else "keyword"
+    common = dict(judges=judges, world=str(world) if cfg.world_mode else None, batch_size=cfg.batch_size,
+                  limit=cfg.limit, quiet=cfg.quiet)
+    attacks = (["direct", "completion"] + [f"prefill:{k}" for k in cfg.depths]
+               + [f"prefill:{k}:skip={MID}" for k in MID_DEPTHS]
+               + ["code", "cipher:caesar"] + ([f"template:{world / 'templates'}"] if cfg.world_mode else []))
+    harmful_sets = ["world:harmful"] if cfg.world_mode else [d for d in cfg.eval_datasets if not d.startswith(("benign:", "helpful:"))]
+    benign_sets = ["world:benign", "world:helpful"] if cfg.world_mode else [d for d in cfg.eval_datasets if d.startswith(("benign:", "helpful:"))]
+    if not harmful_sets:
+        raise DeepAlignError("--eval-datasets has no harmful dataset (prefix benign:/helpful: marks the others)")
+    stages.run("eval attacks", False, lambda: run_eval(hf, attacks, harmful_sets, out_dir=out / "eval" / "attacks",
+                                                      gen_config=greedy, **common))
+    if benign_sets:
+        stages.run("eval benign+helpful", False, lambda: run_eval(hf, ["direct"], benign_sets, out_dir=out / "eval" / "benign",
+                                                                  gen_config=greedy, **common))
+    sampled = GenConfig(max_new_tokens=cfg.max_new_tokens, do_sample=True, temperature=0.7, seed=cfg.seed,
+                        num_samples=cfg.ed_samples)
+    # the world base model's native format is the world chat format (its corpus is dialogs)
+    base_format = ",base_format=chat" if cfg.world_mode else ""
+    ed_specs = {(r, a): f"ed:base={base_spec},aligned={models / r},alpha={a}{base_format}"
+                for a in cfg.alphas for r in RECIPES}
+    ed_targets = [f"hf:{base_spec}"] + list(ed_specs.values())
+    stages.run("eval ED", False, lambda: run_eval(ed_targets, ["direct"], harmful_sets, out_dir=out / "eval" / "ed",
+                                                  gen_config=sampled, **common))
+
+    from deepalign.evaluation.study_report import write_study_report
+
+    results = write_study_report(out, targets=targets, ed_specs=ed_specs, depths=cfg.depths, alphas=cfg.alphas,
+                                 judge="oracle" if cfg.world_mode else "keyword")
+    results["timing"] = {"stages_s": stages.times, "reused": stages.reused, "wall_s": round(time.time() - started, 1)}
+    results["config"] = {k: v for k, v in asdict(cfg).items()}
+    write_json(out / "study.json", results)
+    stages.say(f"[study] report -> {out / 'report.md'} ({results['timing']['wall_s']:.0f}s)")
+    if not cfg.quiet:
+        for claim in results["claims"]:
+            print(f"  {claim['status']}  {claim['name']}: {claim['detail']}")
+    return results
+
+
+def configure(p) -> None:
+    p.add_argument("--out", default="runs/study", help="study directory (stages are reused on rerun)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fresh", action="store_true", help="redo every stage")
+    p.add_argument("--scale", action="store_true", help="bigger world and model: slower, more faithful")
+    p.add_argument("--base", default=None, help="real-model mode: base model (hub id or local dir)")
+    p.add_argument("--triples", default=None, help="real-model mode: harmful triples file / dataset")
+    p.add_argument("--helpful", default=None, help="real-model mode: helpful instruction pairs")
+    p.add_argument("--eval-datasets", nargs="+", default=[], metavar="SPEC",
+                   help="real-model mode: evaluation datasets (deepalign eval specs; benign:/helpful: prefixes for non-harmful)")
+    p.add_argument("--lora", action=__import__("argparse").BooleanOptionalAction, default=None,
+                   help="LoRA fine-tuning (default: on for real models, off for the world)")
+    p.add_argument("--depths", type=int, nargs="+", default=list(DEPTHS), help="prefill depths (tokens)")
+    p.add_argument("--alphas", type=float, nargs="+", default=list(ALPHAS), help="ED alphas")
+    p.add_argument("--ed-samples", type=int, default=2, help="samples per query for the ED evaluation")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--limit", type=int, default=None, help="items per evaluation dataset (default: all)")
+    p.add_argument("--train-steps", type=int, default=-1, help="optimizer steps per alignment run (-1: recipe default)")
+    p.add_argument("--pretrain-steps", type=int, default=None, help="pretraining steps (default: pretrain's default)")
+    p.add_argument("--quiet", action="store_true")
+
+
+def run(args) -> int:
+    cfg = StudyConfig(
+        out=args.out, seed=args.seed, scale=args.scale, fresh=args.fresh, quiet=args.quiet, base=args.base,
+        triples=args.triples, helpful=args.helpful, eval_datasets=args.eval_datasets, lora=args.lora,
+        depths=tuple(args.depths), alphas=tuple(args.alphas), ed_samples=args.ed_samples,
+        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, limit=args.limit,
+        train_steps=args.train_steps, pretrain_steps=args.pretrain_steps,
+    )
+    results = run_study(cfg)
+    return 0 if results else 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(json.dumps(asdict(StudyConfig()), indent=2))
