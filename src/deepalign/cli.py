@@ -21,7 +21,12 @@ from deepalign.errors import DeepAlignError
 COMMANDS: dict[str, tuple[str, str]] = {
     "world": ("deepalign.world.commands", "generate the embedded fictional safety world (data + tokenizer)"),
     "pretrain": ("deepalign.training.pretrain", "pretrain the tiny world base model from scratch"),
+    "train": ("deepalign.training.commands", "safety fine-tuning: vanilla, harmful-prefix, rto, derta (DeRTa) or dpo"),
     "probe": ("deepalign.evaluation.probe", "greedy-decode a model on the world's held-out splits, judged by the oracle"),
+    "eval": ("deepalign.evaluation.commands", "attack targets with a battery of jailbreaks, judge the responses (resumable)"),
+    "report": ("deepalign.evaluation.report", "rebuild summary.json, report.md and plots of an eval run directory"),
+    "ed": ("deepalign.decoding.commands", "Emulated Disalignment: decode from (1+alpha)*base - alpha*aligned log-probs"),
+    "study": ("deepalign.study", "the end-to-end replication of DeRTa and ED (world -> pretrain -> train x5 -> eval -> report)"),
 }
 
 

@@ -1,0 +1,144 @@
+"""Tokenize training records and collate them into DeRTa batches.
+
+:func:`encode_records` turns each :class:`~deepalign.data.recipes.TrainingRecord` into token
+ids plus two span boundaries: ``rto_start`` (first token of the RTO span) and
+``mle_start`` (first token of the MLE target). Boundaries come from tokenizing the
+cumulative texts ``prompt+prefix``, ``prompt+prefix+rto`` and the full text and taking the
+common prefix with the full tokenization (the reference does the same with ``prefix`` and
+``prefix+text``), so the sequence is exactly the tokenization of the full text, and a token
+that straddles a boundary belongs to the later span.
+
+:class:`DeRTaCollator` pads a batch (right padding) and builds, on the same sequence:
+
+* ``labels``: the token id at MLE-target positions, ``-100`` elsewhere (Hugging Face
+  convention: unshifted; position ``t`` is predicted from position ``t-1``);
+* ``rto_labels``: the refusal token id at kept RTO positions, ``-100`` elsewhere. Position
+  ``t`` of the RTO span means "at ``t-1`` (having read the query and ``r_harm[<t]``) predict
+  the refusal token instead of the harmful token ``t``".
+
+RTO keep ratio: each RTO record keeps ``max(1, ceil(keep * n))`` of its ``n`` RTO positions
+(reference: 5% for full fine-tuning, all for LoRA), drawn from a generator seeded with
+``(seed, epoch, record id)``: the same run always keeps the same positions, a new epoch
+draws new ones (like the reference's per-forward draw), and resuming reproduces them.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+IGNORE_INDEX = -100
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _batch_encode(tokenizer, texts: list[str]) -> list[list[int]]:
+    if not texts:
+        return []
+    try:
+        out = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    except (TypeError, ValueError):  # wrappers without batch support
+        out = [tokenizer.encode(t, add_special_tokens=False) for t in texts]
+    return [list(x) for x in out]
+
+
+def encode_records(records: Sequence, tokenizer, *, max_length: int | None = None,
+                   batch_size: int = 1024) -> list[dict[str, Any]]:
+    """Tokenize records into ``{"input_ids", "rto_start", "mle_start", "key", "kind"}``.
+
+    Sequences longer than ``max_length`` are cut on the right (as the reference's
+    ``block_size``); span boundaries are clipped with them.
+    """
+    feats: list[dict[str, Any]] = []
+    for s in range(0, len(records), batch_size):
+        chunk = records[s:s + batch_size]
+        full = _batch_encode(tokenizer, [r.text for r in chunk])
+        head = _batch_encode(tokenizer, [r.prompt + r.prefix for r in chunk])
+        need_mid = [i for i, r in enumerate(chunk) if r.rto]
+        mid = dict(zip(need_mid, _batch_encode(tokenizer, [chunk[i].prompt + chunk[i].prefix + chunk[i].rto
+                                                           for i in need_mid])))
+        for i, r in enumerate(chunk):
+            ids = full[i]
+            rto_start = _common_prefix(head[i], ids)
+            mle_start = _common_prefix(mid[i], ids) if i in mid else rto_start
+            mle_start = max(mle_start, rto_start)
+            if not r.target:
+                mle_start = len(ids)
+            if max_length is not None and len(ids) > max_length:
+                ids = ids[:max_length]
+                rto_start, mle_start = min(rto_start, max_length), min(mle_start, max_length)
+            feats.append({"input_ids": ids, "rto_start": rto_start, "mle_start": mle_start,
+                          "key": r.id, "kind": r.kind})
+    return feats
+
+
+class FeatureDataset:
+    """A list of encoded features as a map-style dataset (what ``Trainer`` expects)."""
+
+    def __init__(self, features: list[dict[str, Any]]):
+        self.features = features
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.features[i]
+
+
+def keep_positions(n: int, keep: float, seed: int, epoch: int, key: str):
+    """Indices (0..n-1) of the RTO positions to keep for one record."""
+    import numpy as np
+
+    if n <= 0 or keep <= 0:
+        return np.zeros(0, dtype=np.int64)
+    if keep >= 1:
+        return np.arange(n)
+    n_keep = max(1, math.ceil(keep * n))
+    rng = np.random.default_rng([seed & 0xFFFFFFFF, epoch, zlib.crc32(key.encode("utf-8"))])
+    return np.sort(rng.choice(n, size=n_keep, replace=False))
+
+
+@dataclass
+class DeRTaCollator:
+    """Pad features and build ``input_ids``, ``attention_mask``, ``labels``, ``rto_labels``."""
+
+    pad_token_id: int
+    refusal_token_id: int | None = None
+    rto_keep: float = 1.0
+    seed: int = 0
+    pad_to_multiple_of: int | None = None
+    epoch: int = 0
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        width = max(len(f["input_ids"]) for f in features)
+        if self.pad_to_multiple_of:
+            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        b = len(features)
+        input_ids = torch.full((b, width), self.pad_token_id, dtype=torch.long)
+        attention = torch.zeros((b, width), dtype=torch.long)
+        labels = torch.full((b, width), IGNORE_INDEX, dtype=torch.long)
+        rto_labels = torch.full((b, width), IGNORE_INDEX, dtype=torch.long)
+        for i, f in enumerate(features):
+            ids = torch.as_tensor(f["input_ids"], dtype=torch.long)
+            n = len(ids)
+            input_ids[i, :n] = ids
+            attention[i, :n] = 1
+            ms, rs = f["mle_start"], f["rto_start"]
+            labels[i, ms:n] = ids[ms:n]
+            n_rto = min(ms, n) - rs
+            if n_rto > 0:
+                if self.refusal_token_id is None:
+                    raise ValueError("the batch has RTO spans but the collator has no refusal token id")
+                keep = keep_positions(n_rto, self.rto_keep, self.seed, self.epoch, str(f.get("key", i)))
+                rto_labels[i, torch.as_tensor(keep, dtype=torch.long) + rs] = self.refusal_token_id
+        return {"input_ids": input_ids, "attention_mask": attention, "labels": labels, "rto_labels": rto_labels}

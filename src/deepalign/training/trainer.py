@@ -1,0 +1,293 @@
+"""``DeRTaConfig`` + ``DeRTaTrainer``: the DeRTa objective on a stock Hugging Face ``Trainer``.
+
+As in TRL, the config is a ``TrainingArguments`` subclass and the trainer only replaces
+``compute_loss``: one forward pass of the wrapped model that stops before the output head
+(``logits_to_keep`` selects no position), the final hidden states captured from the
+decoder, and :func:`deepalign.training.losses.derta_loss` on MLE labels and RTO labels of
+the same sequence. Everything else (optimizer, schedules, gradient accumulation, mixed
+precision, DDP / DeepSpeed / FSDP through ``accelerate launch``, checkpoints, resuming) is
+stock. The loss is normalised by the number of labelled pairs (MLE + RTO) of the whole
+accumulated batch across devices, so gradient accumulation and multi-process runs give the
+same gradient as one large batch.
+
+:func:`save_final_model` writes the final model (``save_pretrained``, safetensors) plus
+the tokenizer into a directory without ever leaving a half-written model there.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import shutil
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from deepalign.training.collator import DeRTaCollator, FeatureDataset, encode_records
+from deepalign.training.losses import count_label_tokens, derta_loss
+
+# reference RTO keep ratios: a random 5% of RTO positions for full fine-tuning, all for LoRA
+RTO_KEEP_FULL = 0.05
+RTO_KEEP_LORA = 1.0
+
+
+def bf16_available() -> bool:
+    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
+@dataclass
+class DeRTaConfig(TrainingArguments):
+    """``TrainingArguments`` plus the DeRTa knobs; defaults follow the reference recipe
+    (lr 2e-5, 2 epochs, cosine, 3% warmup) with bf16 whenever the hardware has it."""
+
+    rto_keep: float | None = field(default=None, metadata={
+        "help": "share of RTO positions kept per sequence; None = 0.05 for full fine-tuning, 1.0 with LoRA"})
+    rto_weight: float = field(default=1.0, metadata={"help": "weight of an RTO pair relative to an MLE pair"})
+    loss_chunk_rows: int | None = field(default=None, metadata={
+        "help": "rows per output-head chunk in the loss; None = about 2**26 logits per chunk"})
+    loss_impl: str = field(default="auto", metadata={"help": "auto, fused or module (see losses.py)"})
+    max_length: int | None = field(default=1024, metadata={"help": "cut sequences to this many tokens"})
+    bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision; None = when available"})
+    learning_rate: float = 2e-5
+    num_train_epochs: float = 2.0
+    lr_scheduler_type: Any = "cosine"
+    warmup_steps: float = 0.03
+    logging_steps: float = 10
+    save_total_limit: int | None = 2
+    remove_unused_columns: bool = False
+    report_to: Any = "none"
+    # every parameter is reached (the output head through the loss): no unused-parameter search
+    ddp_find_unused_parameters: bool | None = False
+
+    def __post_init__(self):
+        if self.bf16 is None:
+            self.bf16 = bf16_available()
+        if self.rto_keep is not None and not 0.0 <= self.rto_keep <= 1.0:
+            raise ValueError(f"rto_keep must be in [0, 1], got {self.rto_keep}")
+        if self.loss_impl not in ("auto", "fused", "module"):
+            raise ValueError(f"loss_impl must be auto, fused or module, got {self.loss_impl!r}")
+        super().__post_init__()
+
+
+class _CollatorEpoch(TrainerCallback):
+    """Tell the collator the epoch, so RTO keep masks are redrawn each epoch (and resumable)."""
+
+    def __init__(self, collator):
+        self.collator = collator
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.collator.epoch = int(state.epoch or 0)
+
+
+def _peft_base(model):
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover
+        return model, False
+    if isinstance(model, PeftModel):
+        return model.get_base_model(), True
+    return model, False
+
+
+class DeRTaTrainer(Trainer):
+    """A ``Trainer`` whose loss is next-token CE on ``labels`` plus ``rto_labels``.
+
+    ``train_dataset`` may be a list of :class:`~deepalign.data.recipes.TrainingRecord`
+    (tokenized here with ``processing_class``) or already-encoded features.
+    ``refusal_token_id`` is required when records have RTO spans. ``peft_config`` wraps the
+    model with PEFT (LoRA) first, as TRL does.
+    """
+
+    loss_is_scaled_for_ga = True  # compute_loss divides by the whole accumulated batch's count
+
+    def __init__(self, model, args: DeRTaConfig | None = None, data_collator=None, train_dataset=None,
+                 eval_dataset=None, processing_class=None, *, refusal_token_id: int | None = None,
+                 peft_config=None, callbacks=None, **kwargs):
+        if args is None:
+            args = DeRTaConfig(output_dir="derta-output")
+        if isinstance(model, (str, os.PathLike)):
+            from transformers import AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_pretrained(model)
+        if processing_class is None:
+            raise ValueError("DeRTaTrainer needs processing_class (the tokenizer)")
+        if peft_config is not None:
+            from peft import get_peft_model
+
+            if getattr(args, "activation_checkpointing", False) or getattr(args, "gradient_checkpointing", False):
+                model.enable_input_require_grads()
+            model = get_peft_model(model, peft_config)
+        _, is_peft = _peft_base(model)
+        keep = args.rto_keep if args.rto_keep is not None else (RTO_KEEP_LORA if is_peft else RTO_KEEP_FULL)
+        self.rto_keep = keep
+        self.refusal_token_id = refusal_token_id
+        train_dataset = self._encode(train_dataset, processing_class, args.max_length)
+        eval_dataset = self._encode(eval_dataset, processing_class, args.max_length)
+        if data_collator is None:
+            pad = processing_class.pad_token_id
+            if pad is None:
+                pad = processing_class.eos_token_id
+            data_collator = DeRTaCollator(pad_token_id=pad, refusal_token_id=refusal_token_id, rto_keep=keep,
+                                          seed=args.seed)
+        callbacks = list(callbacks or [])
+        if hasattr(data_collator, "epoch"):
+            callbacks.append(_CollatorEpoch(data_collator))
+        super().__init__(model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
+                         eval_dataset=eval_dataset, processing_class=processing_class, callbacks=callbacks, **kwargs)
+        self._stats: dict[str, float] = defaultdict(float)
+        self._keep_arg: bool | None = None
+
+    @staticmethod
+    def _encode(dataset, tokenizer, max_length):
+        if dataset is None or isinstance(dataset, FeatureDataset):
+            return dataset
+        items = list(dataset) if not hasattr(dataset, "__getitem__") else dataset
+        if len(items) and hasattr(items[0], "prompt") and hasattr(items[0], "rto"):
+            return FeatureDataset(encode_records(list(items), tokenizer, max_length=max_length))
+        return dataset
+
+    # -- the loss ------------------------------------------------------------------------
+
+    def _lm_parts(self, model):
+        base, _ = _peft_base(self.accelerator.unwrap_model(model))
+        head = base.get_output_embeddings()
+        decoder = base.get_decoder()
+        if head is None or decoder is None or decoder is base:
+            raise ValueError(f"{type(base).__name__}: cannot find the decoder and output head of this model")
+        if self._keep_arg is None:
+            self._keep_arg = "logits_to_keep" in inspect.signature(type(base).forward).parameters
+        softcap = getattr(getattr(base, "config", None), "final_logit_softcapping", None)
+        return decoder, head, softcap
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        rto_labels = inputs.pop("rto_labels", None)
+        decoder, head, softcap = self._lm_parts(model)
+        captured: list[torch.Tensor] = []
+
+        def grab(_module, _args, output):
+            captured.append(output[0] if isinstance(output, (tuple, list)) else output.last_hidden_state)
+
+        handle = decoder.register_forward_hook(grab)
+        try:
+            extra = {"use_cache": False}
+            if self._keep_arg:
+                extra["logits_to_keep"] = torch.zeros(0, dtype=torch.long, device=labels.device)
+            outputs = model(**inputs, **extra)
+        finally:
+            handle.remove()
+        if not captured:
+            raise RuntimeError("the decoder's forward hook did not fire; cannot read the final hidden states")
+        hidden = captured[-1]
+        loss, stats = derta_loss(hidden, head, labels, rto_labels, num_items=num_items_in_batch,
+                                 rto_weight=self.args.rto_weight, chunk_rows=self.args.loss_chunk_rows,
+                                 softcap=softcap, impl=self.args.loss_impl)
+        if num_items_in_batch is not None and self.args.average_tokens_across_devices and self.args.world_size > 1:
+            loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
+        if model.training:
+            for k, v in stats.items():
+                self._stats[k] += float(v)
+        return (loss, outputs) if return_outputs else loss
+
+    def _get_num_items_in_batch(self, batch_samples, device):
+        if not batch_samples or "labels" not in batch_samples[0]:
+            return None
+        n = sum(count_label_tokens(b["labels"], b.get("rto_labels")) for b in batch_samples)
+        n = torch.as_tensor(n, device=device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            n = self.accelerator.gather(n).sum()
+        return n
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        s = self._stats
+        if "loss" in logs and (s["n_mle"] or s["n_rto"]):
+            if s["n_mle"]:
+                logs["mle_loss"] = round(s["mle_sum"] / s["n_mle"], 4)
+            if s["n_rto"]:
+                logs["rto_loss"] = round(s["rto_sum"] / s["n_rto"], 4)
+            logs["rto_share"] = round(s["n_rto"] / (s["n_mle"] + s["n_rto"]), 4)
+            self._stats = defaultdict(float)
+        super().log(logs, start_time)
+
+
+# -- saving ------------------------------------------------------------------------------
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _install(tmp: Path, out: Path, last: tuple[str, ...] = ("config.json", "adapter_config.json")) -> None:
+    """Move the files of ``tmp`` into ``out`` one atomic rename at a time, the files that
+    make the directory loadable (``config.json``) last; then remove ``tmp``."""
+    names = sorted(p.name for p in tmp.iterdir())
+    mode = 0o666 & ~_umask()
+    for p in tmp.iterdir():
+        if p.is_file():
+            os.chmod(p, mode)  # temp files are created private; the model is not
+    for name in [n for n in names if n not in last] + [n for n in names if n in last]:
+        dst = out / name
+        if dst.is_dir() and not dst.is_symlink():
+            shutil.rmtree(dst)
+        os.replace(tmp / name, dst)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_final_model(trainer: Trainer, out: str | os.PathLike, tokenizer, *, merge_lora: bool = True,
+                     extra_json: dict[str, Any] | None = None) -> None:
+    """Save the trained model + tokenizer into ``out`` (safetensors).
+
+    Files are first written to a temporary directory inside ``out`` and then moved in with
+    ``config.json`` last, so an interruption never leaves a loadable half-written model. A
+    LoRA model is merged into its base by default (``AutoModelForCausalLM`` loads the
+    result); ``merge_lora=False`` writes the adapter instead. Call it on every process: the
+    distributed state dict is gathered by ``Trainer.save_model`` where needed, and only the
+    main process writes.
+    """
+    from deepalign.utils import write_json
+
+    out = Path(out)
+    acc = trainer.accelerator
+    base, is_peft = _peft_base(acc.unwrap_model(trainer.model))
+    tmp: Path | None = None
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out, prefix=".final-", suffix=".tmp"))
+    try:
+        if is_peft and merge_lora:
+            if getattr(trainer, "is_deepspeed_enabled", False) or getattr(trainer, "is_fsdp_enabled", False):
+                from deepalign.errors import DeepAlignError
+
+                raise DeepAlignError("merging LoRA under DeepSpeed/FSDP is not supported; pass --keep-adapter "
+                                     "and merge the adapter afterwards")
+            if acc.is_main_process:
+                peft_model = acc.unwrap_model(trainer.model)
+                merged = peft_model.merge_and_unload(safe_merge=True)
+                merged.save_pretrained(tmp, safe_serialization=True)
+                tokenizer.save_pretrained(tmp)
+        else:
+            # save_model gathers ZeRO-3 / FSDP weights on every process; the main one writes.
+            target = str(tmp) if tmp is not None else str(out / ".final-nonmain.tmp")
+            trainer.save_model(target)
+            if acc.is_main_process:
+                tokenizer.save_pretrained(tmp)
+        if acc.is_main_process:
+            for junk in ("training_args.bin",):
+                (tmp / junk).unlink(missing_ok=True)
+            if extra_json:
+                for name, obj in extra_json.items():
+                    write_json(tmp / name, obj)
+            _install(tmp, out)
+    except BaseException:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    acc.wait_for_everyone()

@@ -1,0 +1,51 @@
+"""Two DDP processes on CPU (gloo) through ``accelerate launch``: one final model written once,
+equal to a single-process run on the same global batch (so gradients were synchronised and
+normalised over both processes).
+
+accelerate 1.x runs ``--cpu --num_processes N`` as a single process unless an MPI hostfile is
+given; ``--multi_gpu`` starts N processes with torchrun, and on a machine without CUDA
+deepalign puts them on CPU with the gloo backend."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+
+def test_two_cpu_processes_train_and_save_once(world_dir, base_model_dir, tmp_path):
+    accelerate = Path(sys.executable).parent / "accelerate"
+    if not accelerate.exists():
+        accelerate = shutil.which("accelerate")
+    if accelerate is None:
+        pytest.skip("accelerate CLI not installed")
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
+           "PYTHONWARNINGS": "ignore"}
+    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0", "-m", "deepalign", "train",
+           "--recipe", "derta", "--world", str(world_dir), "--model", str(base_model_dir), "--out", str(out),
+           "--max-steps", "2", "--batch-size", "4", "--grad-accum", "2", "--save-steps", "1", "--quiet"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads((out / "deepalign_train.json").read_text())
+    assert info["world_size"] == 2 and info["steps"] == 2
+    assert (out / "model.safetensors").exists() and (out / "config.json").exists()
+    assert not (out / "checkpoints").exists() and not list(out.glob(".final-*"))
+    from safetensors.torch import load_file
+
+    from deepalign.training.commands import train
+
+    single = train(recipe="derta", world=str(world_dir), model=str(base_model_dir), out=str(tmp_path / "one"),
+                   max_steps=2, batch_size=8, grad_accum=2, save_steps=10, quiet=True)
+    a, b = load_file(str(out / "model.safetensors")), load_file(str(single / "model.safetensors"))
+    base = load_file(str(base_model_dir / "model.safetensors"))
+    assert any(not torch.equal(a[k], base[k]) for k in a)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4, msg=k)

@@ -1,0 +1,178 @@
+"""``deepalign train`` / ``train()`` on the micro world: saved models load with
+AutoModelForCausalLM, LoRA merges, interrupted runs resume to the same weights and never
+leave a half-written model, DPO runs, user mistakes are one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from deepalign.cli import main
+from deepalign.errors import DeepAlignError
+from deepalign.training.commands import train
+
+FAST = dict(max_steps=2, batch_size=4, save_steps=1, logging_steps=1, quiet=True)
+
+
+def _weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+def _load(path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+
+
+def test_cli_derta_run_writes_a_standard_model_dir(world_dir, base_model_dir, tmp_path, capsys):
+    out = tmp_path / "derta"
+    code = main(["train", "--recipe", "derta", "--world", str(world_dir), "--model", str(base_model_dir),
+                 "--out", str(out), "--max-steps", "3", "--batch-size", "8", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
+    assert not (out / "checkpoints").exists() and not list(out.glob(".final-*"))
+    model, tok = _load(out)
+    assert tok.chat_template and model.config.vocab_size == len(tok)
+    info = json.loads((out / "deepalign_train.json").read_text())
+    assert info["steps"] == 3 and info["refusal_token"]["piece"] == "sorry"
+    assert info["records"]["rto"] == info["records"]["prefix"] > 0
+    assert info["rto_keep"] == 0.05  # full fine-tuning: the reference's 5%
+    base = _weights(base_model_dir)
+    new = _weights(out)
+    assert any(not torch.equal(base[k], new[k]) for k in base)
+    assert sum(1 for _ in open(out / "records.jsonl")) == sum(v for k, v in info["records"].items() if k != "prefix_k0")
+    # a finished dir is not silently retrained
+    code = main(["train", "--world", str(world_dir), "--model", str(base_model_dir), "--out", str(out),
+                 "--max-steps", "1", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "already holds a trained model; pass --overwrite" in err and err.count("\n") == 1
+
+
+def test_lora_is_merged_by_default_or_kept(world_dir, base_model_dir, tmp_path):
+    out = train(recipe="vanilla", world=str(world_dir), model=str(base_model_dir), out=str(tmp_path / "m"),
+                lora=True, lora_r=4, **FAST)
+    assert not (out / "adapter_config.json").exists()
+    model, _ = _load(out)  # plain AutoModelForCausalLM, no peft needed
+    assert not any("lora" in n for n, _ in model.named_parameters())
+    info = json.loads((out / "deepalign_train.json").read_text())
+    assert info["lora"] and not info["adapter_kept"]
+    base, new = _weights(base_model_dir), _weights(out)
+    assert set(base) == set(new) and any(not torch.equal(base[k], new[k]) for k in base)
+
+    out = train(recipe="rto", world=str(world_dir), model=str(base_model_dir), out=str(tmp_path / "a"),
+                lora=True, lora_r=4, keep_adapter=True, **FAST)
+    assert (out / "adapter_config.json").exists() and (out / "adapter_model.safetensors").exists()
+    assert json.loads((out / "deepalign_train.json").read_text())["rto_keep"] == 1.0  # LoRA: keep all
+
+
+def test_interrupted_run_resumes_to_the_same_model(world_dir, base_model_dir, tmp_path, monkeypatch):
+    from deepalign.training.trainer import DeRTaTrainer
+
+    opts = dict(recipe="derta", world=str(world_dir), model=str(base_model_dir), rto_keep=0.5, **FAST)
+    full = train(out=str(tmp_path / "full"), **opts)
+
+    real_step = DeRTaTrainer.training_step
+
+    def crash_in_step_2(self, *a, **k):
+        if self.state.global_step == 1:
+            raise KeyboardInterrupt
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(DeRTaTrainer, "training_step", crash_in_step_2)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(out=str(out), **opts)
+    assert (out / "checkpoints" / "checkpoint-1").is_dir()
+    assert not (out / "config.json").exists() and not (out / "model.safetensors").exists()
+    monkeypatch.setattr(DeRTaTrainer, "training_step", real_step)
+    with pytest.raises(DeepAlignError, match="pass --resume to continue"):
+        train(out=str(out), **opts)
+    with pytest.raises(DeepAlignError, match="different seed"):
+        train(out=str(out), resume=True, **{**opts, "seed": 1})
+    train(out=str(out), resume=True, **opts)
+    a, b = _weights(full), _weights(out)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5, msg=k)
+    assert json.loads((out / "deepalign_train.json").read_text())["steps"] == 2
+
+
+def test_dpo_baseline_runs_on_top_of_a_model(world_dir, base_model_dir, tmp_path):
+    out = train(recipe="dpo", world=str(world_dir), model=str(base_model_dir), out=str(tmp_path / "dpo"),
+                max_steps=2, batch_size=4, save_steps=10, quiet=True)
+    info = json.loads((out / "deepalign_train.json").read_text())
+    assert info["recipe"] == "dpo" and info["pairs"] > 0 and info["steps"] == 2
+    model, _ = _load(out)
+    base, new = _weights(base_model_dir), _weights(out)
+    assert any(not torch.equal(base[k], new[k]) for k in base)
+
+
+def test_dpo_pairs_use_the_chat_template(world_dir):
+    from deepalign.data.loaders import load_triples
+    from deepalign.data.recipes import prompt_format
+    from deepalign.training.dpo import preference_rows
+    from test_training_tokenizers import word_tokenizer
+
+    tok = word_tokenizer()
+    triples = load_triples(str(world_dir / "train" / "triples.jsonl"))[:2]
+    rows = preference_rows(triples, prompt_format(tok), tok)
+    assert rows[0]["prompt"] == [{"role": "user", "content": triples[0].query}]
+    assert rows[0]["chosen"][0]["content"] == triples[0].safe
+    assert rows[0]["rejected"][0]["content"] == triples[0].harmful
+    rows = preference_rows(triples, prompt_format(tok, "{bos}Q: {query}\nA:"), tok)
+    assert rows[0]["prompt"].startswith("<bos>Q: ") and rows[0]["chosen"] == " " + triples[0].safe
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--world", "{tmp}/nowhere"], "no world at"),
+    (["--refusal-word", "zzzqqq"], "'zzzqqq' is not in the tokenizer's vocabulary"),
+    (["--refusal-word", "refuse politely"], "single word"),
+    (["--rto-keep", "1.5"], "--rto-keep must be in [0, 1]"),
+    (["--model", "{tmp}/missing-model"], "no model directory at"),
+    (["--triples", "{tmp}/none.jsonl"], "no such file"),
+    (["--keep-adapter"], "--keep-adapter needs --lora"),
+])
+def test_user_mistakes_are_one_line_errors(world_dir, base_model_dir, tmp_path, capsys, argv, message):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    base = ["train", "--world", str(world_dir), "--model", str(base_model_dir), "--out", str(tmp_path / "o"),
+            "--max-steps", "1", "--quiet"]
+    code = main(base + argv)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("deepalign: error: ") and message in err and err.count("\n") == 1
+
+
+def test_bad_triples_file_names_the_line(world_dir, base_model_dir, tmp_path, capsys):
+    bad = tmp_path / "t.jsonl"
+    bad.write_text('{"id": "a", "query": "q", "harmful": "h", "safe": "s"}\n{"id": "b", "query": "q", "safe": "s"}\n')
+    code = main(["train", "--world", str(world_dir), "--model", str(base_model_dir), "--triples", str(bad),
+                 "--out", str(tmp_path / "o"), "--max-steps", "1", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "t.jsonl:2" in err and "harmful" in err
+
+
+def test_train_on_a_reference_format_file(world_dir, base_model_dir, tmp_path):
+    """--records accepts the DeRTa reference's {"prefix","text","safe"} lines (re-rendered with
+    the model's chat template) as well as our own records.jsonl."""
+    from transformers import AutoTokenizer
+
+    from deepalign.data.loaders import load_instructions, load_triples
+    from deepalign.data.recipes import build_records, export_reference, prompt_format
+
+    tok = AutoTokenizer.from_pretrained(base_model_dir)
+    recs = build_records("derta", load_triples(str(world_dir / "train" / "triples.jsonl"))[:20],
+                         load_instructions(str(world_dir / "train" / "helpful.jsonl"))[:20], prompt_format(tok))
+    ref = tmp_path / "llama_derta.json"
+    export_reference(recs, ref, eos="<|end_of_text|>")
+    out = train(recipe="derta", model=str(base_model_dir), records=str(ref), out=str(tmp_path / "r"),
+                max_steps=1, batch_size=4, quiet=True)
+    info = json.loads((out / "deepalign_train.json").read_text())
+    assert info["records"] == {"mle": 20, "prefix": 10, "prefix_k0": info["records"]["prefix_k0"], "rto": 10}
+    first = json.loads((out / "records.jsonl").read_text().splitlines()[0])
+    assert first["prompt"].startswith("<bos><user> ")  # re-rendered with the world's chat template
+    again = train(recipe="derta", model=str(base_model_dir), records=str(out / "records.jsonl"),
+                  out=str(tmp_path / "r2"), max_steps=1, batch_size=4, quiet=True)
+    assert json.loads((again / "deepalign_train.json").read_text())["records"] == info["records"]
