@@ -35,7 +35,7 @@ def _claim(name: str, ok: bool | None, detail: str) -> dict:
 
 
 def write_study_report(out: str | os.PathLike, *, targets: dict[str, str], ed_specs: dict, depths, alphas,
-                       judge: str = "oracle") -> dict:
+                       judge: str = "oracle", setup: str | None = None) -> dict:
     """Write ``OUT/report.md`` and plots; return the numbers and the claims."""
     out = Path(out)
     runs = {name: out / "eval" / name for name in ("attacks", "benign", "ed")}
@@ -89,12 +89,32 @@ def write_study_report(out: str | os.PathLike, *, targets: dict[str, str], ed_sp
                     continue
                 ed[f"{m}@{a}"] = _rate(ec.get((ed_specs[(m, a)], "direct", ds)), "harmful")
 
+    agreement = _judge_agreement([d / "responses.jsonl" for d in runs.values()], judge)
     claims = _claims(names, positions, depth, depths, benign, ed, alphas, refusal, mid)
     plots = _plots(out, names, positions, depth, depths, table)
-    results = {"judge": judge, "dataset": dataset, "attack_table": table, "refusal_table": refusal,
+    results = {"judge": judge, "dataset": dataset, "attack_table": table, "refusal_table": refusal, "judge_agreement": agreement,
                "refusal_positions": positions, "depth": depth, "benign": benign, "ed": ed, "claims": claims}
-    _write_markdown(out, results, names, attacks, depths, alphas, plots)
+    _write_markdown(out, results, names, attacks, depths, alphas, plots, setup)
     return results
+
+
+def _judge_agreement(paths, reference: str) -> dict:
+    """How often every other judge's refusal verdict equals the reference judge's."""
+    from deepalign.evaluation.runner import read_rows
+
+    counts: dict[str, list[int]] = {}
+    for path in paths:
+        for row in read_rows(path):
+            verdicts = row.get("verdicts") or {}
+            ref = (verdicts.get(reference) or {}).get("refusal")
+            if ref is None:
+                continue
+            for name, v in verdicts.items():
+                if name != reference and v.get("refusal") is not None:
+                    c = counts.setdefault(name, [0, 0])
+                    c[0] += bool(v["refusal"]) == bool(ref)
+                    c[1] += 1
+    return {name: {"agree": a, "n": n, "rate": a / n if n else None} for name, (a, n) in counts.items()}
 
 
 def _claims(names, positions, depth, depths, benign, ed, alphas, refusal, mid) -> list[dict]:
@@ -217,8 +237,10 @@ def _short(attack: str) -> str:
     return attack
 
 
-def _write_markdown(out: Path, results: dict, names, attacks, depths, alphas, plots) -> None:
+def _write_markdown(out: Path, results: dict, names, attacks, depths, alphas, plots, setup=None) -> None:
     lines = ["# deepalign study report", ""]
+    if setup:
+        lines += [setup, ""]
     lines += ["## Claims", ""]
     for c in results["claims"]:
         lines.append(f"- **{c['status']}** {c['name']}: {c['detail']}")
@@ -251,6 +273,10 @@ def _write_markdown(out: Path, results: dict, names, attacks, depths, alphas, pl
             if m == "base":
                 continue
             lines.append(f"| {m} | " + " | ".join(_pct(results["ed"].get(f"{m}@{a}")) for a in alphas) + " |")
+    if results["judge_agreement"]:
+        lines += ["", f"## Judges: refusal verdicts that agree with the {results['judge']} judge", ""]
+        for name, a in results["judge_agreement"].items():
+            lines.append(f"- `{name}`: {a['agree']}/{a['n']} responses ({_pct(a['rate'])}%)")
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     lines += ["", "Per-run details (every response, verdict and interval): `eval/attacks/report.md`, "
               "`eval/benign/report.md`, `eval/ed/report.md`.", ""]
