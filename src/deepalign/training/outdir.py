@@ -31,11 +31,27 @@ def is_finished(out: Path) -> bool:
     return (out / "config.json").exists() or (out / "adapter_config.json").exists()
 
 
-def last_checkpoint(out: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+def last_complete_checkpoint(folder: Path) -> str | None:
+    """The newest ``checkpoint-N`` in ``folder`` that was written to the end.
 
-    ck = out / CHECKPOINTS
-    return get_last_checkpoint(str(ck)) if ck.is_dir() else None
+    The Trainer writes a checkpoint in place and its ``trainer_state.json`` last, so a process
+    killed while saving leaves a newest checkpoint without it: that one is skipped.
+    """
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    done = []
+    for d in folder.iterdir():
+        step = d.name[len(PREFIX_CHECKPOINT_DIR) + 1:]
+        if d.name.startswith(PREFIX_CHECKPOINT_DIR + "-") and step.isdigit() and (d / "trainer_state.json").exists():
+            done.append((int(step), d))
+    return str(max(done)[1]) if done else None
+
+
+def last_checkpoint(out: Path) -> str | None:
+    return last_complete_checkpoint(out / CHECKPOINTS)
 
 
 def plan(out: Path, *, resume: bool, overwrite: bool, options: dict[str, Any], compare: tuple[str, ...]) -> tuple[bool, str | None]:

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from deepalign.errors import DeepAlignError
+from deepalign.training.outdir import last_complete_checkpoint
 from deepalign.utils import atomic_dir, read_jsonl, set_seed, write_json
 
 
@@ -68,12 +69,6 @@ class _PadRight:
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def _last_checkpoint(work: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(str(work)) if work.is_dir() else None
-
-
 def pretrain(world: str | Path = "runs/world", out: str | Path = "runs/base", *, resume: bool = False,
              quiet: bool = False, **overrides) -> Path:
     """Pretrain the world base model on ``world``'s corpus and save it to ``out``."""
@@ -104,7 +99,7 @@ def pretrain(world: str | Path = "runs/world", out: str | Path = "runs/base", *,
     )
     model = LlamaForCausalLM(config)
     work = out.parent / f"{out.name}.partial"
-    checkpoint = _last_checkpoint(work) if resume else None
+    checkpoint = last_complete_checkpoint(work) if resume else None
     if not resume and work.exists():
         shutil.rmtree(work)
     args = TrainingArguments(
