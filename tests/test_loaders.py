@@ -435,3 +435,16 @@ def test_reference_training_errors(tmp_path):
     (ex,) = load_reference_training(path)  # no template: kept verbatim, safe defaults to MLE
     assert (ex.query, ex.objective, ex.meta["verbatim"]) == ("plain text prompt", "mle", True)
 
+
+
+def test_our_records_round_trip_their_meta(tmp_path):
+    """Rows written by the world / the record types keep their ``meta`` object as is."""
+    from deepalign.data.records import EvalPrompt, HarmfulTriple, to_dict
+    from deepalign.utils import write_jsonl
+
+    t = HarmfulTriple("t1", "placeholder question", "placeholder answer", "placeholder refusal", {"kind": "x", "n": 1})
+    e = EvalPrompt("e1", "placeholder prompt", kind="helpful", answer="4", meta={"check": "is 4"})
+    write_jsonl(tmp_path / "t.jsonl", [to_dict(t)])
+    write_jsonl(tmp_path / "e.jsonl", [to_dict(e)])
+    assert load_triples(str(tmp_path / "t.jsonl"))[0].meta == {"kind": "x", "n": 1}
+    assert load_eval_prompts(str(tmp_path / "e.jsonl"))[0].meta == {"check": "is 4"}

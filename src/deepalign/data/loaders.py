@@ -504,9 +504,16 @@ class _Fields:
         return self.row.default_id
 
     def extras(self) -> dict[str, Any]:
+        """Unused columns; a ``meta`` object (our own records' field) is merged, not nested,
+        so records round-trip through JSONL."""
         out = {}
+        meta = self.row.data.get("meta")
+        if isinstance(meta, dict) and "meta" not in self.used:
+            out.update({str(k): v for k, v in meta.items()})
         for key, value in self.row.data.items():
             if key in self.used or value is None or (isinstance(value, str) and not value.strip()):
+                continue
+            if key == "meta" and isinstance(value, dict):
                 continue
             out[str(key)] = value
         return out

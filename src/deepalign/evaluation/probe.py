@@ -10,15 +10,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from deepalign.data.records import EvalPrompt, HarmfulTriple, from_dict
 from deepalign.decoding.base import GenConfig, Request
-from deepalign.utils import read_jsonl, write_json
-
-
-def load_world_split(world: str | Path, name: str):
-    """Records of a world test split: ``harmful`` -> HarmfulTriple, others -> EvalPrompt."""
-    cls = HarmfulTriple if name == "harmful" else EvalPrompt
-    return [from_dict(cls, row) for _, row in read_jsonl(Path(world) / "test" / f"{name}.jsonl")]
+from deepalign.evaluation.datasets import load_world
+from deepalign.utils import write_json
 
 
 def probe(model: str | Path, world: str | Path = "runs/world", *, max_new_tokens: int = 64, batch_size: int = 64,
@@ -33,8 +27,8 @@ def probe(model: str | Path, world: str | Path = "runs/world", *, max_new_tokens
     start = time.time()
     results: dict[str, float | int] = {}
     for split in ("harmful", "benign", "helpful"):
-        items = load_world_split(world, split)[:limit]
-        requests = [Request(id=it.id, query=it.query if split == "harmful" else it.prompt) for it in items]
+        items = load_world(world, split, limit)
+        requests = [Request(id=it.id, query=it.prompt) for it in items]
         gens = target.generate(requests, config)
         verdicts = [oracle.judge(g[0].text, it) for g, it in zip(gens, items)]
         n = len(verdicts)
