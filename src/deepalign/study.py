@@ -21,7 +21,7 @@ model directory) the same stages run on real models and data.
 
 from __future__ import annotations
 
-import json
+import argparse
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -177,7 +177,7 @@ def run_study(cfg: StudyConfig | None = None, **overrides) -> dict:
     results = write_study_report(out, targets=targets, ed_specs=ed_specs, depths=cfg.depths, alphas=cfg.alphas,
                                  judge="oracle" if cfg.world_mode else "keyword", setup=_setup_line(cfg, stages, started))
     results["timing"] = {"stages_s": stages.times, "reused": stages.reused, "wall_s": round(time.time() - started, 1)}
-    results["config"] = {k: v for k, v in asdict(cfg).items()}
+    results["config"] = asdict(cfg)
     write_json(out / "study.json", results)
     stages.say(f"[study] report -> {out / 'report.md'} ({results['timing']['wall_s']:.0f}s)")
     if not cfg.quiet:
@@ -209,7 +209,7 @@ def configure(p) -> None:
     p.add_argument("--helpful", default=None, help="real-model mode: helpful instruction pairs")
     p.add_argument("--eval-datasets", nargs="+", default=[], metavar="SPEC",
                    help="real-model mode: evaluation datasets (deepalign eval specs; benign:/helpful: prefixes for non-harmful)")
-    p.add_argument("--lora", action=__import__("argparse").BooleanOptionalAction, default=None,
+    p.add_argument("--lora", action=argparse.BooleanOptionalAction, default=None,
                    help="LoRA fine-tuning (default: on for real models, off for the world)")
     p.add_argument("--depths", type=int, nargs="+", default=list(DEPTHS), help="prefill depths (tokens)")
     p.add_argument("--alphas", type=float, nargs="+", default=list(ALPHAS), help="ED alphas")
@@ -230,9 +230,5 @@ def run(args) -> int:
         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, limit=args.limit,
         train_steps=args.train_steps, pretrain_steps=args.pretrain_steps,
     )
-    results = run_study(cfg)
-    return 0 if results else 1
-
-
-if __name__ == "__main__":  # pragma: no cover
-    print(json.dumps(asdict(StudyConfig()), indent=2))
+    run_study(cfg)
+    return 0

@@ -26,7 +26,7 @@ import torch
 
 from deepalign.decoding.base import GenConfig, Generation, Request
 from deepalign.decoding.hf import chunks, left_pad, load_model, logits_width
-from deepalign.decoding.output import continuation_text, eos_ids, find_stop, make_generation, pad_id
+from deepalign.decoding.output import continuation_text, eos_ids, find_stop, group_generations, pad_id
 from deepalign.decoding.prompts import PromptFormat
 from deepalign.errors import DeepAlignError
 
@@ -158,17 +158,8 @@ class ComposedTarget:
         seeds = [row_seed(config.seed, r.id, s) for r in requests for s in range(copies)]
         decoded = self.decode(requests, config, copies=copies, seeds=seeds)
         context = [self.components[0].prompt_format.encode(self.decoder, r) for r in requests]
-        out = []
-        for i, req in enumerate(requests):
-            gens = []
-            for s in range(config.num_samples):
-                row = i * copies + (s if copies > 1 else 0)
-                gens.append(make_generation(
-                    self.decoder, req.id, s, context[i], decoded.tokens[row], self.eos, config.stop_strings,
-                    decoded.logprobs[row] if config.return_logprobs else None,
-                ))
-            out.append(gens)
-        return out
+        return group_generations(self.decoder, requests, config, context, decoded.tokens, self.eos,
+                                 decoded.logprobs if config.return_logprobs else None)
 
     # -- the cached loop ----------------------------------------------------------------
     def _forward(self, k: int, ids, mask, pos, cache) -> torch.Tensor:

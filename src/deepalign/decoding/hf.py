@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 
 from deepalign.decoding.base import GenConfig, Generation, Request
-from deepalign.decoding.output import StopOnText, eos_ids, make_generation, pad_id
+from deepalign.decoding.output import StopOnText, eos_ids, group_generations, pad_id
 from deepalign.decoding.prompts import PromptFormat
 from deepalign.errors import DeepAlignError
 
@@ -187,15 +187,4 @@ class HFTarget:
             # renormalised over the tokenizer's vocabulary, as ComposedTarget does
             steps = torch.stack(result.logits, dim=1)[..., : len(self.tokenizer)].float().log_softmax(-1)
             logprobs = steps.gather(-1, new[:, : steps.shape[1], None]).squeeze(-1).tolist()
-        new = new.tolist()
-        out = []
-        for i, req in enumerate(requests):
-            gens = []
-            for s in range(config.num_samples):
-                row = i * copies + (s if copies > 1 else 0)
-                gens.append(make_generation(
-                    self.tokenizer, req.id, s, prompts[i], new[row], self.eos, config.stop_strings,
-                    None if logprobs is None else logprobs[row],
-                ))
-            out.append(gens)
-        return out
+        return group_generations(self.tokenizer, requests, config, prompts, new.tolist(), self.eos, logprobs)

@@ -105,3 +105,21 @@ class StopOnText(StoppingCriteria):
             if find_stop(continuation_text(self.tokenizer, ctx, toks), self.stops) >= 0:
                 done[row] = True
         return done
+
+
+def group_generations(tokenizer, requests, config, contexts, rows, eos, logprobs=None) -> list[list[Generation]]:
+    """Per request, ``config.num_samples`` generations from the decoded ``rows``.
+
+    ``rows`` holds ``num_samples`` rows per request when sampling, one when greedy (greedy
+    decoding is deterministic: the single row stands for every sample).
+    """
+    copies = config.num_samples if config.do_sample else 1
+    out = []
+    for i, req in enumerate(requests):
+        gens = []
+        for s in range(config.num_samples):
+            row = i * copies + (s if copies > 1 else 0)
+            gens.append(make_generation(tokenizer, req.id, s, contexts[i], rows[row], eos, config.stop_strings,
+                                        None if logprobs is None else logprobs[row]))
+        out.append(gens)
+    return out

@@ -42,7 +42,6 @@ def write_study_report(out: str | os.PathLike, *, targets: dict[str, str], ed_sp
     summaries = {name: build_report(d) for name, d in runs.items() if (d / "responses.jsonl").exists()}
     if "attacks" not in summaries:
         raise DeepAlignError(f"no attack evaluation in {runs['attacks']}")
-    label = {f"hf:{path}": name for name, path in targets.items()}
     names = [n for n in MODEL_ORDER if n in targets]
     att = summaries["attacks"]
     cells = _cells(att, judge)
@@ -265,7 +264,7 @@ def _write_markdown(out: Path, results: dict, names, attacks, depths, alphas, pl
             lines.append(f"| {m} | {_pct(over)} | {_pct(helpful)} |")
     if results["ed"]:
         lines += ["", "## Emulated Disalignment: harmful % (sampled, T=0.7)", ""]
-        lines.append(f"Base model alone: {_pct(results['ed'].get('base'))}%", )
+        lines.append(f"Base model alone: {_pct(results['ed'].get('base'))}%")
         lines.append("")
         lines.append("| aligned model | " + " | ".join(f"alpha {a}" for a in alphas) + " |")
         lines.append("|---|" + "---|" * len(alphas))
