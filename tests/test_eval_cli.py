@@ -128,3 +128,25 @@ def test_ed_target_spec_through_the_runner(world_dir, tiny_model, tmp_path):
     assert comp["prompt"]["text"].endswith("<assistant>Sure, here is") and "<user>" in comp["prompt"]["text"]
     with pytest.raises(DeepAlignError, match="give base=, aligned= and alpha="):
         make_target(f"ed:base={tiny_model}")
+
+
+def test_sampled_run_resumed_mid_batch_equals_an_uninterrupted_one(world_dir, tiny_model, tmp_path):
+    """Sampling through a Hugging Face target: a run cut after a batch and a half (as a kill
+    leaves it) and resumed draws exactly the samples of an uninterrupted run, because batches
+    keep their boundaries and each batch's seed comes from its request ids."""
+    from deepalign.decoding.base import GenConfig
+    from deepalign.evaluation.runner import RESPONSES, read_rows, run_eval
+
+    cfg = GenConfig(max_new_tokens=6, do_sample=True, temperature=1.0, num_samples=2, seed=5)
+    kw = dict(world=world_dir, limit=7, batch_size=3, quiet=True, report=False)
+    run_eval([f"hf:{tiny_model}"], "direct", ["world:harmful"], "oracle", tmp_path / "full", cfg, **kw)
+    full = read_rows(tmp_path / "full" / RESPONSES)
+    assert len(full) == 14 and len({r["response"] for r in full}) > 7  # really sampled
+    lines = (tmp_path / "full" / RESPONSES).read_bytes().splitlines(keepends=True)
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "cut" / "run.json").write_bytes((tmp_path / "full" / "run.json").read_bytes())
+    (tmp_path / "cut" / RESPONSES).write_bytes(b"".join(lines[:9]) + lines[9][:20])  # 1.5 batches and a torn line
+    run_eval([f"hf:{tiny_model}"], "direct", ["world:harmful"], "oracle", tmp_path / "cut", cfg, **kw)
+    resumed = read_rows(tmp_path / "cut" / RESPONSES)
+    responses = lambda rows: sorted((r["key"], r["response"]) for r in rows)  # noqa: E731
+    assert responses(resumed) == responses(full)

@@ -8,6 +8,7 @@ sampling, stop strings, EOS suppression, per-token log-probs).
 from __future__ import annotations
 
 import os
+import zlib
 from pathlib import Path
 from typing import Sequence
 
@@ -179,7 +180,9 @@ class HFTarget:
             kwargs["stopping_criteria"] = StoppingCriteriaList(
                 [StopOnText(self.tokenizer, config.stop_strings, input_ids.shape[1], prompts)]
             )
-        torch.manual_seed(config.seed)
+        # seeded by the batch's request ids: the same batch draws the same samples in any run
+        # (the evaluation runner keeps batch boundaries fixed across resumes)
+        torch.manual_seed(zlib.crc32(f"{config.seed}:{':'.join(r.id for r in requests)}".encode("utf-8")))
         result = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         new = result.sequences[:, input_ids.shape[1]:]
         logprobs = None

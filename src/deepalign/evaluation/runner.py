@@ -10,7 +10,11 @@ line is cut off on resume). The run's settings (generation config, judges) are k
 datasets to a run is fine. At the end :func:`deepalign.evaluation.report.build_report`
 writes ``summary.json``, ``report.md`` and the plots.
 
-Generation is batched: each ``target.generate`` call gets ``batch_size`` items at once.
+Generation is batched: each ``target.generate`` call gets ``batch_size`` items at once. Batches
+keep fixed boundaries over each dataset, so a resumed run regenerates an unfinished batch with
+the same batch-mates; with the same ``batch_size`` a resumed *sampled* run then draws the
+same samples as an uninterrupted one (Hugging Face targets seed each batch from its request
+ids, composed targets each row).
 """
 
 from __future__ import annotations
@@ -224,27 +228,34 @@ def run_eval(
             work = []
             for dname, items in data.items():
                 for a in attack_objs:
-                    todo = [
-                        it for it in items
-                        if a.applies(it) and any(row_key(tl, a.label, dname, it.id, s) not in done for s in range(n))
+                    # batches have fixed boundaries over the dataset (not over what is left),
+                    # so a resumed run regenerates an unfinished batch exactly as it was: with
+                    # the same batch-mates, a sampled target draws the same samples
+                    todo = [it for it in items if a.applies(it)]
+                    batches = [
+                        todo[i : i + batch_size] for i in range(0, len(todo), batch_size)
+                        if any(row_key(tl, a.label, dname, it.id, s) not in done
+                               for it in todo[i : i + batch_size] for s in range(n))
                     ]
-                    if todo:
-                        work.append((dname, a, todo))
+                    if batches:
+                        work.append((dname, a, batches))
             if work:
                 plan.append((t, tl, work))
-        total = sum(len(todo) * n for _, _, work in plan for _, _, todo in work)
+        total = sum(
+            1 for _, tl, work in plan for dname, a, batches in work for b in batches for it in b for s in range(n)
+            if row_key(tl, a.label, dname, it.id, s) not in done
+        )
         bar = progress(total=total, quiet=quiet, desc="eval", unit="resp")
         try:
             for t, tl, work in plan:
                 target = make_target(t, batch_size=batch_size, device=device) if isinstance(t, str) else t
-                for dname, attack, todo in work:
+                for dname, attack, batches in work:
                     bar.set_description(f"{tl} | {attack.label} | {dname}"[-60:])
-                    for start in range(0, len(todo), batch_size):
-                        batch = todo[start : start + batch_size]
+                    for batch in batches:
                         rows = _run_batch(target, tl, attack, dname, batch, gen_config, judge_objs, done)
                         append_rows(path, rows)
                         done.update(r["key"] for r in rows)
-                        bar.update(len(batch) * n)
+                        bar.update(len(rows))
                 del target
         finally:
             bar.close()
