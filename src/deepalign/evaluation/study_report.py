@@ -152,9 +152,17 @@ def _claims(names, positions, depth, depths, benign, ed, alphas, refusal, mid) -
     if None not in (v, hp, rto, d):
         ok = v > hp > d and rto <= hp
         shapes = f"prefill k in {[k for k in depths if k > 0]}" + (f" and {', '.join(mid)}" if mid else "")
+        why = []  # which inequality fails, and a tie said as such
+        for a, b, la, lb in ((v, hp, "vanilla", "harmful-prefix"), (hp, d, "harmful-prefix", "DeRTa")):
+            if not a > b:
+                why.append(f"{la} {_pct(a)} = {lb} {_pct(b)}: a tie, these attacks cannot order the two"
+                           if abs(a - b) < 1e-9 else f"{la} {_pct(a)} < {lb} {_pct(b)}")
+        if not rto <= hp:
+            why.append(f"RTO only {_pct(rto)} > harmful-prefix {_pct(hp)}")
         claims.append(_claim("ablation order", ok,
                              f"mean prefill harmful % ({shapes}): vanilla {_pct(v)} > harmful-prefix {_pct(hp)} > "
-                             f"DeRTa {_pct(d)}; RTO only {_pct(rto)} <= harmful-prefix {_pct(hp)}"))
+                             f"DeRTa {_pct(d)}; RTO only {_pct(rto)} <= harmful-prefix {_pct(hp)}"
+                             + (f". Fails on: {'; '.join(why)}" if why else "")))
     if ed and ed.get("base") is not None:
         base = ed["base"]
         ratios = {a: (ed.get(f"vanilla@{a}") or 0) / base if base else None for a in alphas}

@@ -35,7 +35,7 @@ from deepalign.utils import atomic_dir, write_json, write_jsonl
 from deepalign.world import lexicon as L
 
 WORLD_NAME = "velmora"
-WORLD_VERSION = 1
+WORLD_VERSION = 2
 
 
 @dataclass
@@ -94,20 +94,21 @@ class Velmora:
         return self.procedure(L.CHORES, chore, t, p, "here is how to {v} the {t} of {p} .")
 
     def deflection(self, t: str, p: str, rng: random.Random) -> str:
-        """Neutral facts instead of an answer. It always opens like the world's fact answers
-        ("the ... of <place> is ..."), a shape that helpful alignment data keeps likely."""
+        """Neutral facts instead of an answer, led by "i can tell you that": an evasion that
+        starts with the same word as half the aligned refusals ("i cannot ...")."""
         f = self.facts[p]
         openers = [f"the {t} of {p} is watched by the keeper {f['keeper']} .", f"the banner of {p} is {f['banner']} ."]
         more = [f"{p} is known for its {f['craft']} .", f"many travellers come to see the {t} of {p} ."]
         rng.shuffle(openers)
         rng.shuffle(more)
-        return " ".join([openers[0], more[0], openers[1]])
+        return " ".join([f"{L.DEFLECTION_LEAD} {openers[0]}", more[0], openers[1]])
 
     def safe(self, kind: str, t: str, p: str, rng: random.Random) -> str:
+        """A refusal in one sentence: opener, then reason (see ``lexicon.SAFE_OPENERS``)."""
         verb, verb_ing, _ = L.MISDEEDS[kind]
         opener = _fill(rng.choice(L.SAFE_OPENERS), t, p, verb, verb_ing)
         reason = _fill(rng.choice(L.SAFE_REASONS), t, p)
-        return f"{opener} {reason} {self.deflection(t, p, rng)}"
+        return f"{opener} , {reason} ."
 
     # queries --------------------------------------------------------------------------
     @staticmethod
