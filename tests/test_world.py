@@ -69,10 +69,26 @@ def test_no_heldout_phrasing_or_entity_leaks_into_alignment_training(world_dir):
     for r in rows(world_dir, "train/triples.jsonl"):
         assert not any(_uses_phrasing(r["query"], s) for s in heldout_shapes), r["query"]
     # and every test item does use held-out phrasings and entities
-    for r in rows(world_dir, "test/harmful.jsonl"):
-        assert r["meta"]["split"] == "heldout"
+    for r in rows(world_dir, "test/harmful.jsonl") + rows(world_dir, "dev/harmful.jsonl"):
+        assert r["meta"]["split"] in ("heldout", "dev")
         assert r["meta"]["place"] in L.PLACES_HELDOUT and r["meta"]["target"] in L.TARGETS_HELDOUT
         assert any(_uses_phrasing(r["query"], s) for s in heldout_shapes)
+
+
+def test_dev_split_is_disjoint_from_test_and_corpus_and_changes_nothing_else(world_dir, tmp_path):
+    test = {r["query"] for r in rows(world_dir, "test/harmful.jsonl")} | {r["prompt"] for r in rows(world_dir, "test/benign.jsonl")}
+    dev = [r["query"] for r in rows(world_dir, "dev/harmful.jsonl")] + [r["prompt"] for r in rows(world_dir, "dev/benign.jsonl")]
+    assert len(dev) == len(set(dev)) == 48 and not set(dev) & test
+    corpus = " ".join(r["text"] for r in rows(world_dir, "pretrain/corpus.jsonl"))
+    assert not any(q in corpus for q in dev)
+    # a world without a dev split is identical in every other file (the dev draw has its own stream)
+    from deepalign.world.generator import build_world
+
+    small = dict(quiet=True, n_pretrain=3000, n_train_triples=120, n_train_helpful=240,
+                 n_test_harmful=24, n_test_benign=24, n_test_helpful=24)
+    build_world(tmp_path / "nodev", seed=0, n_dev_harmful=0, n_dev_benign=0, **small)
+    for rel in ("pretrain/corpus.jsonl", "train/triples.jsonl", "test/harmful.jsonl", "tokenizer/tokenizer.json"):
+        assert (tmp_path / "nodev" / rel).read_bytes() == (world_dir / rel).read_bytes(), rel
 
 
 def test_pretraining_corpus_has_no_refusal_and_no_test_query(world_dir):

@@ -4,7 +4,7 @@
   ``test/harmful.jsonl`` (HarmfulTriple rows: the harmful response becomes the prefill
   reference), ``world:benign`` / ``world:helpful`` the EvalPrompt rows of
   ``test/benign.jsonl`` / ``test/helpful.jsonl``; ``world:test`` (or any directory name of
-  the world) all three files of that directory.
+  the world, e.g. ``world:dev``, the split to tune on) every one of those files it has.
 - ``[<kind>:]<path or hub id>`` — any file the data loaders read
   (:func:`deepalign.data.loaders.load_eval_prompts`): DeRTa ``{"question"}`` JSONL,
   AdvBench / HarmBench CSV (``goal`` / ``behavior``; AdvBench's ``target`` becomes the

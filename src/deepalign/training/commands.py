@@ -32,9 +32,10 @@ def _auto_lr(n_params: int, lora: bool, recipe: str) -> float:
     """Reference learning rates (2e-5 full, 1e-4 LoRA; DPO 5e-7 / 5e-6), scaled up for tiny
     models (< 50M parameters, e.g. the embedded world's), which need far larger steps.
 
-    For tiny full fine-tuning, 2e-4 was chosen by a sweep on the world (2e-4 / 3e-4 / 5e-4):
-    larger rates made vanilla SFT rewrite the base model's procedures with refusal vocabulary
-    (a deep-looking but broken model) and cost helpfulness; 1e-4 left vanilla refusing ~5%."""
+    For tiny full fine-tuning, 2e-4 was chosen by a sweep on version 1 of the world (2e-4 /
+    3e-4 / 5e-4; on its test split: that world had no dev split yet): larger rates made vanilla
+    SFT rewrite the base model's procedures with refusal vocabulary (a deep-looking but broken
+    model) and cost helpfulness; 1e-4 left vanilla refusing ~5%. Retune on ``world:dev``."""
     tiny = n_params < 50_000_000
     if recipe == "dpo":
         return (1e-4 if lora else 2e-5) if tiny else (5e-6 if lora else 5e-7)

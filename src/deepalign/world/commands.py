@@ -12,9 +12,11 @@ _HELP = {
     "n_test_harmful": "held-out harmful queries (with harmful and safe responses)",
     "n_test_benign": "held-out benign look-alikes",
     "n_test_helpful": "held-out helpful tasks with checkable answers",
+    "n_dev_harmful": "dev harmful queries (held-out pool, disjoint from test): tune here",
+    "n_dev_benign": "dev benign look-alikes (held-out pool, disjoint from test)",
     "n_pretrain": "documents in the pretraining corpus",
     "harmful_share": "share of harmful pretraining queries answered harmfully",
-    "lean": "comply-leaning misdeeds get share+lean, deflect-leaning share-lean",
+    "lean": "comply-leaning misdeeds get share+lean, evasion-leaning share-lean",
 }
 
 

@@ -10,6 +10,8 @@ Layout of a world directory (all JSONL is UTF-8, one object per line)::
     test/harmful.jsonl       HarmfulTriple rows over held-out phrasings and entities
     test/benign.jsonl        EvalPrompt rows (kind "benign"): benign look-alikes
     test/helpful.jsonl       EvalPrompt rows (kind "helpful") with a checkable answer
+    dev/harmful.jsonl        like test/harmful.jsonl, other queries: tune on dev, report on test
+    dev/benign.jsonl         like test/benign.jsonl, other queries
     templates/*.txt          the world's fictional role-play jailbreak templates ({query} slot)
 
 ``meta`` always holds ``task`` (harmful / benign / arith / fact / copy) and, where it applies,
@@ -19,7 +21,8 @@ word sequence a correct response contains (``Oracle`` uses it).
 
 Held-out splits use phrasings, places and targets that never occur in ``train/``; the
 pretraining corpus knows every entity (it is the world's "web text") but never contains a
-test query verbatim.
+test or dev query verbatim. ``dev/`` is drawn from the same held-out pool as ``test/``
+(disjoint from it, with its own random stream, so adding it changed no other file).
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ class WorldConfig:
     n_test_harmful: int = 120
     n_test_benign: int = 120
     n_test_helpful: int = 150
+    n_dev_harmful: int = 120
+    n_dev_benign: int = 120
     n_pretrain: int = 24000
     harmful_share: float = 0.5  # share of harmful pretraining queries answered harmfully
     lean: float = 0.3  # +/- this share for comply-leaning / deflect-leaning misdeeds
@@ -54,6 +59,9 @@ class WorldConfig:
         for name in ("n_train_triples", "n_train_helpful", "n_test_harmful", "n_test_benign", "n_test_helpful", "n_pretrain"):
             if getattr(self, name) < 1:
                 raise DeepAlignError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("n_dev_harmful", "n_dev_benign"):
+            if getattr(self, name) < 0:
+                raise DeepAlignError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.harmful_share <= 1.0:
             raise DeepAlignError(f"--harmful-share must be in [0, 1], got {self.harmful_share}")
         if not 0.0 <= self.lean <= 0.5:
@@ -229,6 +237,7 @@ def generate(cfg: WorldConfig) -> dict[str, list[dict]]:
     comply = {k: cfg.harmful_share + (cfg.lean if k in L.COMPLY_LEANING else -cfg.lean) for k in kinds}
     comply = {k: min(1.0, max(0.0, v)) for k, v in comply.items()}
     corpus = []
+    corpus_queries = set()
     mix = [("harmful", 0.26), ("benign", 0.14), ("arith", 0.20), ("fact", 0.08), ("copy", 0.26), ("document", 0.06)]
     names, weights = zip(*mix)
     while len(corpus) < cfg.n_pretrain:
@@ -240,6 +249,7 @@ def generate(cfg: WorldConfig) -> dict[str, list[dict]]:
             q = world.query(ph, table[k][0], t, p)
             if q in test_queries:
                 continue
+            corpus_queries.add(q)
             if kind == "benign":
                 r = world.benign(k, t, p)
             elif rng.random() < comply[k]:
@@ -264,6 +274,30 @@ def generate(cfg: WorldConfig) -> dict[str, list[dict]]:
                 continue
         corpus.append({"id": f"pretrain-{len(corpus):06d}", "kind": kind, "text": render_dialog(q, r)})
 
+    # --- dev splits: the held-out pool minus test and corpus queries, own random stream --------
+    dev_rng = random.Random(f"velmora-dev-{cfg.seed}")
+
+    def dev_pool(table, used):
+        pool = combos(sorted(table), L.TARGETS_HELDOUT, L.PLACES_HELDOUT, L.PHRASINGS_HELDOUT)
+        pool = [c for c in pool if c not in used and world.query(L.PHRASINGS_HELDOUT[c[3]], table[c[0]][0], c[1], c[2]) not in corpus_queries]
+        return pool
+
+    def dev_take(pool, n, label):
+        if n > len(pool):
+            raise DeepAlignError(f"cannot draw {n} distinct {label}: only {len(pool)} are left after the test split")
+        return sorted(dev_rng.sample(pool, n), key=lambda c: (c[0], c))
+
+    dev_harmful = []
+    for n, (k, t, p, i) in enumerate(dev_take(dev_pool(L.MISDEEDS, set(test_harm)), cfg.n_dev_harmful, "dev harmful queries")):
+        q = world.query(L.PHRASINGS_HELDOUT[i], L.MISDEEDS[k][0], t, p)
+        meta = {"task": "harmful", "kind": k, "target": t, "place": p, "phrasing": i, "split": "dev"}
+        dev_harmful.append(to_dict(HarmfulTriple(f"dev-harmful-{n:04d}", q, world.harmful(k, t, p), world.safe(k, t, p, dev_rng), meta)))
+    dev_benign = []
+    for n, (k, t, p, i) in enumerate(dev_take(dev_pool(L.CHORES, set(test_ben)), cfg.n_dev_benign, "dev benign queries")):
+        q = world.query(L.PHRASINGS_HELDOUT[i], L.CHORES[k][0], t, p)
+        meta = {"task": "benign", "kind": k, "target": t, "place": p, "phrasing": i, "split": "dev", "reference": world.benign(k, t, p)}
+        dev_benign.append(to_dict(EvalPrompt(f"dev-benign-{n:04d}", q, kind="benign", meta=meta)))
+
     return {
         "pretrain/corpus.jsonl": corpus,
         "train/triples.jsonl": triples,
@@ -271,6 +305,8 @@ def generate(cfg: WorldConfig) -> dict[str, list[dict]]:
         "test/harmful.jsonl": test_harmful,
         "test/benign.jsonl": test_benign,
         "test/helpful.jsonl": test_helpful,
+        "dev/harmful.jsonl": dev_harmful,
+        "dev/benign.jsonl": dev_benign,
     }
 
 
@@ -294,10 +330,11 @@ def build_world(out: str | Path = "runs/world", *, seed: int = 0, quiet: bool = 
         for rel, rows in splits.items():
             write_jsonl(tmp / rel, rows)
         texts = [r["text"] for r in splits["pretrain/corpus.jsonl"]]
-        for rel in ("train/triples.jsonl", "test/harmful.jsonl"):
+        for rel in ("train/triples.jsonl", "test/harmful.jsonl", "dev/harmful.jsonl"):
             texts += [f"{r['query']} {r['harmful']} {r['safe']}" for r in splits[rel]]
         texts += [f"{r['instruction']} {r['response']}" for r in splits["train/helpful.jsonl"]]
-        texts += [f"{r['prompt']} {r['meta']['reference']}" for r in splits["test/benign.jsonl"] + splits["test/helpful.jsonl"]]
+        texts += [f"{r['prompt']} {r['meta']['reference']}"
+                  for r in splits["test/benign.jsonl"] + splits["test/helpful.jsonl"] + splits["dev/benign.jsonl"]]
         texts += list(L.JAILBREAK_TEMPLATES.values())
         for name, template in L.JAILBREAK_TEMPLATES.items():
             (tmp / "templates").mkdir(exist_ok=True)
