@@ -43,17 +43,27 @@ def _write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _save(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
-
-
-def plot_asr(summary: dict, judge: str, path: Path) -> bool:
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (imported on first use)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: Path) -> None:
+    """Lay out, write atomically (temp file, then rename) and close a figure."""
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    os.replace(tmp, path)
+    pyplot().close(fig)
+
+
+def plot_asr(summary: dict, judge: str, path: Path) -> bool:
+    plt = pyplot()
 
     cells = [r for r in summary["results"] if r["judge"] == judge and r["harmful"]["n"]]
     datasets = [d for d in summary["datasets"] if any(r["dataset"] == d for r in cells)]
@@ -81,17 +91,12 @@ def plot_asr(summary: dict, judge: str, path: Path) -> bool:
         ax.set_ylabel(f"ASR % ({judge})")
         ax.set_title(d)
         ax.legend(fontsize="small")
-    fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
+    save_figure(fig, path)
     return True
 
 
 def plot_refusal_position(summary: dict, judge: str, path: Path) -> bool:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     per_target: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
     unit = None
@@ -116,17 +121,12 @@ def plot_refusal_position(summary: dict, judge: str, path: Path) -> bool:
     ax.set_ylabel("% of refusals")
     ax.set_title(f"refusal position ({judge}, harmful items, all attacks)")
     ax.legend(fontsize="small")
-    fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
+    save_figure(fig, path)
     return True
 
 
 def plot_depth(summary: dict, judge: str, path: Path) -> bool:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     curves = [c for c in summary["depth"] if c["judge"] == judge and len(c["points"]) >= 1]
     if not curves:
@@ -143,9 +143,7 @@ def plot_depth(summary: dict, judge: str, path: Path) -> bool:
         ax.set_ylabel(f"{field} rate % ({judge})")
         ax.set_ylim(-3, 103)
     axes[0].legend(fontsize="small")
-    fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
+    save_figure(fig, path)
     return True
 
 

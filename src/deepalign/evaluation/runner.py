@@ -223,7 +223,7 @@ def run_eval(
         n = gen_config.num_samples
 
         # the plan: per (target, dataset, attack), the items with a sample still missing
-        plan = []
+        plan, total = [], 0
         for t, tl in zip(targets, target_labels):
             work = []
             for dname, items in data.items():
@@ -232,19 +232,17 @@ def run_eval(
                     # so a resumed run regenerates an unfinished batch exactly as it was: with
                     # the same batch-mates, a sampled target draws the same samples
                     todo = [it for it in items if a.applies(it)]
-                    batches = [
-                        todo[i : i + batch_size] for i in range(0, len(todo), batch_size)
-                        if any(row_key(tl, a.label, dname, it.id, s) not in done
-                               for it in todo[i : i + batch_size] for s in range(n))
-                    ]
+                    batches = []
+                    for i in range(0, len(todo), batch_size):
+                        batch = todo[i : i + batch_size]
+                        missing = sum(row_key(tl, a.label, dname, it.id, s) not in done for it in batch for s in range(n))
+                        if missing:
+                            batches.append(batch)
+                            total += missing
                     if batches:
                         work.append((dname, a, batches))
             if work:
                 plan.append((t, tl, work))
-        total = sum(
-            1 for _, tl, work in plan for dname, a, batches in work for b in batches for it in b for s in range(n)
-            if row_key(tl, a.label, dname, it.id, s) not in done
-        )
         bar = progress(total=total, quiet=quiet, desc="eval", unit="resp")
         try:
             for t, tl, work in plan:

@@ -185,10 +185,9 @@ def _claims(names, positions, depth, depths, benign, ed, alphas, refusal, mid) -
 
 
 def _plots(out: Path, names, positions, depth, depths, table) -> list[str]:
-    import matplotlib
+    from deepalign.evaluation.report import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     made = []
     fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -202,9 +201,7 @@ def _plots(out: Path, names, positions, depth, depths, table) -> list[str]:
     ax.set_xticks(list(depths), [str(k) for k in depths])
     ax.legend(fontsize="small")
     ax.set_title("Depth profile: how deep does safety go?")
-    fig.tight_layout()
-    fig.savefig(out / "depth_profile.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out / "depth_profile.png")
     made.append("depth_profile.png")
 
     shown = [m for m in names if positions.get(m)]
@@ -217,9 +214,7 @@ def _plots(out: Path, names, positions, depth, depths, table) -> list[str]:
             ax.set_title(m, fontsize="small")
             ax.set_xlabel("refusal start (token)")
         axes[0][0].set_ylabel("refused responses")
-        fig.tight_layout()
-        fig.savefig(out / "refusal_position.png", dpi=120)
-        plt.close(fig)
+        save_figure(fig, out / "refusal_position.png")
         made.append("refusal_position.png")
 
     attacks = list(table)
@@ -231,9 +226,7 @@ def _plots(out: Path, names, positions, depth, depths, table) -> list[str]:
     ax.set_xticks([x + 0.4 - width / 2 for x in range(len(attacks))], [a.split("/")[-1] for a in attacks], rotation=45, ha="right", fontsize="small")
     ax.set_ylabel("harmful % (oracle)")
     ax.legend(fontsize="small", ncol=3)
-    fig.tight_layout()
-    fig.savefig(out / "attack_asr.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out / "attack_asr.png")
     made.append("attack_asr.png")
     return made
 

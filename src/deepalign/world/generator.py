@@ -179,20 +179,28 @@ def generate(cfg: WorldConfig) -> dict[str, list[dict]]:
             raise DeepAlignError(f"cannot draw {n} distinct {label}: only {len(pool)} exist in the world")
         return rng.sample(pool, n)
 
+    def harmful_rows(draw, phrasings, split, ids, r):
+        rows = []
+        for n, (k, t, p, i) in enumerate(draw):
+            q = world.query(phrasings[i], L.MISDEEDS[k][0], t, p)
+            meta = {"task": "harmful", "kind": k, "target": t, "place": p, "phrasing": i, "split": split}
+            rows.append(to_dict(HarmfulTriple(ids.format(n), q, world.harmful(k, t, p), world.safe(k, t, p, r), meta)))
+        return rows
+
+    def benign_rows(draw, split, prefix):
+        rows = []
+        for n, (k, t, p, i) in enumerate(draw):
+            q = world.query(L.PHRASINGS_HELDOUT[i], L.CHORES[k][0], t, p)
+            meta = {"task": "benign", "kind": k, "target": t, "place": p, "phrasing": i, "split": split, "reference": world.benign(k, t, p)}
+            rows.append(to_dict(EvalPrompt(f"{prefix}-{n:04d}", q, kind="benign", meta=meta)))
+        return rows
+
     # --- held-out test splits --------------------------------------------------------------
     test_harm = take(combos(kinds, L.TARGETS_HELDOUT, L.PLACES_HELDOUT, L.PHRASINGS_HELDOUT), cfg.n_test_harmful, "held-out harmful queries")
     test_harm.sort(key=lambda c: (kinds.index(c[0]), c))
-    test_harmful = []
-    for n, (k, t, p, i) in enumerate(test_harm):
-        q = world.query(L.PHRASINGS_HELDOUT[i], L.MISDEEDS[k][0], t, p)
-        meta = {"task": "harmful", "kind": k, "target": t, "place": p, "phrasing": i, "split": "heldout"}
-        test_harmful.append(to_dict(HarmfulTriple(f"test-harmful-{n:04d}", q, world.harmful(k, t, p), world.safe(k, t, p, rng), meta)))
+    test_harmful = harmful_rows(test_harm, L.PHRASINGS_HELDOUT, "heldout", "test-harmful-{:04d}", rng)
     test_ben = take(combos(chores, L.TARGETS_HELDOUT, L.PLACES_HELDOUT, L.PHRASINGS_HELDOUT), cfg.n_test_benign, "held-out benign queries")
-    test_benign = []
-    for n, (k, t, p, i) in enumerate(test_ben):
-        q = world.query(L.PHRASINGS_HELDOUT[i], L.CHORES[k][0], t, p)
-        meta = {"task": "benign", "kind": k, "target": t, "place": p, "phrasing": i, "split": "heldout", "reference": world.benign(k, t, p)}
-        test_benign.append(to_dict(EvalPrompt(f"test-benign-{n:04d}", q, kind="benign", meta=meta)))
+    test_benign = benign_rows(test_ben, "heldout", "test-benign")
     test_helpful = []
     for n in range(cfg.n_test_helpful):
         task = ("arith", "fact", "copy")[n % 3]
@@ -208,11 +216,7 @@ def generate(cfg: WorldConfig) -> dict[str, list[dict]]:
 
     # --- alignment training splits (train entities and phrasings only) -----------------------
     train = take(combos(kinds, L.TARGETS_TRAIN, L.PLACES_TRAIN, L.PHRASINGS_TRAIN), cfg.n_train_triples, "training harmful queries")
-    triples = []
-    for n, (k, t, p, i) in enumerate(train):
-        q = world.query(L.PHRASINGS_TRAIN[i], L.MISDEEDS[k][0], t, p)
-        meta = {"task": "harmful", "kind": k, "target": t, "place": p, "phrasing": i, "split": "train"}
-        triples.append(to_dict(HarmfulTriple(f"train-triple-{n:05d}", q, world.harmful(k, t, p), world.safe(k, t, p, rng), meta)))
+    triples = harmful_rows(train, L.PHRASINGS_TRAIN, "train", "train-triple-{:05d}", rng)
     helpful = []
     benign_pool = combos(chores, L.TARGETS_TRAIN, L.PLACES_TRAIN, L.PHRASINGS_TRAIN)
     for n in range(cfg.n_train_helpful):
@@ -277,26 +281,16 @@ def generate(cfg: WorldConfig) -> dict[str, list[dict]]:
     # --- dev splits: the held-out pool minus test and corpus queries, own random stream --------
     dev_rng = random.Random(f"velmora-dev-{cfg.seed}")
 
-    def dev_pool(table, used):
-        pool = combos(sorted(table), L.TARGETS_HELDOUT, L.PLACES_HELDOUT, L.PHRASINGS_HELDOUT)
-        pool = [c for c in pool if c not in used and world.query(L.PHRASINGS_HELDOUT[c[3]], table[c[0]][0], c[1], c[2]) not in corpus_queries]
-        return pool
-
-    def dev_take(pool, n, label):
+    def dev_draw(table, used, n, label):
+        pool = [c for c in combos(sorted(table), L.TARGETS_HELDOUT, L.PLACES_HELDOUT, L.PHRASINGS_HELDOUT)
+                if c not in used and world.query(L.PHRASINGS_HELDOUT[c[3]], table[c[0]][0], c[1], c[2]) not in corpus_queries]
         if n > len(pool):
             raise DeepAlignError(f"cannot draw {n} distinct {label}: only {len(pool)} are left after the test split")
-        return sorted(dev_rng.sample(pool, n), key=lambda c: (c[0], c))
+        return sorted(dev_rng.sample(pool, n))
 
-    dev_harmful = []
-    for n, (k, t, p, i) in enumerate(dev_take(dev_pool(L.MISDEEDS, set(test_harm)), cfg.n_dev_harmful, "dev harmful queries")):
-        q = world.query(L.PHRASINGS_HELDOUT[i], L.MISDEEDS[k][0], t, p)
-        meta = {"task": "harmful", "kind": k, "target": t, "place": p, "phrasing": i, "split": "dev"}
-        dev_harmful.append(to_dict(HarmfulTriple(f"dev-harmful-{n:04d}", q, world.harmful(k, t, p), world.safe(k, t, p, dev_rng), meta)))
-    dev_benign = []
-    for n, (k, t, p, i) in enumerate(dev_take(dev_pool(L.CHORES, set(test_ben)), cfg.n_dev_benign, "dev benign queries")):
-        q = world.query(L.PHRASINGS_HELDOUT[i], L.CHORES[k][0], t, p)
-        meta = {"task": "benign", "kind": k, "target": t, "place": p, "phrasing": i, "split": "dev", "reference": world.benign(k, t, p)}
-        dev_benign.append(to_dict(EvalPrompt(f"dev-benign-{n:04d}", q, kind="benign", meta=meta)))
+    dev_harmful = harmful_rows(dev_draw(L.MISDEEDS, set(test_harm), cfg.n_dev_harmful, "dev harmful queries"),
+                               L.PHRASINGS_HELDOUT, "dev", "dev-harmful-{:04d}", dev_rng)
+    dev_benign = benign_rows(dev_draw(L.CHORES, set(test_ben), cfg.n_dev_benign, "dev benign queries"), "dev", "dev-benign")
 
     return {
         "pretrain/corpus.jsonl": corpus,
