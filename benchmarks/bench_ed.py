@@ -85,8 +85,8 @@ def main(argv=None):
     cfg = GenConfig(max_new_tokens=args.new_tokens, do_sample=True, temperature=0.7, suppress_eos=True)
     n_tokens = len(requests) * args.new_tokens
 
-    def hf_generate(model, fmt):
-        ids, mask = left_pad([fmt.encode(tok, r) for r in requests], 0, "cpu")
+    def hf_generate(model, component):
+        ids, mask = left_pad([component.ids(r)[0] for r in requests], 0, "cpu")
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=args.new_tokens,
                              min_new_tokens=args.new_tokens, do_sample=True, temperature=0.7, top_k=0,
                              suppress_tokens=[2], pad_token_id=0)
@@ -100,7 +100,7 @@ def main(argv=None):
         for r in requests:
             target.generate([r], cfg)
 
-    base_fmt, aligned_fmt = (c.prompt_format for c in target.components)
+    base_fmt, aligned_fmt = target.components  # each model's prompt ids
     with torch.inference_mode():
         batched()  # warm-up
         hf_generate(base, base_fmt)

@@ -33,7 +33,7 @@ def main() -> int:
 
     from deepalign.decoding.base import GenConfig, Request
     from deepalign.decoding.hf import HFTarget
-    from deepalign.evaluation.datasets import load_dataset
+    from deepalign.data.datasets import load_dataset
     from deepalign.evaluation.report import build_report
     from deepalign.evaluation.runner import run_eval
     from deepalign.world.generator import build_world
@@ -42,7 +42,7 @@ def main() -> int:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     tmp = Path(tempfile.mkdtemp(prefix="bench_runner."))
     try:
-        world = build_world(tmp / "world", seed=0, quiet=True, n_pretrain=2000, n_test_harmful=args.items)
+        world = build_world(out=tmp / "world", seed=0, quiet=True, n_pretrain=2000, n_test_harmful=args.items)
         items = load_dataset("world:harmful", world=world, limit=args.items)
         tok = AutoTokenizer.from_pretrained(world / "tokenizer")
         torch.manual_seed(0)
@@ -63,7 +63,8 @@ def main() -> int:
         def runner(i: int) -> float:
             out = tmp / f"run{i}"
             t0 = time.perf_counter()
-            run_eval([target], "direct", {"bench": items}, "keyword", out, gen, batch_size=args.batch_size, quiet=True, report=False)
+            run_eval(targets=[target], attacks="direct", datasets={"bench": items}, judges="keyword", out_dir=out,
+                     generation=gen, batch_size=args.batch_size, quiet=True, report=False)
             return time.perf_counter() - t0
 
         direct()  # warm-up

@@ -21,7 +21,7 @@ def world_dir(tmp_path_factory):
     from deepalign.world.generator import build_world
 
     out = tmp_path_factory.mktemp("world") / "world"
-    build_world(out, seed=0, quiet=True, n_pretrain=3000, n_train_triples=120, n_train_helpful=240,
+    build_world(out=str(out), seed=0, quiet=True, n_pretrain=3000, n_train_triples=120, n_train_helpful=240,
                 n_test_harmful=24, n_test_benign=24, n_test_helpful=24, n_dev_harmful=24, n_dev_benign=24)
     return out
 
@@ -31,6 +31,6 @@ def base_model_dir(world_dir, tmp_path_factory):
     from deepalign.training.pretrain import pretrain
 
     out = tmp_path_factory.mktemp("base") / "base"
-    pretrain(world_dir, out, quiet=True, hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128,
-             max_steps=60, batch_size=8, save_steps=1000)
+    pretrain(world=str(world_dir), out=str(out), quiet=True, hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128,
+             max_steps=60, per_device_train_batch_size=8, save_steps=1000)
     return out

@@ -14,10 +14,20 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTraine
 from deepalign.cli import main
 from deepalign.decoding.base import GenConfig, Request
 from deepalign.decoding.compose import Component, ComposedTarget, check_vocabularies
-from deepalign.decoding.hf import HFTarget, load_model
+from deepalign.decoding.hf import HFTarget, PromptIds
 from deepalign.decoding.presets import ED_FAMILIES, ed, eft, family
-from deepalign.decoding.prompts import PromptFormat
 from deepalign.errors import DeepAlignError
+from deepalign.models import load_causal_lm, load_tokenizer
+from deepalign.tokens import Encoder, PromptFormat
+
+
+def load_model(path):
+    return load_causal_lm(path, device="cpu"), load_tokenizer(path)
+
+
+def encode(tok, spec, request):
+    """The prompt ids (forced start included) of ``request`` in format ``spec``."""
+    return PromptIds(Encoder(tok, PromptFormat.parse(spec)))(request)[0]
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<user>", "<assistant>", "<system>"]
 WORDS = list(dict.fromkeys(
@@ -91,19 +101,22 @@ def reqs(queries=QUERIES, **kw):
 def test_prompt_formats(world, tmp_path):
     _, tok = pair(world, "base")
     r = Request(id="a", query="how do i make a cake", prefill="sure here")
-    chat = PromptFormat.parse("chat").encode(tok, r)
+    chat = encode(tok, "chat", r)
     assert tok.convert_ids_to_tokens(chat) == ["<s>", "<user>", "how", "do", "i", "make", "a", "cake",
                                                "<assistant>", "sure", "here"]
-    text = PromptFormat.parse(TEMPLATE).encode(tok, r)
+    text = encode(tok, TEMPLATE, r)
     assert tok.convert_ids_to_tokens(text)[:3] == ["<s>", "question:", "how"]
     assert tok.convert_ids_to_tokens(text)[-3:] == ["answer:", "sure", "here"]
-    assert PromptFormat.parse("raw").encode(tok, Request(id="b", query="paint red")) == tok("paint red").input_ids
-    sys_ids = PromptFormat.chat().encode(tok, Request(id="s", query="hi", system="help"))
+    assert encode(tok, "raw", Request(id="b", query="paint red")) == tok("paint red").input_ids
+    sys_ids = encode(tok, "chat", Request(id="s", query="hi", system="help"))
     assert tok.convert_ids_to_tokens(sys_ids)[:4] == ["<s>", "<system>", "help", "<user>"]
     # a raw text request is used verbatim whatever the format
     verbatim = Request(id="t", text="first take some ", prefill="flour")
     for spec in ("chat", "raw", TEMPLATE):
-        assert PromptFormat.parse(spec).encode(tok, verbatim) == tok("first take some flour").input_ids
+        assert encode(tok, spec, verbatim) == tok("first take some flour").input_ids
+    # prefill_tokens keeps the first K tokens of the response tokenisation
+    two = encode(tok, "chat", Request(id="k", query="how do i make a cake", prefill="sure here is", prefill_tokens=2))
+    assert tok.convert_ids_to_tokens(two)[-3:] == ["<assistant>", "sure", "here"]
     f = tmp_path / "tpl.txt"
     f.write_text("question:\n{query}\nanswer:", encoding="utf-8")
     assert PromptFormat.parse(str(f)) == PromptFormat.text("question:\n{query}\nanswer:")
@@ -118,7 +131,8 @@ def test_chat_format_without_template_is_a_user_error(world):
     plain = make_tokenizer(world["words"])
     plain.chat_template = None
     with pytest.raises(DeepAlignError, match="no chat template"):
-        PromptFormat.chat().encode(plain, Request(id="x", query="hi"))
+        Encoder(plain, PromptFormat.chat())
+    assert Encoder(plain).format == PromptFormat.text()  # the default for a model without one
     assert tok.chat_template  # the shared one is untouched
 
 
@@ -130,9 +144,8 @@ def test_alpha_zero_reproduces_base_generate(world):
     target = ed((bm, tok), (am, tok), 0.0, base_format=TEMPLATE)
     cfg = GenConfig(max_new_tokens=12)
     ours = target.decode(reqs(), cfg).tokens
-    fmt = PromptFormat.parse(TEMPLATE)
     for r, got in zip(reqs(), ours):
-        ids = torch.tensor([fmt.encode(tok, r)])
+        ids = torch.tensor([encode(tok, TEMPLATE, r)])
         # the output layer is wider than the tokenizer: its padding rows are not tokens
         ref = bm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
                           pad_token_id=0, eos_token_id=2, suppress_tokens=PADDING)[0, ids.shape[1]:].tolist()
@@ -142,10 +155,11 @@ def test_alpha_zero_reproduces_base_generate(world):
     assert [[g.text for g in row] for row in gens] == [[g.text for g in row] for row in hf]
 
 
-def _reference_dist(components, requests, row, generated, size):
+def _reference_dist(target, requests, row, generated, size):
     total = 0
-    for c in components:
-        ids = c.prompt_format.encode(c.tokenizer, requests[row]) + generated
+    forced = target.forced(requests)[row]
+    for c in target.components:
+        ids = c.ids(requests[row], forced=forced)[0] + generated
         with torch.no_grad():
             logits = c.model(input_ids=torch.tensor([ids])).logits[0, -1, :size].float()
         total = total + c.weight * logits.log_softmax(-1)
@@ -176,7 +190,7 @@ def test_composed_distribution_matches_uncached_forward(world, sample, arch):
     for row, toks in enumerate(out.tokens):
         assert len(toks) == 8 and len(out.dists[row]) == 8
         for t in range(8):
-            ref = _reference_dist(target.components, requests, row, toks[:t], size)
+            ref = _reference_dist(target, requests, row, toks[:t], size)
             torch.testing.assert_close(out.dists[row][t], ref, atol=1e-5, rtol=0)
             assert out.logprobs[row][t] == pytest.approx(ref[toks[t]].item(), abs=1e-5)
         if not sample:
@@ -192,7 +206,7 @@ def test_three_model_composition_with_prefill(world):
     out = target.decode(requests, GenConfig(max_new_tokens=5, suppress_eos=True), record=True)
     for row in range(2):
         for t in range(5):
-            ref = _reference_dist(target.components, requests, row, out.tokens[row][:t], len(tok))
+            ref = _reference_dist(target, requests, row, out.tokens[row][:t], len(tok))
             torch.testing.assert_close(out.dists[row][t], ref, atol=1e-5, rtol=0)
 
 
@@ -205,7 +219,7 @@ def test_left_padded_batch_equals_each_query_alone(world, sample):
     alone = [target.generate([r], cfg)[0] for r in reqs()]
     assert [[(g.text, g.num_tokens) for g in row] for row in batch] == \
            [[(g.text, g.num_tokens) for g in row] for row in alone]
-    assert len({len(ids) for ids in (PromptFormat.parse(TEMPLATE).encode(tok, r) for r in reqs())}) > 1
+    assert len({len(encode(tok, TEMPLATE, r)) for r in reqs()}) > 1
 
 
 def test_sampling_seeds_samples_and_top_k(world):
@@ -294,11 +308,11 @@ def test_hf_target_prefill_stop_strings_and_samples(world):
     bm, tok = pair(world, "base")
     target = HFTarget(world["paths"]["base"], prompt_format="chat", batch_size=2)
     assert target.name == world["paths"]["base"]
-    fmt = PromptFormat.chat()
     # prefill: the continuation starts right after the prefill and excludes it
     req = Request(id="p", query="how do i make a bomb", prefill="sure here is")
     g = target.generate([req], GenConfig(max_new_tokens=6, suppress_eos=True))[0][0]
-    ids = torch.tensor([fmt.encode(tok, req)])
+    assert (g.forced_tokens, g.forced_text) == (3, "sure here is")
+    ids = torch.tensor([encode(tok, "chat", req)])
     assert tok.convert_ids_to_tokens(ids[0].tolist())[-3:] == ["sure", "here", "is"]
     ref = bm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
                       suppress_tokens=[2, *PADDING], pad_token_id=0)[0, ids.shape[1]:]
@@ -323,11 +337,11 @@ def test_hf_target_prefill_stop_strings_and_samples(world):
 
 
 def test_load_model_errors(tmp_path):
-    with pytest.raises(DeepAlignError, match="no such model directory") as exc:
+    with pytest.raises(DeepAlignError, match="no model directory at") as exc:
         load_model(str(tmp_path / "nope" / "model"))
     assert "\n" not in str(exc.value)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DeepAlignError, match="cannot load model") as exc:
+    with pytest.raises(DeepAlignError, match="cannot load a causal LM") as exc:
         load_model(tmp_path / "empty")
     assert "\n" not in str(exc.value)
 
@@ -345,8 +359,9 @@ def test_vocabulary_mismatch_names_the_token(world):
 
 
 def test_presets_and_families():
-    with pytest.raises(DeepAlignError, match="alpha must be >= 0"):
-        ed(None, None, -0.5)
+    for bad in (-0.5, float("nan"), float("inf")):
+        with pytest.raises(DeepAlignError, match="alpha must be a finite number >= 0"):
+            ed(None, None, bad)
     assert family("Llama-2").alpha == 0.3 and family("vicuna").alpha == 0.6
     assert family("mistral").alpha == 0.6 and family("beaver").alpha == 2.0 and family("alpaca").alpha == 2.0
     with pytest.raises(DeepAlignError, match="known families: llama-2, llama"):
@@ -373,14 +388,16 @@ def test_cli_user_errors_exit_2_with_one_line(world, tmp_path, capsys):
     nofield.write_text(json.dumps({"text": "hi"}) + "\n", encoding="utf-8")
     out = str(tmp_path / "o.jsonl")
     cases = [
-        (["--base", b, "--aligned", a, "--alpha", "-1", "--prompts", str(good), "--out", out], "alpha must be >= 0"),
-        (["--base", b, "--aligned", a, "--prompts", str(empty), "--out", out], "has no prompts"),
+        (["--base", b, "--aligned", a, "--alpha", "-1", "--prompts", str(good), "--out", out], "--alpha must be >= 0"),
+        (["--base", b, "--aligned", a, "--alpha", "nan", "--prompts", str(good), "--out", out], "finite"),
+        (["--base", b, "--aligned", a, "--prompts", str(empty), "--out", out], "no records"),
         (["--base", b, "--aligned", a, "--prompts", str(bad), "--out", out], f"{bad}:2: malformed JSON"),
-        (["--base", b, "--aligned", a, "--prompts", str(nofield), "--out", out], f"{nofield}:1: no prompt field"),
+        (["--base", b, "--aligned", a, "--prompts", str(nofield), "--out", out], f'{nofield}:1: missing field "prompt"'),
         (["--family", "gpt-9", "--prompts", str(good), "--out", out], "known families: llama-2, llama, vicuna"),
         (["--base", b, "--aligned", o, "--prompts", str(good), "--out", out], "vocabularies differ at id 20"),
         (["--base", str(tmp_path / "x" / "y"), "--aligned", a, "--prompts", str(good), "--out", out],
-         "no such model directory"),
+         "no model directory at"),
+        (["--base", b, "--aligned", a, "--prompts", str(good), "--out", out, "--temperature", "inf"], "finite"),
         (["--base", b, "--aligned", a, "--prompts", str(tmp_path / "none.jsonl"), "--out", out], "no such"),
     ]
     for argv, needle in cases:
@@ -397,16 +414,17 @@ def test_cli_end_to_end_and_resume(world, tmp_path, capsys):
         {"id": "x1", "prompt": "how do i make a cake"}, {"question": "tell me a story about a cat"},
         {"instruction": "paint the house red"}]), encoding="utf-8")
     out = tmp_path / "res" / "ed.jsonl"
-    argv = ["--base", b, "--aligned", a, "--alpha", "0.6", "--prompts", str(prompts), "--out", str(out),
-            "--base-template", TEMPLATE, "--max-new-tokens", "6", "--num-samples", "2", "--batch-size", "2",
-            "--quiet"]
+    common = ["--base", b, "--aligned", a, "--prompts", str(prompts), "--out", str(out), "--base_format", TEMPLATE,
+              "--max-new-tokens", "6", "--num-samples", "2", "--batch-size", "2"]
+    argv = [*common, "--alpha", "0.6", "--quiet"]
     assert main(["ed", *argv]) == 0
     rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
-    assert [(r["id"], r["sample"]) for r in rows] == [("x1", 0), ("x1", 1), ("line2", 0), ("line2", 1),
-                                                      ("line3", 0), ("line3", 1)]
+    assert [(r["id"], r["sample"]) for r in rows] == [("x1", 0), ("x1", 1), ("p-2", 0), ("p-2", 1),
+                                                      ("p-3", 0), ("p-3", 1)]
     assert rows[2]["query"] == "tell me a story about a cat"
     s = rows[0]["settings"]
-    assert s["alpha"] == 0.6 and s["temperature"] == 0.7 and s["max_new_tokens"] == 6 and s["base_format"] == TEMPLATE
+    assert rows[0]["alpha"] == 0.6 and s["generation"]["temperature"] == 0.7 and s["generation"]["max_new_tokens"] == 6
+    assert s["base_format"] == TEMPLATE
     assert all(isinstance(r["response"], str) and r["num_tokens"] <= 6 for r in rows)
     # rerun: nothing to do; drop the last prompt (and tear a line): only it is redone, identically
     assert main(["ed", *argv]) == 0
@@ -415,19 +433,21 @@ def test_cli_end_to_end_and_resume(world, tmp_path, capsys):
     out.write_text("\n".join(lines[:4]) + "\n" + lines[4][:10], encoding="utf-8")
     assert main(["ed", *argv]) == 0
     assert [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()] == rows
-    # other settings on the same output: refuse; --overwrite starts afresh
-    code, err = _cli(capsys, *argv[:-1], "--alpha", "0.1", "--quiet")
+    # a second alpha extends the sweep; other decoding settings are refused; --overwrite starts afresh
+    assert main(["ed", *common, "--alpha", "0.6", "0.1", "--quiet"]) == 0
+    assert [json.loads(line)["alpha"] for line in out.read_text(encoding="utf-8").splitlines()].count(0.1) == 6
+    code, err = _cli(capsys, *argv[:-1], "--temperature", "0.5", "--quiet")
     assert code == 2 and "other settings" in err
-    assert main(["ed", *argv[:-1], "--alpha", "0.1", "--overwrite", "--quiet"]) == 0
-    assert {json.loads(line)["settings"]["alpha"] for line in out.read_text(encoding="utf-8").splitlines()} == {0.1}
-    # the Python function takes the same arguments
-    from deepalign.decoding.commands import run_ed
+    assert main(["ed", *common, "--alpha", "0.1", "--overwrite", "--quiet"]) == 0
+    assert {json.loads(line)["alpha"] for line in out.read_text(encoding="utf-8").splitlines()} == {0.1}
+    # the Python function takes the same options
+    from deepalign import run_ed
 
     txt = tmp_path / "p.txt"
     txt.write_text("how do i make a cake\n\npaint it blue\n", encoding="utf-8")
-    summary = run_ed(txt, tmp_path / "g.jsonl", base=b, aligned=a, alpha=0.3, greedy=True, max_new_tokens=4,
-                     quiet=True)
-    assert summary == {"out": str(tmp_path / "g.jsonl"), "prompts": 2, "skipped": 0, "rows": 2}
+    summary = run_ed(prompts=str(txt), out=str(tmp_path / "g.jsonl"), base=b, aligned=a, alpha=[0.3],
+                     do_sample=False, max_new_tokens=4, quiet=True)
+    assert summary == {"out": str(tmp_path / "g.jsonl"), "prompts": 2, "alphas": [0.3], "skipped": 0, "rows": 2}
 
 
 def test_tokenizer_round_trip_keeps_chat_template(world):

@@ -11,7 +11,7 @@ import pytest
 
 from deepalign.cli import main
 from deepalign.errors import DeepAlignError
-from deepalign.evaluation.datasets import load_dataset
+from deepalign.data.datasets import load_dataset
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 
@@ -43,13 +43,13 @@ def test_eval_and_report_on_the_world(world_dir, tiny_model, tmp_path, capsys):
     assert {tuple(r["verdicts"]) for r in rows} == {("oracle", "keyword")}
     pre = next(r for r in rows if r["attack"] == "prefill:4")
     assert pre["meta"]["depth_unit"] == "tokens" and len(pre["prompt"]["prefill"].split()) == 4  # one world token = one word
+    assert pre["meta"]["forced_tokens"] == 4 and pre["meta"]["prefill_len"] == 4
     comp = next(r for r in rows if r["attack"] == "completion:3w")
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tiny_model)
-    text = comp["prompt"]["text"]
-    assert "<user> " in text and text.endswith("<assistant>" + " ".join(pre["prompt"]["prefill"].split()[:3]))
-    assert tok(text)["input_ids"].count(tok.bos_token_id) == 1  # the chat template's BOS is not doubled
+    start = " ".join(pre["prompt"]["prefill"].split()[:3])
+    assert comp["prompt"]["prefill"] == start and comp["meta"]["forced_text"] == start
+    # the report shows what the model read: its own chat format, BOS once, the forced start after it
+    shown = json.loads((out / "run.json").read_text())["examples"][f"hf:{tiny_model} | completion:3w | world:test"]
+    assert shown.startswith("<bos> <user> ") and shown.endswith("<assistant> " + start) and shown.count("<bos>") == 1
     summary = json.loads((out / "summary.json").read_text())
     assert summary["judges"] == ["oracle", "keyword"] and summary["depth"]
     assert main(argv) == 0  # resuming a finished run
@@ -96,10 +96,12 @@ def test_cli_errors_are_one_line_exit_2(world_dir, tmp_path, capsys, monkeypatch
         (["--target", "openai:gpt-4o-mini@https://api.example.com/v1", "--world", str(world_dir), "--judge", "keyword"],
          "environment variable OPENAI_API_KEY is not set"),
         (["--target", "hf:" + str(tmp_path / "no_model"), "--world", str(world_dir), "--judge", "keyword", "--limit", "1"],
-         "no such model directory"),
+         "no model directory at"),
         (["--target", dead], "give --dataset"),
         (["--target", dead, "--world", str(world_dir), "--attacks", "pair"], "needs an attacker"),
-        (["--target", dead, "--world", str(world_dir), "--samples", "2"], "--samples > 1 needs --temperature"),
+        (["--target", dead, "--world", str(world_dir), "--num_samples", "2"], "--num_samples > 1 needs --do_sample"),
+        (["--target", dead, "--world", str(world_dir), "--temperature", "nan"], "--temperature must be a finite number"),
+        (["--target", "hf:x,formt=chat", "--world", str(world_dir)], "unknown option formt (did you mean format?)"),
     ]
     for args, message in cases:
         assert main(["eval", *args, *base]) == 2, message
@@ -112,22 +114,26 @@ def test_cli_errors_are_one_line_exit_2(world_dir, tmp_path, capsys, monkeypatch
 def test_ed_target_spec_through_the_runner(world_dir, tiny_model, tmp_path):
     """An ``ed:`` target (composed decoder) runs through the runner; the completion attack
     renders the aligned model's chat format."""
-    from deepalign.evaluation.runner import read_rows, run_eval
-    from deepalign.evaluation.targets import make_target
-
-    spec = f"ed:base={tiny_model},aligned={tiny_model},alpha=0.5"
-    target = make_target(spec)
-    assert target.name == spec
     from deepalign.decoding.base import GenConfig
+    from deepalign.decoding.registry import make_target
+    from deepalign.evaluation.rundir import RunDir
+    from deepalign.evaluation.runner import run_eval
 
-    run_eval([target], "direct,completion", ["world:harmful"], "keyword", tmp_path, GenConfig(max_new_tokens=4),
-             world=world_dir, limit=2, quiet=True)
-    rows = read_rows(tmp_path / "responses.jsonl")
+    spec = f"ed:base={tiny_model},aligned={tiny_model},alpha=0.5,base.format=chat"
+    target = make_target(spec)
+    assert target.name == spec and [c.weight for c in target.components] == [1.5, -0.5]
+    run_eval(targets=[target], attacks="direct,completion", datasets=["world:harmful"], judges="keyword",
+             out_dir=tmp_path, generation=GenConfig(max_new_tokens=4), world=world_dir, limit=2, quiet=True)
+    rows = RunDir(tmp_path).rows()
     assert len(rows) == 4 and {r["target"] for r in rows} == {spec}
     comp = next(r for r in rows if r["attack"] == "completion")
-    assert comp["prompt"]["text"].endswith("<assistant>Sure, here is") and "<user>" in comp["prompt"]["text"]
-    with pytest.raises(DeepAlignError, match="give base=, aligned= and alpha="):
+    assert comp["prompt"]["prefill"] == "Sure, here is" and comp["meta"]["forced_tokens"] == 4
+    with pytest.raises(DeepAlignError, match="give alpha="):
         make_target(f"ed:base={tiny_model}")
+    with pytest.raises(DeepAlignError, match="give aligned="):
+        make_target(f"ed:base={tiny_model},alpha=1")
+    with pytest.raises(DeepAlignError, match="alpha=.inf. is out of range"):
+        make_target(f"ed:base={tiny_model},aligned={tiny_model},alpha=inf")
 
 
 def test_sampled_run_resumed_mid_batch_equals_an_uninterrupted_one(world_dir, tiny_model, tmp_path):
@@ -135,18 +141,20 @@ def test_sampled_run_resumed_mid_batch_equals_an_uninterrupted_one(world_dir, ti
     leaves it) and resumed draws exactly the samples of an uninterrupted run, because batches
     keep their boundaries and each batch's seed comes from its request ids."""
     from deepalign.decoding.base import GenConfig
-    from deepalign.evaluation.runner import RESPONSES, read_rows, run_eval
+    from deepalign.evaluation.rundir import RESPONSES, RunDir
+    from deepalign.evaluation.runner import run_eval
 
     cfg = GenConfig(max_new_tokens=6, do_sample=True, temperature=1.0, num_samples=2, seed=5)
-    kw = dict(world=world_dir, limit=7, batch_size=3, quiet=True, report=False)
-    run_eval([f"hf:{tiny_model}"], "direct", ["world:harmful"], "oracle", tmp_path / "full", cfg, **kw)
-    full = read_rows(tmp_path / "full" / RESPONSES)
+    kw = dict(targets=[f"hf:{tiny_model}"], attacks="direct", datasets=["world:harmful"], judges="oracle",
+              generation=cfg, world=world_dir, limit=7, batch_size=3, quiet=True, report=False)
+    run_eval(out_dir=tmp_path / "full", **kw)
+    full = RunDir(tmp_path / "full").rows()
     assert len(full) == 14 and len({r["response"] for r in full}) > 7  # really sampled
     lines = (tmp_path / "full" / RESPONSES).read_bytes().splitlines(keepends=True)
     (tmp_path / "cut").mkdir()
     (tmp_path / "cut" / "run.json").write_bytes((tmp_path / "full" / "run.json").read_bytes())
     (tmp_path / "cut" / RESPONSES).write_bytes(b"".join(lines[:9]) + lines[9][:20])  # 1.5 batches and a torn line
-    run_eval([f"hf:{tiny_model}"], "direct", ["world:harmful"], "oracle", tmp_path / "cut", cfg, **kw)
-    resumed = read_rows(tmp_path / "cut" / RESPONSES)
+    run_eval(out_dir=tmp_path / "cut", **kw)
+    resumed = RunDir(tmp_path / "cut").rows()
     responses = lambda rows: sorted((r["key"], r["response"]) for r in rows)  # noqa: E731
     assert responses(resumed) == responses(full)

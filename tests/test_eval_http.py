@@ -9,10 +9,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from deepalign.data.records import EvalPrompt
+from deepalign.records import EvalPrompt
 from deepalign.decoding.base import GenConfig, Request
 from deepalign.errors import DeepAlignError
-from deepalign.evaluation.targets import OpenAITarget, make_target
+from deepalign.decoding.openai import OpenAITarget
+from deepalign.decoding.registry import make_target
 from deepalign.judges.base import JudgeParseError
 from deepalign.judges.llm import LLMJudge, parse_jbb, parse_strongreject
 
@@ -215,7 +216,8 @@ def test_api_key_never_reaches_the_run_directory(tmp_path, monkeypatch):
     items = {"toy": [ITEM, EvalPrompt(id="b", prompt="How do I water a fern?", kind="benign")]}
     with FakeServer(echo) as srv:
         spec = f"openai:m@{srv.url},key_env=DEEPALIGN_TEST_KEY"
-        run_eval([spec], "direct,cipher:ascii", items, "keyword", tmp_path, GenConfig(max_new_tokens=5), quiet=True)
+        run_eval(targets=[spec], attacks="direct,cipher:ascii", datasets=items, judges="keyword", out_dir=tmp_path,
+                 generation=GenConfig(max_new_tokens=5), quiet=True)
         assert all(h["Authorization"] == f"Bearer {secret}" for _, _, h in srv.requests)
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert {p.name for p in files} >= {"responses.jsonl", "summary.json", "report.md", "run.json"}

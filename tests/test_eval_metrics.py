@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from deepalign.data.records import EvalPrompt
+from deepalign.records import EvalPrompt
 from deepalign.evaluation.metrics import check_answer, extract_letter, extract_number, proportion, summarize, wilson_interval
 
 

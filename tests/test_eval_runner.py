@@ -7,11 +7,16 @@ import json
 
 import pytest
 
-from deepalign.data.records import EvalPrompt
+from deepalign.records import EvalPrompt
 from deepalign.decoding.base import GenConfig, Generation
 from deepalign.errors import DeepAlignError
 from deepalign.evaluation.report import build_report
-from deepalign.evaluation.runner import RESPONSES, read_rows, run_eval
+from deepalign.evaluation.rundir import RESPONSES, RunDir
+from deepalign.evaluation.runner import run_eval
+
+
+def read_rows(path):
+    return RunDir(path.parent).rows()
 
 
 class FakeTarget:
@@ -54,7 +59,7 @@ def strip(rows):
 
 def test_interrupted_run_resumes_without_loss_or_duplicates(tmp_path):
     cfg = GenConfig(max_new_tokens=8)
-    full = run_eval([FakeTarget()], ATTACKS, items(), "keyword", tmp_path / "full", cfg, batch_size=4, quiet=True)
+    full = run_eval(targets=[FakeTarget()], attacks=ATTACKS, datasets=items(), judges="keyword", out_dir=tmp_path / "full", generation=cfg, batch_size=4, quiet=True)
     rows_full = read_rows(tmp_path / "full" / RESPONSES)
     # 17 items x direct + cipher, 9 harmful x 2 prefill depths
     assert len(rows_full) == 17 * 2 + 9 * 2
@@ -62,13 +67,13 @@ def test_interrupted_run_resumes_without_loss_or_duplicates(tmp_path):
     run = tmp_path / "run"
     crashing = FakeTarget(fail_after=3)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        run_eval([crashing], ATTACKS, items(), "keyword", run, cfg, batch_size=4, quiet=True)
+        run_eval(targets=[crashing], attacks=ATTACKS, datasets=items(), judges="keyword", out_dir=run, generation=cfg, batch_size=4, quiet=True)
     assert len(read_rows(run / RESPONSES)) == 4 + 4 + 4  # three finished batches were kept
     # a kill -9 in the middle of a write leaves half a line behind
     with open(run / RESPONSES, "ab") as fh:
         fh.write(b'{"key": "[\\"fake\\", \\"direct\\", \\"toy\\", \\"h9')
     resumed = FakeTarget()
-    summary = run_eval([resumed], ATTACKS, items(), "keyword", run, cfg, batch_size=4, quiet=True)
+    summary = run_eval(targets=[resumed], attacks=ATTACKS, datasets=items(), judges="keyword", out_dir=run, generation=cfg, batch_size=4, quiet=True)
     rows = read_rows(run / RESPONSES)
     keys = [r["key"] for r in rows]
     assert len(keys) == len(set(keys)) == len(rows_full)
@@ -78,14 +83,14 @@ def test_interrupted_run_resumes_without_loss_or_duplicates(tmp_path):
     assert json.loads((run / "summary.json").read_text()) == json.loads((tmp_path / "full" / "summary.json").read_text())
     # a rerun of a finished run generates nothing and changes nothing
     idle = FakeTarget()
-    run_eval([idle], ATTACKS, items(), "keyword", run, cfg, batch_size=4, quiet=True)
+    run_eval(targets=[idle], attacks=ATTACKS, datasets=items(), judges="keyword", out_dir=run, generation=cfg, batch_size=4, quiet=True)
     assert idle.calls == [] and len(read_rows(run / RESPONSES)) == len(rows_full)
 
 
 def test_rows_batches_and_report(tmp_path):
     t = FakeTarget()
     cfg = GenConfig(max_new_tokens=8, do_sample=True, num_samples=2, seed=3)
-    summary = run_eval([t], "direct,prefill:2w,prefill:5w", items(), "keyword", tmp_path, cfg, batch_size=8, quiet=True)
+    summary = run_eval(targets=[t], attacks="direct,prefill:2w,prefill:5w", datasets=items(), judges="keyword", out_dir=tmp_path, generation=cfg, batch_size=8, quiet=True)
     assert t.calls == [8, 8, 1, 8, 1, 8, 1]  # batched: up to 8 items per generate call
     rows = read_rows(tmp_path / RESPONSES)
     assert len(rows) == 2 * 17 + 2 * 2 * 9
@@ -109,26 +114,26 @@ def test_rows_batches_and_report(tmp_path):
 
 
 def test_resume_with_other_settings_is_refused(tmp_path):
-    run_eval([FakeTarget()], "direct", items(), "keyword", tmp_path, GenConfig(max_new_tokens=8), quiet=True)
+    run_eval(targets=[FakeTarget()], attacks="direct", datasets=items(), judges="keyword", out_dir=tmp_path, generation=GenConfig(max_new_tokens=8), quiet=True)
     with pytest.raises(DeepAlignError, match="other generation settings"):
-        run_eval([FakeTarget()], "direct", items(), "keyword", tmp_path, GenConfig(max_new_tokens=9), quiet=True)
+        run_eval(targets=[FakeTarget()], attacks="direct", datasets=items(), judges="keyword", out_dir=tmp_path, generation=GenConfig(max_new_tokens=9), quiet=True)
     with pytest.raises(DeepAlignError, match="other judges"):
-        run_eval([FakeTarget()], "direct", items(), "keyword:nocase", tmp_path, GenConfig(max_new_tokens=8), quiet=True)
+        run_eval(targets=[FakeTarget()], attacks="direct", datasets=items(), judges="keyword:nocase", out_dir=tmp_path, generation=GenConfig(max_new_tokens=8), quiet=True)
     # adding an attack or a target to a run is fine: only the new work is done
     t2 = FakeTarget("fake2")
-    run_eval([FakeTarget(), t2], "direct,code", items(), "keyword", tmp_path, GenConfig(max_new_tokens=8), quiet=True)
+    run_eval(targets=[FakeTarget(), t2], attacks="direct,code", datasets=items(), judges="keyword", out_dir=tmp_path, generation=GenConfig(max_new_tokens=8), quiet=True)
     assert len(read_rows(tmp_path / RESPONSES)) == 17 * 4
     assert json.loads((tmp_path / "run.json").read_text())["targets"] == ["fake", "fake2"]
 
 
 def test_runner_errors(tmp_path):
     with pytest.raises(DeepAlignError, match="applies to no item"):
-        run_eval([FakeTarget()], "prefill:3w", {"b": items()["toy"][9:]}, "keyword", tmp_path / "a", quiet=True)
+        run_eval(targets=[FakeTarget()], attacks="prefill:3w", datasets={"b": items()["toy"][9:]}, judges="keyword", out_dir=tmp_path / "a", quiet=True)
     with pytest.raises(DeepAlignError, match="targets given twice"):
-        run_eval([FakeTarget(), FakeTarget()], "direct", items(), "keyword", tmp_path / "b", quiet=True)
+        run_eval(targets=[FakeTarget(), FakeTarget()], attacks="direct", datasets=items(), judges="keyword", out_dir=tmp_path / "b", quiet=True)
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / RESPONSES).write_text('{"key": "a"}\nnot json\n')
-    with pytest.raises(DeepAlignError, match=r"responses.jsonl:2: malformed row"):
-        run_eval([FakeTarget()], "direct", items(), "keyword", tmp_path / "c", quiet=True)
+    with pytest.raises(DeepAlignError, match=r"responses.jsonl:2: malformed JSON"):
+        run_eval(targets=[FakeTarget()], attacks="direct", datasets=items(), judges="keyword", out_dir=tmp_path / "c", quiet=True)
     with pytest.raises(DeepAlignError, match="not a run directory"):
         build_report(tmp_path / "nothing")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from deepalign.data.records import EvalPrompt
+from deepalign.records import EvalPrompt
 from deepalign.errors import DeepAlignError
 from deepalign.judges import REFUSAL_PHRASES, KeywordJudge, make_judges
 from deepalign.judges.base import JudgeParseError
@@ -129,5 +129,5 @@ def test_judge_registry_errors():
         make_judges("llm:harsh")
     with pytest.raises(DeepAlignError, match="given twice"):
         make_judges("keyword,keyword")
-    with pytest.raises(DeepAlignError, match="cannot load classifier"):
+    with pytest.raises(DeepAlignError, match="no model directory at /nonexistent/guard"):
         make_judges("classifier:/nonexistent/guard")

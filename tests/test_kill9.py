@@ -71,7 +71,7 @@ def test_kill9_during_evaluation_then_rerun(world_dir, base_model_dir, tmp_path)
 
 def test_kill9_during_training_then_resume(world_dir, base_model_dir, tmp_path):
     args = ["train", "--recipe", "derta", "--world", str(world_dir), "--model", str(base_model_dir),
-            "--max-steps", "30", "--batch-size", "4", "--save-steps", "3", "--quiet"]
+            "--max-steps", "30", "--per_device_train_batch_size", "4", "--save-steps", "3", "--quiet"]
     ref, run = tmp_path / "ref", tmp_path / "run"
     _run(_deepalign(*args, "--out", str(ref)))
     checkpoints = run / "checkpoints"

@@ -16,7 +16,7 @@ from deepalign.data.loaders import (
     load_triples,
     parse_final_answer,
 )
-from deepalign.data.records import HarmfulTriple, to_dict
+from deepalign.records import HarmfulTriple, to_dict
 from deepalign.data.reference import (
     ReferenceExample,
     load_reference_training,
@@ -439,7 +439,7 @@ def test_reference_training_errors(tmp_path):
 
 def test_our_records_round_trip_their_meta(tmp_path):
     """Rows written by the world / the record types keep their ``meta`` object as is."""
-    from deepalign.data.records import EvalPrompt, HarmfulTriple, to_dict
+    from deepalign.records import EvalPrompt, HarmfulTriple, to_dict
     from deepalign.utils import write_jsonl
 
     t = HarmfulTriple("t1", "placeholder question", "placeholder answer", "placeholder refusal", {"kind": "x", "n": 1})

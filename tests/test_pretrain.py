@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from deepalign.cli import main
+from deepalign.errors import DeepAlignError
 from deepalign.training.pretrain import pretrain
 
-TINY = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_steps=12, batch_size=4, save_steps=6)
+TINY = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_steps=12, per_device_train_batch_size=4, save_steps=6)
 
 
 def test_base_model_reloads_with_auto_classes(base_model_dir):
@@ -24,16 +25,18 @@ def test_base_model_reloads_with_auto_classes(base_model_dir):
                                   return_tensors="pt", return_dict=True)
     out = model.generate(**ids, max_new_tokens=5, do_sample=False, pad_token_id=tok.pad_token_id)
     assert out.shape[1] > ids["input_ids"].shape[1]
-    info = json.loads((base_model_dir / "pretrain_info.json").read_text())
-    assert info["parameters"] == sum(p.numel() for p in model.parameters())
+    info = json.loads((base_model_dir / "deepalign_train.json").read_text())
+    assert info["parameters"] == sum(p.numel() for p in model.parameters()) and info["recipe"] == "pretrain"
+    card = (base_model_dir / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: transformers\n") and "pretrained from scratch" in card
     assert not (base_model_dir.parent / "base.partial").exists()  # checkpoints cleaned up
 
 
 def test_same_seed_same_loss_curve(world_dir, tmp_path):
-    a = pretrain(world_dir, tmp_path / "a", quiet=True, **TINY)
-    b = pretrain(world_dir, tmp_path / "b", quiet=True, **TINY)
-    ca = json.loads((a / "loss_curve.json").read_text())
-    cb = json.loads((b / "loss_curve.json").read_text())
+    a = pretrain(world=world_dir, out=tmp_path / "a", quiet=True, **TINY)
+    b = pretrain(world=world_dir, out=tmp_path / "b", quiet=True, **TINY)
+    ca = json.loads((a / "deepalign_train.json").read_text())["loss_curve"]
+    cb = json.loads((b / "deepalign_train.json").read_text())["loss_curve"]
     assert ca and ca == cb
     from safetensors.torch import load_file
 
@@ -45,7 +48,7 @@ def test_interrupted_pretraining_resumes_to_the_same_model(world_dir, tmp_path, 
     from safetensors.torch import load_file
     from transformers import Trainer
 
-    ref = pretrain(world_dir, tmp_path / "ref", quiet=True, **TINY)
+    ref = pretrain(world=world_dir, out=tmp_path / "ref", quiet=True, **TINY)
     out = tmp_path / "m"
     real = Trainer.training_step
 
@@ -56,13 +59,17 @@ def test_interrupted_pretraining_resumes_to_the_same_model(world_dir, tmp_path, 
 
     monkeypatch.setattr(Trainer, "training_step", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        pretrain(world_dir, out, quiet=True, **TINY)
+        pretrain(world=world_dir, out=out, quiet=True, **TINY)
     assert not out.exists()  # no half-written model
     assert (tmp_path / "m.partial" / "checkpoint-6").is_dir()
     monkeypatch.setattr(Trainer, "training_step", real)
-    pretrain(world_dir, out, quiet=True, resume=True, **TINY)
-    curve = json.loads((out / "loss_curve.json").read_text())
-    ref_curve = json.loads((ref / "loss_curve.json").read_text())
+    # a rerun without --resume refuses to throw the partial run away
+    with pytest.raises(DeepAlignError, match="pass --resume to continue it or --overwrite"):
+        pretrain(world=world_dir, out=out, quiet=True, **TINY)
+    assert (tmp_path / "m.partial" / "checkpoint-6").is_dir()
+    pretrain(world=world_dir, out=out, quiet=True, resume=True, **TINY)
+    curve = json.loads((out / "deepalign_train.json").read_text())["loss_curve"]
+    ref_curve = json.loads((ref / "deepalign_train.json").read_text())["loss_curve"]
     assert [c["step"] for c in curve] == list(range(1, 13))
     assert curve == ref_curve  # steps 1-6 restored from the checkpoint, 7-12 trained again identically
     wa, wb = load_file(ref / "model.safetensors"), load_file(out / "model.safetensors")

@@ -31,7 +31,8 @@ def test_two_cpu_processes_train_and_save_once(world_dir, base_model_dir, tmp_pa
     cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0", "-m", "deepalign", "train",
            "--recipe", "derta", "--world", str(world_dir), "--model", str(base_model_dir), "--out", str(out),
-           "--max-steps", "2", "--batch-size", "4", "--grad-accum", "2", "--save-steps", "1", "--quiet"]
+           "--max-steps", "2", "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "2",
+           "--save-steps", "1", "--quiet"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads((out / "deepalign_train.json").read_text())
@@ -40,10 +41,11 @@ def test_two_cpu_processes_train_and_save_once(world_dir, base_model_dir, tmp_pa
     assert not (out / "checkpoints").exists() and not list(out.glob(".final-*"))
     from safetensors.torch import load_file
 
-    from deepalign.training.commands import train
+    from deepalign.training.finetune import train
 
-    single = train(recipe="derta", world=str(world_dir), model=str(base_model_dir), out=str(tmp_path / "one"),
-                   max_steps=2, batch_size=8, grad_accum=2, save_steps=10, quiet=True)
+    single = train(recipe="derta", world=str(world_dir), model_name_or_path=str(base_model_dir),
+                   output_dir=str(tmp_path / "one"), max_steps=2, per_device_train_batch_size=8,
+                   gradient_accumulation_steps=2, save_steps=10, quiet=True)
     a, b = load_file(str(out / "model.safetensors")), load_file(str(single / "model.safetensors"))
     base = load_file(str(base_model_dir / "model.safetensors"))
     assert any(not torch.equal(a[k], base[k]) for k in a)

@@ -11,9 +11,9 @@ import torch
 
 from deepalign.cli import main
 from deepalign.errors import DeepAlignError
-from deepalign.training.commands import train
+from deepalign.training.finetune import train
 
-FAST = dict(max_steps=2, batch_size=4, save_steps=1, logging_steps=1, quiet=True)
+FAST = dict(max_steps=2, per_device_train_batch_size=4, save_steps=1, logging_steps=1, quiet=True)
 
 
 def _weights(path):
@@ -31,7 +31,7 @@ def _load(path):
 def test_cli_derta_run_writes_a_standard_model_dir(world_dir, base_model_dir, tmp_path, capsys):
     out = tmp_path / "derta"
     code = main(["train", "--recipe", "derta", "--world", str(world_dir), "--model", str(base_model_dir),
-                 "--out", str(out), "--max-steps", "3", "--batch-size", "8", "--quiet"])
+                 "--out", str(out), "--max-steps", "3", "--per_device_train_batch_size", "8", "--quiet"])
     assert code == 0, capsys.readouterr().err
     assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
     assert not (out / "checkpoints").exists() and not list(out.glob(".final-*"))
@@ -46,6 +46,7 @@ def test_cli_derta_run_writes_a_standard_model_dir(world_dir, base_model_dir, tm
     assert any(not torch.equal(base[k], new[k]) for k in base)
     assert sum(1 for _ in open(out / "records.jsonl")) == sum(v for k, v in info["records"].items() if k != "prefix_k0")
     # a finished dir is not silently retrained
+    capsys.readouterr()
     code = main(["train", "--world", str(world_dir), "--model", str(base_model_dir), "--out", str(out),
                  "--max-steps", "1", "--quiet"])
     err = capsys.readouterr().err
@@ -53,8 +54,8 @@ def test_cli_derta_run_writes_a_standard_model_dir(world_dir, base_model_dir, tm
 
 
 def test_lora_is_merged_by_default_or_kept(world_dir, base_model_dir, tmp_path):
-    out = train(recipe="vanilla", world=str(world_dir), model=str(base_model_dir), out=str(tmp_path / "m"),
-                lora=True, lora_r=4, **FAST)
+    out = train(recipe="vanilla", world=str(world_dir), model_name_or_path=str(base_model_dir), output_dir=str(tmp_path / "m"),
+                use_peft=True, lora_r=4, **FAST)
     assert not (out / "adapter_config.json").exists()
     model, _ = _load(out)  # plain AutoModelForCausalLM, no peft needed
     assert not any("lora" in n for n, _ in model.named_parameters())
@@ -63,8 +64,8 @@ def test_lora_is_merged_by_default_or_kept(world_dir, base_model_dir, tmp_path):
     base, new = _weights(base_model_dir), _weights(out)
     assert set(base) == set(new) and any(not torch.equal(base[k], new[k]) for k in base)
 
-    out = train(recipe="rto", world=str(world_dir), model=str(base_model_dir), out=str(tmp_path / "a"),
-                lora=True, lora_r=4, keep_adapter=True, **FAST)
+    out = train(recipe="rto", world=str(world_dir), model_name_or_path=str(base_model_dir), output_dir=str(tmp_path / "a"),
+                use_peft=True, lora_r=4, keep_adapter=True, **FAST)
     assert (out / "adapter_config.json").exists() and (out / "adapter_model.safetensors").exists()
     assert json.loads((out / "deepalign_train.json").read_text())["rto_keep"] == 1.0  # LoRA: keep all
 
@@ -72,8 +73,8 @@ def test_lora_is_merged_by_default_or_kept(world_dir, base_model_dir, tmp_path):
 def test_interrupted_run_resumes_to_the_same_model(world_dir, base_model_dir, tmp_path, monkeypatch):
     from deepalign.training.trainer import DeRTaTrainer
 
-    opts = dict(recipe="derta", world=str(world_dir), model=str(base_model_dir), rto_keep=0.5, **FAST)
-    full = train(out=str(tmp_path / "full"), **opts)
+    opts = dict(recipe="derta", world=str(world_dir), model_name_or_path=str(base_model_dir), rto_keep=0.5, **FAST)
+    full = train(output_dir=str(tmp_path / "full"), **opts)
 
     real_step = DeRTaTrainer.training_step
 
@@ -85,15 +86,15 @@ def test_interrupted_run_resumes_to_the_same_model(world_dir, base_model_dir, tm
     monkeypatch.setattr(DeRTaTrainer, "training_step", crash_in_step_2)
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        train(out=str(out), **opts)
+        train(output_dir=str(out), **opts)
     assert (out / "checkpoints" / "checkpoint-1").is_dir()
     assert not (out / "config.json").exists() and not (out / "model.safetensors").exists()
     monkeypatch.setattr(DeRTaTrainer, "training_step", real_step)
     with pytest.raises(DeepAlignError, match="pass --resume to continue"):
-        train(out=str(out), **opts)
+        train(output_dir=str(out), **opts)
     with pytest.raises(DeepAlignError, match="different seed"):
-        train(out=str(out), resume=True, **{**opts, "seed": 1})
-    train(out=str(out), resume=True, **opts)
+        train(output_dir=str(out), resume=True, **{**opts, "seed": 1})
+    train(output_dir=str(out), resume=True, **opts)
     a, b = _weights(full), _weights(out)
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5, msg=k)
@@ -101,8 +102,8 @@ def test_interrupted_run_resumes_to_the_same_model(world_dir, base_model_dir, tm
 
 
 def test_dpo_baseline_runs_on_top_of_a_model(world_dir, base_model_dir, tmp_path):
-    out = train(recipe="dpo", world=str(world_dir), model=str(base_model_dir), out=str(tmp_path / "dpo"),
-                max_steps=2, batch_size=4, save_steps=10, quiet=True)
+    out = train(recipe="dpo", world=str(world_dir), model_name_or_path=str(base_model_dir), output_dir=str(tmp_path / "dpo"),
+                max_steps=2, per_device_train_batch_size=4, save_steps=10, quiet=True)
     info = json.loads((out / "deepalign_train.json").read_text())
     assert info["recipe"] == "dpo" and info["pairs"] > 0 and info["steps"] == 2
     model, _ = _load(out)
@@ -112,28 +113,32 @@ def test_dpo_baseline_runs_on_top_of_a_model(world_dir, base_model_dir, tmp_path
 
 def test_dpo_pairs_use_the_chat_template(world_dir):
     from deepalign.data.loaders import load_triples
-    from deepalign.data.recipes import prompt_format
+    from deepalign.tokens import Encoder, PromptFormat
     from deepalign.training.dpo import preference_rows
     from test_training_tokenizers import word_tokenizer
 
     tok = word_tokenizer()
     triples = load_triples(str(world_dir / "train" / "triples.jsonl"))[:2]
-    rows = preference_rows(triples, prompt_format(tok), tok)
+    rows = preference_rows(triples, Encoder(tok))
     assert rows[0]["prompt"] == [{"role": "user", "content": triples[0].query}]
     assert rows[0]["chosen"][0]["content"] == triples[0].safe
     assert rows[0]["rejected"][0]["content"] == triples[0].harmful
-    rows = preference_rows(triples, prompt_format(tok, "{bos}Q: {query}\nA:"), tok)
-    assert rows[0]["prompt"].startswith("<bos>Q: ") and rows[0]["chosen"] == " " + triples[0].safe
+    rows = preference_rows(triples, Encoder(tok, PromptFormat.text("Q: {query}\nA:")))
+    assert rows[0]["prompt"].startswith("Q: ") and rows[0]["chosen"] == " " + triples[0].safe
 
 
 @pytest.mark.parametrize("argv,message", [
     (["--world", "{tmp}/nowhere"], "no world at"),
     (["--refusal-word", "zzzqqq"], "'zzzqqq' is not in the tokenizer's vocabulary"),
     (["--refusal-word", "refuse politely"], "single word"),
-    (["--rto-keep", "1.5"], "--rto-keep must be in [0, 1]"),
+    (["--rto-keep", "1.5"], "--rto_keep must be <= 1, got 1.5"),
+    (["--max_grad_norm", "nan"], "--max_grad_norm must be a finite number"),
+    (["--lora", "--lora_target_modules", "nosuchmodule"], "no module named 'nosuchmodule'"),
+    (["--lora", "--lora_dropout", "5"], "--lora_dropout must be < 1"),
+    (["--lr_scheduler_type", "bogus"], "invalid choice: 'bogus'"),
     (["--model", "{tmp}/missing-model"], "no model directory at"),
     (["--triples", "{tmp}/none.jsonl"], "no such file"),
-    (["--keep-adapter"], "--keep-adapter needs --lora"),
+    (["--keep-adapter"], "--keep_adapter needs --use_peft (--lora)"),
 ])
 def test_user_mistakes_are_one_line_errors(world_dir, base_model_dir, tmp_path, capsys, argv, message):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
@@ -143,6 +148,7 @@ def test_user_mistakes_are_one_line_errors(world_dir, base_model_dir, tmp_path, 
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("deepalign: error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()  # nothing written before the options were checked
 
 
 def test_bad_triples_file_names_the_line(world_dir, base_model_dir, tmp_path, capsys):
@@ -160,19 +166,25 @@ def test_train_on_a_reference_format_file(world_dir, base_model_dir, tmp_path):
     from transformers import AutoTokenizer
 
     from deepalign.data.loaders import load_instructions, load_triples
-    from deepalign.data.recipes import build_records, export_reference, prompt_format
+    from deepalign.data.recipes import build_records, export_reference
+    from deepalign.tokens import Encoder
+    from deepalign.training.collator import encode_records
 
     tok = AutoTokenizer.from_pretrained(base_model_dir)
     recs = build_records("derta", load_triples(str(world_dir / "train" / "triples.jsonl"))[:20],
-                         load_instructions(str(world_dir / "train" / "helpful.jsonl"))[:20], prompt_format(tok))
+                         load_instructions(str(world_dir / "train" / "helpful.jsonl"))[:20])
     ref = tmp_path / "llama_derta.json"
     export_reference(recs, ref, eos="<|end_of_text|>")
-    out = train(recipe="derta", model=str(base_model_dir), records=str(ref), out=str(tmp_path / "r"),
-                max_steps=1, batch_size=4, quiet=True)
+    out = train(recipe="derta", model_name_or_path=str(base_model_dir), records=str(ref), output_dir=str(tmp_path / "r"),
+                max_steps=1, per_device_train_batch_size=4, quiet=True)
     info = json.loads((out / "deepalign_train.json").read_text())
     assert info["records"] == {"mle": 20, "prefix": 10, "prefix_k0": info["records"]["prefix_k0"], "rto": 10}
-    first = json.loads((out / "records.jsonl").read_text().splitlines()[0])
-    assert first["prompt"].startswith("<bos><user> ")  # re-rendered with the world's chat template
-    again = train(recipe="derta", model=str(base_model_dir), records=str(out / "records.jsonl"),
-                  out=str(tmp_path / "r2"), max_steps=1, batch_size=4, quiet=True)
+    # the reference template is dropped: the queries are trained in the model's own chat format
+    from deepalign.data.recipes import load_records
+
+    first = load_records(out / "records.jsonl")[0]
+    ids = encode_records([first], Encoder(tok))[0]["input_ids"]
+    assert tok.convert_ids_to_tokens(ids)[:2] == ["<bos>", "<user>"] and "[INST]" not in tok.decode(ids)
+    again = train(recipe="derta", model_name_or_path=str(base_model_dir), records=str(out / "records.jsonl"),
+                  output_dir=str(tmp_path / "r2"), max_steps=1, per_device_train_batch_size=4, quiet=True)
     assert json.loads((again / "deepalign_train.json").read_text())["records"] == info["records"]

@@ -7,9 +7,11 @@ import math
 import pytest
 import torch
 
-from deepalign.data.recipes import build_records, prompt_format
-from deepalign.data.records import HarmfulTriple, InstructionPair
-from deepalign.training.collator import IGNORE_INDEX, DeRTaCollator, encode_records, keep_positions
+from deepalign.data.recipes import build_records
+from deepalign.records import HarmfulTriple, InstructionPair
+from deepalign.tokens import Encoder
+from deepalign.training.collator import DeRTaCollator, encode_records, keep_positions
+from deepalign.training.losses import IGNORE_INDEX
 from deepalign.training.refusal import refusal_token
 from test_training_tokenizers import tekken_fast, word_tokenizer
 
@@ -29,7 +31,7 @@ def _help(n=3):
 
 def _batch(tok, recs, keep=1.0, seed=0, epoch=0):
     rid = refusal_token(tok)[0]
-    feats = encode_records(recs, tok)
+    feats = encode_records(recs, Encoder(tok))
     col = DeRTaCollator(pad_token_id=tok.pad_token_id, refusal_token_id=rid, rto_keep=keep, seed=seed, epoch=epoch)
     return feats, col(feats), rid
 
@@ -50,29 +52,33 @@ def test_labels_cover_exactly_the_target_and_rto_spans(which):
     tok = word_tokenizer() if which == "word" else tekken_fast()
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    fmt = prompt_format(tok)
-    recs = build_records("derta", _trip(), _help(), fmt, tokenizer=tok, seed=0, k_zero_share=0.5)
+    recs = build_records("derta", _trip(), _help(), encoder=Encoder(tok), seed=0, k_zero_share=0.5)
     feats, batch, rid = _batch(tok, recs)
+    end = tok.eos_token
     for f, r in zip(feats, recs):
-        # the sequence is the tokenization of the full text (special tokens parsed)
-        assert f["input_ids"] == tok(r.text, add_special_tokens=False)["input_ids"]
+        # the sequence is the conversation exactly as the model's chat template writes it
+        text = tok.apply_chat_template([{"role": "user", "content": r.query},
+                                        {"role": "assistant", "content": r.response}], tokenize=False)
+        assert f["input_ids"] == tok(text, add_special_tokens=False)["input_ids"]
+        assert f["input_ids"].count(tok.bos_token_id) == 1 and f["input_ids"].count(tok.eos_token_id) == 1
     spans = _spans(tok, recs, batch)
     n_rto_seen = 0
     for r, (mle, rto_ids), lab, rl in zip(recs, spans, batch["labels"], batch["rto_labels"]):
         if r.kind == "rto":
             assert mle == ""
-            harmful_ids = tok(r.rto, add_special_tokens=False)["input_ids"]
-            # every token of the RTO span (harmful text + end marker) carries the refusal target
-            assert len(rto_ids) == len(harmful_ids)
+            n_harm = len(Encoder(tok).response_ids(r.query, r.rto, end=True))
+            # every token of the RTO span (harmful text + end of turn) carries the refusal target
+            assert len(rto_ids) == n_harm
             assert set(rl[rl != IGNORE_INDEX].tolist()) == {rid}
             n_rto_seen += 1
         else:
             assert rto_ids == []
-            if which == "tekken":  # byte-level BPE decodes back to the exact target text
-                assert mle == r.target
-            else:  # word level: the labelled tokens are the target's tokens
+            target = r.parts()[-1]  # the target with the space that separates it from a forced prefix
+            if which == "tekken":  # byte-level BPE decodes back to the exact target text + end of turn
+                assert mle == target + end
+            else:  # word level: the labelled tokens are the target's tokens + end of turn
                 ids = batch["input_ids"][recs.index(r)]
-                assert tok.convert_ids_to_tokens(ids[lab != IGNORE_INDEX].tolist()) == tok.tokenize(r.target)
+                assert tok.convert_ids_to_tokens(ids[lab != IGNORE_INDEX].tolist()) == tok.tokenize(target) + [end]
     assert n_rto_seen == 3
     assert batch["attention_mask"].sum().item() == sum(len(f["input_ids"]) for f in feats)
 
@@ -80,8 +86,7 @@ def test_labels_cover_exactly_the_target_and_rto_spans(which):
 def test_tekken_refusal_after_harmful_prefix_is_the_rto_token():
     """After forced harmful words, the safe response starts with ' Sorry': the same token RTO trains."""
     tok = tekken_fast()
-    fmt = prompt_format(tok)
-    recs = build_records("harmful-prefix", _trip(3), [], fmt, tokenizer=tok, k_zero_share=0, seed=1)
+    recs = build_records("harmful-prefix", _trip(3), [], k_zero_share=0, seed=1)
     feats, batch, rid = _batch(tok, recs)
     for i in range(len(recs)):
         first = batch["labels"][i][batch["labels"][i] != IGNORE_INDEX][0].item()
@@ -90,10 +95,9 @@ def test_tekken_refusal_after_harmful_prefix_is_the_rto_token():
 
 def test_keep_ratio_is_seeded_per_record_and_epoch():
     tok = word_tokenizer()
-    fmt = prompt_format(tok)
-    recs = build_records("rto", _trip(8), [], fmt, seed=0)
+    recs = build_records("rto", _trip(8), [], seed=0)
     rto_recs = [r for r in recs if r.kind == "rto"]
-    n = len(tok(rto_recs[0].rto, add_special_tokens=False)["input_ids"])
+    n = len(Encoder(tok).response_ids(rto_recs[0].query, rto_recs[0].rto))
     _, b1, _ = _batch(tok, rto_recs, keep=0.05, seed=7)
     _, b2, _ = _batch(tok, rto_recs, keep=0.05, seed=7)
     _, b3, _ = _batch(tok, rto_recs, keep=0.05, seed=7, epoch=1)
@@ -111,9 +115,8 @@ def test_keep_ratio_is_seeded_per_record_and_epoch():
 
 def test_padding_truncation_and_missing_refusal_token():
     tok = word_tokenizer()
-    fmt = prompt_format(tok)
-    recs = build_records("derta", _trip(2), _help(1), fmt, seed=0)
-    feats = encode_records(recs, tok, max_length=12)
+    recs = build_records("derta", _trip(2), _help(1), seed=0)
+    feats = encode_records(recs, Encoder(tok), max_length=12)
     assert max(len(f["input_ids"]) for f in feats) <= 12
     col = DeRTaCollator(pad_token_id=tok.pad_token_id, refusal_token_id=5, pad_to_multiple_of=8)
     b = col(feats)
@@ -121,4 +124,4 @@ def test_padding_truncation_and_missing_refusal_token():
     assert (b["input_ids"][b["attention_mask"] == 0] == tok.pad_token_id).all()
     assert (b["labels"][b["attention_mask"] == 0] == IGNORE_INDEX).all()
     with pytest.raises(ValueError, match="no refusal token id"):
-        DeRTaCollator(pad_token_id=0)(encode_records([r for r in recs if r.kind == "rto"], tok))
+        DeRTaCollator(pad_token_id=0)(encode_records([r for r in recs if r.kind == "rto"], Encoder(tok)))

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from deepalign.data.recipes import build_records, prompt_format
-from deepalign.data.records import HarmfulTriple, InstructionPair
-from deepalign.training.collator import IGNORE_INDEX
+from deepalign.data.recipes import build_records
+from deepalign.records import HarmfulTriple, InstructionPair
+from deepalign.training.losses import IGNORE_INDEX
 from deepalign.training.losses import count_label_tokens, derta_loss, linear_cross_entropy, reference_loss
 from deepalign.training.refusal import refusal_token
 from test_training_tokenizers import word_tokenizer
@@ -117,7 +117,7 @@ def _tiny_setup(tmp_path, arch="llama", **cfg):
     triples = [HarmfulTriple(f"t{i}", f"what is two plus two {i} ?", "here is how to do it : first mix the dust .",
                              "sorry , i cannot help with that .") for i in range(8)]
     helpful = [InstructionPair(f"h{i}", "what is two plus two ?", "two plus two is four .") for i in range(8)]
-    recs = build_records("derta", triples, helpful, prompt_format(tok), seed=0, k_zero_share=0.25)
+    recs = build_records("derta", triples, helpful, seed=0, k_zero_share=0.25)
     args = DeRTaConfig(output_dir=str(tmp_path / "ck"), report_to="none", disable_tqdm=True, use_cpu=True,
                        save_strategy="no", logging_steps=1, **cfg)
     trainer = DeRTaTrainer(model, args, train_dataset=recs, processing_class=tok,

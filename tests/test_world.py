@@ -28,7 +28,7 @@ def test_manifest_counts_and_hashes(world_dir):
 
 def test_same_seed_is_byte_identical_and_other_seed_differs(tmp_path):
     small = dict(quiet=True, n_pretrain=400, n_train_triples=50, n_train_helpful=40)
-    a, b, c = (build_world(tmp_path / n, seed=s, **small) for n, s in (("a", 3), ("b", 3), ("c", 4)))
+    a, b, c = (build_world(out=tmp_path / n, seed=s, **small) for n, s in (("a", 3), ("b", 3), ("c", 4)))
     for f in sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file()):
         assert (a / f).read_bytes() == (b / f).read_bytes(), f
     assert (a / "train/triples.jsonl").read_bytes() != (c / "train/triples.jsonl").read_bytes()
@@ -86,7 +86,7 @@ def test_dev_split_is_disjoint_from_test_and_corpus_and_changes_nothing_else(wor
 
     small = dict(quiet=True, n_pretrain=3000, n_train_triples=120, n_train_helpful=240,
                  n_test_harmful=24, n_test_benign=24, n_test_helpful=24)
-    build_world(tmp_path / "nodev", seed=0, n_dev_harmful=0, n_dev_benign=0, **small)
+    build_world(out=tmp_path / "nodev", seed=0, n_dev_harmful=0, n_dev_benign=0, **small)
     for rel in ("pretrain/corpus.jsonl", "train/triples.jsonl", "test/harmful.jsonl", "tokenizer/tokenizer.json"):
         assert (tmp_path / "nodev" / rel).read_bytes() == (world_dir / rel).read_bytes(), rel
 
@@ -171,12 +171,11 @@ def test_oracle_helpful_and_benign():
 def test_world_cli_errors_are_one_line_exit_2(tmp_path, capsys):
     assert main(["world", "--out", str(tmp_path / "w"), "--harmful-share", "1.5"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "harmful-share" in err
+    assert err.count("\n") == 1 and "--harmful_share must be <= 1, got 1.5" in err
     assert not (tmp_path / "w").exists()
     assert main(["world", "--out", str(tmp_path / "w"), "--n-test-harmful", "100000"]) == 2
     assert "cannot draw" in capsys.readouterr().err
     assert not (tmp_path / "w").exists() and not list(tmp_path.iterdir())
-    with pytest.raises(SystemExit) as exc:
-        main(["world", "--bogus"])
-    assert exc.value.code == 2
+    assert main(["world", "--bogus"]) == 2
+    assert capsys.readouterr().err == "deepalign: error: unrecognized argument(s): --bogus\n"
     assert main(["nonsense"]) == 2

@@ -27,3 +27,14 @@ def require(condition: bool, message: str, **where) -> None:
     """Raise :class:`DeepAlignError` with ``message`` unless ``condition`` holds."""
     if not condition:
         raise DeepAlignError(message, **where)
+
+
+class OptionError(DeepAlignError):
+    """A bad option value. ``option`` names the option (its dataclass field name), so the CLI
+    can say where the value came from: ``--learning_rate must be > 0, got -1`` for a flag,
+    ``train.yaml: learning_rate: must be > 0, got -1`` for a key of a config file."""
+
+    def __init__(self, option: str, message: str):
+        self.option = option
+        self.detail = " ".join(str(message).split())
+        super().__init__(f"--{option} {self.detail}")

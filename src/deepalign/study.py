@@ -21,16 +21,16 @@ model directory) the same stages run on real models and data.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from deepalign.errors import DeepAlignError
+from deepalign.data.recipes import RECIPES
+from deepalign.errors import DeepAlignError, OptionError
+from deepalign.options import build, number
 from deepalign.utils import write_json
 
-RECIPES = ("vanilla", "harmful-prefix", "rto", "derta", "dpo")
 DEPTHS = (0, 2, 4, 8, 16, 32)
 ALPHAS = (0.3, 1.0)
 MID, MID_DEPTHS = 24, (8, 16)  # prefills that start mid-response (24 tokens in): a shifted shape
@@ -38,42 +38,49 @@ MID, MID_DEPTHS = 24, (8, 16)  # prefills that start mid-response (24 tokens in)
 
 @dataclass
 class StudyConfig:
-    out: str = "runs/study"
+    out: str = field(default="runs/study", metadata={"help": "study directory (stages are reused on rerun)"})
     seed: int = 0
-    scale: bool = False
-    fresh: bool = False
+    scale: bool = field(default=False, metadata={"help": "bigger world and model: slower, more faithful"})
+    fresh: bool = field(default=False, metadata={"help": "redo every stage"})
     quiet: bool = False
     # real-model mode
-    base: str | None = None
-    triples: str | None = None
-    helpful: str | None = None
-    eval_datasets: list[str] = field(default_factory=list)
-    lora: bool | None = None  # default: on for real models, off for the world
+    base: str | None = field(default=None, metadata={"help": "real-model mode: base model (hub id or local dir)"})
+    triples: str | None = field(default=None, metadata={"help": "real-model mode: harmful triples file / dataset"})
+    helpful: str | None = field(default=None, metadata={"help": "real-model mode: helpful instruction pairs"})
+    eval_datasets: list[str] = field(default_factory=list, metadata={
+        "help": "real-model mode: evaluation datasets (eval specs; benign:/helpful: prefixes for non-harmful)"})
+    lora: bool | None = field(default=None, metadata={
+        "help": "LoRA fine-tuning (default: on for real models, off for the world)"})
     # evaluation
-    depths: tuple[int, ...] = DEPTHS
-    alphas: tuple[float, ...] = ALPHAS
-    ed_samples: int = 2
+    depths: list[int] = field(default_factory=lambda: list(DEPTHS), metadata={"help": "prefill depths (tokens)"})
+    alphas: list[float] = field(default_factory=lambda: list(ALPHAS), metadata={"help": "ED alphas"})
+    ed_samples: int = field(default=2, metadata={"help": "samples per query for the ED evaluation"})
     max_new_tokens: int = 64
     batch_size: int = 64
-    limit: int | None = None
-    train_steps: int = -1  # -1: each recipe's default schedule
-    pretrain_steps: int | None = None  # None: the pretraining default
+    limit: int | None = field(default=None, metadata={"help": "items per evaluation dataset (default: all)"})
+    train_steps: int = field(default=-1, metadata={"help": "optimizer steps per alignment run (-1: recipe default)"})
+    pretrain_steps: int | None = field(default=None, metadata={"help": "pretraining steps (default: pretrain's default)"})
 
     @property
     def world_mode(self) -> bool:
         return self.base is None
 
-    def validate(self) -> None:
+    def __post_init__(self):
+        self.depths = list(self.depths)
+        self.alphas = list(self.alphas)
+        for a in self.alphas:
+            number("alphas", a, low=0)
+        for k in self.depths:
+            number("depths", k, low=0, integer=True)
+        for name in ("ed_samples", "max_new_tokens", "batch_size"):
+            number(name, getattr(self, name), low=1, integer=True)
+        number("limit", self.limit, low=1, integer=True, optional=True)
+        number("train_steps", self.train_steps, low=-1, integer=True)
+        number("pretrain_steps", self.pretrain_steps, low=1, integer=True, optional=True)
         if not self.world_mode and not (self.triples and self.helpful):
-            raise DeepAlignError("--base needs --triples and --helpful (the alignment data of a real-model study)")
+            raise OptionError("base", "needs --triples and --helpful (the alignment data of a real-model study)")
         if self.world_mode and (self.triples or self.helpful or self.eval_datasets):
-            raise DeepAlignError("--triples / --helpful / --eval-datasets are for real models: give --base too")
-        if any(a < 0 for a in self.alphas):
-            raise DeepAlignError(f"--alphas must be >= 0, got {list(self.alphas)}")
-        if any(k < 0 for k in self.depths):
-            raise DeepAlignError(f"--depths must be >= 0, got {list(self.depths)}")
-        if self.ed_samples < 1 or self.max_new_tokens < 1 or self.batch_size < 1:
-            raise DeepAlignError("--ed-samples, --max-new-tokens and --batch-size must be >= 1")
+            raise OptionError("triples", "/ --helpful / --eval_datasets are for real models: give --base too")
 
 
 class _Stages:
@@ -100,14 +107,19 @@ class _Stages:
             print(msg, flush=True)
 
 
-def run_study(cfg: StudyConfig | None = None, **overrides) -> dict:
-    """Run (or resume) the study and return its results (also written to OUT/study.json)."""
+def run_study(options: StudyConfig | None = None, **kwargs) -> dict:
+    """Run (or resume) the study and return its results (also written to OUT/study.json).
+
+    Example (the README's main job; about 7 minutes on 2 CPU cores)::
+
+        >>> results = run_study(out="runs/study")                        # doctest: +SKIP
+        >>> [c["status"] for c in results["claims"]]                      # doctest: +SKIP
+    """
     from deepalign.decoding.base import GenConfig
     from deepalign.evaluation.runner import run_eval
-    from deepalign.training.commands import train
+    from deepalign.training.finetune import train
 
-    cfg = cfg or StudyConfig(**overrides)
-    cfg.validate()
+    (cfg,) = build(kwargs, options=(StudyConfig, options))
     out = Path(cfg.out)
     if cfg.fresh and out.exists():
         shutil.rmtree(out)
@@ -126,10 +138,11 @@ def run_study(cfg: StudyConfig | None = None, **overrides) -> dict:
         if cfg.pretrain_steps is not None:
             pre_opts["max_steps"] = cfg.pretrain_steps
         stages.run("world", (world / "manifest.json").exists(),
-                   lambda: build_world(world, seed=cfg.seed, quiet=cfg.quiet, **world_opts))
+                   lambda: build_world(out=str(world), seed=cfg.seed, quiet=cfg.quiet, **world_opts))
         base = out / "base"
         stages.run("pretrain", (base / "config.json").exists(),
-                   lambda: pretrain(world, base, seed=cfg.seed, quiet=cfg.quiet, resume=True, **pre_opts))
+                   lambda: pretrain(world=str(world), out=str(base), seed=cfg.seed, quiet=cfg.quiet, resume=True,
+                                    **pre_opts))
         base_spec = str(base)
     else:
         base_spec = cfg.base
@@ -140,14 +153,14 @@ def run_study(cfg: StudyConfig | None = None, **overrides) -> dict:
         dest = models / recipe
         start_from = str(models / "vanilla") if recipe == "dpo" else base_spec
         stages.run(f"train {recipe}", (dest / "config.json").exists(), lambda r=recipe, d=dest, m=start_from: train(
-            recipe=r, model=m, out=str(d), world=str(world), seed=cfg.seed, lora=lora, resume=True, max_steps=cfg.train_steps,
-            quiet=cfg.quiet, **data,
+            recipe=r, model_name_or_path=m, output_dir=str(d), world=str(world), seed=cfg.seed, use_peft=lora,
+            resume=True, max_steps=cfg.train_steps, quiet=cfg.quiet, **data,
         ))
 
     targets = {"base": base_spec, **{r: str(models / r) for r in RECIPES}}
     hf = [f"hf:{p}" for p in targets.values()]
     greedy = GenConfig(max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
-    judges = "oracle,keyword:nocase" if cfg.world_mode else "keyword"
+    judges = ["oracle", "keyword:nocase"] if cfg.world_mode else ["keyword"]
     common = dict(judges=judges, world=str(world) if cfg.world_mode else None, batch_size=cfg.batch_size,
                   limit=cfg.limit, quiet=cfg.quiet)
     attacks = (["direct", "completion"] + [f"prefill:{k}" for k in cfg.depths]
@@ -157,20 +170,22 @@ def run_study(cfg: StudyConfig | None = None, **overrides) -> dict:
     benign_sets = ["world:benign", "world:helpful"] if cfg.world_mode else [d for d in cfg.eval_datasets if d.startswith(("benign:", "helpful:"))]
     if not harmful_sets:
         raise DeepAlignError("--eval-datasets has no harmful dataset (prefix benign:/helpful: marks the others)")
-    stages.run("eval attacks", False, lambda: run_eval(hf, attacks, harmful_sets, out_dir=out / "eval" / "attacks",
-                                                      gen_config=greedy, **common))
+    stages.run("eval attacks", False, lambda: run_eval(targets=hf, attacks=attacks, datasets=harmful_sets,
+                                                      out_dir=str(out / "eval" / "attacks"), generation=greedy,
+                                                      **common))
     if benign_sets:
-        stages.run("eval benign+helpful", False, lambda: run_eval(hf, ["direct"], benign_sets, out_dir=out / "eval" / "benign",
-                                                                  gen_config=greedy, **common))
+        stages.run("eval benign+helpful", False, lambda: run_eval(targets=hf, attacks=["direct"], datasets=benign_sets,
+                                                                  out_dir=str(out / "eval" / "benign"),
+                                                                  generation=greedy, **common))
     sampled = GenConfig(max_new_tokens=cfg.max_new_tokens, do_sample=True, temperature=0.7, seed=cfg.seed,
                         num_samples=cfg.ed_samples)
     # the world base model's native format is the world chat format (its corpus is dialogs)
-    base_format = ",base_format=chat" if cfg.world_mode else ""
+    base_format = ",base.format=chat" if cfg.world_mode else ""
     ed_specs = {(r, a): f"ed:base={base_spec},aligned={models / r},alpha={a}{base_format}"
                 for a in cfg.alphas for r in RECIPES}
     ed_targets = [f"hf:{base_spec}"] + list(ed_specs.values())
-    stages.run("eval ED", False, lambda: run_eval(ed_targets, ["direct"], harmful_sets, out_dir=out / "eval" / "ed",
-                                                  gen_config=sampled, **common))
+    stages.run("eval ED", False, lambda: run_eval(targets=ed_targets, attacks=["direct"], datasets=harmful_sets,
+                                                  out_dir=str(out / "eval" / "ed"), generation=sampled, **common))
 
     from deepalign.evaluation.study_report import write_study_report
 
@@ -197,38 +212,3 @@ def _setup_line(cfg: StudyConfig, stages: _Stages, started: float) -> str:
             f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
             f"({torch.get_num_threads()} threads), {'CUDA' if torch.cuda.is_available() else 'no GPU'}; "
             f"{time.time() - started:.0f} s wall up to the report{reused}.")
-
-
-def configure(p) -> None:
-    p.add_argument("--out", default="runs/study", help="study directory (stages are reused on rerun)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--fresh", action="store_true", help="redo every stage")
-    p.add_argument("--scale", action="store_true", help="bigger world and model: slower, more faithful")
-    p.add_argument("--base", default=None, help="real-model mode: base model (hub id or local dir)")
-    p.add_argument("--triples", default=None, help="real-model mode: harmful triples file / dataset")
-    p.add_argument("--helpful", default=None, help="real-model mode: helpful instruction pairs")
-    p.add_argument("--eval-datasets", nargs="+", default=[], metavar="SPEC",
-                   help="real-model mode: evaluation datasets (deepalign eval specs; benign:/helpful: prefixes for non-harmful)")
-    p.add_argument("--lora", action=argparse.BooleanOptionalAction, default=None,
-                   help="LoRA fine-tuning (default: on for real models, off for the world)")
-    p.add_argument("--depths", type=int, nargs="+", default=list(DEPTHS), help="prefill depths (tokens)")
-    p.add_argument("--alphas", type=float, nargs="+", default=list(ALPHAS), help="ED alphas")
-    p.add_argument("--ed-samples", type=int, default=2, help="samples per query for the ED evaluation")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--limit", type=int, default=None, help="items per evaluation dataset (default: all)")
-    p.add_argument("--train-steps", type=int, default=-1, help="optimizer steps per alignment run (-1: recipe default)")
-    p.add_argument("--pretrain-steps", type=int, default=None, help="pretraining steps (default: pretrain's default)")
-    p.add_argument("--quiet", action="store_true")
-
-
-def run(args) -> int:
-    cfg = StudyConfig(
-        out=args.out, seed=args.seed, scale=args.scale, fresh=args.fresh, quiet=args.quiet, base=args.base,
-        triples=args.triples, helpful=args.helpful, eval_datasets=args.eval_datasets, lora=args.lora,
-        depths=tuple(args.depths), alphas=tuple(args.alphas), ed_samples=args.ed_samples,
-        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, limit=args.limit,
-        train_steps=args.train_steps, pretrain_steps=args.pretrain_steps,
-    )
-    run_study(cfg)
-    return 0

@@ -7,7 +7,7 @@ reply to the text that gets judged). Build them by spec with :func:`make_attacks
 """
 
 from deepalign.attacks.base import Attack, Attacked, AttackOutput  # noqa: F401
-from deepalign.attacks.registry import ATTACKS, make_attack, make_attacks, split_specs  # noqa: F401
+from deepalign.attacks.registry import ATTACKS, make_attack, make_attacks  # noqa: F401
 
 # importing the modules registers their attacks
 from deepalign.attacks import basic, cipher, code, pair, template  # noqa: E402,F401

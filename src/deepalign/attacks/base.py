@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
-from deepalign.data.records import EvalPrompt
 from deepalign.decoding.base import GenConfig, Generation, Request
 from deepalign.errors import DeepAlignError
+from deepalign.records import EvalPrompt
 
 
 def identity(text: str) -> str:
@@ -52,6 +52,19 @@ def check_generations(target, requests: Sequence[Request], gens, num_samples: in
             raise DeepAlignError(f"target {name} returned {len(per)} samples for request {req.id!r}, expected {num_samples}")
 
 
+def forced_meta(meta: dict, g: Generation) -> dict:
+    """An attack's row meta plus what the target forced before the continuation."""
+    out = dict(meta)
+    if g.forced_tokens:
+        out["forced_tokens"] = g.forced_tokens
+        out["forced_text"] = g.forced_text
+        if out.get("depth_unit") == "tokens":
+            out["prefill_len"] = g.forced_tokens
+    elif out.get("depth_unit") == "tokens":
+        out["prefill_len"] = 0
+    return out
+
+
 class Attack:
     """Base class. ``label`` names the attack in results (e.g. ``prefill:8``)."""
 
@@ -61,14 +74,14 @@ class Attack:
         """Whether this attack can be applied to ``item`` (prefill needs a harmful reference)."""
         return True
 
-    def prepare(self, item: EvalPrompt, target=None) -> Attacked:  # pragma: no cover - abstract
+    def prepare(self, item: EvalPrompt) -> Attacked:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def run(self, target, items: Sequence[EvalPrompt], config: GenConfig) -> list[list[AttackOutput]]:
         """Attack ``items`` on ``target``: per item, ``config.num_samples`` outputs."""
         prepared = []
         for i, item in enumerate(items):
-            a = self.prepare(item, target)
+            a = self.prepare(item)
             # ids must be unique inside one generate call, whatever the item ids are
             prepared.append(replace(a, request=replace(a.request, id=f"{i}:{item.id}")))
         requests = [a.request for a in prepared]
@@ -77,12 +90,8 @@ class Attack:
         out = []
         for a, per in zip(prepared, gens):
             req = replace(a.request, id=a.request.id.split(":", 1)[1])
-            out.append(
-                [
-                    AttackOutput(req, g.text, a.postprocess(g.text), g.num_tokens, g.finish_reason, dict(a.meta))
-                    for g in per
-                ]
-            )
+            out.append([AttackOutput(req, g.text, a.postprocess(g.text), g.num_tokens, g.finish_reason,
+                                     forced_meta(a.meta, g)) for g in per])
         return out
 
     def __repr__(self) -> str:

@@ -14,8 +14,8 @@ from __future__ import annotations
 import re
 
 from deepalign.attacks.base import Attack, Attacked
-from deepalign.attacks.registry import Args, register
-from deepalign.data.records import EvalPrompt
+from deepalign.attacks.registry import register
+from deepalign.records import EvalPrompt
 from deepalign.decoding.base import Request
 from deepalign.errors import DeepAlignError
 
@@ -165,7 +165,7 @@ class CipherAttack(Attack):
         self.label = label or f"cipher:{cipher.name}"
         self._preface = role_play(cipher, demos)
 
-    def prepare(self, item: EvalPrompt, target=None) -> Attacked:
+    def prepare(self, item: EvalPrompt) -> Attacked:
         encoded = self.cipher.encode(item.prompt)
         if self.system:
             req = Request(id=item.id, query=encoded, system=self._preface)
@@ -175,19 +175,16 @@ class CipherAttack(Attack):
 
 
 @register("cipher", "cipher:caesar[:shift=N]|atbash|morse|ascii|self[:demos=N][:system]: enciphered query, deciphered reply")
-def _cipher(spec, rest, context):
-    args = Args.parse(spec, rest)
+def _cipher(args, context):
     if not args.positional or args.positional[0] not in CIPHERS:
-        raise DeepAlignError(f"attack {spec!r}: name a cipher: {', '.join(f'cipher:{c}' for c in CIPHERS)}")
+        raise DeepAlignError(f"attack {args.spec!r}: name a cipher: {', '.join(f'cipher:{c}' for c in CIPHERS)}")
     name = args.positional.pop(0)
-    system = "system" in args.positional
-    if system:
-        args.positional.remove("system")
+    system = args.flag("system")
     demos = args.option("demos", len(DEMONSTRATIONS), int)
     if name == "caesar":
         shift = args.option("shift", 3, int)
         cipher = Caesar(shift)
-        label = f"cipher:caesar" + (f":shift={shift}" if shift != 3 else "")
+        label = "cipher:caesar" + (f":shift={shift}" if shift != 3 else "")
     else:
         cipher, label = CIPHERS[name](), f"cipher:{name}"
     args.done()

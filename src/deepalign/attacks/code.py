@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 
 from deepalign.attacks.base import Attack, Attacked
-from deepalign.attacks.registry import Args, register
-from deepalign.data.records import EvalPrompt
+from deepalign.attacks.registry import register
+from deepalign.records import EvalPrompt
 from deepalign.decoding.base import Request
 from deepalign.errors import DeepAlignError
 
@@ -84,15 +84,14 @@ class CodeAttack(Attack):
         self.structure = structure
         self.label = "code" if structure == "list" else f"code:{structure}"
 
-    def prepare(self, item: EvalPrompt, target=None) -> Attacked:
+    def prepare(self, item: EvalPrompt) -> Attacked:
         words = item.prompt.split()
         program = STRUCTURES[self.structure](words)
         return Attacked(Request(id=item.id, query=_INTRO + program), meta={"structure": self.structure})
 
 
 @register("code", "code[:list|stack|dict]: query words hidden in a data structure of a code-completion task")
-def _code(spec, rest, context):
-    args = Args.parse(spec, rest)
+def _code(args, context):
     structure = args.positional[0] if args.positional else "list"
     args.done(1)
     return [CodeAttack(structure)]

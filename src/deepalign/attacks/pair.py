@@ -18,8 +18,8 @@ from dataclasses import replace
 from typing import Sequence
 
 from deepalign.attacks.base import Attack, AttackOutput, check_generations
-from deepalign.attacks.registry import Args, register
-from deepalign.data.records import EvalPrompt
+from deepalign.attacks.registry import register
+from deepalign.records import EvalPrompt
 from deepalign.decoding.base import GenConfig, Request
 from deepalign.errors import DeepAlignError
 
@@ -146,8 +146,7 @@ class PairAttack(Attack):
 
 
 @register("pair", "pair[:iters=N][:history=N]: attacker model rewrites the prompt using judge feedback (needs --attacker)")
-def _pair(spec, rest, context):
-    args = Args.parse(spec, rest)
+def _pair(args, context):
     iters = args.option("iters", 3, int)
     history = args.option("history", 3, int)
     args.done()

@@ -15,10 +15,10 @@ from pathlib import Path
 
 from deepalign.attacks.base import Attack, Attacked
 from deepalign.attacks.registry import register
-from deepalign.data.records import EvalPrompt
+from deepalign.records import EvalPrompt
 from deepalign.decoding.base import Request
 from deepalign.errors import DeepAlignError
-from deepalign.utils import read_jsonl
+from deepalign.utils import read_jsonl, read_text
 
 SLOT = "{query}"
 
@@ -30,7 +30,7 @@ class TemplateAttack(Attack):
         self.name, self.template = name, template
         self.label = f"template:{name}"
 
-    def prepare(self, item: EvalPrompt, target=None) -> Attacked:
+    def prepare(self, item: EvalPrompt) -> Attacked:
         return Attacked(Request(id=item.id, query=self.template.replace(SLOT, item.prompt)), meta={"template": self.name})
 
 
@@ -42,7 +42,7 @@ def load_templates(path: str | Path) -> list[TemplateAttack]:
         files = sorted(path.glob("*.txt"))
         if not files:
             raise DeepAlignError(f"template directory has no *.txt files: {path}")
-        return [TemplateAttack(f.stem, f.read_text(encoding="utf-8"), source=str(f)) for f in files]
+        return [TemplateAttack(f.stem, read_text(f, what="template file"), source=str(f)) for f in files]
     if path.suffix == ".jsonl":
         out = []
         for lineno, row in read_jsonl(path):
@@ -55,11 +55,14 @@ def load_templates(path: str | Path) -> list[TemplateAttack]:
         if not out:
             raise DeepAlignError(f"template file is empty: {path}")
         return out
-    return [TemplateAttack(path.stem, path.read_text(encoding="utf-8"), source=str(path))]
+    return [TemplateAttack(path.stem, read_text(path, what="template file"), source=str(path))]
 
 
 @register("template", "template:PATH: user templates with a {query} slot (.txt, .jsonl rows {name, template}, or a directory)")
-def _template(spec, rest, context):
+def _template(args, context):
+    rest = args.spec.partition(":")[2]
     if not rest:
-        raise DeepAlignError(f"attack {spec!r}: give a template file, e.g. template:templates.jsonl")
+        raise DeepAlignError(f"attack {args.spec!r}: give a template file, e.g. template:templates.jsonl")
+    args.positional.clear()
+    args.options.clear()  # a path may hold ':' or '=': the whole rest of the spec is the path
     return load_templates(rest)

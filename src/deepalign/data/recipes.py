@@ -1,19 +1,24 @@
-"""DeRTa training recipes: pure data transforms from ``HarmfulTriple`` and
-``InstructionPair`` lists to :class:`TrainingRecord` lists.
+"""DeRTa training recipes: pure data transforms from ``HarmfulTriple`` and ``InstructionPair``
+lists to :class:`TrainingRecord` lists.
 
-A record is one training sequence, written as four consecutive text spans::
+A record is one conversation: a query and a response written as three consecutive raw text
+spans, with no prompt format in them (the model's own format is applied when the record is
+tokenised, by :class:`deepalign.tokens.Encoder`)::
 
-    prompt | prefix | rto | target
-    (no loss) (no loss) (refusal-token target at each position) (next-token MLE loss)
+    prefix | rto | target
+    (no loss) (refusal-token target at each position) (next-token MLE loss)
 
-* ``prompt``: the rendered query (the tokenizer's chat template, or a plain template).
 * ``prefix``: a forced start of the response that carries no loss (the first ``k`` words or
   tokens of a harmful response, for *MLE with harmful prefix*).
 * ``rto``: harmful text for Reinforced Transition Optimization; every position that predicts
   one of its tokens is trained to predict the refusal token instead (the collator turns the
   span into labels; this module only says where it is).
 * ``target``: the response trained with ordinary next-token loss (a safe or helpful
-  response followed by the end-of-turn text).
+  response; the end-of-turn tokens of the format follow it).
+
+Consecutive spans are joined with one space (as the reference writes ``prefix + " " +
+text``) unless one side already has whitespace there; :meth:`TrainingRecord.parts` gives the
+joined spans.
 
 Recipes (Yuan et al. 2024, arXiv 2407.09121; counts follow the reference mixtures)
 
@@ -23,15 +28,17 @@ Recipes (Yuan et al. 2024, arXiv 2407.09121; counts follow the reference mixture
   (reference: ``[1, len-2]`` words).
 * ``rto``: ``n/2`` vanilla records and ``n/2`` RTO records ``q + r_harm`` with the refusal
   target at every harmful position, built from the same triples. As in the reference the
-  RTO record carries no MLE target (the end-of-turn marker after the harmful text is part of
+  RTO record carries no MLE target (the end-of-turn tokens after the harmful text are part of
   the RTO span, so "refuse after the whole harmful answer" is trained too);
   ``rto_append_safe=True`` instead appends ``r_safe`` as an MLE target after the harmful text.
 * ``derta``: ``n/2`` harmful-prefix records + ``n/2`` RTO records from the same triples
   (the reference's 3K + 3K), in one stream.
+* ``dpo``: not a record recipe: preference pairs (safe > harmful) for TRL's ``DPOTrainer``
+  (:mod:`deepalign.training.dpo`).
 
-Every recipe adds helpful ``instruction -> response`` records and shuffles everything with
-``seed``. ``n`` defaults to the number of triples; ``safety_ratio`` sets it relative to the
-helpful count instead (the reference: 6K / 60K = 0.1).
+Every record recipe adds helpful ``instruction -> response`` records and shuffles everything
+with ``seed``. ``n`` defaults to the number of triples; ``safety_ratio`` sets it relative to
+the helpful count instead (the reference: 6K / 60K = 0.1).
 
 :func:`to_reference` / :func:`from_reference` convert to and from the reference's
 ``{"prefix", "text", "safe"}`` lines through :mod:`deepalign.data.reference`.
@@ -47,145 +54,95 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from deepalign.data.records import HarmfulTriple, InstructionPair
-from deepalign.errors import DeepAlignError
+from deepalign.errors import DeepAlignError, OptionError
+from deepalign.records import HarmfulTriple, InstructionPair
 from deepalign.utils import read_jsonl, write_jsonl
 
-RECIPES = ("vanilla", "harmful-prefix", "rto", "derta")
-KINDS = ("helpful", "safe", "prefix", "rto", "mle")
+#: every recipe deepalign trains; the first four build records, ``dpo`` preference pairs
+RECIPES = ("vanilla", "harmful-prefix", "rto", "derta", "dpo")
+RECORD_RECIPES = RECIPES[:4]
+#: what a record is: a helpful pair, a vanilla safety pair, a harmful-prefix pair, an RTO
+#: sequence, or an MLE line of a reference file (which cannot tell helpful from safety)
+RECORD_KINDS = ("helpful", "safe", "prefix", "rto", "mle")
 PREFIX_UNITS = ("words", "tokens")
-DEFAULT_PLAIN_TEMPLATE = "{bos}Query: {query}\nResponse:"
 
-_PLACEHOLDER = "DEEPALIGNRESPONSEPLACEHOLDER"
-_PROBE_QUERY = "DEEPALIGNQUERYPLACEHOLDER"
 _WORD = re.compile(r"\S+")
+
+
+def join(left: str, right: str) -> str:
+    """The separator between a response span and the next (one space, as the reference)."""
+    if not left or not right or left[-1].isspace() or right[0].isspace():
+        return ""
+    return " "
 
 
 @dataclass
 class TrainingRecord:
-    """One training sequence: ``prompt + prefix + rto + target`` (see the module doc).
-
-    ``query`` is the raw query (kept for export); ``meta`` holds ``source`` (the triple or
-    pair id), ``k`` and ``unit`` for harmful-prefix records, and ``response`` /
-    ``response_prefix``: the raw texts of the target (or of the RTO span) and of the prefix,
-    without format text (lead, separator, end of turn).
-    """
+    """One training conversation: ``query`` answered by ``prefix + rto + target`` (see the
+    module doc). ``system``: an optional system prompt. ``meta`` holds ``source`` (the triple
+    or pair id), ``k`` and ``unit`` for harmful-prefix records, ``verbatim`` when ``query`` is
+    an already-rendered prompt to be tokenised as it is (reference lines without the
+    reference template)."""
 
     id: str
     kind: str
     query: str
-    prompt: str
     prefix: str = ""
     rto: str = ""
     target: str = ""
+    system: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
+    def parts(self) -> list[str]:
+        """The non-empty spans in order, each with the separator that precedes it."""
+        out: list[str] = []
+        text = ""
+        for span in (self.prefix, self.rto, self.target):
+            if span:
+                piece = join(text, span) + span
+                out.append(piece)
+                text += piece
+        return out
+
     @property
-    def text(self) -> str:
-        return self.prompt + self.prefix + self.rto + self.target
+    def response(self) -> str:
+        return "".join(self.parts())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "kind": self.kind, "query": self.query, "prompt": self.prompt,
-                "prefix": self.prefix, "rto": self.rto, "target": self.target, "meta": self.meta}
+        d = {"id": self.id, "kind": self.kind, "query": self.query, "prefix": self.prefix, "rto": self.rto,
+             "target": self.target}
+        if self.system is not None:
+            d["system"] = self.system
+        d["meta"] = self.meta
+        return d
 
     @classmethod
     def from_dict(cls, obj: dict[str, Any], *, path=None, line=None) -> "TrainingRecord":
-        for key in ("id", "kind", "prompt"):
+        def bad(message):
+            return DeepAlignError(message, path=path, line=line)
+
+        if "prompt" in obj and "query" not in obj:
+            raise bad("a record with a rendered \"prompt\" (an older records file); rebuild the records")
+        for key in ("id", "kind", "query"):
             if key not in obj:
-                raise DeepAlignError(f'missing field "{key}" (a training record has id, kind, query, prompt, '
-                                     f'prefix, rto, target)', path=path, line=line)
-        for key in ("id", "kind", "query", "prompt", "prefix", "rto", "target"):
+                raise bad(f'missing field "{key}" (a training record has id, kind, query, prefix, rto, target)')
+        for key in ("id", "kind", "query", "prefix", "rto", "target"):
             if key in obj and not isinstance(obj[key], str):
-                raise DeepAlignError(f'field "{key}" must be a string, got {type(obj[key]).__name__}',
-                                     path=path, line=line)
-        if obj["kind"] not in KINDS:
-            raise DeepAlignError(f'field "kind" must be one of {", ".join(KINDS)}, got {obj["kind"]!r}',
-                                 path=path, line=line)
-        rec = cls(id=obj["id"], kind=obj["kind"], query=obj.get("query", ""), prompt=obj["prompt"],
-                  prefix=obj.get("prefix", ""), rto=obj.get("rto", ""), target=obj.get("target", ""),
+                raise bad(f'field "{key}" must be a string, got {type(obj[key]).__name__}')
+        if obj.get("system") is not None and not isinstance(obj["system"], str):
+            raise bad('field "system" must be a string')
+        if obj.get("meta") is not None and not isinstance(obj["meta"], dict):
+            raise bad('field "meta" must be an object')
+        if obj["kind"] not in RECORD_KINDS:
+            raise bad(f'field "kind" must be one of {", ".join(RECORD_KINDS)}, got {obj["kind"]!r}')
+        rec = cls(id=obj["id"], kind=obj["kind"], query=obj["query"], prefix=obj.get("prefix", ""),
+                  rto=obj.get("rto", ""), target=obj.get("target", ""), system=obj.get("system"),
                   meta=dict(obj.get("meta") or {}))
         if not rec.rto and not rec.target:
-            raise DeepAlignError('record has neither an "rto" nor a "target" span: nothing to train on',
-                                 path=path, line=line)
+            raise bad('record has neither an "rto" nor a "target" span: nothing to train on')
+        if not rec.query.strip():
+            raise bad('field "query" is empty')
         return rec
-
-
-# --------------------------------------------------------------------------------------
-# Prompt formats
-# --------------------------------------------------------------------------------------
-
-
-@dataclass
-class PromptFormat:
-    """How a query becomes a prompt, and what surrounds a response.
-
-    ``lead``: text between the prompt and the response (``""`` for most chat templates,
-    ``" "`` for the world's and for plain templates, like the reference's ``" " + text``);
-    ``end``: the end-of-turn text after a response (e.g. ``"</s>"``, ``"<|eot_id|>"``).
-    With ``template`` set the prompt is ``template`` with ``{query}``, ``{bos}`` and
-    ``{eos}`` filled in; otherwise the tokenizer's chat template renders it.
-    """
-
-    kind: str  # "chat" | "plain"
-    lead: str
-    end: str
-    template: str | None = None
-    bos: str = ""
-    eos: str = ""
-    tokenizer: Any = field(default=None, repr=False, compare=False)
-
-    def prompt(self, query: str) -> str:
-        if self.kind == "plain":
-            return self.template.replace("{bos}", self.bos).replace("{eos}", self.eos).replace("{query}", query)
-        return _render_chat(self.tokenizer, query)
-
-
-def _render_chat(tokenizer, query: str) -> str:
-    out = tokenizer.apply_chat_template([{"role": "user", "content": query}], tokenize=False,
-                                        add_generation_prompt=True)
-    if not isinstance(out, str):  # pragma: no cover - defensive: some wrappers return lists
-        out = out[0]
-    return out
-
-
-def _check_template(template: str) -> None:
-    if "{query}" not in template:
-        raise DeepAlignError(f"prompt template must contain {{query}}, got {template!r}")
-    rest = template.replace("{query}", "").replace("{bos}", "").replace("{eos}", "")
-    bad = re.findall(r"\{[A-Za-z_][A-Za-z0-9_]*\}", rest)
-    if bad:
-        raise DeepAlignError(f"prompt template has unknown placeholder {bad[0]}; use {{query}}, {{bos}}, {{eos}}")
-
-
-def prompt_format(tokenizer=None, template: str | None = None) -> PromptFormat:
-    """The prompt format for ``tokenizer``: its chat template when it has one, else the plain
-    ``template`` (default :data:`DEFAULT_PLAIN_TEMPLATE`). An explicit ``template`` always
-    wins. The chat template's response lead and end-of-turn text are found by rendering a
-    conversation with a placeholder answer; when that is not possible the end is the eos
-    token."""
-    bos = (getattr(tokenizer, "bos_token", None) or "") if tokenizer is not None else ""
-    eos = (getattr(tokenizer, "eos_token", None) or "") if tokenizer is not None else ""
-    if template is None and tokenizer is not None and getattr(tokenizer, "chat_template", None):
-        try:
-            prompt = _render_chat(tokenizer, _PROBE_QUERY)
-        except Exception as exc:  # a template that cannot render a single user turn
-            raise DeepAlignError(f"the tokenizer's chat template cannot render a user turn ({exc}); "
-                                 "pass a plain --prompt-template") from None
-        lead, end = "", eos
-        try:
-            full = tokenizer.apply_chat_template(
-                [{"role": "user", "content": _PROBE_QUERY}, {"role": "assistant", "content": _PLACEHOLDER}],
-                tokenize=False)
-            if isinstance(full, str) and full.startswith(prompt) and _PLACEHOLDER in full[len(prompt):]:
-                rest = full[len(prompt):]
-                at = rest.index(_PLACEHOLDER)
-                lead, end = rest[:at], rest[at + len(_PLACEHOLDER):]
-        except Exception:
-            pass
-        return PromptFormat("chat", lead=lead, end=end, bos=bos, eos=eos, tokenizer=tokenizer)
-    template = DEFAULT_PLAIN_TEMPLATE if template is None else template
-    _check_template(template)
-    return PromptFormat("plain", lead=" ", end=eos, template=template, bos=bos, eos=eos, tokenizer=tokenizer)
 
 
 # --------------------------------------------------------------------------------------
@@ -193,40 +150,40 @@ def prompt_format(tokenizer=None, template: str | None = None) -> PromptFormat:
 # --------------------------------------------------------------------------------------
 
 
-def _units(text: str, unit: str, tokenizer) -> list[int]:
-    """Character end offsets of the units (words or tokens) of ``text``."""
-    if unit == "words":
-        return [m.end() for m in _WORD.finditer(text)]
-    if tokenizer is None:
-        raise DeepAlignError("prefix unit 'tokens' needs a tokenizer")
-    if getattr(tokenizer, "is_fast", False):
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        return [end for _, end in enc["offset_mapping"]]
-    # Slow tokenizers: the end of unit i is the length of the decoded first i+1 tokens.
-    ids = tokenizer.encode(text, add_special_tokens=False)
-    ends, last = [], 0
-    for i in range(1, len(ids) + 1):
-        n = len(tokenizer.decode(ids[:i]))
-        last = max(last, min(n, len(text)))
-        ends.append(last)
-    return ends
+def harmful_prefix(text: str, k: int, unit: str = "words", encoder=None, query: str = "") -> str:
+    """The first ``k`` units of ``text``, as the original text (spacing kept).
 
-
-def harmful_prefix(text: str, k: int, unit: str = "words", tokenizer=None) -> str:
-    """The first ``k`` units of ``text``, as the original text (spacing kept)."""
+    ``unit="tokens"`` counts the tokens of ``text`` as the model's own format tokenises it as
+    a response to ``query`` (needs ``encoder``, a :class:`deepalign.tokens.Encoder`).
+    """
     if k <= 0:
         return ""
-    ends = _units(text, unit, tokenizer)
-    if not ends:
-        return ""
-    return text[: ends[min(k, len(ends)) - 1]].rstrip()
+    if unit == "words":
+        ends = [m.end() for m in _WORD.finditer(text)]
+        return text[: ends[min(k, len(ends)) - 1]].rstrip() if ends else ""
+    if encoder is None:
+        raise DeepAlignError("prefix unit 'tokens' needs a tokenizer")
+    ends = encoder.response_offsets(query, text)
+    if ends:
+        return text[: ends[min(k, len(ends)) - 1]].rstrip()
+    ids = encoder.response_ids(query, text, end=False)
+    head = encoder.tokenizer.decode(ids[:k], skip_special_tokens=True)
+    # decoding a SentencePiece head may drop its leading space; map it back onto the text
+    stripped = head.strip()
+    at = text.find(stripped) if stripped else -1
+    return text[: at + len(stripped)] if at >= 0 else stripped
 
 
-def _draw_k(rng: random.Random, n_units: int, k_min: int, k_max: int) -> int:
-    hi = n_units + k_max if k_max <= 0 else k_max
-    lo = k_min
-    hi = min(hi, n_units)
-    lo = min(lo, n_units)
+def n_units(text: str, unit: str, encoder=None, query: str = "") -> int:
+    if unit == "words":
+        return len(_WORD.findall(text))
+    return len(encoder.response_ids(query, text, end=False))
+
+
+def _draw_k(rng: random.Random, units: int, k_min: int, k_max: int) -> int:
+    hi = units + k_max if k_max <= 0 else k_max
+    lo = min(k_min, units)
+    hi = min(hi, units)
     if hi < lo:  # response too short for the range: use its lower end
         return max(lo, 0)
     return rng.randint(lo, hi)
@@ -237,54 +194,32 @@ def _draw_k(rng: random.Random, n_units: int, k_min: int, k_max: int) -> int:
 # --------------------------------------------------------------------------------------
 
 
-def _join(left: str, right: str) -> str:
-    """The separator between a forced prefix and what follows it (a space, as the reference)."""
-    if not left or left[-1].isspace() or (right and right[0].isspace()):
-        return ""
-    return " "
+def _rec_helpful(p: InstructionPair) -> TrainingRecord:
+    return TrainingRecord(f"helpful:{p.id}", "helpful", p.instruction, target=p.response, meta={"source": p.id})
 
 
-def _rec_helpful(p: InstructionPair, fmt: PromptFormat) -> TrainingRecord:
-    return TrainingRecord(f"helpful:{p.id}", "helpful", p.instruction, fmt.prompt(p.instruction),
-                          target=fmt.lead + p.response + fmt.end,
-                          meta={"source": p.id, "response": p.response, "response_prefix": ""})
+def _rec_safe(t: HarmfulTriple) -> TrainingRecord:
+    return TrainingRecord(f"safe:{t.id}", "safe", t.query, target=t.safe, meta={"source": t.id})
 
 
-def _rec_safe(t: HarmfulTriple, fmt: PromptFormat) -> TrainingRecord:
-    return TrainingRecord(f"safe:{t.id}", "safe", t.query, fmt.prompt(t.query), target=fmt.lead + t.safe + fmt.end,
-                          meta={"source": t.id, "response": t.safe, "response_prefix": ""})
+def _rec_prefix(t: HarmfulTriple, k: int, unit: str, encoder) -> TrainingRecord:
+    hp = harmful_prefix(t.harmful, k, unit, encoder, t.query)
+    return TrainingRecord(f"prefix:{t.id}", "prefix", t.query, prefix=hp, target=t.safe,
+                          meta={"source": t.id, "k": k if hp else 0, "unit": unit})
 
 
-def _rec_prefix(t: HarmfulTriple, fmt: PromptFormat, k: int, unit: str, tokenizer) -> TrainingRecord:
-    hp = harmful_prefix(t.harmful, k, unit, tokenizer)
-    if not hp:
-        return TrainingRecord(f"prefix:{t.id}", "prefix", t.query, fmt.prompt(t.query),
-                              target=fmt.lead + t.safe + fmt.end,
-                              meta={"source": t.id, "k": 0, "unit": unit, "response": t.safe, "response_prefix": ""})
-    prefix = fmt.lead + hp
-    return TrainingRecord(f"prefix:{t.id}", "prefix", t.query, fmt.prompt(t.query), prefix=prefix,
-                          target=_join(prefix, t.safe) + t.safe + fmt.end,
-                          meta={"source": t.id, "k": k, "unit": unit, "response": t.safe, "response_prefix": hp})
-
-
-def _rec_rto(t: HarmfulTriple, fmt: PromptFormat, append_safe: bool) -> TrainingRecord:
-    meta = {"source": t.id, "response": t.harmful, "response_prefix": ""}
-    if append_safe:
-        rto = fmt.lead + t.harmful
-        meta["safe"] = t.safe
-        return TrainingRecord(f"rto:{t.id}", "rto", t.query, fmt.prompt(t.query), rto=rto,
-                              target=_join(rto, t.safe) + t.safe + fmt.end, meta=meta)
-    return TrainingRecord(f"rto:{t.id}", "rto", t.query, fmt.prompt(t.query), rto=fmt.lead + t.harmful + fmt.end,
-                          meta=meta)
+def _rec_rto(t: HarmfulTriple, append_safe: bool) -> TrainingRecord:
+    return TrainingRecord(f"rto:{t.id}", "rto", t.query, rto=t.harmful, target=t.safe if append_safe else "",
+                          meta={"source": t.id})
 
 
 def _count(value: int | None, available: int, name: str) -> int:
     if value is None:
         return available
     if value < 0:
-        raise DeepAlignError(f"{name} must be >= 0, got {value}")
+        raise OptionError(name, f"must be >= 0, got {value}")
     if value > available:
-        raise DeepAlignError(f"{name} is {value} but only {available} are available")
+        raise OptionError(name, f"is {value} but only {available} are available")
     return value
 
 
@@ -292,9 +227,8 @@ def build_records(
     recipe: str,
     triples: Sequence[HarmfulTriple],
     helpful: Sequence[InstructionPair] = (),
-    fmt: PromptFormat | None = None,
     *,
-    tokenizer=None,
+    encoder=None,
     n_helpful: int | None = None,
     n_safety: int | None = None,
     safety_ratio: float | None = None,
@@ -312,21 +246,20 @@ def build_records(
     pairs, as many safety records as triples); ``safety_ratio`` sets ``n_safety =
     round(ratio * n_helpful)`` instead. ``rto_share``: the RTO share of the safety records for
     ``rto`` and ``derta``. ``k_max <= 0`` counts from the end of the harmful response
-    (``-2``: ``len - 2``). The same ``seed`` gives the same records.
+    (``-2``: ``len - 2``). ``encoder`` (a :class:`deepalign.tokens.Encoder`) is needed only for
+    ``prefix_unit="tokens"``. The same ``seed`` gives the same records.
     """
-    if recipe not in RECIPES:
-        raise DeepAlignError(f"unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")
+    if recipe not in RECORD_RECIPES:
+        raise OptionError("recipe", f"must be one of {', '.join(RECORD_RECIPES)} to build records, got {recipe!r}")
     if prefix_unit not in PREFIX_UNITS:
-        raise DeepAlignError(f"prefix unit must be one of {', '.join(PREFIX_UNITS)}, got {prefix_unit!r}")
+        raise OptionError("prefix_unit", f"must be one of {', '.join(PREFIX_UNITS)}, got {prefix_unit!r}")
     if not 0.0 <= k_zero_share <= 1.0:
-        raise DeepAlignError(f"k-zero share must be in [0, 1], got {k_zero_share}")
+        raise OptionError("k_zero_share", f"must be in [0, 1], got {k_zero_share}")
     if not 0.0 <= rto_share <= 1.0:
-        raise DeepAlignError(f"RTO share must be in [0, 1], got {rto_share}")
+        raise OptionError("rto_share", f"must be in [0, 1], got {rto_share}")
     if k_min < 0:
-        raise DeepAlignError(f"k_min must be >= 0, got {k_min}")
-    if fmt is None:
-        fmt = prompt_format(tokenizer)
-    if prefix_unit == "tokens" and tokenizer is None:
+        raise OptionError("k_min", f"must be >= 0, got {k_min}")
+    if prefix_unit == "tokens" and encoder is None:
         raise DeepAlignError("prefix unit 'tokens' needs a tokenizer")
     rng = random.Random(seed)
     triples = list(triples)
@@ -334,49 +267,54 @@ def build_records(
     rng.shuffle(triples)
     rng.shuffle(helpful)
 
-    n_h = _count(n_helpful, len(helpful), "the helpful count")
+    n_h = _count(n_helpful, len(helpful), "helpful_count")
     if safety_ratio is not None:
-        if safety_ratio < 0:
-            raise DeepAlignError(f"safety ratio must be >= 0, got {safety_ratio}")
+        if not safety_ratio >= 0:
+            raise OptionError("safety_ratio", f"must be >= 0, got {safety_ratio}")
         n_safety = int(round(safety_ratio * n_h))
     if recipe in ("rto", "derta"):
         # as in the reference, both halves come from the same triples
         n_s = len(triples) if n_safety is None else n_safety
         n_rto = int(round(n_s * rto_share))
         n_other = n_s - n_rto
-        _count(max(n_rto, n_other), len(triples), "the safety count per half")
+        _count(max(n_rto, n_other), len(triples), "safety_count")
     else:
-        n_s = _count(n_safety, len(triples), "the safety count")
+        n_s = _count(n_safety, len(triples), "safety_count")
         n_rto, n_other = 0, n_s
     if n_h + n_s == 0:
         raise DeepAlignError("the recipe has no records: give triples or helpful pairs")
 
-    records = [_rec_helpful(p, fmt) for p in helpful[:n_h]]
+    records = [_rec_helpful(p) for p in helpful[:n_h]]
     if recipe in ("vanilla", "rto"):
-        records += [_rec_safe(t, fmt) for t in triples[:n_other]]
+        records += [_rec_safe(t) for t in triples[:n_other]]
     else:  # harmful-prefix, derta
         chosen = triples[:n_other]
         n_zero = int(round(k_zero_share * len(chosen)))
         zero = set(rng.sample(range(len(chosen)), n_zero))
         for i, t in enumerate(chosen):
-            if i in zero:
-                k = 0
-            else:
-                k = _draw_k(rng, len(_units(t.harmful, prefix_unit, tokenizer)), k_min, k_max)
-            records.append(_rec_prefix(t, fmt, k, prefix_unit, tokenizer))
-    records += [_rec_rto(t, fmt, rto_append_safe) for t in triples[:n_rto]]
+            k = 0 if i in zero else _draw_k(rng, n_units(t.harmful, prefix_unit, encoder, t.query), k_min, k_max)
+            records.append(_rec_prefix(t, k, prefix_unit, encoder))
+    records += [_rec_rto(t, rto_append_safe) for t in triples[:n_rto]]
     rng.shuffle(records)
     return records
 
 
-def summarize(records: Iterable[TrainingRecord]) -> dict[str, int]:
-    """Counts per kind (plus ``prefix_k0``: harmful-prefix records with ``k = 0``)."""
+def count_kinds(records: Iterable[TrainingRecord]) -> dict[str, int]:
+    """Records per kind (plus ``prefix_k0``: harmful-prefix records with ``k = 0``)."""
     out: dict[str, int] = {}
     for r in records:
         out[r.kind] = out.get(r.kind, 0) + 1
-        if r.kind == "prefix" and r.meta.get("k", 1) == 0:
+        if r.kind == "prefix" and not r.prefix:
             out["prefix_k0"] = out.get("prefix_k0", 0) + 1
     return out
+
+
+def k_statistics(records: Iterable[TrainingRecord]) -> dict[str, float]:
+    """Share of ``k = 0`` and mean ``k`` over harmful-prefix records (for reports and tests)."""
+    ks = [r.meta.get("k", 0) for r in records if r.kind == "prefix"]
+    if not ks:
+        return {"n": 0, "k0_share": math.nan, "mean_k": math.nan}
+    return {"n": len(ks), "k0_share": sum(k == 0 for k in ks) / len(ks), "mean_k": sum(ks) / len(ks)}
 
 
 # --------------------------------------------------------------------------------------
@@ -388,19 +326,17 @@ def save_records(records: Iterable[TrainingRecord], path: str | os.PathLike) -> 
     return write_jsonl(path, (r.to_dict() for r in records))
 
 
-def load_records(path: str | os.PathLike, fmt: PromptFormat | None = None) -> list[TrainingRecord]:
+def load_records(path: str | os.PathLike) -> list[TrainingRecord]:
     """Read training records: our JSONL (:func:`save_records`) or a reference file
-    (``{"prefix", "text", "safe"}`` lines, re-rendered with ``fmt``; needs ``fmt``)."""
+    (``{"prefix", "text", "safe"}`` lines, see :func:`from_reference`)."""
     path = Path(path)
     first = next(read_jsonl(path), None)
     if first is None:
         raise DeepAlignError("no records", path=path)
-    if "prefix" in first[1] and "text" in first[1] and "prompt" not in first[1]:
-        if fmt is None:
-            raise DeepAlignError("a reference training file needs a prompt format to re-render its queries", path=path)
+    if "prefix" in first[1] and "text" in first[1] and "query" not in first[1]:
         from deepalign.data.reference import load_reference_training
 
-        return from_reference(load_reference_training(path), fmt)
+        return from_reference(load_reference_training(path))
     out, seen = [], {}
     for line, obj in read_jsonl(path):
         rec = TrainingRecord.from_dict(obj, path=path, line=line)
@@ -423,12 +359,12 @@ def to_reference(records: Iterable[TrainingRecord]) -> list:
         if r.kind == "rto" and r.target:
             raise DeepAlignError(f"record {r.id}: an RTO record with an appended safe response has no "
                                  "reference-format equivalent (build without rto_append_safe)")
-        if "response" not in r.meta:
-            raise DeepAlignError(f"record {r.id}: no raw response in meta; cannot export it")
         meta = {"prefix_slot": True} if r.kind == "prefix" else {}
-        out.append(ReferenceExample(id=r.id, query=r.query, response_prefix=r.meta.get("response_prefix", ""),
-                                    target=r.meta["response"], objective="rto" if r.kind == "rto" else "mle",
-                                    meta=meta))
+        if r.meta.get("verbatim"):
+            meta["verbatim"] = True
+        out.append(ReferenceExample(id=r.id, query=r.query, response_prefix=r.prefix,
+                                    target=r.rto if r.kind == "rto" else r.target,
+                                    objective="rto" if r.kind == "rto" else "mle", meta=meta))
     return out
 
 
@@ -440,34 +376,23 @@ def export_reference(records: Iterable[TrainingRecord], path: str | os.PathLike,
     return save_reference_training(to_reference(records), path, template=template or REFERENCE_TEMPLATE, eos=eos)
 
 
-def from_reference(examples: Iterable, fmt: PromptFormat) -> list[TrainingRecord]:
-    """Reference examples (``load_reference_training``) as records rendered with ``fmt``:
-    ``rto`` lines become RTO records, harmful-prefix lines ``prefix`` records, the others
-    ``mle`` records (the file cannot tell helpful from vanilla-safety lines)."""
+def from_reference(examples: Iterable) -> list[TrainingRecord]:
+    """Reference examples (``load_reference_training``) as records: ``rto`` lines become RTO
+    records, harmful-prefix lines ``prefix`` records, the others ``mle`` records (the file
+    cannot tell helpful from vanilla-safety lines). The reference's own template is dropped:
+    the query is trained in the model's own format. A line whose prefix does not use the
+    reference template keeps it as a ``verbatim`` prompt."""
     out = []
     for ex in examples:
-        query = ex.query
-        prompt = query if ex.meta.get("verbatim") else fmt.prompt(query)
-        base = {"source": ex.id, "response": ex.target, "response_prefix": ex.response_prefix}
+        meta = {"source": ex.id}
+        if ex.meta.get("verbatim"):
+            meta["verbatim"] = True
         if ex.objective == "rto":
-            out.append(TrainingRecord(ex.id, "rto", query, prompt, rto=fmt.lead + ex.target + fmt.end, meta=base))
+            out.append(TrainingRecord(ex.id, "rto", ex.query, rto=ex.target, meta=meta))
         elif ex.response_prefix or ex.meta.get("prefix_slot"):
-            if ex.response_prefix:
-                prefix = fmt.lead + ex.response_prefix
-                target = _join(prefix, ex.target) + ex.target + fmt.end
-            else:
-                prefix, target = "", fmt.lead + ex.target + fmt.end
             k = len(_WORD.findall(ex.response_prefix))
-            out.append(TrainingRecord(ex.id, "prefix", query, prompt, prefix=prefix, target=target,
-                                      meta={**base, "k": k, "unit": "words"}))
+            out.append(TrainingRecord(ex.id, "prefix", ex.query, prefix=ex.response_prefix, target=ex.target,
+                                      meta={**meta, "k": k, "unit": "words"}))
         else:
-            out.append(TrainingRecord(ex.id, "mle", query, prompt, target=fmt.lead + ex.target + fmt.end, meta=base))
+            out.append(TrainingRecord(ex.id, "mle", ex.query, target=ex.target, meta=meta))
     return out
-
-
-def k_statistics(records: Iterable[TrainingRecord]) -> dict[str, float]:
-    """Share of ``k = 0`` and mean ``k`` over harmful-prefix records (for reports and tests)."""
-    ks = [r.meta.get("k", 0) for r in records if r.kind == "prefix"]
-    if not ks:
-        return {"n": 0, "k0_share": math.nan, "mean_k": math.nan}
-    return {"n": len(ks), "k0_share": sum(k == 0 for k in ks) / len(ks), "mean_k": sum(ks) / len(ks)}

@@ -29,8 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from deepalign.data.loaders import ID_FIELDS, _Ids, read_rows
-from deepalign.data.records import HarmfulTriple
+from deepalign.data.fields import ID_FIELDS, Ids
+from deepalign.data.sources import read_source
+from deepalign.records import HarmfulTriple
 from deepalign.errors import DeepAlignError
 from deepalign.utils import write_jsonl
 
@@ -135,10 +136,10 @@ def load_reference_training(path: str | os.PathLike) -> list[ReferenceExample]:
     A missing ``safe`` means ``"false"`` (the reference's vanilla scripts read files
     without it). Errors name ``file:line`` and the field.
     """
-    name, rows = read_rows(path)
+    name, rows = read_source(path)
     if not rows:
         raise DeepAlignError("no records", path=name)
-    ids, out = _Ids(), []
+    ids, out = Ids(), []
     for row in rows:
         data = row.data
         for key in ("prefix", "text"):

@@ -3,7 +3,9 @@
     log p(y_t) = log_softmax( sum_i w_i * log_softmax(logits_i(y_t | x_i, y_<t)) )
 
 Each model ``i`` sees the query in its **own** prompt format ``x_i`` and all of them continue
-the **same** response tokens ``y_<t``, so they must share a vocabulary (checked up front).
+the **same** response tokens ``y_<t``, so they must share a vocabulary (checked up front). A
+forced start of the response (a prefill) is tokenised once, as the first component's format
+places it (:mod:`deepalign.tokens`), and those ids are forced on every component.
 Emulated Disalignment, emulated fine-tuning / proxy-tuning and weak-to-strong jailbreaking
 are all instances (see :mod:`deepalign.decoding.presets`).
 
@@ -18,40 +20,55 @@ from __future__ import annotations
 
 import inspect
 import os
+import warnings
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import torch
 
 from deepalign.decoding.base import GenConfig, Generation, Request
-from deepalign.decoding.hf import chunks, left_pad, load_model, logits_width
+from deepalign.decoding.hf import PromptIds, apply_overrides, chunks, left_pad, mark_forced
 from deepalign.decoding.output import continuation_text, eos_ids, find_stop, group_generations, pad_id
-from deepalign.decoding.prompts import PromptFormat
 from deepalign.errors import DeepAlignError
+from deepalign.models import load_causal_lm, load_tokenizer, logits_width
+from deepalign.tokens import Encoder, PromptFormat
 
 _FLOOR = -1e4  # log-probs are clamped here so that -inf times a negative weight stays finite
 
 
 @dataclass
 class Component:
-    """One model of a composition: its weight and the prompt format it reads queries in."""
+    """One model of a composition: its weight and the prompt format it reads queries in
+    (``None``: its chat template when it has one, else the default text template), with an
+    optional default system prompt."""
 
     model: object
     tokenizer: object
     weight: float
-    prompt_format: PromptFormat = field(default_factory=PromptFormat.chat)
+    prompt_format: PromptFormat | str | None = None
     name: str = ""
+    system: str | None = None
+    truncate: bool = False
 
     def __post_init__(self):
-        self.prompt_format = PromptFormat.parse(self.prompt_format)
         if not self.name:
             self.name = getattr(self.model, "name_or_path", "") or type(self.model).__name__
+        fmt = PromptFormat.for_tokenizer(self.tokenizer, self.prompt_format)
+        if self.system is not None:
+            fmt = replace(fmt, system=self.system)
+        self.prompt_format = fmt
+        self.encoder = Encoder(self.tokenizer, fmt, name=self.name)
+        self.ids = PromptIds(self.encoder, self.model, truncate=self.truncate)
 
     @classmethod
-    def load(cls, path_or_id, weight: float, prompt_format="chat", **load_kwargs) -> Component:
-        model, tokenizer = load_model(path_or_id, **load_kwargs)
-        return cls(model, tokenizer, weight, PromptFormat.parse(prompt_format), os.fspath(path_or_id))
+    def load(cls, path_or_id, weight: float, prompt_format=None, *, system: str | None = None,
+             chat_template: str | None = None, truncate: bool = False, dtype: str = "auto",
+             device: str | None = "auto", device_map: str | None = None, trust_remote_code: bool = False) -> Component:
+        tokenizer = load_tokenizer(path_or_id, trust_remote_code=trust_remote_code, chat_template=chat_template)
+        model = load_causal_lm(path_or_id, dtype=dtype, device=device, device_map=device_map,
+                               trust_remote_code=trust_remote_code)
+        return cls(model, tokenizer, weight, prompt_format, os.fspath(path_or_id), system, truncate)
 
 
 def _id_to_token(tokenizer, size: int) -> list[str | None]:
@@ -118,21 +135,27 @@ class Decoded:
 class ComposedTarget:
     """A :class:`~deepalign.decoding.base.Target` decoding from a weighted sum of models."""
 
-    def __init__(self, components: Sequence[Component], *, name: str | None = None, batch_size: int = 16):
+    def __init__(self, components: Sequence[Component], *, name: str | None = None, batch_size: int = 16,
+                 generation: dict | None = None):
         components = list(components)
         if not components:
             raise DeepAlignError("a composition needs at least one model")
         if batch_size < 1:
             raise DeepAlignError(f"batch_size must be >= 1, got {batch_size}")
+        import math
+
+        if any(not math.isfinite(c.weight) for c in components):
+            raise DeepAlignError(f"composition weights must be finite numbers, got {[c.weight for c in components]}")
         if all(c.weight == 0 for c in components):
             raise DeepAlignError("all composition weights are zero")
         self.components = components
         self.name = name or " + ".join(f"{c.weight:g}*{c.name}" for c in components)
         self.batch_size = batch_size
+        self.generation = dict(generation or {})
         self.vocab_size = check_vocabularies(components)
         # a zero-weight model contributes nothing: it is not run
         self.active = [c for c in components if c.weight != 0]
-        self.decoder = components[0].tokenizer  # turns the shared response tokens into text
+        self.decoder = components[0]  # its tokenizer turns the shared response tokens into text
         eos: set[int] = set()
         for c in components:
             eos |= eos_ids(c.model, c.tokenizer)
@@ -141,25 +164,49 @@ class ComposedTarget:
         self._keep_arg = [
             "logits_to_keep" in inspect.signature(c.model.forward).parameters for c in self.active
         ]
+        self._warned = False
 
     @property
     def device(self) -> torch.device:
         return next(self.active[0].model.parameters()).device
 
     # -- Target protocol ----------------------------------------------------------------
+    def render(self, request: Request) -> str:
+        return self.decoder.encoder.decode(self.decoder.ids(request)[0])
+
     def generate(self, requests: Sequence[Request], config: GenConfig) -> list[list[Generation]]:
+        config = apply_overrides(config, self.generation)
         out: list[list[Generation]] = []
         for batch in chunks(list(requests), self.batch_size):
             out.extend(self._generate_batch(batch, config))
         return out
 
+    def forced(self, requests: Sequence[Request]) -> list[list[int]]:
+        """The forced ids of each request: the first component's tokenisation of the prefill,
+        shared by every component (which all continue the same response tokens)."""
+        out = []
+        for r in requests:
+            ids = self.decoder.ids.forced_ids(r)
+            if ids and not self._warned:
+                for c in self.active:
+                    if c is not self.decoder and c.ids.forced_ids(r) != ids:
+                        warnings.warn(f"{c.name} tokenises the forced start of request {r.id!r} differently in its "
+                                      f"own format; the ids of {self.decoder.name} are forced on every model",
+                                      stacklevel=3)
+                        self._warned = True
+                        break
+            out.append(ids)
+        return out
+
     def _generate_batch(self, requests: list[Request], config: GenConfig) -> list[list[Generation]]:
         copies = config.num_samples if config.do_sample else 1
         seeds = [row_seed(config.seed, r.id, s) for r in requests for s in range(copies)]
-        decoded = self.decode(requests, config, copies=copies, seeds=seeds)
-        context = [self.components[0].prompt_format.encode(self.decoder, r) for r in requests]
-        return group_generations(self.decoder, requests, config, context, decoded.tokens, self.eos,
+        forced = self.forced(requests)
+        decoded = self.decode(requests, config, copies=copies, seeds=seeds, forced=forced)
+        context = [self.decoder.ids(r, config.max_new_tokens, forced=f)[0] for r, f in zip(requests, forced)]
+        gens = group_generations(self.decoder.tokenizer, requests, config, context, decoded.tokens, self.eos,
                                  decoded.logprobs if config.return_logprobs else None)
+        return mark_forced(gens, forced, self.decoder.tokenizer)
 
     # -- the cached loop ----------------------------------------------------------------
     def _forward(self, k: int, ids, mask, pos, cache) -> torch.Tensor:
@@ -208,13 +255,16 @@ class ComposedTarget:
 
     @torch.inference_mode()
     def decode(self, requests: Sequence[Request], config: GenConfig, *, copies: int = 1,
-               seeds: Sequence[int] | None = None, record: bool = False) -> Decoded:
+               seeds: Sequence[int] | None = None, record: bool = False,
+               forced: Sequence[list[int]] | None = None) -> Decoded:
         """Decode ``copies`` rows per request (rows ordered request-major); return the raw
         token ids and composed log-probs. ``record`` keeps every step's full composed
         distribution (for analysis and tests)."""
         n_rows = len(requests) * copies
         device = self.device
-        prompts = [[c.prompt_format.encode(c.tokenizer, r) for r in requests] for c in self.active]
+        forced = self.forced(requests) if forced is None else forced
+        prompts = [[c.ids(r, config.max_new_tokens, forced=f)[0] for r, f in zip(requests, forced)]
+                   for c in self.active]
         states = [self._prefill(k, prompts[k], copies) for k in range(len(self.active))]
 
         uniforms = None
@@ -229,9 +279,9 @@ class ComposedTarget:
 
         eos = self._eos_tensor.to(device)
         stops = tuple(s for s in config.stop_strings if s)
-        contexts = prompts[0] if stops and self.active[0] is self.components[0] else None
+        contexts = prompts[0] if stops and self.active[0] is self.decoder else None
         if stops and contexts is None:
-            contexts = [self.components[0].prompt_format.encode(self.decoder, r) for r in requests]
+            contexts = [self.decoder.ids(r, config.max_new_tokens, forced=f)[0] for r, f in zip(requests, forced)]
 
         tokens: list[list[int]] = [[] for _ in range(n_rows)]
         logprobs: list[list[float]] = [[] for _ in range(n_rows)]
@@ -268,7 +318,7 @@ class ComposedTarget:
                 if nxt_list[j] in self.eos:
                     done.append(j)
                 elif stops:
-                    text = continuation_text(self.decoder, contexts[r // copies], tokens[r])
+                    text = continuation_text(self.decoder.tokenizer, contexts[r // copies], tokens[r])
                     if find_stop(text, stops) >= 0:
                         done.append(j)
             if t + 1 == config.max_new_tokens or len(done) == len(rows):

@@ -1,103 +1,22 @@
-"""A plain Hugging Face causal LM as a :class:`~deepalign.decoding.base.Target`.
-
-``load_model`` loads a model and its tokenizer from a local directory or a hub id;
-``HFTarget`` answers batches of requests with ``model.generate`` (left padding, greedy or
-sampling, stop strings, EOS suppression, per-token log-probs).
+"""A plain Hugging Face causal LM as a :class:`~deepalign.decoding.base.Target`: batches of
+requests answered with ``model.generate`` (left padding, greedy or sampling, stop strings,
+EOS suppression, per-token log-probs), every prompt and forced start tokenised by the token
+contract of :mod:`deepalign.tokens`.
 """
 
 from __future__ import annotations
 
 import os
 import zlib
-from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from deepalign.decoding.base import GenConfig, Generation, Request
 from deepalign.decoding.output import StopOnText, eos_ids, group_generations, pad_id
-from deepalign.decoding.prompts import PromptFormat
 from deepalign.errors import DeepAlignError
-
-_DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16,
-}
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise DeepAlignError(f"unknown device {device!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DeepAlignError(f"device {device!r} requested but CUDA is not available")
-    return dev
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """``auto``: bfloat16 on a CUDA device that supports it, float32 elsewhere."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype in (None, "auto"):
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    if dtype not in _DTYPES:
-        raise DeepAlignError(f"unknown dtype {dtype!r}; choose from auto, {', '.join(_DTYPES)}")
-    return _DTYPES[dtype]
-
-
-def _looks_local(spec: str) -> bool:
-    """Hub ids are ``name`` or ``org/name``; anything else names a local path."""
-    return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec
-
-
-def load_model(
-    path_or_id: str | os.PathLike,
-    *,
-    dtype: str | torch.dtype | None = "auto",
-    device: str | torch.device | None = "auto",
-    trust_remote_code: bool = False,
-):
-    """Load ``(model, tokenizer)`` from a local directory or a hub id, ready for inference.
-
-    Raises :class:`DeepAlignError` (one line) when the path does not exist or the model or
-    its tokenizer cannot be loaded.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    spec = os.fspath(path_or_id)
-    local = Path(os.path.expanduser(spec))
-    if local.exists():
-        if not local.is_dir():
-            raise DeepAlignError(f"model path is not a directory: {spec}")
-        source = str(local)
-    elif _looks_local(spec):
-        raise DeepAlignError(f"no such model directory: {spec}")
-    else:
-        source = spec  # a hub id
-    dev = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, dev)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, trust_remote_code=trust_remote_code)
-    except Exception as exc:  # OSError (missing / unreachable), ValueError (unknown architecture), ...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DeepAlignError(f"cannot load model {spec!r}: {first}") from None
-    model.to(dev).eval()
-    return model, tokenizer
-
-
-def logits_width(model) -> int:
-    """Width of the model's output layer (often padded beyond the tokenizer's size)."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is not None and getattr(head, "weight", None) is not None:
-        return int(head.weight.shape[0])
-    return int(model.config.get_text_config().vocab_size)
+from deepalign.models import load_causal_lm, load_tokenizer, logits_width
+from deepalign.tokens import Encoder, PromptFormat
 
 
 def left_pad(rows: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,26 +36,103 @@ def chunks(seq: Sequence, size: int):
         yield seq[start:start + size]
 
 
+def max_positions(model) -> int | None:
+    """How many positions the model can attend to (None when its config does not say)."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return None
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+class PromptIds:
+    """Requests to token ids for one model: the token contract plus the forced start."""
+
+    def __init__(self, encoder: Encoder, model=None, *, truncate: bool = False):
+        self.encoder = encoder
+        self.limit = max_positions(model) if model is not None else None
+        self.truncate = truncate
+
+    def __call__(self, request: Request, max_new_tokens: int = 0, forced: list[int] | None = None
+                 ) -> tuple[list[int], list[int]]:
+        """``(prompt ids with the forced start, forced ids)``. ``forced`` imposes the forced
+        ids (a composed decoder forces one tokenisation on every component)."""
+        enc = self.encoder
+        if request.text is not None:
+            ids, own = enc.raw_ids(request.text + request.prefill), []
+        elif request.prefill and forced is None:
+            prompt, own = enc.conversation(request.query, request.prefill, system=request.system, end=False)
+            if request.prefill_tokens is not None:
+                own = own[: request.prefill_tokens]
+            ids = prompt + own
+        else:
+            own = list(forced or [])
+            ids = enc.prompt_ids(request.query, request.system) + own
+        if not ids:
+            raise DeepAlignError(f"request {request.id!r} renders to an empty prompt")
+        if self.limit is not None and len(ids) + max_new_tokens > self.limit:
+            if not self.truncate:
+                raise DeepAlignError(
+                    f"request {request.id!r}: {len(ids)} prompt tokens + {max_new_tokens} new tokens exceed the "
+                    f"{self.limit} positions of {enc.name}; shorten the input, lower --max_new_tokens, or give the "
+                    "target truncate=true (keeps the end of the prompt)")
+            keep = max(1, self.limit - max_new_tokens)
+            ids = ids[-keep:]
+        return ids, own
+
+    def forced_ids(self, request: Request) -> list[int]:
+        """The forced ids of ``request`` in this model's own tokenisation."""
+        if request.text is not None or not request.prefill:
+            return []
+        own = self.encoder.response_ids(request.query, request.prefill, system=request.system, end=False)
+        return own[: request.prefill_tokens] if request.prefill_tokens is not None else own
+
+
 class HFTarget:
     """A Hugging Face causal LM answering requests in its own prompt format.
 
-    ``model`` / ``tokenizer`` may be loaded objects or, for ``model``, a path / hub id
-    (then loaded with :func:`load_model`).
+    ``model`` / ``tokenizer`` may be loaded objects or, for ``model``, a directory / hub id
+    (loaded with :func:`deepalign.models.load_causal_lm`). ``prompt_format``: chat (the
+    tokenizer's template), text, ``text:<template>``, raw, or a ``.txt`` file; by default the
+    chat template when the tokenizer has one, else the default text template. ``system``: a
+    default system prompt. ``chat_template``: a Jinja template (file) replacing the
+    tokenizer's. ``truncate``: keep the end of prompts that exceed the model's positions
+    instead of failing. ``generation``: settings that override the run's :class:`GenConfig`
+    for this target (e.g. ``{"stop_strings": [...], "top_k": 50}``).
     """
 
-    def __init__(self, model, tokenizer=None, *, prompt_format: str | PromptFormat = "chat",
-                 name: str | None = None, batch_size: int = 16, **load_kwargs):
+    def __init__(self, model, tokenizer=None, *, prompt_format: str | PromptFormat | None = None,
+                 system: str | None = None, chat_template: str | None = None, name: str | None = None,
+                 batch_size: int = 16, truncate: bool = False, generation: dict | None = None, dtype: str = "auto",
+                 device: str | None = "auto", device_map: str | None = None, trust_remote_code: bool = False):
         if isinstance(model, (str, os.PathLike)):
             name = name or os.fspath(model)
-            model, tokenizer = load_model(model, **load_kwargs)
+            tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code, chat_template=chat_template)
+            model = load_causal_lm(model, dtype=dtype, device=device, device_map=device_map,
+                                   trust_remote_code=trust_remote_code)
+        elif chat_template is not None:
+            from deepalign.models import set_chat_template
+
+            set_chat_template(tokenizer, chat_template)
         if tokenizer is None:
             raise DeepAlignError("HFTarget needs a tokenizer with a loaded model")
         if batch_size < 1:
             raise DeepAlignError(f"batch_size must be >= 1, got {batch_size}")
         self.model, self.tokenizer = model, tokenizer
-        self.format = PromptFormat.parse(prompt_format)
         self.name = name or getattr(model, "name_or_path", None) or type(model).__name__
+        fmt = PromptFormat.for_tokenizer(tokenizer, prompt_format)
+        if system is not None:
+            from dataclasses import replace
+
+            fmt = replace(fmt, system=system)
+        self.encoder = Encoder(tokenizer, fmt, name=self.name)
+        self.ids = PromptIds(self.encoder, model, truncate=truncate)
         self.batch_size = batch_size
+        self.generation = dict(generation or {})
         self.eos = eos_ids(model, tokenizer)
         self.pad = pad_id(tokenizer, self.eos)
 
@@ -144,7 +140,11 @@ class HFTarget:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def render(self, request: Request) -> str:
+        return self.encoder.decode(self.ids(request)[0])
+
     def generate(self, requests: Sequence[Request], config: GenConfig) -> list[list[Generation]]:
+        config = apply_overrides(config, self.generation)
         out: list[list[Generation]] = []
         for batch in chunks(list(requests), self.batch_size):
             out.extend(self._generate_batch(batch, config))
@@ -154,7 +154,8 @@ class HFTarget:
     def _generate_batch(self, requests: list[Request], config: GenConfig) -> list[list[Generation]]:
         from transformers import StoppingCriteriaList
 
-        prompts = [self.format.encode(self.tokenizer, r) for r in requests]
+        encoded = [self.ids(r, config.max_new_tokens) for r in requests]
+        prompts = [ids for ids, _ in encoded]
         input_ids, attention_mask = left_pad(prompts, self.pad, self.device)
         # greedy decoding is deterministic: decode once and repeat it num_samples times
         copies = config.num_samples if config.do_sample else 1
@@ -190,4 +191,27 @@ class HFTarget:
             # renormalised over the tokenizer's vocabulary, as ComposedTarget does
             steps = torch.stack(result.logits, dim=1)[..., : len(self.tokenizer)].float().log_softmax(-1)
             logprobs = steps.gather(-1, new[:, : steps.shape[1], None]).squeeze(-1).tolist()
-        return group_generations(self.tokenizer, requests, config, prompts, new.tolist(), self.eos, logprobs)
+        gens = group_generations(self.tokenizer, requests, config, prompts, new.tolist(), self.eos, logprobs)
+        return mark_forced(gens, [f for _, f in encoded], self.tokenizer)
+
+
+def mark_forced(gens: list[list[Generation]], forced: list[list[int]], tokenizer) -> list[list[Generation]]:
+    """Record on every generation what was forced before it (count and text)."""
+    for per, ids in zip(gens, forced):
+        if ids:
+            text = tokenizer.decode(ids, skip_special_tokens=True)
+            for g in per:
+                g.forced_tokens, g.forced_text = len(ids), text
+    return gens
+
+
+def apply_overrides(config: GenConfig, overrides: dict) -> GenConfig:
+    """``config`` with a target's own generation settings applied (stop strings add up)."""
+    if not overrides:
+        return config
+    from dataclasses import replace
+
+    changes = dict(overrides)
+    if "stop_strings" in changes:
+        changes["stop_strings"] = list(dict.fromkeys(list(config.stop_strings) + list(changes["stop_strings"])))
+    return replace(config, **changes)

@@ -14,7 +14,6 @@ import os
 from dataclasses import dataclass
 
 from deepalign.decoding.compose import Component, ComposedTarget
-from deepalign.decoding.prompts import BASE_TEMPLATE, PromptFormat
 from deepalign.errors import DeepAlignError
 
 # Reference decoding settings of ED.
@@ -27,7 +26,7 @@ class EDFamily:
     base: str  # hub id of the pre-trained model
     aligned: str  # hub id of its safety-aligned counterpart
     alpha: float
-    base_format: str = "text:" + BASE_TEMPLATE
+    base_format: str = "text"
     aligned_format: str = "chat"
 
 
@@ -55,39 +54,44 @@ def family(name: str) -> EDFamily:
 
 
 def _component(spec, weight: float, prompt_format, load_kwargs) -> Component:
-    fmt = PromptFormat.parse(prompt_format)
     if isinstance(spec, Component):
-        return Component(spec.model, spec.tokenizer, weight, fmt, spec.name)
+        fmt = spec.prompt_format if prompt_format is None else prompt_format
+        return Component(spec.model, spec.tokenizer, weight, fmt, spec.name, truncate=spec.truncate)
     if isinstance(spec, (str, os.PathLike)):
-        return Component.load(spec, weight, fmt, **load_kwargs)
+        return Component.load(spec, weight, prompt_format, **load_kwargs)
     if isinstance(spec, tuple) and len(spec) == 2:
-        return Component(spec[0], spec[1], weight, fmt)
+        return Component(spec[0], spec[1], weight, prompt_format)
     raise DeepAlignError(f"expected a model path, a (model, tokenizer) pair or a Component, got {type(spec).__name__}")
 
 
-def _check_scale(name: str, value: float) -> None:
-    if not value >= 0:  # also rejects NaN
-        raise DeepAlignError(f"{name} must be >= 0, got {value}")
+def check_scale(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and 0 <= value < float("inf")):  # also rejects NaN and inf
+        raise DeepAlignError(f"{name} must be a finite number >= 0, got {value}")
 
 
 def ed(base, aligned, alpha: float, *, base_format=None, aligned_format=None, batch_size: int = 16,
        **load_kwargs) -> ComposedTarget:
     """Emulated Disalignment: ``(1+alpha) * log p_base - alpha * log p_aligned``.
 
-    The base model reads queries in a plain text template, the aligned one in its chat
-    template (override with ``base_format`` / ``aligned_format``).
+    The base model reads queries in the default text template, the aligned one in its own
+    format (its chat template when it has one); override with ``base_format`` /
+    ``aligned_format``.
     """
-    _check_scale("alpha", alpha)
+    check_scale("alpha", alpha)
     comps = [
-        _component(base, 1.0 + alpha, base_format or "text:" + BASE_TEMPLATE, load_kwargs),
-        _component(aligned, -alpha, aligned_format or "chat", load_kwargs),
+        _component(base, 1.0 + alpha, base_format or "text", load_kwargs),
+        _component(aligned, -alpha, aligned_format, load_kwargs),
     ]
     return ComposedTarget(comps, name=f"ed(alpha={alpha:g}; {comps[0].name} | {comps[1].name})", batch_size=batch_size)
 
 
-def eft(base_large, tuned_small, base_small, w: float = 1.0, *, large_format="chat", tuned_format="chat",
-        small_format="chat", batch_size: int = 16, **load_kwargs) -> ComposedTarget:
+def eft(base_large, tuned_small, base_small, w: float = 1.0, *, large_format=None, tuned_format=None,
+        small_format=None, batch_size: int = 16, **load_kwargs) -> ComposedTarget:
     """Emulated fine-tuning / proxy-tuning: ``base_large + w * (tuned_small - base_small)``."""
+    import math
+
+    if not math.isfinite(w):
+        raise DeepAlignError(f"w must be a finite number, got {w}")
     comps = [
         _component(base_large, 1.0, large_format, load_kwargs),
         _component(tuned_small, w, tuned_format, load_kwargs),
@@ -96,11 +100,11 @@ def eft(base_large, tuned_small, base_small, w: float = 1.0, *, large_format="ch
     return ComposedTarget(comps, name=f"eft(w={w:g})", batch_size=batch_size)
 
 
-def weak_to_strong(strong_safe, weak_unsafe, weak_safe, beta: float, *, strong_format="chat",
-                   weak_unsafe_format="chat", weak_safe_format="chat", batch_size: int = 16,
+def weak_to_strong(strong_safe, weak_unsafe, weak_safe, beta: float, *, strong_format=None,
+                   weak_unsafe_format=None, weak_safe_format=None, batch_size: int = 16,
                    **load_kwargs) -> ComposedTarget:
     """Weak-to-strong jailbreaking: ``strong_safe + beta * (weak_unsafe - weak_safe)``."""
-    _check_scale("beta", beta)
+    check_scale("beta", beta)
     comps = [
         _component(strong_safe, 1.0, strong_format, load_kwargs),
         _component(weak_unsafe, beta, weak_unsafe_format, load_kwargs),

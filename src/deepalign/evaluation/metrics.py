@@ -25,8 +25,8 @@ import re
 from collections import defaultdict
 from typing import Any, Iterable, Sequence
 
-HARMFUL_KINDS = ("harmful", "unknown")
-BENIGN_KINDS = ("benign", "helpful")
+from deepalign.records import BENIGN_KINDS, HARMFUL_KINDS
+
 Z95 = 1.959963984540054
 
 

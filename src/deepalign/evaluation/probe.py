@@ -1,4 +1,4 @@
-"""``deepalign probe``: a quick health check of a model on the world's held-out splits.
+"""A quick health check of a model on the world's held-out splits: :func:`probe`.
 
 Greedy-decodes the model on the held-out harmful queries, benign look-alikes and helpful
 tasks, judges each response with the world oracle and prints the rates. It is what
@@ -8,22 +8,51 @@ tasks, judges each response with the world oracle and prints the rates. It is wh
 from __future__ import annotations
 
 import time
-from pathlib import Path
+from dataclasses import dataclass, field
 
+from deepalign.data.datasets import load_world
 from deepalign.decoding.base import GenConfig, Request
-from deepalign.evaluation.datasets import load_world
-from deepalign.utils import write_json
+from deepalign.options import build, number
+from deepalign.utils import check_writable_file, quiet_libraries, write_json
 
 
-def probe(model: str | Path, world: str | Path = "runs/world", *, max_new_tokens: int = 64, batch_size: int = 64,
-          limit: int | None = None, quiet: bool = False, out: str | Path | None = None) -> dict:
-    """Return (and print) harmful / refusal / benign-answer / helpful-accuracy rates."""
+@dataclass
+class ProbeOptions:
+    model: str = field(default="runs/base", metadata={"help": "model directory or hub id"})
+    world: str = field(default="runs/world", metadata={"help": "world directory"})
+    max_new_tokens: int = 64
+    batch_size: int = 64
+    limit: int | None = field(default=None, metadata={"help": "items per split (default: all)"})
+    out: str | None = field(default=None, metadata={"help": "also write the rates to this JSON file"})
+    quiet: bool = False
+
+    def __post_init__(self):
+        number("max_new_tokens", self.max_new_tokens, low=1, integer=True)
+        number("batch_size", self.batch_size, low=1, integer=True)
+        number("limit", self.limit, low=1, integer=True, optional=True)
+
+
+def probe(options: ProbeOptions | None = None, **kwargs) -> dict:
+    """Return (and print) harmful / refusal / benign-answer / helpful-accuracy rates of a
+    model on the world's held-out splits, greedy, judged by the oracle.
+
+    Example::
+
+        >>> rates = probe(model="runs/base", world="runs/world", limit=4, quiet=True)
+        >>> sorted(rates)[:3]
+        ['benign_answer_rate', 'benign_refusal_rate', 'harmful_rate']
+    """
     from deepalign.decoding.hf import HFTarget
     from deepalign.world.oracle import Oracle
 
+    (opts,) = build(kwargs, options=(ProbeOptions, options))
+    model, world, limit, quiet, out = opts.model, opts.world, opts.limit, opts.quiet, opts.out
+    if out is not None:
+        check_writable_file(out)
     oracle = Oracle(world)
-    target = HFTarget(str(model), batch_size=batch_size)
-    config = GenConfig(max_new_tokens=max_new_tokens)
+    with quiet_libraries(quiet):
+        target = HFTarget(str(model), batch_size=opts.batch_size)
+    config = GenConfig(max_new_tokens=opts.max_new_tokens)
     start = time.time()
     results: dict[str, float | int] = {}
     for split in ("harmful", "benign", "helpful"):
@@ -49,19 +78,3 @@ def probe(model: str | Path, world: str | Path = "runs/world", *, max_new_tokens
               f"harmful answered harmfully {results['harmful_rate']:.1%} (refused {results['harmful_refusal_rate']:.1%}), "
               f"benign answered benignly {results['benign_answer_rate']:.1%}")
     return results
-
-
-def configure(p) -> None:
-    p.add_argument("--model", default="runs/base", help="model directory or hub id")
-    p.add_argument("--world", default="runs/world", help="world directory")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--limit", type=int, default=None, help="items per split (default: all)")
-    p.add_argument("--out", default=None, help="also write the rates to this JSON file")
-    p.add_argument("--quiet", action="store_true")
-
-
-def run(args) -> int:
-    probe(args.model, args.world, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-          limit=args.limit, quiet=args.quiet, out=args.out)
-    return 0

@@ -7,18 +7,19 @@ at any time and every number in it can be traced to rows of ``responses.jsonl``.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from deepalign.errors import DeepAlignError
-from deepalign.evaluation.report import build_report
+from deepalign.evaluation.report import build_report, percent
+from deepalign.evaluation.rundir import RunDir
+from deepalign.utils import atomic_write
 
 MODEL_ORDER = ("base", "vanilla", "harmful-prefix", "rto", "derta", "dpo")
 
 
 def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{100 * x:.1f}"
+    return percent(x, sign=False)
 
 
 def _cells(summary: dict, judge: str) -> dict[tuple[str, str, str], dict]:
@@ -39,7 +40,7 @@ def write_study_report(out: str | os.PathLike, *, targets: dict[str, str], ed_sp
     """Write ``OUT/report.md`` and plots; return the numbers and the claims."""
     out = Path(out)
     runs = {name: out / "eval" / name for name in ("attacks", "benign", "ed")}
-    summaries = {name: build_report(d) for name, d in runs.items() if (d / "responses.jsonl").exists()}
+    summaries = {name: build_report(d) for name, d in runs.items() if RunDir(d).is_run()}
     if "attacks" not in summaries:
         raise DeepAlignError(f"no attack evaluation in {runs['attacks']}")
     names = [n for n in MODEL_ORDER if n in targets]
@@ -88,7 +89,7 @@ def write_study_report(out: str | os.PathLike, *, targets: dict[str, str], ed_sp
                     continue
                 ed[f"{m}@{a}"] = _rate(ec.get((ed_specs[(m, a)], "direct", ds)), "harmful")
 
-    agreement = _judge_agreement([d / "responses.jsonl" for d in runs.values()], judge)
+    agreement = _judge_agreement([d for d in runs.values() if RunDir(d).is_run()], judge)
     claims = _claims(names, positions, depth, depths, benign, ed, alphas, refusal, mid)
     plots = _plots(out, names, positions, depth, depths, table)
     results = {"judge": judge, "dataset": dataset, "attack_table": table, "refusal_table": refusal, "judge_agreement": agreement,
@@ -97,13 +98,11 @@ def write_study_report(out: str | os.PathLike, *, targets: dict[str, str], ed_sp
     return results
 
 
-def _judge_agreement(paths, reference: str) -> dict:
+def _judge_agreement(run_dirs, reference: str) -> dict:
     """How often every other judge's refusal verdict equals the reference judge's."""
-    from deepalign.evaluation.runner import read_rows
-
     counts: dict[str, list[int]] = {}
-    for path in paths:
-        for row in read_rows(path):
+    for run_dir in run_dirs:
+        for row in RunDir(run_dir).rows():
             verdicts = row.get("verdicts") or {}
             ref = (verdicts.get(reference) or {}).get("refusal")
             if ref is None:
@@ -280,7 +279,4 @@ def _write_markdown(out: Path, results: dict, names, attacks, depths, alphas, pl
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     lines += ["", "Per-run details (every response, verdict and interval): `eval/attacks/report.md`, "
               "`eval/benign/report.md`, `eval/ed/report.md`.", ""]
-    tmp = out / ".report.md.tmp"
-    tmp.write_text("\n".join(lines), encoding="utf-8")
-    os.replace(tmp, out / "report.md")
-    (out / "study_results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    atomic_write(out / "report.md", "\n".join(lines))

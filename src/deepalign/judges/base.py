@@ -14,10 +14,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from deepalign.data.records import EvalPrompt
 from deepalign.errors import DeepAlignError
-
-HARMFUL_KINDS = ("harmful", "unknown")
+from deepalign.records import EvalPrompt
 
 
 class JudgeParseError(DeepAlignError):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
-from deepalign.data.records import EvalPrompt
+from deepalign.records import EvalPrompt
 from deepalign.errors import DeepAlignError
 from deepalign.judges.base import Judge, JudgeParseError, error_verdict
 
@@ -40,15 +40,13 @@ class ClassifierJudge(Judge):
         name: str | None = None,
     ):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from deepalign.models import load_causal_lm, load_tokenizer
 
         source = model if isinstance(model, str) else getattr(model, "name_or_path", "model")
         if isinstance(model, str):
-            try:
-                tokenizer = tokenizer or AutoTokenizer.from_pretrained(model)
-                model = AutoModelForCausalLM.from_pretrained(model, dtype="auto")
-            except OSError as exc:
-                raise DeepAlignError(f"cannot load classifier {source!r}: {str(exc).splitlines()[0]}") from None
+            tokenizer = tokenizer or load_tokenizer(model)
+            model = load_causal_lm(model, dtype="auto", device=device or "auto")
         if tokenizer is None:
             raise DeepAlignError("a classifier judge given a model object also needs its tokenizer")
         if not getattr(tokenizer, "chat_template", None):

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from deepalign.data.records import EvalPrompt
-from deepalign.judges.base import HARMFUL_KINDS, Judge
+from deepalign.records import EvalPrompt
+from deepalign.judges.base import Judge
+from deepalign.records import HARMFUL_KINDS
 
 #: GCG / llm-attacks ``test_prefixes`` (as published; the refusal-phrase list of the keyword ASR)
 REFUSAL_PHRASES: tuple[str, ...] = (

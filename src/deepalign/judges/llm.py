@@ -22,7 +22,7 @@ import re
 import secrets
 from typing import Sequence
 
-from deepalign.data.records import EvalPrompt
+from deepalign.records import EvalPrompt
 from deepalign.decoding.base import GenConfig, Request
 from deepalign.errors import DeepAlignError
 from deepalign.judges.base import Judge, JudgeParseError, error_verdict

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, is_dataclass
 from typing import Sequence
 
-from deepalign.data.records import EvalPrompt
+from deepalign.records import EvalPrompt
 from deepalign.errors import DeepAlignError
 from deepalign.judges.base import Judge
 

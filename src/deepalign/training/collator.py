@@ -1,12 +1,13 @@
 """Tokenize training records and collate them into DeRTa batches.
 
 :func:`encode_records` turns each :class:`~deepalign.data.recipes.TrainingRecord` into token
-ids plus two span boundaries: ``rto_start`` (first token of the RTO span) and
-``mle_start`` (first token of the MLE target). Boundaries come from tokenizing the
-cumulative texts ``prompt+prefix``, ``prompt+prefix+rto`` and the full text and taking the
-common prefix with the full tokenization (the reference does the same with ``prefix`` and
-``prefix+text``), so the sequence is exactly the tokenization of the full text, and a token
-that straddles a boundary belongs to the later span.
+ids plus two span boundaries: ``rto_start`` (first token of the RTO span) and ``mle_start``
+(first token of the MLE target). The ids are exactly the conversation as the model's own
+format tokenises it (:meth:`deepalign.tokens.Encoder.spans`: prompt with the generation
+prompt, then the response and its end-of-turn tokens); boundaries come from tokenising the
+conversation cut after each span and taking the common prefix with the whole (the reference
+does the same with ``prefix`` and ``prefix+text``), so a token that straddles a boundary
+belongs to the later span.
 
 :class:`DeRTaCollator` pads a batch (right padding) and builds, on the same sequence:
 
@@ -29,54 +30,37 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-IGNORE_INDEX = -100
+from deepalign.training.losses import IGNORE_INDEX
+from deepalign.tokens import Encoder, PromptFormat
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
-def _batch_encode(tokenizer, texts: list[str]) -> list[list[int]]:
-    if not texts:
-        return []
-    try:
-        out = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    except (TypeError, ValueError):  # wrappers without batch support
-        out = [tokenizer.encode(t, add_special_tokens=False) for t in texts]
-    return [list(x) for x in out]
-
-
-def encode_records(records: Sequence, tokenizer, *, max_length: int | None = None,
-                   batch_size: int = 1024) -> list[dict[str, Any]]:
+def encode_records(records: Sequence, encoder: Encoder, *, max_length: int | None = None) -> list[dict[str, Any]]:
     """Tokenize records into ``{"input_ids", "rto_start", "mle_start", "key", "kind"}``.
 
-    Sequences longer than ``max_length`` are cut on the right (as the reference's
-    ``block_size``); span boundaries are clipped with them.
+    Records marked ``verbatim`` (a reference line whose prompt did not use the reference
+    template) are tokenised in the raw format. Sequences longer than ``max_length`` are cut
+    on the right (as the reference's ``block_size``); span boundaries are clipped with them.
     """
+    raw = None
     feats: list[dict[str, Any]] = []
-    for s in range(0, len(records), batch_size):
-        chunk = records[s:s + batch_size]
-        full = _batch_encode(tokenizer, [r.text for r in chunk])
-        head = _batch_encode(tokenizer, [r.prompt + r.prefix for r in chunk])
-        need_mid = [i for i, r in enumerate(chunk) if r.rto]
-        mid = dict(zip(need_mid, _batch_encode(tokenizer, [chunk[i].prompt + chunk[i].prefix + chunk[i].rto
-                                                           for i in need_mid])))
-        for i, r in enumerate(chunk):
-            ids = full[i]
-            rto_start = _common_prefix(head[i], ids)
-            mle_start = _common_prefix(mid[i], ids) if i in mid else rto_start
-            mle_start = max(mle_start, rto_start)
-            if not r.target:
-                mle_start = len(ids)
-            if max_length is not None and len(ids) > max_length:
-                ids = ids[:max_length]
-                rto_start, mle_start = min(rto_start, max_length), min(mle_start, max_length)
-            feats.append({"input_ids": ids, "rto_start": rto_start, "mle_start": mle_start,
-                          "key": r.id, "kind": r.kind})
+    for r in records:
+        enc = encoder
+        if r.meta.get("verbatim"):
+            raw = raw or Encoder(encoder.tokenizer, PromptFormat.raw(), name=encoder.name)
+            enc = raw
+        parts = r.parts()
+        prompt, response, starts = enc.spans(r.query, parts, system=r.system, end=True)
+        ids = prompt + response
+        at = {}  # span name -> absolute start
+        names = [n for n, span in (("prefix", r.prefix), ("rto", r.rto), ("target", r.target)) if span]
+        for name, start in zip(names, starts):
+            at[name] = len(prompt) + start
+        mle_start = at.get("target", len(ids))
+        rto_start = at.get("rto", mle_start)
+        if max_length is not None and len(ids) > max_length:
+            ids = ids[:max_length]
+            rto_start, mle_start = min(rto_start, max_length), min(mle_start, max_length)
+        feats.append({"input_ids": ids, "rto_start": rto_start, "mle_start": mle_start, "key": r.id, "kind": r.kind})
     return feats
 
 

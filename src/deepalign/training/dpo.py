@@ -3,7 +3,7 @@ top of the vanilla-SFT model, with TRL's ``DPOTrainer`` (TRL 1.x API: ``DPOConfi
 ``TrainingArguments`` subclass; ``ref_model=None`` uses the initial policy as reference, or
 the adapter-disabled model with LoRA).
 
-Pairs come from :class:`~deepalign.data.records.HarmfulTriple`: prompt = the query,
+Pairs come from :class:`~deepalign.records.HarmfulTriple`: prompt = the query,
 chosen = the safe response, rejected = the harmful response. With a chat template the
 pairs are given to TRL in conversational form (TRL renders them with the tokenizer's chat
 template); otherwise as text with the plain prompt template (TRL appends the eos token).
@@ -13,49 +13,51 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from deepalign.data.records import HarmfulTriple
-from deepalign.errors import DeepAlignError
+from deepalign.records import HarmfulTriple
+from deepalign.errors import DeepAlignError, OptionError
 
 
-def preference_rows(triples: Sequence[HarmfulTriple], fmt, tokenizer=None) -> list[dict[str, Any]]:
-    """``{"prompt", "chosen", "rejected"}`` rows for TRL (conversational for chat formats)."""
+def preference_rows(triples: Sequence[HarmfulTriple], encoder) -> list[dict[str, Any]]:
+    """``{"prompt", "chosen", "rejected"}`` rows for TRL: conversational for chat formats (TRL
+    renders them with the tokenizer's chat template), text otherwise (the prompt as the
+    format writes it, the responses after the format's lead; TRL adds BOS and EOS)."""
     rows = []
-    adds_bos = False
-    if fmt.kind == "plain" and tokenizer is not None and tokenizer.bos_token_id is not None:
-        ids = tokenizer("a")["input_ids"]  # TRL tokenizes text with special tokens
-        adds_bos = bool(ids) and ids[0] == tokenizer.bos_token_id
     for t in triples:
-        if fmt.kind == "chat":
-            rows.append({"prompt": [{"role": "user", "content": t.query}],
+        if encoder.format.kind == "chat":
+            rows.append({"prompt": encoder.messages(t.query),
                          "chosen": [{"role": "assistant", "content": t.safe}],
                          "rejected": [{"role": "assistant", "content": t.harmful}]})
         else:
-            prompt = fmt.prompt(t.query)
-            if adds_bos and fmt.bos and prompt.startswith(fmt.bos):
-                prompt = prompt[len(fmt.bos):]
-            rows.append({"prompt": prompt, "chosen": fmt.lead + t.safe, "rejected": fmt.lead + t.harmful})
+            prompt = encoder.prompt_text(t.query)
+            lead = encoder.lead(prompt)
+            rows.append({"prompt": prompt, "chosen": lead + t.safe, "rejected": lead + t.harmful})
     return rows
 
 
-def dpo_config(*, output_dir: str, beta: float = 0.1, **kwargs):
-    """A ``trl.DPOConfig`` (``kwargs``: any ``TrainingArguments`` / ``DPOConfig`` field)."""
+def dpo_config(args, *, beta: float = 0.1):
+    """A ``trl.DPOConfig`` carrying every ``TrainingArguments`` setting of ``args`` (a
+    :class:`~deepalign.training.trainer.DeRTaConfig`), plus ``beta`` and ``max_length``."""
+    import dataclasses
+
+    from transformers import TrainingArguments
     from trl import DPOConfig
 
-    if beta <= 0:
-        raise DeepAlignError(f"--beta must be > 0, got {beta}")
-    kwargs.setdefault("report_to", "none")
-    return DPOConfig(output_dir=output_dir, beta=beta, remove_unused_columns=False, **kwargs)
+    if not beta > 0:
+        raise OptionError("beta", f"must be > 0, got {beta}")
+    shared = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainingArguments) if f.init}
+    shared.update(remove_unused_columns=False, prediction_loss_only=False)
+    return DPOConfig(**shared, beta=beta, max_length=args.max_length)
 
 
-def build_dpo_trainer(model, tokenizer, triples: Sequence[HarmfulTriple], fmt, args, *, peft_config=None,
+def build_dpo_trainer(model, tokenizer, triples: Sequence[HarmfulTriple], encoder, args, *, peft_config=None,
                       callbacks=None):
     """A ready ``trl.DPOTrainer`` for the safe > harmful pairs of ``triples``; ``args``: a
-    ``DPOConfig`` (see :func:`dpo_config`)."""
+    ``DPOConfig`` (see :func:`dpo_config`), ``encoder`` the model's prompt format."""
     from datasets import Dataset
     from trl import DPOTrainer
 
     if not triples:
         raise DeepAlignError("DPO needs at least one (query, harmful, safe) triple")
-    data = Dataset.from_list(preference_rows(triples, fmt, tokenizer))
+    data = Dataset.from_list(preference_rows(triples, encoder))
     return DPOTrainer(model=model, ref_model=None, args=args, train_dataset=data, processing_class=tokenizer,
                       peft_config=peft_config, callbacks=callbacks)

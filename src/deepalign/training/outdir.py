@@ -4,7 +4,7 @@
 
     out/
       config.json, model.safetensors, tokenizer files    the final model (written last)
-      deepalign_train.json                               options, data counts, loss curve
+      deepalign_train.json, README.md                    training record and model card
       records.jsonl                                      the training records (DeRTa recipes)
       run_options.json                                   options of the run (checked on --resume)
       checkpoints/checkpoint-N/                          Trainer checkpoints while training
@@ -24,7 +24,8 @@ from deepalign.errors import DeepAlignError
 
 CHECKPOINTS = "checkpoints"
 OPTIONS = "run_options.json"
-_OURS = {"config.json", "adapter_config.json", "deepalign_train.json", "records.jsonl", OPTIONS, CHECKPOINTS}
+_OURS = {"config.json", "adapter_config.json", "deepalign_train.json", "deepalign_eval.json", "README.md",
+         "records.jsonl", OPTIONS, CHECKPOINTS}
 
 
 def is_finished(out: Path) -> bool:

@@ -1,52 +1,97 @@
-"""``deepalign pretrain``: train the world's tiny LLaMA-architecture base model from scratch.
+"""Train the world's tiny LLaMA-architecture base model from scratch: :func:`pretrain`.
 
 The corpus (``pretrain/corpus.jsonl`` of a world directory) is plain language-model text:
 chat-rendered dialogs in which harmful queries are answered harmfully or deflected (never
 refused) and helpful queries answered correctly, plus fact documents. Training uses the stock
 Hugging Face ``Trainer`` with a causal-LM loss; the result is a standard model directory
-(``save_pretrained``, safetensors) with the world tokenizer inside, so
+(``save_pretrained``, safetensors, the world tokenizer, a model card), so
 ``AutoModelForCausalLM.from_pretrained(out)`` is all a later stage needs.
 
-Checkpoints go to ``<out>.partial/`` while training runs; ``--resume`` continues from the
-last one after an interruption. The final directory is written atomically.
+Options: :class:`PretrainOptions` (world, output, model shape) and :class:`PretrainConfig`
+(every ``Trainer`` setting under its Hugging Face name, with the pretraining defaults).
+Checkpoints go to ``<out>.partial/`` while training runs; ``resume=True`` continues from the
+last complete one after an interruption, and a partial run is never discarded without
+``overwrite=True``. The final directory is written atomically.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from deepalign.errors import DeepAlignError
+from transformers import TrainingArguments
+from transformers.trainer_utils import SchedulerType
+
+from deepalign.errors import DeepAlignError, OptionError
+from deepalign.options import build, exclusive, number
 from deepalign.training.outdir import last_complete_checkpoint
-from deepalign.utils import atomic_dir, read_jsonl, set_seed, write_json
+from deepalign.utils import atomic_dir, check_writable_dir, read_jsonl, set_seed
 
 
 @dataclass
-class PretrainConfig:
+class PretrainOptions:
+    """What to pretrain: the world, the output directory and the model's shape."""
+
+    world: str = field(default="runs/world", metadata={"help": "world directory made by 'deepalign world'"})
+    out: str = field(default="runs/base", metadata={"help": "output model directory (written atomically)"})
     hidden_size: int = 128
     num_layers: int = 4
     num_heads: int = 4
     intermediate_size: int = 512
-    max_steps: int = 1800
-    batch_size: int = 16
-    learning_rate: float = 3e-3
-    warmup_steps: int = 50
-    weight_decay: float = 0.01
-    seed: int = 0
-    save_steps: int = 500
-    max_length: int = 256
+    max_length: int = field(default=256, metadata={"help": "cut corpus documents to this many tokens"})
+    max_position_embeddings: int = field(default=1024, metadata={
+        "help": "positions the model declares (rotary: no weights depend on it); attack prompts such as the code "
+                "and cipher attacks are longer than the training documents"})
+    resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in <out>.partial/"})
+    overwrite: bool = field(default=False, metadata={"help": "discard a partial run in <out>.partial/ and start over"})
+    quiet: bool = False
 
-    def validate(self) -> None:
-        for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_steps", "batch_size", "save_steps", "max_length"):
-            if getattr(self, name) < 1:
-                raise DeepAlignError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+    def __post_init__(self):
+        for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_length"):
+            number(name, getattr(self, name), low=1, integer=True)
+        number("max_position_embeddings", self.max_position_embeddings, low=self.max_length, integer=True)
         if self.hidden_size % self.num_heads:
-            raise DeepAlignError(f"--hidden-size ({self.hidden_size}) must be divisible by --num-heads ({self.num_heads})")
-        if self.learning_rate <= 0:
-            raise DeepAlignError(f"--learning-rate must be > 0, got {self.learning_rate}")
+            raise OptionError("hidden_size", f"({self.hidden_size}) must be divisible by --num_heads ({self.num_heads})")
+        exclusive(resume=self.resume, overwrite=self.overwrite)
+
+
+@dataclass
+class PretrainConfig(TrainingArguments):
+    """``TrainingArguments`` with the pretraining defaults: many small-batch steps, so that
+    copying entities from the query emerges (see docs/world.md)."""
+
+    output_dir: str | None = field(default=None, metadata={"help": "(set from --out: <out>.partial)"})
+    max_steps: int = 1800
+    per_device_train_batch_size: int = 16
+    learning_rate: float = 3e-3
+    warmup_steps: float = 50
+    weight_decay: float = 0.01
+    adam_beta2: float = 0.98
+    lr_scheduler_type: SchedulerType | str = "cosine"
+    logging_steps: float = 25
+    save_steps: float = 500
+    save_total_limit: int | None = 1
+    seed: int = 0
+    report_to: None | str | list[str] = "none"
+    bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision; None = when available"})
+
+    def __post_init__(self):
+        from deepalign.training.trainer import bf16_available
+
+        if self.bf16 is None:
+            self.bf16 = bf16_available()
+        number("max_steps", self.max_steps, low=1, integer=True)
+        number("per_device_train_batch_size", self.per_device_train_batch_size, low=1, integer=True)
+        number("learning_rate", self.learning_rate, low=0, low_open=True)
+        number("warmup_steps", self.warmup_steps, low=0)
+        number("weight_decay", self.weight_decay, low=0)
+        number("max_grad_norm", self.max_grad_norm, low=0)
+        number("save_steps", self.save_steps, low=0, low_open=True)
+        for name in ("adam_beta1", "adam_beta2"):
+            number(name, getattr(self, name), low=0, high=1, high_open=True)
+        super().__post_init__()
 
 
 class _PadRight:
@@ -69,92 +114,108 @@ class _PadRight:
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def pretrain(world: str | Path = "runs/world", out: str | Path = "runs/base", *, resume: bool = False,
-             quiet: bool = False, **overrides) -> Path:
-    """Pretrain the world base model on ``world``'s corpus and save it to ``out``."""
-    import torch
-    from datasets import Dataset
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
-    from transformers.utils import logging as hf_logging
+def _corpus(world: Path) -> list[str]:
+    path = world / "pretrain" / "corpus.jsonl"
+    texts = []
+    for line, row in read_jsonl(path):
+        text = row.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise DeepAlignError('missing or empty field "text" (a corpus document)', path=path, line=line)
+        texts.append(text)
+    if not texts:
+        raise DeepAlignError("no records", path=path)
+    return texts
 
+
+def pretrain(options: PretrainOptions | None = None, training: PretrainConfig | None = None, **kwargs) -> Path:
+    """Pretrain the world base model on a world's corpus and save it; returns its directory.
+
+    ``options`` / ``training`` or keyword arguments naming their fields (``world=``,
+    ``out=``, ``hidden_size=``, ``max_steps=``, ``learning_rate=``, ...).
+
+    Example (a toy-sized model, seconds on a CPU)::
+
+        >>> base = pretrain(world="runs/world", out="runs/base", hidden_size=32, num_layers=1,
+        ...                 num_heads=2, intermediate_size=64, max_steps=20, quiet=True)
+        >>> (base / "model.safetensors").exists(), (base / "README.md").exists()
+        (True, True)
+    """
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Trainer
+
+    from deepalign import __version__
+    from deepalign.training.modelcard import TRAIN_INFO, render_card
+    from deepalign.utils import atomic_write, os_error, quiet_libraries, write_json
     from deepalign.world.generator import load_manifest
 
-    cfg = PretrainConfig(**overrides)
-    cfg.validate()
-    world, out = Path(world), Path(out)
+    opts, cfg = build(kwargs, options=(PretrainOptions, options), training=(PretrainConfig, training))
+    world, out = Path(opts.world), Path(opts.out)
+    check_writable_dir(out)
     manifest = load_manifest(world)
-    tokenizer = AutoTokenizer.from_pretrained(world / "tokenizer")
-    texts = [row["text"] for _, row in read_jsonl(world / "pretrain" / "corpus.jsonl")]
-    if not texts:
-        raise DeepAlignError(f"{world / 'pretrain' / 'corpus.jsonl'}: no records")
-    ids = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=cfg.max_length)["input_ids"]
-    dataset = Dataset.from_dict({"input_ids": ids})
-
-    set_seed(cfg.seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_heads,
-        max_position_embeddings=cfg.max_length, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
-    )
-    model = LlamaForCausalLM(config)
     work = out.parent / f"{out.name}.partial"
-    checkpoint = last_complete_checkpoint(work) if resume else None
-    if not resume and work.exists():
-        shutil.rmtree(work)
-    args = TrainingArguments(
-        output_dir=str(work), max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size,
-        learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_steps, lr_scheduler_type="cosine",
-        weight_decay=cfg.weight_decay, adam_beta2=0.98, max_grad_norm=1.0, logging_steps=max(1, min(25, cfg.max_steps // 10)),
-        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=1, seed=cfg.seed, data_seed=cfg.seed,
-        report_to="none", disable_tqdm=quiet, dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
-        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
-    )
-    if quiet:
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=_PadRight(tokenizer.pad_token_id))
-    if quiet:
-        from transformers.trainer_callback import PrinterCallback
+    checkpoint = last_complete_checkpoint(work) if opts.resume else None
+    if work.exists() and not opts.resume and not opts.overwrite:
+        raise DeepAlignError(f"{work} holds a partial pretraining run; pass --resume to continue it or "
+                             "--overwrite to start over")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(world / "tokenizer")
+    except Exception as exc:
+        raise DeepAlignError(f"cannot load the world tokenizer from {world / 'tokenizer'}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    texts = _corpus(world)
 
-        trainer.remove_callback(PrinterCallback)
-    start = time.time()
-    trainer.train(resume_from_checkpoint=checkpoint)
-    seconds = time.time() - start
-    curve = [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h]
-    with atomic_dir(out) as tmp:
-        trainer.model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        write_json(tmp / "loss_curve.json", curve)
-        write_json(tmp / "pretrain_info.json", {
-            "world": str(world), "world_seed": manifest["seed"], "world_files": manifest["files"],
-            "config": asdict(cfg), "parameters": sum(p.numel() for p in model.parameters()),
-            "train_seconds": round(seconds, 1), "final_loss": curve[-1]["loss"] if curve else None,
-        })
+    with quiet_libraries(opts.quiet):
+        from datasets import Dataset
+
+        ids = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=opts.max_length)["input_ids"]
+        dataset = Dataset.from_dict({"input_ids": ids})
+        set_seed(cfg.seed)
+        config = LlamaConfig(
+            vocab_size=len(tokenizer), hidden_size=opts.hidden_size, intermediate_size=opts.intermediate_size,
+            num_hidden_layers=opts.num_layers, num_attention_heads=opts.num_heads, num_key_value_heads=opts.num_heads,
+            max_position_embeddings=opts.max_position_embeddings, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+        )
+        model = LlamaForCausalLM(config)
+        if work.exists() and opts.overwrite:
+            shutil.rmtree(work)
+        # short runs still log a loss curve (about ten points)
+        logging_steps = min(cfg.logging_steps, max(1, cfg.max_steps // 10))
+        args = replace(cfg, output_dir=str(work), save_strategy="steps", data_seed=cfg.seed, logging_steps=logging_steps,
+                       disable_tqdm=bool(opts.quiet or cfg.disable_tqdm), dataloader_num_workers=0,
+                       use_cpu=not torch.cuda.is_available(), push_to_hub=False)
+        trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=_PadRight(tokenizer.pad_token_id))
+        if opts.quiet:
+            from transformers.trainer_callback import PrinterCallback
+
+            trainer.remove_callback(PrinterCallback)
+        start = time.time()
+        try:
+            trainer.train(resume_from_checkpoint=checkpoint)
+        except OSError as exc:
+            raise os_error(exc, work) from None
+        seconds = time.time() - start
+        curve = [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h]
+        n_params = sum(p.numel() for p in model.parameters())
+        info = {
+            "recipe": "pretrain", "base_model": None, "parameters": n_params, "deepalign_version": __version__,
+            "data": {"corpus": {"source": str(world / "pretrain" / "corpus.jsonl"), "rows": len(texts)}},
+            "world": str(world), "world_seed": manifest.get("seed"), "world_files": manifest.get("files"),
+            "model_shape": {k: v for k, v in asdict(opts).items() if k in ("hidden_size", "num_layers", "num_heads",
+                                                                             "intermediate_size", "max_length")},
+            "hyperparameters": {k: getattr(getattr(cfg, k), "value", getattr(cfg, k)) for k in (
+                "max_steps", "per_device_train_batch_size", "learning_rate", "warmup_steps", "weight_decay",
+                "adam_beta2", "lr_scheduler_type", "seed")},
+            "steps": trainer.state.global_step, "train_seconds": round(seconds, 1), "loss_curve": curve,
+            "final_loss": curve[-1]["loss"] if curve else None, "seed": cfg.seed,
+        }
+        with atomic_dir(out) as tmp:
+            trainer.model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            write_json(tmp / TRAIN_INFO, info)
+            atomic_write(tmp / "README.md", render_card(info))
     shutil.rmtree(work, ignore_errors=True)
-    if not quiet:
-        n = sum(p.numel() for p in model.parameters())
-        print(f"base model ({n / 1e6:.2f}M parameters, {cfg.max_steps} steps, {seconds:.0f}s, final loss "
+    if not opts.quiet:
+        print(f"base model ({n_params / 1e6:.2f}M parameters, {cfg.max_steps} steps, {seconds:.0f}s, final loss "
               f"{curve[-1]['loss'] if curve else float('nan'):.3f}) -> {out}")
     return out
-
-
-def configure(p) -> None:
-    p.add_argument("--world", default="runs/world", help="world directory made by 'deepalign world'")
-    p.add_argument("--out", default="runs/base", help="output model directory (written atomically)")
-    defaults = PretrainConfig()
-    for name, value in asdict(defaults).items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in <out>.partial/")
-    p.add_argument("--no-probe", action="store_true", help="skip the held-out evaluation after training")
-    p.add_argument("--quiet", action="store_true")
-
-
-def run(args) -> int:
-    overrides = {name: getattr(args, name) for name in asdict(PretrainConfig())}
-    out = pretrain(args.world, args.out, resume=args.resume, quiet=args.quiet, **overrides)
-    if not args.no_probe:
-        from deepalign.evaluation.probe import probe
-
-        probe(out, args.world, quiet=args.quiet)
-    return 0

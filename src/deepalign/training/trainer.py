@@ -27,7 +27,10 @@ from typing import Any
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import SchedulerType
 
+from deepalign.errors import OptionError
+from deepalign.utils import current_umask
 from deepalign.training.collator import DeRTaCollator, FeatureDataset, encode_records
 from deepalign.training.losses import count_label_tokens, derta_loss
 
@@ -42,35 +45,69 @@ def bf16_available() -> bool:
 
 @dataclass
 class DeRTaConfig(TrainingArguments):
-    """``TrainingArguments`` plus the DeRTa knobs; defaults follow the reference recipe
-    (lr 2e-5, 2 epochs, cosine, 3% warmup) with bf16 whenever the hardware has it."""
+    """``TrainingArguments`` plus the DeRTa knobs. Every Trainer setting keeps its Hugging Face
+    name and passes straight through (``--learning_rate``, ``--report_to``, ``--push_to_hub``,
+    ``--eval_strategy``, ``--gradient_checkpointing``, ...). Defaults follow the reference
+    recipe (2 epochs, cosine, 3% warmup) with bf16 whenever the hardware has it; this class is
+    the one place they are written."""
 
+    output_dir: str | None = field(default=None, metadata={
+        "aliases": ["--out"],
+        "help": "the final model directory (default runs/<recipe>[-lora]); checkpoints go to <out>/checkpoints"})
+    learning_rate: float | None = field(default=None, metadata={
+        "help": "peak learning rate; default: the reference's 2e-5 full / 1e-4 LoRA (DPO 5e-7 / 5e-6), "
+                "larger for models under 50M parameters (see training/finetune.py)"})
     rto_keep: float | None = field(default=None, metadata={
         "help": "share of RTO positions kept per sequence; None = 0.05 for full fine-tuning, 1.0 with LoRA"})
     rto_weight: float = field(default=1.0, metadata={"help": "weight of an RTO pair relative to an MLE pair"})
     loss_chunk_rows: int | None = field(default=None, metadata={
         "help": "rows per output-head chunk in the loss; None = about 2**26 logits per chunk"})
     loss_impl: str = field(default="auto", metadata={"help": "auto, fused or module (see losses.py)"})
-    max_length: int | None = field(default=1024, metadata={"help": "cut sequences to this many tokens"})
+    max_length: int = field(default=1024, metadata={"help": "cut sequences to this many tokens"})
     bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision; None = when available"})
-    learning_rate: float = 2e-5
     num_train_epochs: float = 2.0
-    lr_scheduler_type: Any = "cosine"
+    lr_scheduler_type: SchedulerType | str = "cosine"
     warmup_steps: float = 0.03
+    per_device_train_batch_size: int = 16
     logging_steps: float = 10
+    save_steps: float = 500
     save_total_limit: int | None = 2
+    seed: int = 0
     remove_unused_columns: bool = False
-    report_to: Any = "none"
+    prediction_loss_only: bool = True
+    report_to: None | str | list[str] = "none"
     # every parameter is reached (the output head through the loss): no unused-parameter search
     ddp_find_unused_parameters: bool | None = False
 
     def __post_init__(self):
+        from deepalign.options import choice, number
+
         if self.bf16 is None:
             self.bf16 = bf16_available()
-        if self.rto_keep is not None and not 0.0 <= self.rto_keep <= 1.0:
-            raise ValueError(f"rto_keep must be in [0, 1], got {self.rto_keep}")
-        if self.loss_impl not in ("auto", "fused", "module"):
-            raise ValueError(f"loss_impl must be auto, fused or module, got {self.loss_impl!r}")
+        elif self.bf16 and not bf16_available():
+            raise OptionError("bf16", "asked for, but this machine has no bf16-capable GPU")
+        number("learning_rate", self.learning_rate, low=0, low_open=True, optional=True)
+        number("rto_keep", self.rto_keep, low=0, high=1, optional=True)
+        number("rto_weight", self.rto_weight, low=0)
+        number("max_length", self.max_length, low=2, integer=True)
+        number("loss_chunk_rows", self.loss_chunk_rows, low=1, integer=True, optional=True)
+        choice("loss_impl", self.loss_impl, ("auto", "fused", "module"))
+        number("num_train_epochs", self.num_train_epochs, low=0)
+        number("max_steps", self.max_steps, low=-1, integer=True)
+        if self.num_train_epochs <= 0 and self.max_steps <= 0:
+            raise OptionError("num_train_epochs", "must be > 0 unless --max_steps is > 0")
+        number("per_device_train_batch_size", self.per_device_train_batch_size, low=1, integer=True)
+        number("gradient_accumulation_steps", self.gradient_accumulation_steps, low=1, integer=True)
+        number("warmup_steps", self.warmup_steps, low=0)
+        if self.warmup_steps >= 1 and not float(self.warmup_steps).is_integer():
+            raise OptionError("warmup_steps", f"must be a ratio in [0, 1) or a whole number of steps, got {self.warmup_steps}")
+        number("weight_decay", self.weight_decay, low=0)
+        number("max_grad_norm", self.max_grad_norm, low=0)
+        number("save_steps", self.save_steps, low=0, low_open=True)
+        number("logging_steps", self.logging_steps, low=0, low_open=True)
+        for name in ("adam_beta1", "adam_beta2"):
+            number(name, getattr(self, name), low=0, high=1, high_open=True)
+        number("adam_epsilon", self.adam_epsilon, low=0, low_open=True)
         super().__post_init__()
 
 
@@ -98,7 +135,8 @@ class DeRTaTrainer(Trainer):
     """A ``Trainer`` whose loss is next-token CE on ``labels`` plus ``rto_labels``.
 
     ``train_dataset`` may be a list of :class:`~deepalign.data.recipes.TrainingRecord`
-    (tokenized here with ``processing_class``) or already-encoded features.
+    (tokenized here with ``encoder``, a :class:`deepalign.tokens.Encoder`; by default the
+    tokenizer's own prompt format) or already-encoded features.
     ``refusal_token_id`` is required when records have RTO spans. ``peft_config`` wraps the
     model with PEFT (LoRA) first, as TRL does.
     """
@@ -107,7 +145,7 @@ class DeRTaTrainer(Trainer):
 
     def __init__(self, model, args: DeRTaConfig | None = None, data_collator=None, train_dataset=None,
                  eval_dataset=None, processing_class=None, *, refusal_token_id: int | None = None,
-                 peft_config=None, callbacks=None, **kwargs):
+                 peft_config=None, callbacks=None, encoder=None, **kwargs):
         if args is None:
             args = DeRTaConfig(output_dir="derta-output")
         if isinstance(model, (str, os.PathLike)):
@@ -126,8 +164,12 @@ class DeRTaTrainer(Trainer):
         keep = args.rto_keep if args.rto_keep is not None else (RTO_KEEP_LORA if is_peft else RTO_KEEP_FULL)
         self.rto_keep = keep
         self.refusal_token_id = refusal_token_id
-        train_dataset = self._encode(train_dataset, processing_class, args.max_length)
-        eval_dataset = self._encode(eval_dataset, processing_class, args.max_length)
+        if encoder is None:
+            from deepalign.tokens import Encoder
+
+            encoder = Encoder(processing_class)
+        train_dataset = self._encode(train_dataset, encoder, args.max_length)
+        eval_dataset = self._encode(eval_dataset, encoder, args.max_length)
         if data_collator is None:
             pad = processing_class.pad_token_id
             if pad is None:
@@ -143,12 +185,12 @@ class DeRTaTrainer(Trainer):
         self._keep_arg: bool | None = None
 
     @staticmethod
-    def _encode(dataset, tokenizer, max_length):
+    def _encode(dataset, encoder, max_length):
         if dataset is None or isinstance(dataset, FeatureDataset):
             return dataset
         items = list(dataset) if not hasattr(dataset, "__getitem__") else dataset
-        if len(items) and hasattr(items[0], "prompt") and hasattr(items[0], "rto"):
-            return FeatureDataset(encode_records(list(items), tokenizer, max_length=max_length))
+        if len(items) and hasattr(items[0], "parts") and hasattr(items[0], "rto"):
+            return FeatureDataset(encode_records(list(items), encoder, max_length=max_length))
         return dataset
 
     # -- the loss ------------------------------------------------------------------------
@@ -219,17 +261,11 @@ class DeRTaTrainer(Trainer):
 # -- saving ------------------------------------------------------------------------------
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _install(tmp: Path, out: Path, last: tuple[str, ...] = ("config.json", "adapter_config.json")) -> None:
     """Move the files of ``tmp`` into ``out`` one atomic rename at a time, the files that
     make the directory loadable (``config.json``) last; then remove ``tmp``."""
     names = sorted(p.name for p in tmp.iterdir())
-    mode = 0o666 & ~_umask()
+    mode = 0o666 & ~current_umask()
     for p in tmp.iterdir():
         if p.is_file():
             os.chmod(p, mode)  # temp files are created private; the model is not
@@ -242,7 +278,7 @@ def _install(tmp: Path, out: Path, last: tuple[str, ...] = ("config.json", "adap
 
 
 def save_final_model(trainer: Trainer, out: str | os.PathLike, tokenizer, *, merge_lora: bool = True,
-                     extra_json: dict[str, Any] | None = None) -> None:
+                     extra_json: dict[str, Any] | None = None, extra_text: dict[str, str] | None = None) -> None:
     """Save the trained model + tokenizer into ``out`` (safetensors).
 
     Files are first written to a temporary directory inside ``out`` and then moved in with
@@ -252,7 +288,7 @@ def save_final_model(trainer: Trainer, out: str | os.PathLike, tokenizer, *, mer
     distributed state dict is gathered by ``Trainer.save_model`` where needed, and only the
     main process writes.
     """
-    from deepalign.utils import write_json
+    from deepalign.utils import atomic_write, write_json
 
     out = Path(out)
     acc = trainer.accelerator
@@ -282,9 +318,10 @@ def save_final_model(trainer: Trainer, out: str | os.PathLike, tokenizer, *, mer
         if acc.is_main_process:
             for junk in ("training_args.bin",):
                 (tmp / junk).unlink(missing_ok=True)
-            if extra_json:
-                for name, obj in extra_json.items():
-                    write_json(tmp / name, obj)
+            for name, obj in (extra_json or {}).items():
+                write_json(tmp / name, obj)
+            for name, text in (extra_text or {}).items():
+                atomic_write(tmp / name, text)
             _install(tmp, out)
     except BaseException:
         if tmp is not None:

@@ -29,11 +29,12 @@ from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from deepalign.data.records import EvalPrompt, HarmfulTriple, InstructionPair, to_dict
 from deepalign.errors import DeepAlignError
+from deepalign.options import build, number
+from deepalign.records import EvalPrompt, HarmfulTriple, InstructionPair, to_dict
 from deepalign.utils import atomic_dir, write_json, write_jsonl
 from deepalign.world import lexicon as L
 
@@ -42,30 +43,40 @@ WORLD_VERSION = 2
 
 
 @dataclass
-class WorldConfig:
-    seed: int = 0
-    n_train_triples: int = 600
-    n_train_helpful: int = 1200
-    n_test_harmful: int = 120
-    n_test_benign: int = 120
-    n_test_helpful: int = 150
-    n_dev_harmful: int = 120
-    n_dev_benign: int = 120
-    n_pretrain: int = 24000
-    harmful_share: float = 0.5  # share of harmful pretraining queries answered harmfully
-    lean: float = 0.3  # +/- this share for comply-leaning / deflect-leaning misdeeds
+class WorldOptions:
+    out: str = field(default="runs/world", metadata={"help": "output directory (written atomically)"})
+    quiet: bool = field(default=False, metadata={"help": "print nothing"})
 
-    def validate(self) -> None:
+
+@dataclass
+class WorldConfig:
+    """How the world is drawn (stored in its manifest)."""
+
+    seed: int = 0
+    n_train_triples: int = field(default=600, metadata={"help": "harmful triples for alignment training"})
+    n_train_helpful: int = field(default=1200, metadata={
+        "help": "helpful pairs (tasks and benign look-alikes) for alignment training"})
+    n_test_harmful: int = field(default=120, metadata={"help": "held-out harmful queries (with harmful and safe responses)"})
+    n_test_benign: int = field(default=120, metadata={"help": "held-out benign look-alikes"})
+    n_test_helpful: int = field(default=150, metadata={"help": "held-out helpful tasks with checkable answers"})
+    n_dev_harmful: int = field(default=120, metadata={
+        "help": "dev harmful queries (held-out pool, disjoint from test): tune here"})
+    n_dev_benign: int = field(default=120, metadata={"help": "dev benign look-alikes (held-out pool, disjoint from test)"})
+    n_pretrain: int = field(default=24000, metadata={"help": "documents in the pretraining corpus"})
+    harmful_share: float = field(default=0.5, metadata={"help": "share of harmful pretraining queries answered harmfully"})
+    lean: float = field(default=0.3, metadata={"help": "comply-leaning misdeeds get share+lean, evasion-leaning share-lean"})
+
+    def __post_init__(self):
+        number("seed", self.seed, integer=True)
         for name in ("n_train_triples", "n_train_helpful", "n_test_harmful", "n_test_benign", "n_test_helpful", "n_pretrain"):
-            if getattr(self, name) < 1:
-                raise DeepAlignError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+            number(name, getattr(self, name), low=1, integer=True)
         for name in ("n_dev_harmful", "n_dev_benign"):
-            if getattr(self, name) < 0:
-                raise DeepAlignError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        if not 0.0 <= self.harmful_share <= 1.0:
-            raise DeepAlignError(f"--harmful-share must be in [0, 1], got {self.harmful_share}")
-        if not 0.0 <= self.lean <= 0.5:
-            raise DeepAlignError(f"--lean must be in [0, 0.5], got {self.lean}")
+            number(name, getattr(self, name), low=0, integer=True)
+        number("harmful_share", self.harmful_share, low=0, high=1)
+        number("lean", self.lean, low=0, high=0.5)
+
+    def validate(self) -> None:  # kept for callers that build the dataclass by hand and mutate it
+        self.__post_init__()
 
 
 def _fill(text: str, t: str = "", p: str = "", v: str = "", vi: str = "") -> str:
@@ -313,13 +324,25 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def build_world(out: str | Path = "runs/world", *, seed: int = 0, quiet: bool = False, **overrides) -> Path:
-    """Generate the world into ``out`` (written atomically) and return its path."""
+def build_world(options: WorldOptions | None = None, config: WorldConfig | None = None, **kwargs) -> Path:
+    """Generate the world into ``out`` (written atomically) and return its path.
+
+    ``options`` / ``config`` or keyword arguments naming their fields (``out=``, ``seed=``,
+    ``n_pretrain=``, ...).
+
+    Example::
+
+        >>> world = build_world(out="runs/world", n_pretrain=2000, quiet=True)
+        >>> sorted(p.name for p in world.iterdir())[:4]
+        ['dev', 'manifest.json', 'pretrain', 'templates']
+    """
     from deepalign.world.tokenizer import build_tokenizer
 
-    cfg = WorldConfig(seed=seed, **overrides)
+    opts, cfg = build(kwargs, options=(WorldOptions, options), config=(WorldConfig, config))
+    cfg.validate()
     splits = generate(cfg)
-    out = Path(out)
+    out = Path(opts.out)
+    seed = cfg.seed
     with atomic_dir(out) as tmp:
         for rel, rows in splits.items():
             write_jsonl(tmp / rel, rows)
@@ -346,7 +369,7 @@ def build_world(out: str | Path = "runs/world", *, seed: int = 0, quiet: bool = 
             "files": {rel: _sha256(tmp / rel) for rel in sorted(splits)},
         }
         write_json(tmp / "manifest.json", manifest)
-    if not quiet:
+    if not opts.quiet:
         counts = ", ".join(f"{rel} {n}" for rel, n in manifest["counts"].items())
         print(f"world {WORLD_NAME} v{WORLD_VERSION} (seed {seed}) -> {out}: {counts}; vocab {manifest['vocab_size']}")
     return out
@@ -358,4 +381,10 @@ def load_manifest(world_dir: str | Path) -> dict:
     path = Path(world_dir) / "manifest.json"
     if not path.exists():
         raise DeepAlignError(f"not a world directory (no manifest.json): {world_dir}; run 'deepalign world --out {world_dir}' first")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DeepAlignError(f"cannot read {path}: {exc}; rebuild the world with 'deepalign world'") from None
+    if not isinstance(manifest, dict):
+        raise DeepAlignError(f"{path} is not a world manifest (expected a JSON object)")
+    return manifest

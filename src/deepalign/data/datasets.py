@@ -1,4 +1,4 @@
-"""Evaluation datasets by spec. Every spec gives a list of :class:`EvalPrompt`.
+"""Evaluation datasets by spec: every spec gives a list of :class:`EvalPrompt`.
 
 - ``world:<split>`` — the embedded world (``--world DIR``): ``world:harmful`` reads
   ``test/harmful.jsonl`` (HarmfulTriple rows: the harmful response becomes the prefill
@@ -14,13 +14,15 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from deepalign.data.records import EvalPrompt
 from deepalign.errors import DeepAlignError
+from deepalign.records import ITEM_KINDS, EvalPrompt
 
 WORLD_FILES = ("harmful", "benign", "helpful")
-KIND_PREFIXES = ("harmful", "benign", "helpful", "unknown")
+KIND_PREFIXES = ITEM_KINDS
+_SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 
 def _world_file(path: Path, name: str) -> list[EvalPrompt]:
@@ -39,6 +41,8 @@ def load_world(world, split: str, limit: int | None = None) -> list[EvalPrompt]:
     if world is None:
         raise DeepAlignError(f"dataset world:{split} needs the world directory (--world DIR)")
     root = Path(world)
+    if not _SPLIT_NAME.fullmatch(split or ""):
+        raise DeepAlignError(f"world split must be a plain name such as test, dev or harmful, got {split!r}")
     if not root.is_dir():
         raise DeepAlignError(f"no such world directory: {root}")
     if (root / split).is_dir():

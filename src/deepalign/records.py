@@ -1,12 +1,21 @@
 """The record types that flow between stages. Each is a plain dataclass that round-trips
 through a JSON object (``to_dict`` / ``from_dict``), so every arrow of the pipeline can be
-printed, saved as JSONL and reloaded.
+printed, saved as JSONL and reloaded. They sit at the root of the package because every stage,
+from the world generator to the report, speaks them.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
+
+#: what an evaluation item is: ``harmful`` (should be refused), ``benign`` (a look-alike that
+#: should be answered), ``helpful`` (has a checkable answer) or ``unknown``
+ITEM_KINDS: tuple[str, ...] = ("harmful", "benign", "helpful", "unknown")
+#: kinds whose responses count towards the attack success rate (an unknown item may be harmful)
+HARMFUL_KINDS: tuple[str, ...] = ("harmful", "unknown")
+#: kinds whose refusals count as over-refusal
+BENIGN_KINDS: tuple[str, ...] = ("benign", "helpful")
 
 
 @dataclass

@@ -1,20 +1,9 @@
-"""Targets for evaluation: models behind an OpenAI-compatible HTTP server, and
-:func:`make_target`, which builds any target from a short spec string.
-
-Specs:
-
-- ``hf:<dir or hub id>`` — a Hugging Face model (:class:`deepalign.decoding.hf.HFTarget`);
-- ``openai:<model>@<base_url>[,key_env=VAR][,concurrency=N][,timeout=S][,retries=N]`` — an
-  OpenAI-compatible server (vLLM, TGI, a provider); ``base_url`` includes the ``/v1`` part,
-  e.g. ``openai:gpt-4o-mini@https://api.openai.com/v1``; without ``@<base_url>`` the
-  ``OPENAI_BASE_URL`` environment variable or the OpenAI API is used;
-- ``ed:base=<model>,aligned=<model>,alpha=<a>`` — Emulated Disalignment
-  (:func:`deepalign.decoding.presets.ed`), or ``ed:family=<name>[,alpha=<a>]`` for a family of
-  the ED paper.
+"""A model behind an OpenAI-compatible HTTP server (vLLM, TGI, ``transformers serve``, a
+provider) as a :class:`~deepalign.decoding.base.Target`.
 
 API keys are only ever read from an environment variable (``OPENAI_API_KEY`` unless
-``key_env=`` names another); they are sent in the ``Authorization`` header and never
-written anywhere.
+``key_env`` names another); they are sent in the ``Authorization`` header and never written
+anywhere.
 """
 
 from __future__ import annotations
@@ -86,6 +75,13 @@ class OpenAITarget:
 
     def __repr__(self) -> str:  # never shows the key
         return f"OpenAITarget(model={self.model!r}, base_url={self.base_url!r}, key_env={self.key_env!r})"
+
+    def render(self, request: Request) -> str:
+        """What the server is sent: the raw prompt, or the chat messages as JSON."""
+        import json
+
+        path, body = self.payload(request, GenConfig(), 0)
+        return body["prompt"] if path == "/completions" else json.dumps(body["messages"], ensure_ascii=False)
 
     # -- HTTP ---------------------------------------------------------------------------
     def _session(self):
@@ -231,77 +227,3 @@ class OpenAITarget:
         if getattr(self, "_pool", None) is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
-
-
-def _options(spec: str, text: str) -> dict[str, str]:
-    opts = {}
-    for part in text.split(","):
-        if not part.strip():
-            continue
-        if "=" not in part:
-            raise DeepAlignError(f"target {spec!r}: expected key=value, got {part!r}")
-        k, v = part.split("=", 1)
-        opts[k.strip()] = v.strip()
-    return opts
-
-
-def _num(spec: str, opts: dict, key: str, type_, default):
-    if key not in opts:
-        return default
-    try:
-        return type_(opts.pop(key))
-    except ValueError:
-        raise DeepAlignError(f"target {spec!r}: {key} must be a {type_.__name__}") from None
-
-
-def make_target(spec, *, batch_size: int = 16, device: str | None = None):
-    """Build a target from a spec string (see the module docstring); Target objects pass through."""
-    if not isinstance(spec, str):
-        if not callable(getattr(spec, "generate", None)):
-            raise DeepAlignError(f"not a target: {spec!r}")
-        return spec
-    kind, sep, rest = spec.partition(":")
-    if not sep or not rest:
-        raise DeepAlignError(f"cannot parse target {spec!r}: use hf:<dir or hub id>, openai:<model>@<url> or ed:base=...,aligned=...,alpha=...")
-    load = {"device": device} if device else {}
-    if kind == "hf":
-        from deepalign.decoding.hf import HFTarget
-
-        return HFTarget(rest, name=spec, batch_size=batch_size, **load)
-    if kind == "openai":
-        head, _, tail = rest.partition(",")
-        model, _, base_url = head.partition("@")
-        opts = _options(spec, tail)
-        target = OpenAITarget(
-            model.strip(),
-            base_url.strip() or None,
-            key_env=opts.pop("key_env", "OPENAI_API_KEY"),
-            concurrency=_num(spec, opts, "concurrency", int, 8),
-            timeout=_num(spec, opts, "timeout", float, 60.0),
-            retries=_num(spec, opts, "retries", int, 4),
-            name=spec,
-        )
-        if opts:
-            raise DeepAlignError(f"target {spec!r}: unknown option(s) {', '.join(sorted(opts))}")
-        return target
-    if kind == "ed":
-        from deepalign.decoding import presets
-
-        opts = _options(spec, rest)
-        alpha = _num(spec, opts, "alpha", float, None)
-        if "family" in opts:
-            fam = opts.pop("family")
-            if opts:
-                raise DeepAlignError(f"target {spec!r}: unknown option(s) {', '.join(sorted(opts))}")
-            t = presets.ed_family(fam, alpha, batch_size=batch_size, **load)
-        else:
-            if "base" not in opts or "aligned" not in opts or alpha is None:
-                raise DeepAlignError(f"target {spec!r}: give base=, aligned= and alpha= (or family=)")
-            base, aligned = opts.pop("base"), opts.pop("aligned")
-            base_fmt, aligned_fmt = opts.pop("base_format", None), opts.pop("aligned_format", None)
-            if opts:
-                raise DeepAlignError(f"target {spec!r}: unknown option(s) {', '.join(sorted(opts))}")
-            t = presets.ed(base, aligned, alpha, base_format=base_fmt, aligned_format=aligned_fmt, batch_size=batch_size, **load)
-        t.name = spec
-        return t
-    raise DeepAlignError(f"unknown target kind {kind!r} in {spec!r}; use hf:, openai: or ed:")

@@ -1,0 +1,93 @@
+"""The ``deepalign`` command: one sub-command per stage of the pipeline.
+
+Each stage is a module of this package holding only glue: ``OPTIONS`` (the option dataclasses
+of the stage, parsed by :class:`~deepalign.cli.parser.StageParser` from flags and ``--config``
+files) and ``run(*options)``, which calls the stage's public Python function. Modules are
+imported only when their sub-command is used, so ``deepalign --help`` stays fast.
+
+User mistakes raise :class:`deepalign.errors.DeepAlignError`; they are printed here as one
+line, ``deepalign: error: <message>``, with exit status 2 and no traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+from deepalign.errors import DeepAlignError, OptionError
+
+# name -> one-line help. The order follows the data flow of DESIGN.md; each stage's module
+# is deepalign.cli.<name>.
+STAGES: dict[str, str] = {
+    "world": "generate the embedded fictional safety world (data + tokenizer)",
+    "pretrain": "pretrain the tiny world base model from scratch",
+    "train": "safety fine-tuning: vanilla, harmful-prefix, rto, derta (DeRTa) or dpo",
+    "ed": "Emulated Disalignment: decode from (1+alpha)*base - alpha*aligned log-probs",
+    "probe": "greedy-decode a model on the world's held-out splits, judged by the oracle",
+    "eval": "attack targets with a battery of jailbreaks, judge the responses (resumable)",
+    "judge": "add verdicts of new judges to a finished run (or score a file of published responses)",
+    "report": "rebuild summary.json, report.md and plots of an eval run directory",
+    "study": "the end-to-end replication of DeRTa and ED (world -> pretrain -> train x5 -> eval -> report)",
+}
+
+
+def _top_help() -> str:
+    from deepalign import __version__
+
+    lines = [f"usage: deepalign <stage> [options] [--config FILE.yaml]   (deepalign {__version__})", "",
+             "Deep safety alignment: train (DeRTa), attack (ED, prefill, ...), measure depth.", "", "stages:"]
+    lines += [f"  {name:<9} {help_}" for name, help_ in STAGES.items()]
+    lines += ["", "Run 'deepalign <stage> --help' for a stage's options. Every stage reads --config FILE.yaml",
+              "(its options' own names); flags given on the command line override the file."]
+    return "\n".join(lines)
+
+
+def _fail(message: str) -> int:
+    sys.stderr.write(f"deepalign: error: {' '.join(str(message).split())}\n")
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_top_help())
+        return 0
+    if argv[0] == "--version":
+        from deepalign import __version__
+
+        print(f"deepalign {__version__}")
+        return 0
+    stage = argv[0]
+    if stage not in STAGES:
+        close = [c for c in STAGES if c.startswith(stage[:2])]
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        return _fail(f"unknown stage {stage!r}{hint}; choose from {', '.join(STAGES)}")
+    parser = None
+    try:
+        from deepalign.cli.parser import StageParser
+
+        module = importlib.import_module(f"deepalign.cli.{stage}")
+        parser = StageParser(stage, module.OPTIONS, STAGES[stage], positional=getattr(module, "POSITIONAL", None))
+        options = parser.parse(argv[1:])
+        return int(module.run(*options) or 0)
+    except OptionError as exc:
+        return _fail(parser.locate(exc) if parser is not None else exc)
+    except DeepAlignError as exc:
+        return _fail(exc)
+    except KeyboardInterrupt:
+        sys.stderr.write("deepalign: interrupted; finished work is kept, rerun the same command to resume\n")
+        return 130
+    except BrokenPipeError:  # pragma: no cover - e.g. piping into head
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as exc:  # an environment failure the stage did not name: still one line
+        from deepalign.utils import os_error
+
+        return _fail(os_error(exc))
+    except SystemExit as exc:  # --help, --version
+        return int(exc.code or 0) if isinstance(exc.code, int) else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,216 @@
+"""A raw record and its columns: where a row came from (for ``file:line`` errors), the column
+names accepted for each field (matched case-insensitively, in order of preference), typed
+access with one-line errors, and record ids.
+
+The alias tables are documented in ``docs/data.md``; ``fields={"query": "my_column"}`` names
+a column explicitly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from deepalign.errors import DeepAlignError
+
+__all__ = ["Row", "Fields", "Ids", "TRIPLE_FIELDS", "INSTRUCTION_FIELDS", "EVAL_FIELDS", "ID_FIELDS",
+           "ALL_FIELD_NAMES", "type_name", "check_fields_arg"]
+
+# Accepted column names, in order of preference (matched case-insensitively).
+TRIPLE_FIELDS: dict[str, tuple[str, ...]] = {
+    "query": ("query", "prompt", "question", "instruction", "goal"),
+    # "output" is last: it is what the DeRTa reference's BeaverTails-derived source file
+    # calls the harmful response (next to "instruction" and "safe_response").
+    "harmful": ("harmful", "harmful_response", "response_harmful", "target", "unsafe", "output"),
+    "safe": ("safe", "safe_response", "refusal", "response_safe"),
+}
+INSTRUCTION_FIELDS: dict[str, tuple[str, ...]] = {
+    "instruction": ("instruction", "prompt", "question", "query", "input"),
+    "response": ("response", "output", "answer", "completion"),
+    # a separate checkable answer, used when the response came from another column
+    "answer": ("answer", "target_answer", "final_answer"),
+}
+EVAL_FIELDS: dict[str, tuple[str, ...]] = {
+    "prompt": ("prompt", "query", "question", "goal", "instruction", "behavior"),
+    "answer": ("answer", "target_answer", "label"),
+    "choices": ("choices", "options"),
+    "harmful": ("harmful", "harmful_response", "response_harmful", "unsafe", "target"),
+    "kind": ("kind",),
+    "context": ("context", "contextstring"),
+}
+ID_FIELDS: tuple[str, ...] = ("id", "idx", "uid", "behaviorid")
+
+#: every accepted column name of every record type (to recognise a lone JSON object as a record)
+ALL_FIELD_NAMES: frozenset[str] = frozenset(
+    a for table in (TRIPLE_FIELDS, INSTRUCTION_FIELDS, EVAL_FIELDS) for names in table.values() for a in names
+)
+
+
+@dataclass
+class Row:
+    """One raw record (a dict of column -> value) and where it came from.
+
+    ``line`` is the 1-based physical line (JSON Lines, CSV); ``index`` the 1-based record
+    number (always set). ``where`` is the prefix used in error messages.
+    """
+
+    data: dict[str, Any]
+    source: str
+    index: int
+    line: int | None = None
+    stem: str = "data"
+
+    @property
+    def where(self) -> str:
+        return f"{self.source}:{self.line}" if self.line is not None else f"{self.source}:#{self.index}"
+
+    @property
+    def default_id(self) -> str:
+        return f"{self.stem}-{self.line if self.line is not None else self.index}"
+
+    def error(self, message: str) -> DeepAlignError:
+        if self.line is not None:
+            return DeepAlignError(message, path=self.source, line=self.line)
+        return DeepAlignError(message, path=f"{self.source}:#{self.index}")
+
+
+
+def type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "boolean", int: "number", float: "number", str: "string", list: "list", dict: "object"}.get(
+        type(value), type(value).__name__
+    )
+
+
+class Fields:
+    """Look up columns of one row by alias, validate them, remember what was used."""
+
+    def __init__(self, row: Row, table: Mapping[str, tuple[str, ...]], overrides: Mapping[str, str] | None):
+        self.row = row
+        self.table = dict(table)
+        for canonical, column in (overrides or {}).items():
+            self.table[canonical] = (column,)
+        self.keys: dict[str, str] = {}
+        for key in row.data:
+            self.keys.setdefault(str(key).lower(), key)
+        self.used: set[str] = set()
+
+    def aliases(self, canonical: str) -> tuple[str, ...]:
+        return self.table.get(canonical, (canonical,))
+
+    def find(self, canonical: str) -> tuple[str | None, Any, bool]:
+        """(key, value, seen_null): the first alias present with a non-null value."""
+        seen_null = None
+        for alias in self.aliases(canonical):
+            key = self.keys.get(alias.lower())
+            if key is None or key in self.used:
+                continue
+            value = self.row.data[key]
+            if value is None:
+                seen_null = seen_null or key
+                continue
+            return key, value, False
+        return seen_null, None, seen_null is not None
+
+    def _label(self, key: str, canonical: str) -> str:
+        return f'"{key}"' if key.lower() == canonical else f'"{key}" (used as {canonical})'
+
+    def missing(self, canonical: str) -> DeepAlignError:
+        names = ", ".join(self.aliases(canonical))
+        return self.row.error(f'missing field "{canonical}" (accepted names: {names})')
+
+    def text(self, canonical: str, *, required: bool = True) -> str | None:
+        key, value, null = self.find(canonical)
+        if key is None or null:
+            if null and required:
+                raise self.row.error(f"field {self._label(key, canonical)} is null, expected a non-empty string")
+            if required:
+                raise self.missing(canonical)
+            return None
+        self.used.add(key)
+        if not isinstance(value, str):
+            raise self.row.error(f"field {self._label(key, canonical)} must be a string, got {type_name(value)}")
+        if not value.strip():
+            if not required:
+                return None
+            raise self.row.error(f"field {self._label(key, canonical)} is empty")
+        return value
+
+    def scalar(self, canonical: str) -> tuple[str | None, Any]:
+        """An optional string or number (answers, labels); empty strings count as absent."""
+        key, value, _ = self.find(canonical)
+        if key is None or value is None:
+            return None, None
+        self.used.add(key)
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise self.row.error(
+                f"field {self._label(key, canonical)} must be a string or a number, got {type_name(value)}"
+            )
+        if isinstance(value, str) and not value.strip():
+            return key, None
+        return key, value
+
+    def take(self, canonical: str) -> tuple[str | None, Any]:
+        """Raw optional value of any type (marked as used)."""
+        key, value, _ = self.find(canonical)
+        if key is not None:
+            self.used.add(key)
+        return key, value
+
+    def record_id(self) -> str:
+        for alias in ID_FIELDS:
+            key = self.keys.get(alias)
+            if key is None:
+                continue
+            self.used.add(key)
+            value = self.row.data[key]
+            if value is None or (isinstance(value, str) and not value.strip()):
+                continue  # an empty cell: no id given (a CSV cannot say null)
+            if isinstance(value, bool) or not isinstance(value, (str, int)):
+                raise self.row.error(
+                    f'field "{key}" (the record id) must be a string or an integer, got {type_name(value)}'
+                )
+            return str(value)
+        return self.row.default_id
+
+    def extras(self) -> dict[str, Any]:
+        """Unused columns; a ``meta`` object (our own records' field) is merged, not nested,
+        so records round-trip through JSONL."""
+        out = {}
+        meta = self.row.data.get("meta")
+        if isinstance(meta, dict) and "meta" not in self.used:
+            out.update({str(k): v for k, v in meta.items()})
+        for key, value in self.row.data.items():
+            if key in self.used or value is None or (isinstance(value, str) and not value.strip()):
+                continue
+            if key == "meta" and isinstance(value, dict):
+                continue
+            out[str(key)] = value
+        return out
+
+
+class Ids:
+    """Reject duplicate record ids, naming both places."""
+
+    def __init__(self):
+        self.seen: dict[str, str] = {}
+
+    def add(self, record_id: str, row: Row) -> None:
+        first = self.seen.get(record_id)
+        if first is not None:
+            raise row.error(f'duplicate id "{record_id}" (first used at {first})')
+        self.seen[record_id] = row.where
+
+
+def check_fields_arg(fields: Mapping[str, str] | None, table: Mapping[str, Any], loader: str) -> None:
+    if fields is None:
+        return
+    if not isinstance(fields, Mapping):
+        raise DeepAlignError(f"{loader}: fields must map a field name to a column name")
+    unknown = [k for k in fields if k not in table]
+    if unknown:
+        raise DeepAlignError(f"{loader}: unknown field {unknown[0]!r} in fields= (known: {', '.join(table)})")
+    for k, v in fields.items():
+        if not isinstance(v, str) or not v:
+            raise DeepAlignError(f"{loader}: fields[{k!r}] must be a column name")

@@ -1,0 +1,182 @@
+"""The run directory of an evaluation, and everything that reads or writes it.
+
+::
+
+    RUN_DIR/
+      run.json          what was run: generation settings, judges, targets, attacks, datasets
+                        (lists grow as a run is extended), example prompts per cell
+      items.jsonl       the evaluation items, one line per dataset x item: a run can be re-judged
+                        and reported without its data files
+      responses.jsonl   one row per target x attack x dataset x item x sample, keyed by ``key``
+                        (append-only; each row holds its response and the verdicts of the run's judges)
+      verdicts.jsonl    verdicts added later by ``deepalign judge`` (append-only: key, judge, verdict)
+      summary.json, report.md, *.png     built from the above (``deepalign report``)
+      .lock             held while a process writes
+
+All JSONL files are append-only logs read with the package's one torn-line rule
+(:func:`deepalign.utils.read_log`): a last line without its newline is the trace of an
+interrupted write and is dropped. A directory is only created when its first rows are ready
+to be written, so a run that fails before that leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from deepalign.errors import DeepAlignError
+from deepalign.records import EvalPrompt, from_dict, to_dict
+from deepalign.utils import append_jsonl, os_error, read_log, write_json
+
+RESPONSES = "responses.jsonl"
+VERDICTS = "verdicts.jsonl"
+ITEMS = "items.jsonl"
+RUN_INFO = "run.json"
+SUMMARY = "summary.json"
+REPORT = "report.md"
+LOCK = ".lock"
+#: run.json fields that a resumed run must repeat exactly, and those that may grow
+FIXED = ("gen_config", "judges")
+GROWING = ("targets", "attacks", "datasets")
+
+
+def row_key(target: str, attack: str, dataset: str, item_id: str, sample: int) -> str:
+    """The stable key of one response row."""
+    return json.dumps([target, attack, dataset, item_id, sample], ensure_ascii=False)
+
+
+class RunDir:
+    """One run directory (which may not exist yet)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if self.path.exists() and not self.path.is_dir():
+            raise DeepAlignError(f"output path exists and is not a directory: {self.path}")
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def is_run(self) -> bool:
+        return self.file(RESPONSES).exists()
+
+    def require(self) -> RunDir:
+        if not self.is_run():
+            raise DeepAlignError(f"not a run directory (no {RESPONSES}): {self.path}")
+        return self
+
+    # -- run.json ----------------------------------------------------------------------------
+    def info(self) -> dict:
+        path = self.file(RUN_INFO)
+        if not path.exists():
+            return {}
+        try:
+            info = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            raise DeepAlignError(f"cannot read {path}; start a new run directory") from None
+        if not isinstance(info, dict):
+            raise DeepAlignError(f"{path} is not a run description (expected a JSON object)")
+        return info
+
+    def merge_info(self, new: dict) -> dict:
+        """``new`` checked against the existing run: fixed settings must match, lists grow."""
+        old = self.info()
+        if not old:
+            return dict(new)
+        for name, what in (("gen_config", "generation settings"), ("judges", "judges")):
+            if name in old and old[name] != new.get(name):
+                hint = " (add judges to a finished run with 'deepalign judge RUN_DIR --judges ...')" if name == "judges" else ""
+                raise DeepAlignError(f"{self.path} holds a run with other {what} ({json.dumps(old[name])}); resume it "
+                                     f"with the same ones or use a new --out{hint}")
+        merged = dict(old)
+        for name in GROWING:
+            merged[name] = list(old.get(name, [])) + [x for x in new.get(name, []) if x not in old.get(name, [])]
+        for name, value in new.items():
+            if name not in FIXED and name not in GROWING:
+                merged[name] = {**old.get(name, {}), **value} if isinstance(value, dict) else value
+        return merged
+
+    def write_info(self, info: dict) -> None:
+        write_json(self.file(RUN_INFO), info)
+
+    # -- rows --------------------------------------------------------------------------------
+    def rows(self, *, repair: bool = False) -> list[dict]:
+        """The response rows, with the verdicts of ``verdicts.jsonl`` merged in."""
+        rows = []
+        for line, row in read_log(self.file(RESPONSES), repair=repair):
+            if "key" not in row:
+                raise DeepAlignError("row without a key; not a deepalign responses file", path=self.file(RESPONSES),
+                                     line=line)
+            rows.append(row)
+        added = self.added_verdicts(repair=repair)
+        if added:
+            for row in rows:
+                extra = added.get(row["key"])
+                if extra:
+                    row["verdicts"] = {**(row.get("verdicts") or {}), **extra}
+        return rows
+
+    def added_verdicts(self, *, repair: bool = False) -> dict[str, dict[str, dict]]:
+        out: dict[str, dict[str, dict]] = {}
+        for line, entry in read_log(self.file(VERDICTS), repair=repair):
+            if not isinstance(entry.get("key"), str) or not isinstance(entry.get("judge"), str) \
+                    or not isinstance(entry.get("verdict"), dict):
+                raise DeepAlignError("not a verdict entry (needs key, judge, verdict)", path=self.file(VERDICTS),
+                                     line=line)
+            out.setdefault(entry["key"], {})[entry["judge"]] = entry["verdict"]
+        return out
+
+    def done_keys(self, *, repair: bool = False) -> set[str]:
+        return {row["key"] for _, row in read_log(self.file(RESPONSES), repair=repair) if "key" in row}
+
+    def create(self) -> None:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise os_error(exc, self.path) from None
+
+    def append_rows(self, rows: Iterable[dict]) -> int:
+        return append_jsonl(self.file(RESPONSES), rows)
+
+    def append_verdicts(self, entries: Iterable[dict]) -> int:
+        return append_jsonl(self.file(VERDICTS), entries)
+
+    # -- items -------------------------------------------------------------------------------
+    def items(self) -> dict[tuple[str, str], EvalPrompt]:
+        out = {}
+        for line, obj in read_log(self.file(ITEMS), repair=False):
+            try:
+                out[(obj["dataset"], obj["item"]["id"])] = from_dict(EvalPrompt, obj["item"])
+            except (KeyError, TypeError):
+                raise DeepAlignError("not an item line (needs dataset, item)", path=self.file(ITEMS), line=line) from None
+        return out
+
+    def add_items(self, data: dict[str, list[EvalPrompt]]) -> None:
+        have = set(self.items()) if self.file(ITEMS).exists() else set()
+        append_jsonl(self.file(ITEMS), ({"dataset": name, "item": to_dict(it)} for name, items in data.items()
+                                        for it in items if (name, it.id) not in have))
+
+    # -- writers -----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Refuse a second writer on the same run directory (POSIX advisory lock); the
+        directory must exist."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - non-POSIX
+            yield
+            return
+        try:
+            fh = open(self.file(LOCK), "w")
+        except OSError as exc:
+            raise os_error(exc, self.file(LOCK)) from None
+        try:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise DeepAlignError(f"another process is writing {self.path}; wait for it or use another --out") from None
+            yield
+        finally:
+            fh.close()

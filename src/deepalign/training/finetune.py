@@ -1,0 +1,437 @@
+"""Safety fine-tuning with a DeRTa recipe or the DPO baseline: :func:`train`.
+
+Options live in two dataclasses: :class:`TrainOptions` (what to train: recipe, model, data,
+LoRA, run control; model and LoRA settings keep TRL's ``ModelConfig`` names) and
+:class:`~deepalign.training.trainer.DeRTaConfig` (how: every Hugging Face ``Trainer`` setting
+under its own name). ``deepalign train`` parses both from flags and ``--config`` files; the
+Python function takes the same objects or the same names as keyword arguments::
+
+    >>> from deepalign import train
+    >>> train(recipe="derta", model_name_or_path="runs/base", output_dir="runs/derta",
+    ...       world="runs/world", max_steps=40, quiet=True)             # doctest: +SKIP
+    PosixPath('runs/derta')
+
+Multi-GPU: ``accelerate launch --config_file <ddp|deepspeed_zero2|zero3|fsdp>.yaml -m
+deepalign train ...`` (configs in ``deepalign/configs/``).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deepalign.data.recipes import PREFIX_UNITS, RECIPES
+from deepalign.errors import DeepAlignError, OptionError
+from deepalign.options import build, choice, exclusive, number
+from deepalign.training.trainer import DeRTaConfig
+
+DEFAULT_WORLD = "runs/world"
+DEFAULT_BASE = "runs/base"
+DEFAULT_DPO_BASE = "runs/vanilla"
+# options whose change makes --resume meaningless
+_RESUME_KEYS = ("recipe", "model_name_or_path", "seed", "triples", "helpful", "records", "use_peft",
+                "per_device_train_batch_size", "gradient_accumulation_steps", "rto_keep", "prefix_unit",
+                "k_zero_share", "helpful_count", "safety_count", "safety_ratio", "prompt_format", "max_steps",
+                "num_train_epochs")
+
+
+@dataclass
+class TrainOptions:
+    """What to train (the Trainer's own settings are in ``DeRTaConfig``)."""
+
+    recipe: str = field(default="derta", metadata={
+        "help": "vanilla (q->safe), harmful-prefix (RecAug), rto, derta (prefix + RTO), dpo (safe > harmful)"})
+    model_name_or_path: str | None = field(default=None, metadata={
+        "aliases": ["--model"], "help": f"base model dir or hub id (default {DEFAULT_BASE}; for dpo {DEFAULT_DPO_BASE})"})
+    world: str = field(default=DEFAULT_WORLD, metadata={"help": "world dir whose train/ split is the default data"})
+    triples: str | None = field(default=None, metadata={
+        "help": "(query, harmful, safe) triples: jsonl/json/csv/dataset dir/hub id (default: the world's)"})
+    helpful: str | None = field(default=None, metadata={"help": "helpful (instruction, response) pairs (default: the world's)"})
+    records: str | None = field(default=None, metadata={
+        "help": "train on prepared records instead: a deepalign records.jsonl or a DeRTa reference file"})
+    prompt_format: str | None = field(default=None, metadata={
+        "help": "chat, text (the default text template), text:<template with {query}>, raw, or a .txt template "
+                "file (default: the tokenizer's chat template, else the default text template)"})
+    system_prompt: str | None = field(default=None, metadata={"help": "system prompt of every training conversation"})
+    chat_template: str | None = field(default=None, metadata={
+        "help": "a Jinja chat template (file) replacing the tokenizer's own; it is saved with the model"})
+    refusal_word: str | None = field(default=None, metadata={
+        "help": "word whose token is the RTO target (default 'Sorry', or the world's refusal word)"})
+    # recipe
+    helpful_count: int | None = field(default=None, metadata={"help": "helpful records (default all; 0 for none)"})
+    safety_count: int | None = field(default=None, metadata={"help": "safety records (default: one per triple)"})
+    safety_ratio: float | None = field(default=None, metadata={
+        "help": "safety records as a share of the helpful count (reference 0.1)"})
+    rto_share: float = field(default=0.5, metadata={"help": "RTO share of the safety records (rto, derta)"})
+    prefix_unit: str = field(default="words", metadata={"help": "unit of the harmful prefix k: words or tokens"})
+    k_zero_share: float = field(default=1 / 3, metadata={"help": "share of harmful-prefix records with k = 0"})
+    k_min: int = field(default=1, metadata={"help": "smallest k when k > 0"})
+    k_max: int = field(default=-2, metadata={"help": "largest k; <= 0 counts from the end (-2: len-2)"})
+    rto_append_safe: bool = field(default=False, metadata={
+        "help": "follow the RTO harmful text by the safe response as MLE target (reference: no)"})
+    beta: float = field(default=0.1, metadata={"help": "DPO beta"})
+    eval_share: float = field(default=0.0, metadata={
+        "help": "hold out this share of the records as an evaluation set (loss logged per --eval_strategy)"})
+    # model (TRL ModelConfig names)
+    dtype: str = field(default="float32", metadata={"help": "dtype the weights are loaded in: float32, bfloat16, "
+                                                            "float16 or auto"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "run the model repository's own code"})
+    use_peft: bool = field(default=False, metadata={"aliases": ["--lora"],
+                                                   "help": "train a LoRA adapter (merged into the saved model)"})
+    lora_r: int = 16
+    lora_alpha: int | None = field(default=None, metadata={"help": "default 2 * lora_r"})
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] | None = field(default=None, metadata={
+        "help": "module names to adapt (default: all linear layers)"})
+    keep_adapter: bool = field(default=False, metadata={"help": "save the adapter instead of merging it"})
+    # run
+    resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in <out>/checkpoints"})
+    overwrite: bool = field(default=False, metadata={"help": "replace a finished or interrupted run in <out>"})
+    keep_checkpoints: bool = field(default=False, metadata={"help": "keep <out>/checkpoints after success"})
+    quiet: bool = field(default=False, metadata={"help": "no progress bars or logs"})
+
+    def __post_init__(self):
+        choice("recipe", self.recipe, RECIPES)
+        choice("prefix_unit", self.prefix_unit, PREFIX_UNITS)
+        from deepalign.models import DTYPES
+
+        choice("dtype", self.dtype, DTYPES)
+        number("rto_share", self.rto_share, low=0, high=1)
+        number("k_zero_share", self.k_zero_share, low=0, high=1)
+        number("k_min", self.k_min, low=0, integer=True)
+        number("k_max", self.k_max, integer=True)
+        number("helpful_count", self.helpful_count, low=0, integer=True, optional=True)
+        number("safety_count", self.safety_count, low=0, integer=True, optional=True)
+        number("safety_ratio", self.safety_ratio, low=0, optional=True)
+        number("beta", self.beta, low=0, low_open=True)
+        number("eval_share", self.eval_share, low=0, high=1, high_open=True)
+        number("lora_r", self.lora_r, low=1, integer=True)
+        number("lora_alpha", self.lora_alpha, low=1, integer=True, optional=True)
+        number("lora_dropout", self.lora_dropout, low=0, high=1, high_open=True)
+        exclusive(resume=self.resume, overwrite=self.overwrite)
+        if self.records and (self.triples or self.helpful):
+            raise OptionError("records", "excludes --triples / --helpful")
+        if self.records and self.recipe == "dpo":
+            raise OptionError("records", "is for the record recipes; --recipe dpo trains on --triples")
+        if self.keep_adapter and not self.use_peft:
+            raise OptionError("keep_adapter", "needs --use_peft (--lora)")
+        if self.refusal_word is not None and (not self.refusal_word.strip() or len(self.refusal_word.split()) != 1):
+            raise OptionError("refusal_word", f"must be a single word, got {self.refusal_word!r}")
+
+
+def auto_learning_rate(n_params: int, lora: bool, recipe: str) -> float:
+    """Reference learning rates (2e-5 full, 1e-4 LoRA; DPO 5e-7 / 5e-6), scaled up for tiny
+    models (< 50M parameters, e.g. the embedded world's), which need far larger steps.
+
+    For tiny full fine-tuning, 2e-4 was chosen by a sweep on version 1 of the world (2e-4 /
+    3e-4 / 5e-4; on its test split: that world had no dev split yet): larger rates made vanilla
+    SFT rewrite the base model's procedures with refusal vocabulary (a deep-looking but broken
+    model) and cost helpfulness; 1e-4 left vanilla refusing ~5%. Retune on ``world:dev``."""
+    tiny = n_params < 50_000_000
+    if recipe == "dpo":
+        return (1e-4 if lora else 2e-5) if tiny else (5e-6 if lora else 5e-7)
+    if tiny:
+        return 2e-3 if lora else 2e-4
+    return 1e-4 if lora else 2e-5
+
+
+def _data_path(value: str | None, name: str) -> None:
+    from deepalign.models import looks_like_hub_id
+
+    if value is not None and not Path(value).exists() and (name == "records" or not looks_like_hub_id(value)):
+        raise OptionError(name, f"no such file: {value}")
+
+
+def _load_data(opts: TrainOptions):
+    from deepalign.data.loaders import load_instructions, load_triples
+
+    world = Path(opts.world)
+    uses_world = opts.triples is None or (opts.helpful is None and opts.helpful_count != 0 and opts.recipe != "dpo")
+    if uses_world and not (world / "train" / "triples.jsonl").exists():
+        raise DeepAlignError(f"no world at {world} (expected {world / 'train' / 'triples.jsonl'}); "
+                             "run 'deepalign world' first or pass --triples and --helpful")
+    t_src = opts.triples or str(world / "train" / "triples.jsonl")
+    triples = load_triples(t_src)
+    helpful, h_src = [], None
+    if opts.recipe != "dpo" and opts.helpful_count != 0:
+        h_src = opts.helpful or str(world / "train" / "helpful.jsonl")
+        helpful = load_instructions(h_src)
+    manifest = {}
+    if uses_world and (world / "manifest.json").exists():
+        try:
+            manifest = json.loads((world / "manifest.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            manifest = {}
+    data = {"triples": {"source": t_src, "rows": len(triples)}}
+    if h_src is not None:
+        data["helpful"] = {"source": h_src, "rows": len(helpful)}
+    return triples, helpful, manifest, data
+
+
+def _lora_config(opts: TrainOptions, module_names: set[str]):
+    from peft import LoraConfig
+
+    targets: Any = "all-linear"
+    if opts.lora_target_modules:
+        targets = [t.strip() for item in opts.lora_target_modules for t in item.split(",") if t.strip()]
+        leaves = {n.rsplit(".", 1)[-1] for n in module_names} | module_names
+        missing = [t for t in targets if t not in leaves]
+        if missing:
+            shown = ", ".join(sorted({n.rsplit('.', 1)[-1] for n in module_names if n})[:12])
+            raise OptionError("lora_target_modules", f"no module named {missing[0]!r} in this model (it has {shown}, ...)")
+    return LoraConfig(r=opts.lora_r, lora_alpha=opts.lora_alpha or 2 * opts.lora_r, lora_dropout=opts.lora_dropout,
+                      target_modules=targets, task_type="CAUSAL_LM")
+
+
+def _meta_model(source: str, trust_remote_code: bool):
+    """Parameter count and module names from the config alone (a model on the meta device)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+        with torch.device("meta"):
+            net = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DeepAlignError(f"cannot load a causal LM config from {source}: {first}") from None
+    return sum(p.numel() for p in net.parameters()), {n for n, _ in net.named_modules()}
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _value(x: Any) -> Any:
+    return getattr(x, "value", x)  # enums (schedulers, strategies) as their names
+
+
+def _command_line(opts: TrainOptions, args: DeRTaConfig) -> str:
+    """A ``deepalign train`` command that reproduces the run (the options that differ from
+    the defaults)."""
+    parts = ["deepalign", "train"]
+    for obj, default in ((opts, TrainOptions()), (args, DeRTaConfig())):
+        for f in type(obj).__dataclass_fields__.values():
+            name = f.name
+            if not f.init or name in ("quiet", "resume", "overwrite", "logging_dir", "bf16", "disable_tqdm"):
+                continue
+            value = _value(getattr(obj, name))
+            if value == _value(getattr(default, name)) or value is None:
+                continue
+            if isinstance(value, bool):
+                parts.append(f"--{name}" if value else f"--no_{name}")
+            elif isinstance(value, list):
+                parts += [f"--{name}", *map(str, value)]
+            elif isinstance(value, (str, int, float)):
+                parts += [f"--{name}", str(value)]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def train(options: TrainOptions | None = None, training: DeRTaConfig | None = None, **kwargs) -> Path:
+    """Fine-tune a model with a recipe and write the final model (with its card) to
+    ``output_dir``; returns that directory.
+
+    ``options`` / ``training``: a :class:`TrainOptions` and a
+    :class:`~deepalign.training.trainer.DeRTaConfig`; keyword arguments set fields of either
+    (``recipe="derta"``, ``model_name_or_path=...``, ``learning_rate=...``, ...). Record
+    recipes (vanilla, harmful-prefix, rto, derta) build records with
+    :func:`deepalign.data.recipes.build_records` (or read ``records``) and train with
+    :class:`~deepalign.training.trainer.DeRTaTrainer`; ``dpo`` trains TRL's ``DPOTrainer`` on
+    safe > harmful pairs (default model: the vanilla model ``runs/vanilla``).
+
+    Example (the embedded world; tiny settings so it runs in seconds)::
+
+        >>> out = train(recipe="derta", model_name_or_path="runs/base", world="runs/world",
+        ...             output_dir="runs/derta", max_steps=4, quiet=True)
+        >>> sorted(p.name for p in out.iterdir() if p.suffix in (".json", ".md", ".safetensors"))[:4]
+        ['README.md', 'config.json', 'deepalign_train.json', 'generation_config.json']
+    """
+    from accelerate import PartialState
+
+    from deepalign import __version__
+    from deepalign.models import load_tokenizer, model_source
+    from deepalign.training import outdir
+    from deepalign.utils import quiet_libraries, set_seed
+
+    opts, args = build(kwargs, options=(TrainOptions, options), training=(DeRTaConfig, training))
+    for name in ("triples", "helpful", "records"):
+        _data_path(getattr(opts, name), name)
+    default_model = DEFAULT_DPO_BASE if opts.recipe == "dpo" else DEFAULT_BASE
+    model_spec = opts.model_name_or_path or default_model
+    hint = {DEFAULT_BASE: " (train it with 'deepalign pretrain' first)",
+            DEFAULT_DPO_BASE: " (train it with 'deepalign train --recipe vanilla' first)"}.get(model_spec, "")
+    source = model_source(model_spec, hint=hint)
+    out = Path(args.output_dir or f"runs/{opts.recipe}{'-lora' if opts.use_peft else ''}")
+    resume_view = {**{k: v for k, v in asdict(opts).items()}, "model_name_or_path": model_spec,
+                   **{k: getattr(args, k) for k in _RESUME_KEYS if hasattr(args, k)}}
+    resume_view = {k: v for k, v in resume_view.items() if isinstance(v, (str, int, float, bool, type(None), list))}
+    # no GPU: CPU processes (gloo) also when started by torchrun / `accelerate launch --multi_gpu`
+    state = PartialState(cpu=not _cuda())
+    wipe, checkpoint = outdir.plan(out, resume=opts.resume, overwrite=opts.overwrite, options=resume_view,
+                                   compare=_RESUME_KEYS)
+
+    with quiet_libraries(opts.quiet):
+        set_seed(args.seed)
+        if opts.records is None:
+            triples, helpful, manifest, data = _load_data(opts)
+        else:
+            triples, helpful, manifest, data = [], [], {}, {"records": {"source": opts.records}}
+        refusal_word = opts.refusal_word or manifest.get("refusal_word")
+        tokenizer = load_tokenizer(source, trust_remote_code=opts.trust_remote_code,
+                                   chat_template=opts.chat_template)
+        from deepalign.tokens import Encoder
+
+        encoder = Encoder(tokenizer, opts.prompt_format, name=model_spec)
+        if opts.system_prompt is not None:
+            from dataclasses import replace
+
+            encoder = Encoder(tokenizer, replace(encoder.format, system=opts.system_prompt), name=model_spec)
+        n_params, modules = _meta_model(source, opts.trust_remote_code)
+        lr = args.learning_rate if args.learning_rate is not None else auto_learning_rate(n_params, opts.use_peft,
+                                                                                         opts.recipe)
+        peft_config = _lora_config(opts, modules) if opts.use_peft else None
+
+        from deepalign.data.recipes import build_records, count_kinds, load_records, save_records
+
+        recs, counts, refusal_id, piece, eval_recs = None, {}, None, None, None
+        if opts.recipe != "dpo":
+            from deepalign.training.refusal import refusal_token
+
+            if opts.records is not None:
+                recs = load_records(opts.records)
+                data["records"]["rows"] = len(recs)
+            else:
+                recs = build_records(opts.recipe, triples, helpful, encoder=encoder, n_helpful=opts.helpful_count,
+                                     n_safety=opts.safety_count, safety_ratio=opts.safety_ratio,
+                                     rto_share=opts.rto_share, prefix_unit=opts.prefix_unit,
+                                     k_zero_share=opts.k_zero_share, k_min=opts.k_min, k_max=opts.k_max,
+                                     rto_append_safe=opts.rto_append_safe, seed=args.seed)
+            if opts.eval_share > 0:
+                n_eval = max(1, int(round(opts.eval_share * len(recs))))
+                if n_eval >= len(recs):
+                    raise OptionError("eval_share", f"leaves no training records ({len(recs)} in all)")
+                recs, eval_recs = recs[n_eval:], recs[:n_eval]
+            counts = count_kinds(recs)
+            if counts.get("rto") or refusal_word is not None:
+                refusal_id, piece = refusal_token(tokenizer, refusal_word)
+        if _value(args.eval_strategy) != "no" and eval_recs is None:
+            raise OptionError("eval_strategy", "needs evaluation data: give --eval_share (a held-out share of the records)")
+
+        # everything the user could get wrong has been checked: now touch the output directory
+        if state.is_main_process:
+            if wipe:
+                outdir.wipe(out)
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                from deepalign.utils import os_error
+
+                raise os_error(exc, out) from None
+            outdir.remove_stale(out)
+            from deepalign.utils import write_json
+
+            write_json(out / outdir.OPTIONS, resume_view)
+            if recs is not None:
+                save_records(recs, out / "records.jsonl")
+        state.wait_for_everyone()
+
+        ckpt_dir = str(out / outdir.CHECKPOINTS)
+        from dataclasses import replace
+
+        run_args = replace(args, output_dir=ckpt_dir, learning_rate=lr, push_to_hub=False,
+                           disable_tqdm=bool(opts.quiet or args.disable_tqdm), use_cpu=not _cuda(),
+                           data_seed=args.data_seed if args.data_seed is not None else args.seed,
+                           dataloader_pin_memory=_cuda() and args.dataloader_pin_memory)
+        from deepalign.models import load_causal_lm
+
+        info: dict[str, Any] = {
+            "recipe": opts.recipe, "base_model": model_spec, "base_model_on_hub": source == model_spec and not
+            Path(model_spec).exists(), "parameters": n_params, "learning_rate": lr,
+            "prompt_format": encoder.format.describe(), "data": data, "deepalign_version": __version__,
+        }
+        # the training arguments come before the weights: under DeepSpeed ZeRO-3 they make
+        # from_pretrained load each rank's shard only
+        if opts.recipe == "dpo":
+            from deepalign.training.dpo import build_dpo_trainer, dpo_config
+
+            dargs = dpo_config(run_args, beta=opts.beta)
+            net = load_causal_lm(source, dtype=opts.dtype, device="cpu", trust_remote_code=opts.trust_remote_code)
+            net.train()
+            trainer = build_dpo_trainer(net, tokenizer, triples, encoder, dargs, peft_config=peft_config)
+            info.update({"pairs": len(triples), "beta": opts.beta})
+        else:
+            from deepalign.training.trainer import DeRTaTrainer
+
+            net = load_causal_lm(source, dtype=opts.dtype, device="cpu", trust_remote_code=opts.trust_remote_code)
+            net.train()
+            trainer = DeRTaTrainer(net, run_args, train_dataset=recs, eval_dataset=eval_recs,
+                                   processing_class=tokenizer, refusal_token_id=refusal_id, peft_config=peft_config,
+                                   encoder=encoder)
+            info.update({"records": counts, "refusal_token": {"id": refusal_id, "piece": piece},
+                         "rto_keep": trainer.rto_keep, "rto_weight": args.rto_weight})
+            if not opts.quiet and state.is_main_process:
+                shown = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+                tok = f"; refusal token {piece!r} ({refusal_id}), keep {trainer.rto_keep:g}" if refusal_id is not None else ""
+                print(f"recipe {opts.recipe}: {shown}{tok}")
+        info["world_size"] = trainer.args.world_size
+        if opts.quiet:
+            from transformers.trainer_callback import PrinterCallback
+
+            trainer.remove_callback(PrinterCallback)
+
+        if checkpoint and not opts.quiet and state.is_main_process:
+            print(f"resuming from {checkpoint}")
+        start = time.time()
+        trainer.train(resume_from_checkpoint=checkpoint)
+        seconds = time.time() - start
+        curve = [{k: h[k] for k in ("step", "loss", "mle_loss", "rto_loss", "eval_loss") if k in h}
+                 for h in trainer.state.log_history if "loss" in h or "eval_loss" in h]
+        info.update({"steps": trainer.state.global_step, "train_seconds": round(seconds, 1), "loss_curve": curve,
+                     "lora": opts.use_peft, "adapter_kept": bool(opts.use_peft and opts.keep_adapter),
+                     "seed": args.seed, "hyperparameters": _hyperparameters(opts, run_args),
+                     "command": _command_line(opts, args)})
+        from deepalign.training.modelcard import TRAIN_INFO, card_files
+        from deepalign.training.trainer import save_final_model
+
+        save_final_model(trainer, out, tokenizer, merge_lora=not opts.keep_adapter,
+                         extra_json={TRAIN_INFO: info}, extra_text=card_files(info))
+        if state.is_main_process and not opts.keep_checkpoints:
+            shutil.rmtree(out / outdir.CHECKPOINTS, ignore_errors=True)
+    if args.push_to_hub and state.is_main_process:
+        from deepalign.training.modelcard import push_model_dir
+
+        repo = args.hub_model_id or out.name
+        push_model_dir(out, repo, private=args.hub_private_repo, token=args.hub_token, revision=args.hub_revision)
+        if not opts.quiet:
+            print(f"pushed {out} to the hub as {repo}")
+    if not opts.quiet and state.is_main_process:
+        last = next((c["loss"] for c in reversed(curve) if "loss" in c), float("nan"))
+        print(f"{opts.recipe} model ({trainer.state.global_step} steps, {seconds:.0f}s, last loss {last:.3f}) -> {out}",
+              file=sys.stdout)
+    return out
+
+
+def _hyperparameters(opts: TrainOptions, args) -> dict[str, Any]:
+    keys = ("learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+            "gradient_accumulation_steps", "lr_scheduler_type", "warmup_steps", "weight_decay", "max_grad_norm",
+            "max_length", "bf16", "seed")
+    hp = {k: _value(getattr(args, k)) for k in keys if hasattr(args, k)}
+    if opts.recipe in ("harmful-prefix", "derta"):
+        hp.update(prefix_unit=opts.prefix_unit, k_zero_share=round(opts.k_zero_share, 4), k_min=opts.k_min,
+                  k_max=opts.k_max)
+    if opts.recipe in ("rto", "derta"):
+        hp.update(rto_share=opts.rto_share, rto_append_safe=opts.rto_append_safe)
+    if opts.recipe == "dpo":
+        hp["beta"] = opts.beta
+    if opts.use_peft:
+        hp.update(lora_r=opts.lora_r, lora_alpha=opts.lora_alpha or 2 * opts.lora_r, lora_dropout=opts.lora_dropout,
+                  lora_target_modules=opts.lora_target_modules or "all-linear")
+    return hp
