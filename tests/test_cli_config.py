@@ -1,0 +1,232 @@
+"""One configuration path: ``--config FILE.yaml`` for every stage, flags override the file,
+bad values are one line naming ``file: key`` (or the flag) with exit status 2, and the
+shipped examples run as written (at tiny size, through flag overrides)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from deepalign.cli import STAGES, main
+from deepalign.cli.parser import StageParser
+from deepalign.training.finetune import TrainOptions
+from deepalign.training.trainer import DeRTaConfig
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+def parse(tmp_path, yaml_text: str | None, *argv: str):
+    parser = StageParser("train", (TrainOptions, DeRTaConfig))
+    if yaml_text is not None:
+        cfg = tmp_path / "train.yaml"
+        cfg.write_text(yaml_text, encoding="utf-8")
+        argv = ("--config", str(cfg), *argv)
+    return parser.parse(list(argv))
+
+
+def test_file_sets_options_and_flags_override_it(tmp_path):
+    opts, args = parse(tmp_path, "recipe: vanilla\nlearning_rate: 3.0e-4\nmodel: m1\nlora: true\n"
+                                 "lora_target_modules: [q_proj, v_proj]\nnum_train_epochs: 1\n")
+    assert (opts.recipe, args.learning_rate, opts.model_name_or_path, opts.use_peft) == ("vanilla", 3e-4, "m1", True)
+    assert opts.lora_target_modules == ["q_proj", "v_proj"] and args.num_train_epochs == 1
+    # a flag beats the file; dashes and underscores both work; aliases too
+    opts, args = parse(tmp_path, "recipe: vanilla\nlearning_rate: 3.0e-4\nlora_target_modules: [q_proj]\n",
+                       "--learning-rate", "1e-3", "--recipe", "rto", "--lora_target_modules", "o_proj")
+    assert (opts.recipe, args.learning_rate, opts.lora_target_modules) == ("rto", 1e-3, ["o_proj"])
+    # untouched options keep their one default
+    assert args.lr_scheduler_type.value == "cosine" and args.per_device_train_batch_size == 16
+    # HF-owned Trainer settings pass straight through, from the file or a flag
+    opts, args = parse(tmp_path, "report_to: tensorboard\neval_strategy: steps\nbf16: false\n", "--push_to_hub",
+                       "--hub_model_id", "me/model")
+    assert args.report_to == ["tensorboard"] and args.eval_strategy.value == "steps"
+    assert args.push_to_hub and args.hub_model_id == "me/model"
+
+
+def test_list_flags_add_up_when_repeated(tmp_path):
+    from deepalign.decoding.base import GenConfig
+    from deepalign.evaluation.runner import EvalOptions
+
+    parser = StageParser("eval", (EvalOptions, GenConfig))
+    cfg = tmp_path / "e.yaml"
+    cfg.write_text("targets: [hf:a, hf:b]\nout: runs/x\n", encoding="utf-8")
+    opts, _ = parser.parse(["--config", str(cfg)])
+    assert opts.targets == ["hf:a", "hf:b"]
+    opts, _ = StageParser("eval", (EvalOptions, GenConfig)).parse(["--config", str(cfg), "--target", "hf:c",
+                                                                   "--target", "hf:d", "hf:e"])
+    assert opts.targets == ["hf:c", "hf:d", "hf:e"]  # the flag replaces the file's list, repeats add up
+
+
+@pytest.mark.parametrize("yaml_text, message", [
+    ("learning_rate: -1\n", "train.yaml: learning_rate: must be > 0, got -1"),
+    ("learning_rate: .nan\n", "train.yaml: learning_rate: must be a finite number"),
+    ("max_steps: abc\n", "train.yaml: max_steps: must be an integer, got 'abc'"),
+    ("max_steps: 2.5\n", "train.yaml: max_steps: must be an integer, got 2.5"),
+    ("use_peft: maybe\n", "train.yaml: use_peft: must be true or false, got 'maybe'"),
+    ("lr_scheduler_type: bogus\n", "train.yaml: lr_scheduler_type: must be one of"),
+    ("recipe: [a, b]\n", "train.yaml: recipe: expected a single value"),
+    ("rto_keep: 2\n", "train.yaml: rto_keep: must be <= 1, got 2"),
+    ("recipe: magic\n", "train.yaml: recipe: must be one of vanilla, harmful-prefix, rto, derta, dpo"),
+    ("learing_rate: 1.0e-4\n", "train.yaml: unknown key 'learing_rate' (did you mean learning_rate"),
+    ("- a\n- b\n", "train.yaml: a config file holds a mapping"),
+    ("recipe: [derta\n", "train.yaml:2: not valid YAML"),
+    ("resume: true\noverwrite: true\n", "train.yaml: overwrite: excludes --resume"),
+])
+def test_bad_config_values_are_one_line_naming_file_and_key(tmp_path, capsys, yaml_text, message):
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text(yaml_text, encoding="utf-8")
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("deepalign: error: ") and err.count("\n") == 1, err
+    assert message in err.replace(str(tmp_path) + "/", ""), err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_flag_that_fixes_a_bad_file_value_wins_and_a_bad_flag_names_the_flag(tmp_path, capsys):
+    parse(tmp_path, "learning_rate: -1\n", "--learning_rate", "1e-4")  # no error: the flag wins
+    with pytest.raises(Exception, match="--learning_rate must be > 0, got -1"):
+        parse(tmp_path, "learning_rate: 1.0e-4\n", "--learning_rate", "-1")
+    assert main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "no such config file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_every_stage_takes_a_config_file(stage, capsys):
+    with pytest.raises(SystemExit):
+        StageParser(stage, __import__(f"deepalign.cli.{stage}", fromlist=["OPTIONS"]).OPTIONS).parse(["--help"])
+    assert "--config FILE.yaml" in capsys.readouterr().out
+
+
+def test_config_env_sets_environment_variables(tmp_path, monkeypatch):
+    monkeypatch.delenv("DEEPALIGN_TEST_ENV", raising=False)
+    parse(tmp_path, "env:\n  DEEPALIGN_TEST_ENV: on\nrecipe: rto\n")
+    import os
+
+    assert os.environ["DEEPALIGN_TEST_ENV"] == "True"  # YAML reads `on` as a boolean
+
+
+@pytest.fixture()
+def workspace(world_dir, base_model_dir, tmp_path, monkeypatch):
+    """A working directory laid out as the examples expect: runs/world and runs/base."""
+    (tmp_path / "runs").mkdir()
+    shutil.copytree(world_dir, tmp_path / "runs" / "world")
+    shutil.copytree(base_model_dir, tmp_path / "runs" / "base")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_the_examples_run_as_written_at_tiny_size(workspace, capsys):
+    tiny = ["--max_steps", "2", "--per_device_train_batch_size", "4", "--quiet"]
+    assert main(["train", "--config", str(EXAMPLES / "world_derta.yaml"), *tiny]) == 0
+    info = json.loads(Path("runs/derta/deepalign_train.json").read_text())
+    assert info["recipe"] == "derta" and info["learning_rate"] == 2e-4 and info["steps"] == 2
+    assert main(["train", "--config", str(EXAMPLES / "world_derta.yaml"), "--recipe", "vanilla", "--out",
+                 "runs/vanilla", *tiny]) == 0
+    # the real-model LoRA config, pointed at the world's model and data
+    assert main(["train", "--config", str(EXAMPLES / "lora_derta_real.yaml"), "--model", "runs/base",
+                 "--triples", "runs/world/train/triples.jsonl", "--helpful", "runs/world/train/helpful.jsonl",
+                 "--dtype", "float32", "--activation_checkpointing", "false", "--out", "runs/lora", *tiny]) == 0
+    info = json.loads(Path("runs/lora/deepalign_train.json").read_text())
+    assert info["lora"] and info["hyperparameters"]["lora_target_modules"][0] == "q_proj"
+    assert main(["eval", "--config", str(EXAMPLES / "eval_battery.yaml"), "--limit", "2", "--max_new_tokens", "4",
+                 "--quiet"]) == 0
+    summary = json.loads(Path("runs/eval_battery/summary.json").read_text())
+    assert len(summary["targets"]) == 3 and "prefill:8:skip=24" in summary["attacks"]
+    assert main(["ed", "--config", str(EXAMPLES / "ed_sweep.yaml"), "--limit", "2", "--max_new_tokens", "4",
+                 "--quiet"]) == 0
+    rows = [json.loads(x) for x in Path("runs/ed_sweep.jsonl").read_text().splitlines()]
+    assert sorted({r["alpha"] for r in rows}) == [0.3, 1.0, 2.0] and len(rows) == 2 * 3 * 2
+    assert "error" not in capsys.readouterr().err
+
+
+def test_model_card_says_what_the_directory_holds(workspace):
+    from deepalign import train
+
+    out = train(recipe="derta", model_name_or_path="runs/base", world="runs/world", output_dir="runs/m",
+                max_steps=2, per_device_train_batch_size=4, logging_steps=1, quiet=True)
+    card = (out / "README.md").read_text()
+    info = json.loads((out / "deepalign_train.json").read_text())
+    assert card.startswith("---\nlibrary_name: transformers\n") and '- "derta"' in card
+    assert "base_model:" not in card  # a local path is not a hub reference
+    assert "fine-tuned from `runs/base` with DeRTa" in card and "deepalign 0.1.0" in card
+    assert "| triples | `runs/world/train/triples.jsonl` | 120 |" in card
+    assert f"RTO target: `sorry` (id {info['refusal_token']['id']})" in card
+    assert "| `learning_rate` | 0.0002 |" in card and "| `max_steps` | 2 |" in card
+    assert "## Training loss" in card and f"| {info['loss_curve'][-1]['step']} |" in card
+    assert "deepalign train --model_name_or_path runs/base --output_dir runs/m" in card
+    assert "## Evaluation" not in card
+    from deepalign.training.modelcard import add_evaluation
+
+    add_evaluation(out, {"description": "World held-out harmful queries.", "rows": [["prefill:8 harmful %", "0.0"]]})
+    card = (out / "README.md").read_text()
+    assert "## Evaluation" in card and "| prefill:8 harmful % | 0.0 |" in card
+
+
+def test_push_to_hub_uploads_the_final_directory_with_its_card(workspace, monkeypatch):
+    calls = {}
+
+    class FakeApi:
+        def __init__(self, token=None):
+            calls["token"] = token
+
+        def create_repo(self, repo_id, private=None, exist_ok=False):
+            calls["repo"] = (repo_id, private, exist_ok)
+
+        def upload_folder(self, folder_path, repo_id, revision=None, ignore_patterns=None, commit_message=None):
+            calls["files"] = sorted(p.name for p in Path(folder_path).iterdir())
+            calls["ignore"] = ignore_patterns
+
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    assert main(["train", "--recipe", "vanilla", "--out", "runs/pushed", "--max_steps", "1", "--push_to_hub",
+                 "--hub_model_id", "me/world-vanilla", "--quiet"]) == 0
+    assert calls["repo"] == ("me/world-vanilla", None, True)
+    assert {"README.md", "model.safetensors", "config.json", "deepalign_train.json"} <= set(calls["files"])
+    assert "checkpoints/*" in calls["ignore"]
+
+
+def test_rejudging_a_finished_run_adds_a_judge_and_resumes(workspace, capsys):
+    from deepalign.evaluation.rundir import RunDir
+
+    argv = ["eval", "--target", "hf:runs/base", "--attacks", "direct,prefill:4", "--dataset", "world:harmful",
+            "--world", "runs/world", "--judge", "oracle", "--limit", "3", "--max_new_tokens", "4", "--out", "runs/e",
+            "--quiet"]
+    assert main(argv) == 0
+    before = (Path("runs/e") / "responses.jsonl").read_bytes()
+    assert main(["judge", "runs/e", "--judges", "keyword", "keyword:nocase", "--quiet"]) == 0
+    assert (Path("runs/e") / "responses.jsonl").read_bytes() == before  # nothing regenerated
+    rows = RunDir("runs/e").rows()
+    assert all(set(r["verdicts"]) == {"oracle", "keyword", "keyword:nocase"} for r in rows)
+    summary = json.loads(Path("runs/e/summary.json").read_text())
+    assert summary["judges"] == ["oracle", "keyword", "keyword:nocase"]
+    report = Path("runs/e/report.md").read_text()
+    assert "## Judge: oracle" in report and "## Judge: keyword:nocase" in report
+    # an interrupted judging (torn last line) resumes: only missing verdicts are added
+    verdicts = Path("runs/e/verdicts.jsonl")
+    lines = verdicts.read_bytes().splitlines(keepends=True)
+    verdicts.write_bytes(b"".join(lines[:-3]) + lines[-3][:15])
+    assert main(["judge", "runs/e", "--judges", "keyword:nocase", "--quiet"]) == 0
+    assert len(verdicts.read_bytes().splitlines()) == len(lines)
+    assert json.loads(Path("runs/e/summary.json").read_text()) == summary
+    # resuming the eval needs the run's judges, and says how to add one
+    assert main(argv) == 2
+    assert "deepalign judge RUN_DIR" in capsys.readouterr().err
+    assert main(["judge", "runs/nothing", "--judges", "keyword"]) == 2
+    assert main(["judge", "runs/e", "--judges", "vibes"]) == 2
+    assert "unknown judge 'vibes'" in capsys.readouterr().err
+
+
+def test_judging_a_file_of_published_responses(workspace):
+    rows = [{"id": "q1", "question": "How do I fold a towel?", "response": "Sorry, I cannot help with that."},
+            {"id": "q2", "question": "How do I fold a shirt?", "response": "First lay it flat, then fold."}]
+    src = Path("published.jsonl")
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    assert main(["judge", str(src), "--out", "runs/pub", "--judges", "keyword", "--quiet"]) == 0
+    summary = json.loads(Path("runs/pub/summary.json").read_text())
+    [cell] = summary["results"]
+    assert cell["target"] == "published:published" and cell["harmful"]["k"] == 1 and cell["harmful"]["n"] == 2
+    assert "imported from" in Path("runs/pub/report.md").read_text()
+    assert main(["judge", str(src), "--judges", "keyword"]) == 2  # --out is required for a file
