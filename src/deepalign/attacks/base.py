@@ -69,6 +69,8 @@ class Attack:
     """Base class. ``label`` names the attack in results (e.g. ``prefill:8``)."""
 
     label: str = "attack"
+    #: what the attack forces at the start of the answer: None, "text" or "tokens" (a token count)
+    forced: str | None = None
 
     def applies(self, item: EvalPrompt) -> bool:
         """Whether this attack can be applied to ``item`` (prefill needs a harmful reference)."""

@@ -78,6 +78,7 @@ class Prefill(Attack):
         if skip < 0:
             raise DeepAlignError(f"prefill skip must be >= 0, got {skip}")
         self.k, self.unit, self.skip = k, unit, skip
+        self.forced = None if k == 0 else ("tokens" if unit == "t" else "text")
         self.label = f"prefill:{k}" + ("w" if unit == "w" else "") + (f":skip={skip}" if skip else "")
 
     def applies(self, item: EvalPrompt) -> bool:
@@ -97,6 +98,7 @@ class Completion(Attack):
 
     def __init__(self, start: str | None = None, k: int | None = None, unit: str = "w", label: str = "completion"):
         self.start, self.k, self.unit, self.label = start, k, unit, label
+        self.forced = "tokens" if k is not None and unit == "t" else "text"
 
     def applies(self, item: EvalPrompt) -> bool:
         return self.k is None or bool(item.harmful)

@@ -128,23 +128,26 @@ def _hf(args: SpecArgs, context: dict):
     return HFTarget(args.positional[0], batch_size=context.get("batch_size", 16), generation=gen, **fmt, **load)
 
 
-@TARGETS.register("openai", "openai:<model>@<base_url>[,key_env=VAR][,concurrency=N][,timeout=S][,retries=N]: "
+@TARGETS.register("openai", "openai:<model>@<base_url>[,key_env=VAR][,concurrency=N][,timeout=S][,retries=N]"
+                            "[,tokenizer=<model dir or hub id>][,format=...][,system=...][,allow_http=true]: "
                             "an OpenAI-compatible server")
 def _openai(args: SpecArgs, context: dict):
     from deepalign.decoding.openai import OpenAITarget
 
     if len(args.positional) != 1:
         raise DeepAlignError(f"target {args.spec!r}: give the model, openai:<model>@<base_url>")
-    model, _, base_url = args.positional[0].partition("@")
-    target = OpenAITarget(
-        model.strip(), base_url.strip() or None,
+    model, _, base_url = args.positional[0].rpartition("@") if "@" in args.positional[0] else (args.positional[0], "", "")
+    fmt = _format_options(args)
+    fmt.pop("truncate")
+    options = dict(
         key_env=args.option("key_env", "OPENAI_API_KEY"),
         concurrency=args.option("concurrency", 8, int, check=lambda v: v >= 1),
         timeout=args.option("timeout", 60.0, float, check=lambda v: v > 0),
         retries=args.option("retries", 4, int, check=lambda v: v >= 0),
+        tokenizer=args.option("tokenizer"), allow_http=args.flag("allow_http"), generation=_generation_options(args),
     )
     args.done(1)
-    return target
+    return OpenAITarget(model.strip(), base_url.strip() or None, **options, **fmt)
 
 
 def _composed(args: SpecArgs, context: dict, roles: dict[str, float], build):

@@ -207,6 +207,10 @@ def render_markdown(summary: dict, info: dict, rows: list[dict], plots: list[str
     lines += ["", "## Generation time", "", "| target | responses | generate s | new tokens | tokens/s |", "|---|---:|---:|---:|---:|"]
     for t, (n, s, toks) in timing.items():
         lines.append(f"| {t} | {n} | {s:.1f} | {toks} | {toks / s if s > 0 else 0:.1f} |")
+    notes = info.get("target_notes") or {}
+    if notes:
+        lines += ["", "## Servers", "", "What the probe before the run found out about each server (see docs/evaluation.md):", ""]
+        lines += [f"- `{t}`: {'; '.join(n)}" for t, n in notes.items()]
     examples = {k: v for k, v in (info.get("examples") or {}).items() if v}
     if examples:
         lines += ["", "## What the models read", "",

@@ -174,8 +174,12 @@ def run_eval(options: EvalOptions | None = None, generation: GenConfig | None = 
                 raise DeepAlignError(f"attack {a.label} applies to no item of the datasets (it needs reference harmful "
                                      "responses, e.g. world:harmful or an AdvBench CSV with a target column)")
 
+        # servers: one probe each before any work (prefill support, log-probs, sampling)
+        notes = probe_servers(targets, labels, attack_objs, gen, judge_objs, attacker)
         info = {"gen_config": json.loads(json.dumps(asdict(gen))), "judges": [j.name for j in judge_objs],
                 "targets": labels, "attacks": [a.label for a in attack_objs], "datasets": list(data)}
+        if notes:
+            info["target_notes"] = notes
         info = run.merge_info(info)  # refuses other settings before any work
         done = run.done_keys() if run.is_run() else set()
         plan, total = _plan(targets, labels, data, attack_objs, done, opts.batch_size, gen.num_samples)
@@ -218,6 +222,27 @@ def run_eval(options: EvalOptions | None = None, generation: GenConfig | None = 
     from deepalign.evaluation.report import build_report
 
     return build_report(run.path, quiet=opts.quiet)
+
+
+def probe_servers(targets, labels, attacks, gen: GenConfig, judges, attacker) -> dict[str, list[str]]:
+    """Probe every target that talks to a server (and the judges' and attacker's models) for
+    what this run needs, before any work; returns the notes per target for the report."""
+    forced = {getattr(a, "forced", None) for a in attacks}
+    notes: dict[str, list[str]] = {}
+    for t, label in zip(targets, labels):
+        if callable(getattr(t, "probe", None)):
+            found = t.probe(gen, prefill=bool(forced - {None}), prefill_tokens="tokens" in forced)
+            if found:
+                notes[label] = found
+    for j in judges:
+        model = getattr(j, "target", None)
+        if callable(getattr(model, "probe", None)) and model.caps is None:
+            found = model.probe(j.config)
+            if found:
+                notes[f"judge {j.name}: {model.name}"] = found
+    if callable(getattr(attacker, "probe", None)) and attacker.caps is None:
+        attacker.probe(GenConfig(max_new_tokens=8, do_sample=True))
+    return notes
 
 
 def _plan(targets, labels, data, attacks, done, batch_size: int, n_samples: int):
