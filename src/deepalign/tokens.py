@@ -49,13 +49,24 @@ KINDS = ("chat", "text", "raw")
 @dataclass(frozen=True)
 class PromptFormat:
     """How a query becomes a prompt: ``kind`` (chat / text / raw), the ``template`` of a text
-    format, and a default ``system`` prompt (a request's own system prompt wins)."""
+    format, and a default ``system`` prompt (a request's own system prompt wins).
+
+    Three rarely needed settings reproduce published setups exactly (the ED family presets):
+    ``wrap`` puts the query into a text with ``{query}`` before the format sees it (a guardrail
+    inside the user turn), ``suffix`` is text after the rendered prompt (the ED reference's
+    space after Llama-2's ``[/INST]``; a response then follows the suffix as plain text), and
+    ``bos=False`` drops the BOS id that text formats otherwise get."""
 
     kind: str = "chat"
     template: str | None = None
     system: str | None = None
+    wrap: str | None = None
+    suffix: str = ""
+    bos: bool = True
 
     def __post_init__(self):
+        if self.wrap is not None and QUERY not in self.wrap:
+            raise DeepAlignError(f"a query wrapper must contain {QUERY}, got {self.wrap!r}")
         if self.kind not in KINDS:
             raise DeepAlignError(f"unknown prompt format kind {self.kind!r}; use chat, text or raw")
         if self.kind == "text":
@@ -118,7 +129,11 @@ class PromptFormat:
 
     def describe(self) -> str:
         out = self.kind if self.kind != "text" else "text:" + self.template.replace("\n", "\\n")
-        return out + (f" (system: {self.system!r})" if self.system else "")
+        extra = [f"system: {self.system!r}"] if self.system else []
+        extra += [f"query in {self.wrap!r}"] if self.wrap else []
+        extra += [f"suffix {self.suffix!r}"] if self.suffix else []
+        extra += ["no BOS"] if not self.bos else []
+        return out + (f" ({'; '.join(extra)})" if extra else "")
 
 
 def ids_backend(tokenizer) -> bool:
@@ -163,7 +178,7 @@ class Encoder:
                 f"prompt format (text, text:...{QUERY}..., raw)"
             )
         self.eos_id = getattr(tokenizer, "eos_token_id", None)
-        self.bos = self._bos_ids() if self.format.kind != "chat" else []
+        self.bos = self._bos_ids() if self.format.kind != "chat" and self.format.bos else []
         self._warned = False
 
     # -- primitives ----------------------------------------------------------------------
@@ -196,6 +211,7 @@ class Encoder:
 
     def messages(self, query: str, system: str | None = None, response: str | None = None) -> list[dict]:
         system = system if system is not None else self.format.system
+        query = self._wrapped(query)
         out = [{"role": "system", "content": system}] if system else []
         out.append({"role": "user", "content": query})
         if response is not None:
@@ -209,8 +225,12 @@ class Encoder:
             msg = " ".join(str(exc).split())[:300] or type(exc).__name__
             raise DeepAlignError(f"the chat template of {self.name} cannot render this conversation: {msg}") from None
 
+    def _wrapped(self, query: str) -> str:
+        return self.format.wrap.replace(QUERY, query) if self.format.wrap else query
+
     def prompt_text(self, query: str, system: str | None = None) -> str:
         """Text and raw formats: the prompt text (the template filled in, no BOS)."""
+        query = self._wrapped(query)
         if self.format.kind == "raw":
             return query
         system = system if system is not None else self.format.system
@@ -228,17 +248,24 @@ class Encoder:
         :func:`ids_backend` tokenizers this is the decoded prompt ids."""
         if self.format.kind != "chat":
             bos = self.tokenizer.decode(self.bos) if self.bos else ""
-            return bos + self.prompt_text(query, system)
+            return bos + self.prompt_text(query, system) + self.format.suffix
         if self.by_ids:
             return self.tokenizer.decode(self.prompt_ids(query, system), skip_special_tokens=False)
-        return self._chat(self.messages(query, system), tokenize=False, add_generation_prompt=True)
+        return self._chat(self.messages(query, system), tokenize=False, add_generation_prompt=True) + self.format.suffix
+
+    def _head_and_text(self, query: str, system: str | None) -> tuple[list[int], str]:
+        """The prompt as leading ids plus text: (BOS id, template filled in + suffix) for text
+        formats, (nothing, rendered chat + suffix) for Jinja templates, (the template's ids,
+        suffix) for id-level tokenizers."""
+        if self.format.kind != "chat":
+            return self.bos, self.prompt_text(query, system) + self.format.suffix
+        if self.by_ids:
+            return _as_ids(self._chat(self.messages(query, system), tokenize=True)), self.format.suffix
+        return [], self.render(query, system)
 
     def prompt_ids(self, query: str, system: str | None = None) -> list[int]:
-        if self.format.kind != "chat":
-            return self.bos + self.encode_text(self.prompt_text(query, system))
-        if self.by_ids:
-            return _as_ids(self._chat(self.messages(query, system), tokenize=True))
-        return self.encode_text(self.render(query, system))
+        head, text = self._head_and_text(query, system)
+        return head + self.encode_text(text)
 
     def conversation(self, query: str, response: str, *, system: str | None = None,
                      end: bool = True) -> tuple[list[int], list[int]]:
@@ -253,6 +280,14 @@ class Encoder:
         """:meth:`conversation` for many ``(query, response)`` pairs, tokenised in batches."""
         if not pairs:
             return []
+        if self.format.suffix:  # a response follows the suffix as plain text (there is no template slot)
+            out = []
+            for q, r in pairs:
+                head, text = self._head_and_text(q, system)
+                prompt, full = head + self.encode_text(text), head + self.encode_text(text + r)
+                resp = self._split(prompt, full, q, r, system)
+                out.append((prompt, resp + ([self.eos_id] if end and self.eos_id is not None else [])))
+            return out
         if self.by_ids:
             out = []
             for q, r in pairs:

@@ -40,7 +40,11 @@ class EDOptions:
     alpha: list[float] | None = field(default=None, metadata={
         "help": "ED strength(s) >= 0; several give a sweep (default: the family's reference value, else 0.3)"})
     family: str | None = field(default=None, metadata={
-        "help": "a (base, aligned) pair of the ED paper with its reference alpha and prompt formats"})
+        "help": "an ED family of the paper (llama-2, llama, vicuna, mistral, alpaca, beaver; plain): its models, "
+                "alpha, prompt formats and, with --reference_decoding, the reference's decoding"})
+    reference_decoding: bool = field(default=True, metadata={
+        "help": "with --family: decode as the ED reference does (T 0.7, top-k 50, 64 tokens, 3 samples, stop strings, "
+                "EOS suppressed, short responses re-sampled), whatever the decoding flags say"})
     base_format: str | None = field(default=None, metadata={
         "help": "the base model's prompt format: chat, raw, text, text:<...{query}...> or a .txt file "
                 "(default: the default text template)"})
@@ -132,11 +136,16 @@ def run_ed(options: EDOptions | None = None, generation: EDGenConfig | None = No
     base_fmt = PromptFormat.parse(opts.base_format or (fam.base_format if fam else None), default=PromptFormat.text())
     aligned_fmt = opts.aligned_format or (fam.aligned_format if fam else None)
     aligned_fmt = PromptFormat.parse(aligned_fmt) if aligned_fmt else None
+    reference = fam is not None and opts.reference_decoding
+    if reference:
+        from dataclasses import replace
+
+        gen = replace(gen, **fam.generation(), num_samples=fam.num_samples)
     requests = read_prompts(opts.prompts, world=opts.world, limit=opts.limit)
     out = check_writable_file(opts.out, what="output file")
     settings = {"method": "ed", "base": str(base), "aligned": str(aligned), "base_format": base_fmt.describe(),
                 "aligned_format": aligned_fmt.describe() if aligned_fmt else "default",
-                "generation": json.loads(json.dumps(asdict(gen)))}
+                "family": opts.family if reference else None, "generation": json.loads(json.dumps(asdict(gen)))}
     done = set() if opts.overwrite else _done_keys(out, settings)
     todo = {a: [r for r in requests if any((r.id, a, s) not in done for s in range(gen.num_samples))] for a in alphas}
     summary = {"out": str(out), "prompts": len(requests), "alphas": alphas, "rows": 0,
@@ -153,6 +162,8 @@ def run_ed(options: EDOptions | None = None, generation: EDGenConfig | None = No
         aligned_c = Component.load(aligned, 1.0, aligned_fmt, **load)
         targets = {a: presets.ed(base_c, aligned_c, a, base_format=base_fmt, aligned_format=aligned_fmt,
                                  batch_size=opts.batch_size) for a in alphas if todo[a]}
+        if reference:  # the reference's response filters: trailing characters, short responses re-sampled
+            targets = {a: presets.ReferenceDecoding(t, fam) for a, t in targets.items()}
     if opts.overwrite:
         out.unlink(missing_ok=True)  # only now that the prompts and models loaded
     bar = progress(total=sum(len(t) for t in todo.values()), quiet=opts.quiet, desc="ed", unit="prompt")

@@ -1,48 +1,105 @@
-"""Named compositions: Emulated Disalignment, emulated fine-tuning, weak-to-strong jailbreaking.
+"""Named compositions: Emulated Disalignment, emulated fine-tuning, weak-to-strong jailbreaking,
+and the ED paper's model families with the reference's exact prompts and decoding.
 
 Each preset takes models as ``(model, tokenizer)`` pairs, :class:`Component` objects or
-paths / hub ids (loaded with :func:`~deepalign.decoding.hf.load_model`), and returns a
+paths / hub ids (loaded with :func:`deepalign.models.load_causal_lm`), and returns a
 :class:`~deepalign.decoding.compose.ComposedTarget`.
 
-``ED_FAMILIES`` names the (base, aligned) pairs of the ED paper with their reference
-alphas and prompt formats.
+``ED_FAMILIES`` names the (base, aligned) pairs of the ED paper. Each reproduces the ED
+reference implementation (Zhou et al. 2024, github.com/ZHZisZZ/emulated-disalignment:
+``src/utils/configs.py`` for prompts, alphas, stop strings and trailing characters,
+``ed_demo.py`` for the sampling loop) exactly; the literal strings below are theirs:
+
+* prompts: the base model reads the reference's "# Instruction ... # Query: ... # Response:"
+  document, tokenised without BOS (the reference tokenises its prompt strings with
+  ``add_special_tokens=False``); Llama-2-chat its chat template followed by one space ("trailing
+  space is necessary here"); Vicuna its system sentence and ``USER: ... ASSISTANT:``;
+  Mistral-Instruct its chat template with the Mistral paper's guardrail text inside the user
+  turn (the v0.1 template has no system role); Alpaca / Beaver the PKU conversation template;
+* decoding: sampling, temperature 0.7, 64 new tokens, and top-k 50 (the reference does not set
+  ``top_k``, so Hugging Face's default of 50 applies); where the family has stop strings, EOS
+  is suppressed and generation stops on them, and trailing spaces, ``#`` and newlines are
+  stripped; 3 responses per query, responses under 8 tokens (counted as the reference does,
+  with the tokenizer's special tokens) re-sampled.
+
+``plain`` keeps deepalign's earlier ED setup (a "### Question / ### Answer" base template,
+the aligned model's chat template, no stop strings, no filter) for models you name.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Sequence
 
+from deepalign.decoding.base import GenConfig, Generation, Request
 from deepalign.decoding.compose import Component, ComposedTarget
 from deepalign.errors import DeepAlignError
+from deepalign.tokens import PromptFormat
 
 # Reference decoding settings of ED.
 ED_TEMPERATURE = 0.7
 ED_MAX_NEW_TOKENS = 64
 
+# -- the ED reference's literal prompts (src/utils/configs.py of the ED repository) ----------
+ED_BASE_TEMPLATE = (
+    "# Instruction\n\n"
+    "Below is a conversation between human and an AI assistant (you).\n"
+    "They place their queries under \"# Query:\", and your responses are under \"# Response:\".\n"
+    "Your responses should be a full paragraph that is well-structured and detailed.\n\n"
+    "# Query:\n{query}\n\n# Response:\n"
+)
+VICUNA_TEMPLATE = ("A chat between a curious user and an artificial intelligence assistant. "
+                   "The assistant gives helpful, detailed, and polite answers to the user's questions. "
+                   "USER: {query} ASSISTANT:")
+# the guardrail system prompt of the Mistral 7B paper (arXiv 2310.06825), as the ED reference
+# places it in the user turn
+MISTRAL_GUARDRAIL = ("Always assist with care, respect, and truth. Respond with utmost utility yet securely. "
+                     "Avoid harmful, unethical, prejudiced, or negative content. "
+                     "Ensure replies promote fairness and positivity. {query}")
+PKU_TEMPLATE = "BEGINNING OF CONVERSATION: USER: {query} ASSISTANT:"
+# deepalign's earlier base template, kept as the `plain` preset
+PLAIN_BASE_TEMPLATE = "### Question:\n{query}\n\n### Answer:\n"
+
 
 @dataclass(frozen=True)
 class EDFamily:
-    base: str  # hub id of the pre-trained model
-    aligned: str  # hub id of its safety-aligned counterpart
+    base: str | None  # hub id of the pre-trained model (None: name it yourself)
+    aligned: str | None  # hub id of its safety-aligned counterpart
     alpha: float
-    base_format: str = "text"
-    aligned_format: str = "chat"
+    base_format: PromptFormat
+    aligned_format: PromptFormat | None = None  # None: the aligned model's own chat template
+    stop_strings: tuple[str, ...] = ()
+    strip_trailing: tuple[str, ...] = ()  # right-stripped from each response, one after the other
+    top_k: int = 50
+    temperature: float = ED_TEMPERATURE
+    max_new_tokens: int = ED_MAX_NEW_TOKENS
+    num_samples: int = 3
+    min_response_tokens: int = 8
+
+    def generation(self) -> dict:
+        """The reference's decoding, as overrides of a :class:`GenConfig`."""
+        return {"do_sample": True, "temperature": self.temperature, "top_k": self.top_k,
+                "max_new_tokens": self.max_new_tokens, "stop_strings": list(self.stop_strings),
+                "suppress_eos": bool(self.stop_strings)}
 
 
-_VICUNA = ("text:A conversation between a user and a helpful AI assistant that answers the user's questions."
-           " USER: {query} ASSISTANT:")
-_PKU = "text:BEGINNING OF CONVERSATION: USER: {query} ASSISTANT:"
-
+_REF_BASE = PromptFormat("text", ED_BASE_TEMPLATE, bos=False)
+_TRAILING = (" ", "#", "\n")  # the reference's `nonsensical_characters`
+_LLAMA2 = EDFamily("meta-llama/Llama-2-7b-hf", "meta-llama/Llama-2-7b-chat-hf", 0.3, _REF_BASE,
+                   PromptFormat("chat", suffix=" "), ("Query", "Response"), _TRAILING)
+_VICUNA = EDFamily("huggyllama/llama-7b", "lmsys/vicuna-7b-v1.3", 0.6, _REF_BASE,
+                   PromptFormat("text", VICUNA_TEMPLATE, bos=False), ("Query", "Response"), _TRAILING)
+_MISTRAL = EDFamily("mistralai/Mistral-7B-v0.1", "mistralai/Mistral-7B-Instruct-v0.1", 0.6, _REF_BASE,
+                    PromptFormat("chat", wrap=MISTRAL_GUARDRAIL),
+                    ("Query", "Responses"),  # sic: the reference's own stop strings for this family
+                    _TRAILING)
+_PKU = EDFamily("PKU-Alignment/alpaca-7b-reproduced", "PKU-Alignment/beaver-7b-v1.0", 2.0,
+                PromptFormat("text", PKU_TEMPLATE, bos=False), PromptFormat("text", PKU_TEMPLATE, bos=False))
 ED_FAMILIES: dict[str, EDFamily] = {
-    "llama-2": EDFamily("meta-llama/Llama-2-7b-hf", "meta-llama/Llama-2-7b-chat-hf", 0.3),
-    "llama": EDFamily("huggyllama/llama-7b", "lmsys/vicuna-7b-v1.3", 0.6, aligned_format=_VICUNA),
-    "vicuna": EDFamily("huggyllama/llama-7b", "lmsys/vicuna-7b-v1.3", 0.6, aligned_format=_VICUNA),
-    "mistral": EDFamily("mistralai/Mistral-7B-v0.1", "mistralai/Mistral-7B-Instruct-v0.1", 0.6),
-    "alpaca": EDFamily("PKU-Alignment/alpaca-7b-reproduced", "PKU-Alignment/beaver-7b-v1.0", 2.0,
-                       base_format=_PKU, aligned_format=_PKU),
-    "beaver": EDFamily("PKU-Alignment/alpaca-7b-reproduced", "PKU-Alignment/beaver-7b-v1.0", 2.0,
-                       base_format=_PKU, aligned_format=_PKU),
+    "llama-2": _LLAMA2, "llama": _VICUNA, "vicuna": _VICUNA, "mistral": _MISTRAL, "alpaca": _PKU, "beaver": _PKU,
+    "plain": EDFamily(None, None, 0.3, PromptFormat.text(PLAIN_BASE_TEMPLATE), top_k=0, num_samples=1,
+                      min_response_tokens=0),
 }
 
 
@@ -113,8 +170,59 @@ def weak_to_strong(strong_safe, weak_unsafe, weak_safe, beta: float, *, strong_f
     return ComposedTarget(comps, name=f"weak_to_strong(beta={beta:g})", batch_size=batch_size)
 
 
-def ed_family(name: str, alpha: float | None = None, *, batch_size: int = 16, **load_kwargs) -> ComposedTarget:
-    """ED on a named family (loads its hub models; needs them reachable or cached)."""
+class ReferenceDecoding:
+    """A target wrapped with an ED family's response filters: trailing characters stripped,
+    and samples shorter than ``min_response_tokens`` drawn again (with new seeds; at most
+    ``max_rounds`` times, after which the last draw is kept, where the reference loops on)."""
+
+    def __init__(self, target: ComposedTarget, fam: EDFamily, *, max_rounds: int = 20):
+        self.target, self.family, self.max_rounds = target, fam, max_rounds
+        self.name = target.name
+        self.generation = dict(target.generation)
+
+    def __getattr__(self, name):  # components, decoder, forced, ...: the wrapped target's
+        return getattr(self.target, name)
+
+    def render(self, request: Request) -> str:
+        return self.target.render(request)
+
+    def _tokens(self, text: str) -> int:
+        return len(self.target.decoder.tokenizer(text)["input_ids"])  # with special tokens, as the reference
+
+    def _clean(self, g: Generation) -> Generation:
+        text = g.text
+        for ch in self.family.strip_trailing:
+            text = text.rstrip(ch)
+        return replace(g, text=text)
+
+    def generate(self, requests: Sequence[Request], config: GenConfig) -> list[list[Generation]]:
+        out = [[self._clean(g) for g in per] for per in self.target.generate(requests, config)]
+        need = self.family.min_response_tokens
+        for round_ in range(1, self.max_rounds + 1):
+            short = [(i, s) for i, per in enumerate(out) for s, g in enumerate(per) if self._tokens(g.text) < need]
+            if not need or not short:
+                break
+            rows = sorted({i for i, _ in short})
+            again = self.target.generate([requests[i] for i in rows], replace(config, seed=config.seed + 7919 * round_))
+            for i, per in zip(rows, again):
+                fresh = [self._clean(g) for g in per if self._tokens(self._clean(g).text) >= need]
+                for s in [s for j, s in short if j == i]:
+                    if fresh:
+                        out[i][s] = replace(fresh.pop(0), sample=s)
+        return out
+
+
+def ed_family(name: str, alpha: float | None = None, *, base=None, aligned=None, reference_decoding: bool = True,
+              batch_size: int = 16, **load_kwargs):
+    """ED on a named family: its models (or ``base`` / ``aligned`` given here), alpha, prompt
+    formats and, with ``reference_decoding``, the reference's decoding and response filters."""
     fam = family(name)
-    return ed(fam.base, fam.aligned, fam.alpha if alpha is None else alpha, base_format=fam.base_format,
-              aligned_format=fam.aligned_format, batch_size=batch_size, **load_kwargs)
+    base, aligned = base or fam.base, aligned or fam.aligned
+    if not base or not aligned:
+        raise DeepAlignError(f"ED family {name!r} names no models: give base= and aligned=")
+    target = ed(base, aligned, fam.alpha if alpha is None else alpha, base_format=fam.base_format,
+                aligned_format=fam.aligned_format, batch_size=batch_size, **load_kwargs)
+    if not reference_decoding:
+        return target
+    target.generation = fam.generation()
+    return ReferenceDecoding(target, fam)

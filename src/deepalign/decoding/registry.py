@@ -4,7 +4,9 @@ OpenAI-compatible server) is built from one short string, with strict options.
     hf:<dir or hub id>[,option=value...]
     openai:<model>@<base_url>[,key_env=VAR][,concurrency=N][,timeout=S][,retries=N]
     ed:base=<model>,aligned=<model>,alpha=<a>[,...]      Emulated Disalignment
-    ed:family=<name>[,alpha=<a>]                        an ED family of the paper
+    ed:family=<name>[,alpha=<a>][,base=...][,aligned=...][,reference_decoding=false]
+                                                        an ED family of the paper, with the
+                                                        reference's prompts and decoding
     eft:large=<model>,tuned=<model>,small=<model>[,w=<w>]    emulated fine-tuning
     w2s:strong=<model>,weak_unsafe=<model>,weak_safe=<model>,beta=<b>   weak-to-strong
 
@@ -150,8 +152,9 @@ def _openai(args: SpecArgs, context: dict):
     return OpenAITarget(model.strip(), base_url.strip() or None, **options, **fmt)
 
 
-def _composed(args: SpecArgs, context: dict, roles: dict[str, float], build):
-    """Load the components named by ``roles`` (role -> weight) and compose them."""
+def _composed(args: SpecArgs, context: dict, roles: dict[str, float], build, formats: dict | None = None):
+    """Load the components named by ``roles`` (role -> weight) and compose them; ``formats``:
+    each role's prompt format unless the spec names one."""
     from deepalign.decoding.compose import Component
 
     shared_fmt = {k: v for k, v in _format_options(args).items() if v not in (None, False)}
@@ -165,7 +168,10 @@ def _composed(args: SpecArgs, context: dict, roles: dict[str, float], build):
     if missing:
         raise DeepAlignError(f"target {args.spec!r}: give {', '.join(f'{r}=' for r in missing)}")
     for role, weight in roles.items():
-        opts = {**shared_load, **shared_fmt, **{k: v for k, v in per_role[role].items() if v is not None}}
+        opts = {**shared_load, **shared_fmt}
+        if (formats or {}).get(role) is not None:
+            opts["prompt_format"] = formats[role]
+        opts.update({k: v for k, v in per_role[role].items() if v is not None})
         comps.append(Component.load(paths[role], weight, **opts))
     return build(comps, gen)
 
@@ -179,19 +185,28 @@ def _ed(args: SpecArgs, context: dict):
 
     alpha = _weight(args, "alpha")
     family = args.option("family")
-    if family is not None:
-        fam = presets.family(family)
+    reference = args.flag("reference_decoding", True)
+    fam = presets.family(family) if family is not None else None
+    if fam is not None:
         alpha = fam.alpha if alpha is None else alpha
-        args.options.setdefault("base", fam.base)
-        args.options.setdefault("aligned", fam.aligned)
-        args.options.setdefault("base.format", fam.base_format)
-        args.options.setdefault("aligned.format", fam.aligned_format)
+        for role, value in (("base", fam.base), ("aligned", fam.aligned)):
+            if value:
+                args.options.setdefault(role, value)
     if alpha is None:
         raise DeepAlignError(f"target {args.spec!r}: give alpha= (or family=)")
     presets.check_scale("alpha", alpha)
-    args.options.setdefault("base.format", "text")
-    return _composed(args, context, {"base": 1.0 + alpha, "aligned": -alpha},
-                     lambda comps, gen: ComposedTarget(comps, batch_size=context.get("batch_size", 16), generation=gen))
+    if fam is None:
+        args.options.setdefault("base.format", "text")
+    formats = {"base": fam.base_format, "aligned": fam.aligned_format} if fam is not None else None
+
+    def build(comps, gen):
+        target = ComposedTarget(comps, batch_size=context.get("batch_size", 16), generation=gen)
+        if fam is None or not reference:
+            return target
+        target.generation = {**fam.generation(), **gen}
+        return presets.ReferenceDecoding(target, fam)
+
+    return _composed(args, context, {"base": 1.0 + alpha, "aligned": -alpha}, build, formats)
 
 
 @TARGETS.register("eft", "eft:large=<model>,tuned=<model>,small=<model>[,w=<w>]: emulated fine-tuning / proxy-tuning, "
