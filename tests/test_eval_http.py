@@ -312,3 +312,14 @@ def test_api_key_never_reaches_the_run_directory(tmp_path, monkeypatch):
     assert {p.name for p in files} >= {"responses.jsonl", "summary.json", "report.md", "run.json"}
     assert all(secret.encode() not in p.read_bytes() for p in files)
     assert spec in (tmp_path / "run.json").read_text()  # the spec names the variable, not the key
+
+
+def test_unreachable_server_fails_before_writing(world_dir, tmp_path):
+    from deepalign import run_eval
+
+    with FakeServer(echo) as srv:
+        dead = srv.url
+    with pytest.raises(DeepAlignError, match="connection failed"):
+        run_eval(targets=[f"openai:m@{dead},retries=0,timeout=2"], attacks=["direct"], datasets=["world:harmful"],
+                 world=str(world_dir), limit=1, out_dir=str(tmp_path / "r"), quiet=True)
+    assert not (tmp_path / "r").exists()

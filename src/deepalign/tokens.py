@@ -178,7 +178,7 @@ class Encoder:
                 f"prompt format (text, text:...{QUERY}..., raw)"
             )
         self.eos_id = getattr(tokenizer, "eos_token_id", None)
-        self.bos = self._bos_ids() if self.format.kind != "chat" and self.format.bos else []
+        self.bos = self.bos_ids() if self.format.kind != "chat" and self.format.bos else []
         self._warned = False
 
     # -- primitives ----------------------------------------------------------------------
@@ -198,7 +198,7 @@ class Encoder:
         except (TypeError, ValueError, NotImplementedError):  # wrappers without batch support
             return [self.encode_text(t) for t in texts]
 
-    def _bos_ids(self) -> list[int]:
+    def bos_ids(self) -> list[int]:
         """The BOS id when this tokenizer adds one to plain text, else nothing."""
         bos = getattr(self.tokenizer, "bos_token_id", None)
         if bos is None:
@@ -363,7 +363,7 @@ class Encoder:
 
     def raw_ids(self, text: str) -> list[int]:
         """A raw text request (a completion attack file, sent verbatim): BOS id + its tokens."""
-        return self._bos_ids() + self.encode_text(text)
+        return self.bos_ids() + self.encode_text(text)
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=False)

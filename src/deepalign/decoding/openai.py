@@ -115,6 +115,7 @@ class OpenAITarget:
         self.system = system
         self.caps: dict[str, Any] | None = None
         self.notes: list[str] = []
+        self._flags: set[str] = set()
         self._pool = None
 
     def __repr__(self) -> str:  # never shows the key
@@ -201,9 +202,21 @@ class OpenAITarget:
         return self.encoder.tokenizer.decode(ids, skip_special_tokens=True), ids
 
     def _local_prompt(self, request: Request, forced_ids: list[int] | None) -> str:
+        """The prompt rendered locally, as the text to send to /v1/completions. A server
+        tokenises a text prompt with the tokenizer's special tokens, so a BOS it adds itself is
+        left out of the text; and where the text would not tokenise back to the same ids, the
+        report says so."""
         enc = self.encoder
         ids = enc.prompt_ids(request.query, request.system) + list(forced_ids or [])
-        return enc.decode(ids)
+        added = enc.bos_ids()
+        if added and ids[:1] == added:
+            ids = ids[1:]
+        text = enc.decode(ids)
+        if added + enc.encode_text(text) != added + ids and "retokenised" not in self._flags:
+            self._flags.add("retokenised")
+            self.notes.append("some locally rendered prompts tokenise back to other ids than intended (the server "
+                              "receives text, not ids)")
+        return text
 
     def payload(self, request: Request, config: GenConfig, sample: int) -> tuple[str, dict, list[int] | None]:
         """``(endpoint, keyword arguments of the SDK call, forced ids)`` of one request."""
@@ -291,8 +304,8 @@ class OpenAITarget:
                 texts.append(self._text(self._call(endpoint, **body), endpoint))
             if texts[0] and texts[0] == texts[1]:
                 notes.append("seems to ignore sampling parameters: two samples with different seeds were identical")
-        self.caps, self.notes = caps, notes
-        return notes
+        self.caps, self.notes = caps, notes + self.notes
+        return self.notes
 
     def _check_completions(self, config: GenConfig) -> None:
         body, extra = self._sampling(config, 0)
