@@ -89,3 +89,66 @@ def test_kill9_during_training_then_resume(world_dir, base_model_dir, tmp_path):
     a, b = load_file(str(ref / "model.safetensors")), load_file(str(run / "model.safetensors"))
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4, msg=k)
+
+
+KILL_IN_FINAL_SAVE = """
+import os, signal, sys
+import deepalign.training.trainer as T
+
+def install(tmp, out, last=("config.json", "adapter_config.json")):
+    name = sorted(p.name for p in tmp.iterdir())[0]
+    os.replace(tmp / name, out / name)  # one file of the final model is in place...
+    os.kill(os.getpid(), signal.SIGKILL)  # ...when the process dies
+
+T._install = install
+from deepalign.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_kill9_during_the_final_save_then_resume(world_dir, base_model_dir, tmp_path):
+    """A kill while the final model is being moved into place: no loadable model is left, and
+    --resume ends with exactly the uninterrupted run's weights and steps (it used to train one
+    step more)."""
+    args = ["train", "--recipe", "vanilla", "--world", str(world_dir), "--model", str(base_model_dir),
+            "--max_steps", "6", "--per_device_train_batch_size", "4", "--save_steps", "2",
+            "--lr_scheduler_type", "constant", "--warmup_steps", "0", "--quiet"]
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    _run(_deepalign(*args, "--out", str(ref)))
+    killed = subprocess.run([sys.executable, "-c", KILL_IN_FINAL_SAVE, *args, "--out", str(run)], env=ENV,
+                            capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-1000:]
+    assert not (run / "config.json").exists()  # not loadable: the run is not finished
+    _run(_deepalign(*args, "--out", str(run), "--resume"))
+    assert json.loads((run / "deepalign_train.json").read_text())["steps"] == 6
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(ref / "model.safetensors")), load_file(str(run / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not list(run.glob(".final-*"))
+
+
+def test_kill9_during_pretraining_then_resume(world_dir, tmp_path):
+    args = ["pretrain", "--world", str(world_dir), "--hidden_size", "32", "--num_layers", "1", "--num_heads", "2",
+            "--intermediate_size", "64", "--max_steps", "40", "--per_device_train_batch_size", "4", "--save_steps", "8",
+            "--no_probe", "--quiet"]
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    _run(_deepalign(*args, "--out", str(ref)))
+    partial = tmp_path / "run.partial"
+
+    def checkpoint_16():  # pretraining keeps only its last checkpoint
+        return partial.is_dir() and any(d.name.startswith("checkpoint-") and int(d.name.split("-")[1]) >= 16
+                                        and (d / "trainer_state.json").exists() for d in partial.iterdir())
+
+    _kill_when(_deepalign(*args, "--out", str(run)), checkpoint_16)
+    assert not run.exists()  # written atomically: nothing until the end
+    again = subprocess.run(_deepalign(*args, "--out", str(run)), env=ENV, capture_output=True, text=True)
+    assert again.returncode == 2 and "pass --resume" in again.stderr and partial.is_dir()  # never discarded silently
+    _run(_deepalign(*args, "--out", str(run), "--resume"))
+    a = json.loads((ref / "deepalign_train.json").read_text())["loss_curve"]
+    b = json.loads((run / "deepalign_train.json").read_text())["loss_curve"]
+    assert a == b
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(str(ref / "model.safetensors")), load_file(str(run / "model.safetensors"))
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)

@@ -60,6 +60,8 @@ class StudyConfig:
     limit: int | None = field(default=None, metadata={"help": "items per evaluation dataset (default: all)"})
     train_steps: int = field(default=-1, metadata={"help": "optimizer steps per alignment run (-1: recipe default)"})
     pretrain_steps: int | None = field(default=None, metadata={"help": "pretraining steps (default: pretrain's default)"})
+    checkpoint_every: float = field(default=0.05, metadata={
+        "help": "share of each training stage between checkpoints: a killed study loses at most this much of a stage"})
 
     @property
     def world_mode(self) -> bool:
@@ -77,6 +79,7 @@ class StudyConfig:
         number("limit", self.limit, low=1, integer=True, optional=True)
         number("train_steps", self.train_steps, low=-1, integer=True)
         number("pretrain_steps", self.pretrain_steps, low=1, integer=True, optional=True)
+        number("checkpoint_every", self.checkpoint_every, low=0, high=1, low_open=True, high_open=True)
         if not self.world_mode and not (self.triples and self.helpful):
             raise OptionError("base", "needs --triples and --helpful (the alignment data of a real-model study)")
         if self.world_mode and (self.triples or self.helpful or self.eval_datasets):
@@ -142,7 +145,7 @@ def run_study(options: StudyConfig | None = None, **kwargs) -> dict:
         base = out / "base"
         stages.run("pretrain", (base / "config.json").exists(),
                    lambda: pretrain(world=str(world), out=str(base), seed=cfg.seed, quiet=cfg.quiet, resume=True,
-                                    **pre_opts))
+                                    save_steps=cfg.checkpoint_every, **pre_opts))
         base_spec = str(base)
     else:
         base_spec = cfg.base
@@ -154,7 +157,7 @@ def run_study(options: StudyConfig | None = None, **kwargs) -> dict:
         start_from = str(models / "vanilla") if recipe == "dpo" else base_spec
         stages.run(f"train {recipe}", (dest / "config.json").exists(), lambda r=recipe, d=dest, m=start_from: train(
             recipe=r, model_name_or_path=m, output_dir=str(d), world=str(world), seed=cfg.seed, use_peft=lora,
-            resume=True, max_steps=cfg.train_steps, quiet=cfg.quiet, **data,
+            resume=True, max_steps=cfg.train_steps, save_steps=cfg.checkpoint_every, quiet=cfg.quiet, **data,
         ))
 
     targets = {"base": base_spec, **{r: str(models / r) for r in RECIPES}}

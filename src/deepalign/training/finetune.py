@@ -325,7 +325,27 @@ def train(options: TrainOptions | None = None, training: DeRTaConfig | None = No
         if _value(args.eval_strategy) != "no" and eval_recs is None:
             raise OptionError("eval_strategy", "needs evaluation data: give --eval_share (a held-out share of the records)")
 
-        # everything the user could get wrong has been checked: now touch the output directory
+        ckpt_dir = str(out / outdir.CHECKPOINTS)
+        from dataclasses import replace
+
+        # the training arguments come before the weights: under DeepSpeed ZeRO-3 they make
+        # from_pretrained load each rank's shard only
+        run_args = replace(args, output_dir=ckpt_dir, learning_rate=lr, push_to_hub=False,
+                           disable_tqdm=bool(opts.quiet or args.disable_tqdm), use_cpu=not _cuda(),
+                           data_seed=args.data_seed if args.data_seed is not None else args.seed,
+                           dataloader_pin_memory=_cuda() and args.dataloader_pin_memory)
+        dargs = None
+        if opts.recipe == "dpo":
+            from deepalign.training.dpo import dpo_config
+
+            dargs = dpo_config(run_args, beta=opts.beta)
+        from deepalign.models import load_causal_lm
+
+        net = load_causal_lm(source, dtype=opts.dtype, device="cpu", trust_remote_code=opts.trust_remote_code)
+        net.train()
+
+        # everything the user could get wrong has been checked and loaded: now touch the output
+        # directory (the Trainer creates its checkpoint directory inside it)
         if state.is_main_process:
             if wipe:
                 outdir.wipe(out)
@@ -343,35 +363,19 @@ def train(options: TrainOptions | None = None, training: DeRTaConfig | None = No
                 save_records(recs, out / "records.jsonl")
         state.wait_for_everyone()
 
-        ckpt_dir = str(out / outdir.CHECKPOINTS)
-        from dataclasses import replace
-
-        run_args = replace(args, output_dir=ckpt_dir, learning_rate=lr, push_to_hub=False,
-                           disable_tqdm=bool(opts.quiet or args.disable_tqdm), use_cpu=not _cuda(),
-                           data_seed=args.data_seed if args.data_seed is not None else args.seed,
-                           dataloader_pin_memory=_cuda() and args.dataloader_pin_memory)
-        from deepalign.models import load_causal_lm
-
         info: dict[str, Any] = {
             "recipe": opts.recipe, "base_model": model_spec, "base_model_on_hub": source == model_spec and not
             Path(model_spec).exists(), "parameters": n_params, "learning_rate": lr,
             "prompt_format": encoder.format.describe(), "data": data, "deepalign_version": __version__,
         }
-        # the training arguments come before the weights: under DeepSpeed ZeRO-3 they make
-        # from_pretrained load each rank's shard only
         if opts.recipe == "dpo":
-            from deepalign.training.dpo import build_dpo_trainer, dpo_config
+            from deepalign.training.dpo import build_dpo_trainer
 
-            dargs = dpo_config(run_args, beta=opts.beta)
-            net = load_causal_lm(source, dtype=opts.dtype, device="cpu", trust_remote_code=opts.trust_remote_code)
-            net.train()
             trainer = build_dpo_trainer(net, tokenizer, triples, encoder, dargs, peft_config=peft_config)
             info.update({"pairs": len(triples), "beta": opts.beta})
         else:
             from deepalign.training.trainer import DeRTaTrainer
 
-            net = load_causal_lm(source, dtype=opts.dtype, device="cpu", trust_remote_code=opts.trust_remote_code)
-            net.train()
             trainer = DeRTaTrainer(net, run_args, train_dataset=recs, eval_dataset=eval_recs,
                                    processing_class=tokenizer, refusal_token_id=refusal_id, peft_config=peft_config,
                                    encoder=encoder)
@@ -390,7 +394,14 @@ def train(options: TrainOptions | None = None, training: DeRTaConfig | None = No
         if checkpoint and not opts.quiet and state.is_main_process:
             print(f"resuming from {checkpoint}")
         start = time.time()
-        trainer.train(resume_from_checkpoint=checkpoint)
+        finished = outdir.finished_state(checkpoint)
+        if finished is not None:
+            # training ended and only the final save was interrupted: the last checkpoint is the
+            # model (resuming the Trainer from it would train one step more)
+            trainer._load_from_checkpoint(checkpoint)
+            trainer.state = finished
+        else:
+            trainer.train(resume_from_checkpoint=checkpoint)
         seconds = time.time() - start
         curve = [{k: h[k] for k in ("step", "loss", "mle_loss", "rto_loss", "eval_loss") if k in h}
                  for h in trainer.state.log_history if "loss" in h or "eval_loss" in h]

@@ -51,6 +51,17 @@ def last_complete_checkpoint(folder: Path) -> str | None:
     return str(max(done)[1]) if done else None
 
 
+def finished_state(checkpoint: str | None):
+    """The ``TrainerState`` of ``checkpoint`` when it holds the end of training (its step is
+    the run's last), else None."""
+    if not checkpoint:
+        return None
+    from transformers import TrainerState
+
+    state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    return state if state.max_steps and state.global_step >= state.max_steps else None
+
+
 def last_checkpoint(out: Path) -> str | None:
     return last_complete_checkpoint(out / CHECKPOINTS)
 
