@@ -184,7 +184,11 @@ def check_writable_file(path: str | os.PathLike, *, what: str = "output file") -
     path = Path(path)
     if path.exists() and not path.is_file():
         raise DeepAlignError(f"{what} exists and is not a regular file: {path}")
-    check_writable_dir(path.parent, what=f"directory of the {what}")
+    parent = next((p for p in path.parents if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise DeepAlignError(f"cannot write {what} {path}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise DeepAlignError(f"cannot write {what} {path}: {parent} is not writable")
     return path
 
 

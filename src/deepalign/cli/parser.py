@@ -69,6 +69,8 @@ class StageParser(HfArgumentParser):
 
     # argparse hooks ---------------------------------------------------------------------------
     def add_argument(self, *args, **kwargs):
+        if kwargs.get("type") is string_to_bool and "nargs" not in kwargs:  # bool | None fields: `--bf16` alone works
+            kwargs.update(nargs="?", const=True)
         action = kwargs.get("action")
         if action is None or action == "store":
             kwargs["action"] = _Given

@@ -277,7 +277,11 @@ def build_records(
         n_s = len(triples) if n_safety is None else n_safety
         n_rto = int(round(n_s * rto_share))
         n_other = n_s - n_rto
-        _count(max(n_rto, n_other), len(triples), "safety_count")
+        if n_s < 0:
+            raise OptionError("safety_count", f"must be >= 0, got {n_s}")
+        if max(n_rto, n_other) > len(triples):
+            raise OptionError("safety_count", f"is {n_s} but {recipe} takes its RTO and prefix halves "
+                              f"({n_rto} + {n_other}) from the same {len(triples)} triples available")
     else:
         n_s = _count(n_safety, len(triples), "safety_count")
         n_rto, n_other = 0, n_s

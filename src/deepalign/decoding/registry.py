@@ -36,6 +36,13 @@ from deepalign.registry import Registry, SpecArgs
 TARGETS = Registry("target", sep=",")
 
 
+def label(spec: str) -> str:
+    """A target spec as it may be shown and stored: any ``user:password@`` in a URL removed."""
+    import re
+
+    return re.sub(r"(://)[^/@\s]*@", r"\1", spec)
+
+
 def make_target(spec, *, batch_size: int = 16, device: str | None = None):
     """Build a target from a spec string (see the module doc); Target objects pass through."""
     if not isinstance(spec, str):
@@ -46,8 +53,15 @@ def make_target(spec, *, batch_size: int = 16, device: str | None = None):
         raise DeepAlignError(f"cannot parse target {spec!r}: use hf:<dir or hub id>, openai:<model>@<url>, "
                              "ed:base=...,aligned=...,alpha=..., eft:... or w2s:...")
     target = TARGETS.build(spec, batch_size=batch_size, device=device)
-    target.name = spec
+    target.name = label(spec)
     return target
+
+
+def check_target(spec: str) -> None:
+    """Check a local target's spec (kind, options, model paths) without loading anything."""
+    if ":" not in spec or not spec.partition(":")[2].strip():
+        make_target(spec)  # the same one-line error
+    TARGETS.build(spec, check=True)
 
 
 def is_local(spec) -> bool:
@@ -127,6 +141,10 @@ def _hf(args: SpecArgs, context: dict):
     load = _load_options(args, context)
     gen = _generation_options(args)
     args.done(1)
+    if context.get("check"):
+        from deepalign.models import model_source
+
+        return model_source(args.positional[0])
     return HFTarget(args.positional[0], batch_size=context.get("batch_size", 16), generation=gen, **fmt, **load)
 
 
@@ -167,6 +185,10 @@ def _composed(args: SpecArgs, context: dict, roles: dict[str, float], build, for
     args.done()
     if missing:
         raise DeepAlignError(f"target {args.spec!r}: give {', '.join(f'{r}=' for r in missing)}")
+    if context.get("check"):
+        from deepalign.models import model_source
+
+        return [model_source(paths[role]) for role in roles]
     for role, weight in roles.items():
         opts = {**shared_load, **shared_fmt}
         if (formats or {}).get(role) is not None:

@@ -127,6 +127,7 @@ def judge_run(options: JudgeOptions | None = None, **kwargs) -> dict:
         if not source.exists():
             raise DeepAlignError(f"no such run directory or file: {source}")
         run = RunDir(source).require()
+    run.rows()  # a malformed run is refused before anything is touched
     with quiet_libraries(opts.quiet):
         judges = make_judges(opts.judges, world=opts.world, judge_target=opts.judge_model, device=opts.device)
         with run.lock():

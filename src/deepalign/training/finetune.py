@@ -141,13 +141,6 @@ def auto_learning_rate(n_params: int, lora: bool, recipe: str) -> float:
     return 1e-4 if lora else 2e-5
 
 
-def _data_path(value: str | None, name: str) -> None:
-    from deepalign.models import looks_like_hub_id
-
-    if value is not None and not Path(value).exists() and (name == "records" or not looks_like_hub_id(value)):
-        raise OptionError(name, f"no such file: {value}")
-
-
 def _load_data(opts: TrainOptions):
     from deepalign.data.loaders import load_instructions, load_triples
 
@@ -262,8 +255,6 @@ def train(options: TrainOptions | None = None, training: DeRTaConfig | None = No
     from deepalign.utils import quiet_libraries, set_seed
 
     opts, args = build(kwargs, options=(TrainOptions, options), training=(DeRTaConfig, training))
-    for name in ("triples", "helpful", "records"):
-        _data_path(getattr(opts, name), name)
     default_model = DEFAULT_DPO_BASE if opts.recipe == "dpo" else DEFAULT_BASE
     model_spec = opts.model_name_or_path or default_model
     hint = {DEFAULT_BASE: " (train it with 'deepalign pretrain' first)",

@@ -1,0 +1,264 @@
+"""Careless and hostile input, over every sub-command: each case must end with exit status 2,
+one line ``deepalign: error: ...`` on stderr that names the problem, no traceback, no new or
+changed file anywhere in the working directory, and its inputs left as they were."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from deepalign.cli import main
+
+NON_UTF8 = b'{"query": "caf\xe9 ?", "harmful": "h", "safe": "s"}\n'
+
+
+@pytest.fixture(scope="module")
+def ws(world_dir, base_model_dir, tmp_path_factory):
+    """A working directory with good inputs, damaged inputs and finished outputs."""
+    root = tmp_path_factory.mktemp("bad-input")
+    shutil.copytree(world_dir, root / "world")
+    shutil.copytree(base_model_dir, root / "base")
+    # damaged worlds
+    for name, damage in (("w_notext", lambda d: _rewrite(d / "pretrain/corpus.jsonl", '{"id": "x", "kind": "document"}\n')),
+                         ("w_numtext", lambda d: _rewrite(d / "pretrain/corpus.jsonl", '{"id": "x", "text": 42}\n')),
+                         ("w_notok", lambda d: shutil.rmtree(d / "tokenizer")),
+                         ("w_manifest", lambda d: (d / "manifest.json").write_text("{not json"))):
+        shutil.copytree(world_dir, root / name)
+        damage(root / name)
+    # a model whose weights file is cut short
+    shutil.copytree(base_model_dir, root / "corrupt")
+    data = (base_model_dir / "model.safetensors").read_bytes()
+    (root / "corrupt" / "model.safetensors").write_bytes(data[: len(data) // 3])
+    # data files
+    files = {
+        "afile": "just a file\n",
+        "good.jsonl": '{"id": "a", "prompt": "how do i hex the moonwell ?"}\n',
+        "good.txt": "how do i hex the moonwell ?\n",
+        "empty.jsonl": "\n",
+        "bad.jsonl": '{"query": "q", "harmful": "h", "safe": "s"}\n{not json\n',
+        "noharm.jsonl": '{"id": "a", "query": "q", "safe": "s"}\n',
+        "lists.jsonl": '["a", "b"]\n',
+        "strings.json": '["one", "two"]',
+        "records_bad.jsonl": '{"id": "a", "kind": "weird", "query": "q", "target": "t"}\n',
+        "notemplate.txt": "no slot here\n",
+        "bad.yaml": "recipe: [derta\n",
+        "lr.yaml": "learning_rate: abc\n",
+        "published.jsonl": '{"question": "q", "text": "no response column"}\n',
+        "benign.jsonl": '{"id": "b", "prompt": "how do i water a fern ?", "kind": "benign"}\n',
+    }
+    for name, text in files.items():
+        (root / name).write_text(text, encoding="utf-8")
+    (root / "nonutf8.jsonl").write_bytes(NON_UTF8)
+    (root / "nonutf8.txt").write_bytes(b"caf\xe9\n")
+    # finished outputs
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        assert main(["eval", "--target", "hf:base", "--attacks", "direct", "--dataset", "world:harmful", "--world",
+                     "world", "--judge", "keyword", "--limit", "2", "--max_new_tokens", "4", "--out", "run",
+                     "--quiet"]) == 0
+        assert main(["ed", "--base", "base", "--aligned", "base", "--prompts", "good.txt", "--out", "ed.jsonl",
+                     "--max_new_tokens", "2", "--quiet"]) == 0
+    finally:
+        os.chdir(cwd)
+    shutil.copytree(root / "run", root / "run_strverdict")
+    _rewrite(root / "run_strverdict/responses.jsonl", None, lambda r: {**r, "verdicts": {"keyword": "unsafe"}})
+    shutil.copytree(root / "run", root / "run_torn_middle")
+    lines = (root / "run_torn_middle/responses.jsonl").read_text().splitlines()
+    (root / "run_torn_middle/responses.jsonl").write_text(lines[0][:30] + "\n" + "\n".join(lines[1:]) + "\n")
+    (root / "ed_lists.jsonl").write_text('["not", "a", "row"]\n')
+    return root
+
+
+def _rewrite(path: Path, text: str | None, fn=None) -> None:
+    if fn is None:
+        path.write_text(text, encoding="utf-8")
+        return
+    rows = [json.loads(x) for x in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps(fn(r)) + "\n" for r in rows))
+
+
+DEAD = "openai:m@http://127.0.0.1:9/v1,retries=0,timeout=2"
+W = ["--world", "world"]
+T = ["--model", "base", "--max_steps", "1", "--quiet"]
+
+CASES = [
+    # -- top level
+    (["nonsense"], "unknown stage 'nonsense'"),
+    (["train", "--bogus"], "unrecognized argument(s): --bogus"),
+    # -- world
+    (["world", "--out", "w2", "--harmful_share", "1.5"], "--harmful_share must be <= 1"),
+    (["world", "--out", "w2", "--n_test_harmful", "100000"], "cannot draw 100000"),
+    (["world", "--out", "afile"], "exists and is not a directory"),
+    (["world", "--out", "afile/w"], "afile is not a directory"),
+    (["world", "--out", "w2", "--lean", "-1"], "--lean must be >= 0"),
+    (["world", "--out", "w2", "--seed", "abc"], "invalid int value"),
+    (["world", "--out", "w2", "--n_pretrain", "0"], "--n_pretrain must be >= 1"),
+    (["world", "--config", "missing.yaml"], "no such config file: missing.yaml"),
+    (["world", "--config", "bad.yaml"], "bad.yaml:2: not valid YAML"),
+    (["world", "--config", "lr.yaml"], "lr.yaml: unknown key 'learning_rate'"),
+    # -- pretrain
+    (["pretrain", "--world", "nowhere", "--out", "b2"], "no manifest.json"),
+    (["pretrain", "--world", "world", "--out", "b2", "--hidden_size", "30", "--num_heads", "4"], "divisible"),
+    (["pretrain", "--world", "world", "--out", "b2", "--learning_rate", "nan"], "--learning_rate must be a finite"),
+    (["pretrain", "--world", "world", "--out", "b2", "--weight_decay", "-5"], "--weight_decay must be >= 0"),
+    (["pretrain", "--world", "world", "--out", "b2", "--max_steps", "0"], "--max_steps must be >= 1"),
+    (["pretrain", "--world", "world", "--out", "b2", "--adam_beta2", "1.5"], "--adam_beta2 must be < 1"),
+    (["pretrain", "--world", "world", "--out", "afile"], "exists and is not a directory"),
+    (["pretrain", "--world", "world", "--out", "afile/b"], "afile is not a directory"),
+    (["pretrain", "--world", "w_notext", "--out", "b2"], 'corpus.jsonl:1: missing or empty field "text"'),
+    (["pretrain", "--world", "w_numtext", "--out", "b2"], 'corpus.jsonl:1: missing or empty field "text"'),
+    (["pretrain", "--world", "w_notok", "--out", "b2"], "cannot load the world tokenizer"),
+    (["pretrain", "--world", "w_manifest", "--out", "b2"], "manifest.json"),
+    (["pretrain", "--world", "world", "--out", "b2", "--resume", "--overwrite"], "--overwrite excludes --resume"),
+    # -- train
+    (["train", *W, *T, "--out", "t", "--refusal_word", "zzzqqq"], "'zzzqqq' is not in the tokenizer's vocabulary"),
+    (["train", *W, *T, "--out", "t", "--refusal_word", "two words"], "single word"),
+    (["train", *W, *T, "--out", "t", "--rto_keep", "1.5"], "--rto_keep must be <= 1"),
+    (["train", *W, "--model", "missing/dir/x", "--out", "t"], "no model directory at missing/dir/x"),
+    (["train", *W, *T, "--out", "t", "--triples", "none.jsonl"], "no such file: none.jsonl"),
+    (["train", *W, *T, "--out", "t", "--keep_adapter"], "--keep_adapter needs --use_peft"),
+    (["train", *W, *T, "--out", "t", "--lr_scheduler_type", "bogus"], "invalid choice: 'bogus'"),
+    (["train", *W, *T, "--out", "t", "--lora", "--lora_target_modules", "nosuch"], "no module named 'nosuch'"),
+    (["train", *W, *T, "--out", "t", "--lora", "--lora_dropout", "5"], "--lora_dropout must be < 1"),
+    (["train", *W, *T, "--out", "t", "--max_grad_norm", "nan"], "--max_grad_norm must be a finite number"),
+    (["train", *W, *T, "--out", "t", "--learning_rate", "-1"], "--learning_rate must be > 0"),
+    (["train", *W, "--model", "corrupt", "--out", "t", "--max_steps", "1"], "cannot load a causal LM from corrupt"),
+    (["train", *W, *T, "--out", "t", "--triples", "nonutf8.jsonl"], "nonutf8.jsonl: not UTF-8 text"),
+    (["train", *W, *T, "--out", "t", "--triples", "bad.jsonl"], "bad.jsonl:2: malformed JSON"),
+    (["train", *W, *T, "--out", "t", "--triples", "noharm.jsonl"], 'noharm.jsonl:1: missing field "harmful"'),
+    (["train", *W, *T, "--out", "t", "--records", "records_bad.jsonl"], 'records_bad.jsonl:1: field "kind" must be one of'),
+    (["train", *W, *T, "--out", "t", "--recipe", "magic"], "--recipe must be one of vanilla"),
+    (["train", *W, *T, "--out", "afile"], "exists and is not a directory"),
+    (["train", *W, *T, "--out", "t", "--resume", "--overwrite"], "--overwrite excludes --resume"),
+    (["train", *W, *T, "--out", "t", "--bf16"], "no bf16-capable GPU"),
+    (["train", *W, *T, "--out", "t", "--per_device_train_batch_size", "0"], "--per_device_train_batch_size must be >= 1"),
+    (["train", *W, "--model", "base", "--out", "t", "--num_train_epochs", "0"], "--num_train_epochs must be > 0 unless"),
+    (["train", *W, *T, "--out", "t", "--warmup_steps", "2.5"], "--warmup_steps must be a ratio"),
+    (["train", *W, *T, "--out", "t", "--eval_strategy", "steps"], "needs evaluation data"),
+    (["train", *W, *T, "--out", "t", "--helpful_count", "-1"], "--helpful_count must be >= 0"),
+    (["train", *W, *T, "--out", "t", "--k_zero_share", "2"], "--k_zero_share must be <= 1"),
+    (["train", *W, *T, "--out", "t", "--prompt_format", "text:no slot"], "must contain {query}"),
+    (["train", *W, *T, "--out", "t", "--chat_template", "missing.jinja"], "no such chat template file"),
+    (["train", *W, *T, "--out", "t", "--config", "lr.yaml"], "lr.yaml: learning_rate: must be a number, got 'abc'"),
+    (["train", *W, *T, "--out", "t", "--safety_count", "100000"], "--safety_count is 100000 but derta takes"),
+    (["train", *W, *T, "--out", "t", "--seed", "1.5"], "invalid int value"),
+    (["train", "--world", "nowhere", *T, "--out", "t"], "no world at nowhere"),
+    # -- eval
+    (["eval", "--target", DEAD, *W, "--attacks", "direct,gcg", "--out", "e"], "unknown attack 'gcg'"),
+    (["eval", "--target", DEAD, *W, "--judge", "keyword,vibes", "--out", "e"], "unknown judge 'vibes'"),
+    (["eval", "--target", DEAD, "--dataset", "bad.jsonl", "--out", "e"], "bad.jsonl:2: malformed JSON"),
+    (["eval", "--target", DEAD, *W, "--judge", "keyword", "--limit", "1", "--out", "e"], "connection failed"),
+    (["eval", "--target", "openai:m@https://api.example.com/v1", *W, "--out", "e"], "OPENAI_API_KEY is not set"),
+    (["eval", "--target", "hf:missing/dir/m", *W, "--judge", "keyword", "--limit", "1", "--out", "e"],
+     "no model directory at missing/dir/m"),
+    (["eval", "--target", DEAD, "--out", "e"], "--datasets is required"),
+    (["eval", "--target", DEAD, *W, "--attacks", "pair", "--out", "e"], "needs an attacker"),
+    (["eval", "--target", DEAD, *W, "--num_samples", "2", "--out", "e"], "--num_samples > 1 needs --do_sample"),
+    (["eval", "--target", DEAD, *W, "--temperature", "nan", "--out", "e"], "--temperature must be a finite number"),
+    (["eval", "--target", "hf:base,formt=chat", *W, "--out", "e"], "unknown option formt (did you mean format?)"),
+    (["eval", "--target", DEAD, *W, "--dataset", "world:../../x", "--out", "e"], "must be a plain name"),
+    (["eval", "--target", DEAD, "--dataset", "nonutf8.jsonl", "--out", "e"], "not UTF-8 text"),
+    (["eval", "--target", DEAD, *W, "--limit", "0", "--out", "e"], "--limit must be >= 1"),
+    (["eval", "--target", DEAD, *W, "--batch_size", "0", "--out", "e"], "--batch_size must be >= 1"),
+    (["eval", "--target", "hf:base", *W, "--judge", "keyword", "--limit", "1", "--out", "afile"],
+     "exists and is not a directory"),
+    (["eval", "--target", "hf:base", "--attacks", "direct", "--dataset", "world:harmful", *W, "--judge", "keyword",
+      "--limit", "2", "--max_new_tokens", "5", "--out", "run"], "other generation settings"),
+    (["eval", "--target", "hf:base", "--attacks", "direct", "--dataset", "world:harmful", *W, "--judge", "oracle",
+      "--limit", "2", "--max_new_tokens", "4", "--out", "run"], "other judges"),
+    (["eval", "--target", "ed:base=base,aligned=base,alpha=inf", *W, "--out", "e"], "alpha='inf' is out of range"),
+    (["eval", "--target", "hf:corrupt", *W, "--judge", "keyword", "--limit", "1", "--out", "e"],
+     "cannot load a causal LM from corrupt"),
+    (["eval", "--target", DEAD, "--dataset", "empty.jsonl", "--out", "e"], "no records"),
+    (["eval", "--target", DEAD, *W, "--top_p", "0", "--out", "e"], "--top_p must be > 0"),
+    (["eval", "--target", DEAD, "--attacks", "prefill:8", "--dataset", "benign.jsonl", "--out", "e"],
+     "applies to no item"),
+    (["eval", "--target", DEAD, *W, "--attacks", "template:missing.txt", "--out", "e"], "no such template"),
+    (["eval", "--target", DEAD, *W, "--attacks", "template:notemplate.txt", "--out", "e"], "no {query} slot"),
+    (["eval", "--target", DEAD, "--dataset", "strings.json", "--out", "e"], "expected a JSON object, got string"),
+    (["eval", "--target", "openai:m@http://api.example.com/v1,key_env=BAD_KEY", *W, "--out", "e"],
+     "holds whitespace or control characters"),
+    (["eval", "--target", "openai:m@http://api.example.com/v1,key_env=GOOD_KEY", *W, "--out", "e"],
+     "refusing to send the API key over plain http"),
+    (["eval", "--target", "hf:base", "hf:base", *W, "--out", "e"], "targets given twice"),
+    (["eval", "--target", DEAD, *W, "--attacks", "cipher:rot13", "--out", "e"], "name a cipher"),
+    # -- ed
+    (["ed", "--base", "base", "--aligned", "base", "--prompts", "good.txt", "--out", "o.jsonl", "--alpha", "inf"],
+     "--alpha must be a finite number"),
+    (["ed", "--base", "base", "--aligned", "base", "--prompts", "good.txt", "--out", "o.jsonl", "--alpha", "-1"],
+     "--alpha must be >= 0"),
+    (["ed", "--base", "base", "--aligned", "base", "--prompts", "good.txt", "--out", "o.jsonl", "--temperature", "nan"],
+     "--temperature must be a finite number"),
+    (["ed", "--base", "base", "--aligned", "base", "--prompts", "nonutf8.txt", "--out", "o.jsonl"], "not UTF-8 text"),
+    (["ed", "--base", "base", "--aligned", "base", "--prompts", "lists.jsonl", "--out", "o.jsonl"],
+     "lists.jsonl:1: expected a JSON object"),
+    (["ed", "--base", "base", "--aligned", "base", "--prompts", "good.txt", "--out", "ed_lists.jsonl"],
+     "ed_lists.jsonl:1: expected a JSON object"),
+    (["ed", "--family", "gpt-9", "--prompts", "good.txt", "--out", "o.jsonl"], "known families"),
+    (["ed", "--aligned", "base", "--prompts", "good.txt", "--out", "o.jsonl"], "--base and --aligned are required"),
+    (["ed", "--base", "missing/dir/b", "--aligned", "base", "--prompts", "good.txt", "--out", "o.jsonl"],
+     "no model directory at missing/dir/b"),
+    (["ed", "--base", "base", "--aligned", "base", "--prompts", "none.jsonl", "--out", "o.jsonl"], "no such file"),
+    (["ed", "--base", "base", "--aligned", "base", "--prompts", "good.txt", "--out", "afile/o.jsonl"],
+     "afile is not a directory"),
+    (["ed", "--base", "base", "--aligned", "base", "--prompts", "good.txt", "--out", "o.jsonl", "--max_new_tokens", "0"],
+     "--max_new_tokens must be >= 1"),
+    (["ed", "--base", "base", "--aligned", "base", "--prompts", "good.txt", "--out", "ed.jsonl", "--max_new_tokens", "3"],
+     "other settings"),
+    (["ed", "--base", "base", "--aligned", "base", "--prompts", "good.txt"], "--out is required"),
+    # -- probe
+    (["probe", "--model", "base", "--world", "world", "--limit", "0"], "--limit must be >= 1"),
+    (["probe", "--model", "missing/dir/p", "--world", "world"], "no model directory at missing/dir/p"),
+    (["probe", "--model", "base", "--world", "nowhere"], "no manifest.json"),
+    (["probe", "--model", "base", "--world", "world", "--out", "afile/r.json"], "afile is not a directory"),
+    # -- judge
+    (["judge", "missing_run", "--judges", "keyword"], "no such run directory or file: missing_run"),
+    (["judge", "run", "--judges", "vibes"], "unknown judge 'vibes'"),
+    (["judge", "run_strverdict", "--judges", "keyword:nocase"], 'the verdict of judge "keyword" must be an object'),
+    (["judge", "good.jsonl", "--judges", "keyword"], "--out_dir is required"),
+    (["judge", "published.jsonl", "--out", "pub", "--judges", "keyword"], 'missing field "response"'),
+    (["judge", "run"], "--judges is required"),
+    # -- report
+    (["report", "missing_run"], "not a run directory"),
+    (["report", "run_strverdict"], 'the verdict of judge "keyword" must be an object'),
+    (["report", "run_torn_middle"], "responses.jsonl:1: malformed JSON"),
+    (["report"], "--run_dir is required"),
+    # -- study
+    (["study", "--out", "s", "--base", "some/model"], "--base needs --triples and --helpful"),
+    (["study", "--out", "s", "--alphas", "-1"], "--alphas must be >= 0"),
+    (["study", "--out", "s", "--checkpoint_every", "2"], "--checkpoint_every must be < 1"),
+    (["study", "--out", "s", "--limit", "0"], "--limit must be >= 1"),
+    (["study", "--out", "s", "--depths", "1.5"], "invalid int value"),
+]
+
+
+def _snapshot(root: Path) -> dict:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+
+
+@pytest.mark.parametrize("argv, message", CASES, ids=[" ".join(a[:3])[:40] + f"#{i}" for i, (a, _) in enumerate(CASES)])
+def test_bad_input_is_one_line_exit_2_and_leaves_nothing(ws, argv, message, capsys, monkeypatch):
+    monkeypatch.chdir(ws)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("BAD_KEY", "sk-secret-value\n")
+    monkeypatch.setenv("GOOD_KEY", "sk-secret-value")
+    before = _snapshot(ws)
+    code = main(argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith(("Loading weights", "\r"))]
+    assert code == 2, (argv, err)
+    assert lines and lines[-1].startswith("deepalign: error: ") and len(lines) == 1, err
+    assert message in lines[0], lines[0]
+    assert "Traceback" not in err and "sk-secret" not in err
+    assert _snapshot(ws) == before  # nothing new, nothing changed
+
+
+def test_the_suite_is_big_enough():
+    stages = {argv[0] for argv, _ in CASES}
+    assert len(CASES) >= 80 and stages >= {"world", "pretrain", "train", "eval", "ed", "probe", "judge", "report", "study"}
