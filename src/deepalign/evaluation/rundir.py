@@ -9,13 +9,18 @@
                         and reported without its data files
       responses.jsonl   one row per target x attack x dataset x item x sample, keyed by ``key``
                         (append-only; each row holds its response and the verdicts of the run's judges)
+      responses.shard-R.jsonl
+                        rows written by process R of an ``accelerate launch`` run while it runs;
+                        folded into responses.jsonl, in the one-process order, when the run ends
       verdicts.jsonl    verdicts added later by ``deepalign judge`` (append-only: key, judge, verdict)
       summary.json, report.md, *.png     built from the above (``deepalign report``)
       .lock             held while a process writes
 
 All JSONL files are append-only logs read with the package's one torn-line rule
 (:func:`deepalign.utils.read_log`): a last line without its newline is the trace of an
-interrupted write and is dropped. A directory is only created when its first rows are ready
+interrupted write and is dropped. Shard files left by a killed multi-process run count as
+written (rows are read from them, first copy of a key wins) until a later run folds them in.
+A directory is only created when its first rows are ready
 to be written, so a run that fails before that leaves nothing behind.
 """
 
@@ -32,6 +37,7 @@ from deepalign.records import EvalPrompt, from_dict, to_dict
 from deepalign.utils import append_jsonl, os_error, read_log, write_json
 
 RESPONSES = "responses.jsonl"
+SHARD_GLOB = "responses.shard-*.jsonl"
 VERDICTS = "verdicts.jsonl"
 ITEMS = "items.jsonl"
 RUN_INFO = "run.json"
@@ -48,6 +54,26 @@ def row_key(target: str, attack: str, dataset: str, item_id: str, sample: int) -
     return json.dumps([target, attack, dataset, item_id, sample], ensure_ascii=False)
 
 
+def check_row(row: dict, path, line: int) -> None:
+    """A response row has the fields the metrics read, with the right types (one line otherwise)."""
+    def bad(message: str):
+        return DeepAlignError(f"{message}; not a deepalign responses row", path=path, line=line)
+
+    for name in ("key", "target", "attack", "dataset", "item"):
+        if not isinstance(row.get(name), str):
+            raise bad(f'field "{name}" must be a string')
+    if not isinstance(row.get("response", ""), str):
+        raise bad('field "response" must be a string')
+    if not isinstance(row.get("sample", 0), int) or isinstance(row.get("sample"), bool):
+        raise bad('field "sample" must be an integer')
+    for name in ("meta", "prompt", "verdicts"):
+        if not isinstance(row.get(name, {}), dict):
+            raise bad(f'field "{name}" must be an object')
+    for judge, verdict in (row.get("verdicts") or {}).items():
+        if not isinstance(verdict, dict):
+            raise bad(f'the verdict of judge "{judge}" must be an object')
+
+
 class RunDir:
     """One run directory (which may not exist yet)."""
 
@@ -58,9 +84,6 @@ class RunDir:
 
     def file(self, name: str) -> Path:
         return self.path / name
-
-    def is_run(self) -> bool:
-        return self.file(RESPONSES).exists()
 
     def require(self) -> RunDir:
         if not self.is_run():
@@ -102,14 +125,26 @@ class RunDir:
         write_json(self.file(RUN_INFO), info)
 
     # -- rows --------------------------------------------------------------------------------
+    def shard(self, rank: int) -> Path:
+        return self.file(f"responses.shard-{rank}.jsonl")
+
+    def shards(self) -> list[Path]:
+        return sorted(self.path.glob(SHARD_GLOB)) if self.path.is_dir() else []
+
+    def _logs(self, *, repair: bool = False) -> Iterator[tuple[Path, int, dict]]:
+        for path in (self.file(RESPONSES), *self.shards()):
+            for line, row in read_log(path, repair=repair and path.name == RESPONSES):
+                yield path, line, row
+
     def rows(self, *, repair: bool = False) -> list[dict]:
-        """The response rows, with the verdicts of ``verdicts.jsonl`` merged in."""
-        rows = []
-        for line, row in read_log(self.file(RESPONSES), repair=repair):
-            if "key" not in row:
-                raise DeepAlignError("row without a key; not a deepalign responses file", path=self.file(RESPONSES),
-                                     line=line)
-            rows.append(row)
+        """The response rows (shard files of an unfinished multi-process run included, each
+        key once), with the verdicts of ``verdicts.jsonl`` merged in."""
+        rows, seen = [], set()
+        for path, line, row in self._logs(repair=repair):
+            check_row(row, path, line)
+            if row["key"] not in seen:
+                seen.add(row["key"])
+                rows.append(row)
         added = self.added_verdicts(repair=repair)
         if added:
             for row in rows:
@@ -129,7 +164,41 @@ class RunDir:
         return out
 
     def done_keys(self, *, repair: bool = False) -> set[str]:
-        return {row["key"] for _, row in read_log(self.file(RESPONSES), repair=repair) if "key" in row}
+        return {row["key"] for _, _, row in self._logs(repair=repair) if "key" in row}
+
+    def is_run(self) -> bool:
+        return self.file(RESPONSES).exists() or bool(self.shards())
+
+    def append_shard(self, rank: int, rows: Iterable[dict], *, repair: bool = False) -> int:
+        """Append rows to process ``rank``'s shard (``repair`` cuts a torn last line first)."""
+        if repair:
+            read_log(self.shard(rank), repair=True)
+        return append_jsonl(self.shard(rank), rows)
+
+    def fold_shards(self, order: Iterable[str] = ()) -> int:
+        """Move the rows of every shard file into responses.jsonl: rows whose key is in
+        ``order`` first, in that order (the order one process would have written them), then
+        the rest as found; keys already there are skipped, so an interrupted fold is finished
+        by the next one. The caller holds the lock. Returns the rows moved."""
+        shards = self.shards()
+        if not shards:
+            return 0
+        have = {row["key"] for _, row in read_log(self.file(RESPONSES), repair=True) if "key" in row}
+        found: dict[str, dict] = {}
+        for path in shards:
+            for line, row in read_log(path):
+                check_row(row, path, line)
+                if row["key"] not in have:
+                    found.setdefault(row["key"], row)
+        rank = {key: i for i, key in enumerate(order)}
+        moved = sorted(found.values(), key=lambda r: rank.get(r["key"], len(rank)))
+        append_jsonl(self.file(RESPONSES), moved)
+        for path in shards:
+            try:
+                path.unlink()
+            except OSError as exc:
+                raise os_error(exc, path) from None
+        return len(moved)
 
     def create(self) -> None:
         try:
@@ -169,7 +238,7 @@ class RunDir:
             yield
             return
         try:
-            fh = open(self.file(LOCK), "w")
+            fh = open(self.file(LOCK), "a")  # never truncated: taking the lock changes no file
         except OSError as exc:
             raise os_error(exc, self.file(LOCK)) from None
         try:

@@ -69,7 +69,9 @@ class EvalOptions:
 
 
 def _label(target) -> str:
-    return target if isinstance(target, str) else getattr(target, "name", type(target).__name__)
+    from deepalign.decoding.registry import label
+
+    return label(target) if isinstance(target, str) else getattr(target, "name", type(target).__name__)
 
 
 def _request_dict(req, meta: dict) -> dict:
@@ -128,7 +130,7 @@ def run_eval(options: EvalOptions | None = None, generation: GenConfig | None = 
     """
     from deepalign.attacks import make_attacks
     from deepalign.attacks.base import Attack
-    from deepalign.decoding.registry import is_local, make_target
+    from deepalign.decoding.registry import check_target, is_local, make_target
     from deepalign.judges import make_judges
 
     opts, gen = build(kwargs, options=(EvalOptions, options), generation=(GenConfig, generation))
@@ -144,6 +146,8 @@ def run_eval(options: EvalOptions | None = None, generation: GenConfig | None = 
     if dup:
         raise DeepAlignError(f"targets given twice: {', '.join(dup)}")
     run = RunDir(opts.out_dir)
+    procs = Processes()
+    device = procs.device(opts.device)
     datasets = opts.datasets or (["world:test"] if opts.world else None)
     if not datasets:
         raise OptionError("datasets", "is required: give --dataset SPEC (or --world DIR to use world:test)")
@@ -153,14 +157,17 @@ def run_eval(options: EvalOptions | None = None, generation: GenConfig | None = 
     with quiet_libraries(opts.quiet):
         # cheap checks first (spec syntax, API keys, datasets: a malformed row fails before
         # any model is loaded); local models are loaded only when they have work
-        targets = [make_target(t, batch_size=opts.batch_size, device=opts.device)
+        for t in targets:  # local models: spec and paths now, weights when the target has work
+            if isinstance(t, str) and is_local(t):
+                check_target(t)
+        targets = [make_target(t, batch_size=opts.batch_size, device=device)
                    if isinstance(t, str) and not is_local(t) else t for t in targets]
         data = load_datasets(datasets, world=opts.world, limit=opts.limit)
         judge_objs = judges if judges and not isinstance(judges[0], str) else make_judges(
-            judges, world=opts.world, judge_target=opts.judge_model, device=opts.device)
+            judges, world=opts.world, judge_target=opts.judge_model, device=device)
         attacker = opts.attacker
         if isinstance(attacker, str):
-            attacker = make_target(attacker, batch_size=opts.batch_size, device=opts.device)
+            attacker = make_target(attacker, batch_size=opts.batch_size, device=device)
         attacks = opts.attacks
         if attacks and all(isinstance(a, str) for a in attacks):
             attack_objs = make_attacks(attacks, attacker=attacker, attacker_config=kwargs.get("attacker_config"),
@@ -183,10 +190,16 @@ def run_eval(options: EvalOptions | None = None, generation: GenConfig | None = 
         info = run.merge_info(info)  # refuses other settings before any work
         done = run.done_keys() if run.is_run() else set()
         plan, total = _plan(targets, labels, data, attack_objs, done, opts.batch_size, gen.num_samples)
+        # every key of the run in the order one process writes them (how shards are folded)
+        order = _order(_plan(targets, labels, data, attack_objs, set(), opts.batch_size, gen.num_samples)[0],
+                       gen.num_samples)
+        # every process has read the same finished rows before any process writes more
+        procs.barrier()
+        mine, my_total = _share(plan, done, gen.num_samples, procs.rank, procs.size)
         with contextlib.ExitStack() as stack:
             started = False
 
-            def write(rows: list[dict]) -> None:
+            def start() -> None:
                 nonlocal started
                 if not started:  # the directory appears with the first finished rows
                     run.create()
@@ -196,25 +209,63 @@ def run_eval(options: EvalOptions | None = None, generation: GenConfig | None = 
                     run.add_items(data)
                     run.write_info(info)
                     started = True
-                run.append_rows(rows)
 
-            bar = stack.enter_context(progress(total=total, quiet=opts.quiet, desc="eval", unit="resp"))
-            for t, tl, work in plan:
-                target = make_target(t, batch_size=opts.batch_size, device=opts.device) if isinstance(t, str) else t
+            if procs.size > 1:  # the main process sets the directory up and holds the lock
+                if procs.main and (total or run.shards()):
+                    start()
+                procs.barrier()
+
+            repaired = False
+
+            def write(rows: list[dict]) -> None:
+                nonlocal repaired
+                if procs.size == 1:
+                    start()
+                    run.append_rows(rows)
+                else:  # a shard of this process left by a killed run may end in a torn line
+                    run.append_shard(procs.rank, rows, repair=not repaired)
+                    repaired = True
+
+            bar = None
+            examples = info.setdefault("examples", {})
+            found: dict[str, tuple[int, str | None]] = {}  # cell -> (batch, prompt): the first batch wins
+            for t, tl, work in mine:
+                target = make_target(t, batch_size=opts.batch_size, device=device) if isinstance(t, str) else t
+                if bar is None:  # after the first model loads, so a load error is the only output
+                    bar = stack.enter_context(progress(total=my_total, quiet=opts.quiet or not procs.main,
+                                                       desc="eval", unit="resp"))
                 for dname, attack, batches in work:
                     bar.set_description(f"{tl} | {attack.label} | {dname}"[-60:])
                     cell = f"{tl} | {attack.label} | {dname}"
-                    if cell not in info.setdefault("examples", {}):
-                        info["examples"][cell] = _example(target, attack, batches[0][0])
-                    for batch in batches:
+                    if cell not in examples:
+                        found[cell] = (batches[0][0], _example(target, attack, batches[0][1][0]))
+                    for _, batch in batches:
                         rows = _run_batch(target, tl, attack, dname, batch, gen, judge_objs, done, opts.log_prompts)
                         write(rows)
                         done.update(r["key"] for r in rows)
                         bar.update(len(rows))
                 del target
-            if started:
+            if procs.size > 1:
+                procs.barrier()  # every shard is complete
+                parts = procs.gather(found)
+            else:
+                parts = [found]
+            for cell, (_, prompt) in sorted((kv for part in parts for kv in part.items()), key=lambda kv: -kv[1][0]):
+                examples[cell] = prompt  # in descending batch order, so the lowest batch is set last
+            if procs.size > 1:
+                if procs.main and started:
+                    run.fold_shards(order)
+                    run.write_info(info)
+            elif started:
+                if run.shards():  # rows of an earlier multi-process run that was cut off
+                    run.fold_shards(order)
                 run.write_info(info)
+            elif run.shards():  # nothing left to generate, but an earlier run left shards
+                start()
+                run.fold_shards(order)
 
+    if not procs.main:
+        return {}
     if not opts.report:
         return {}
     if not run.is_run():
@@ -259,15 +310,83 @@ def _plan(targets, labels, data, attacks, done, batch_size: int, n_samples: int)
                 batches = []
                 for i in range(0, len(todo), batch_size):
                     batch = todo[i: i + batch_size]
-                    missing = sum(row_key(tl, a.label, dname, it.id, s) not in done for it in batch for s in range(n_samples))
+                    missing = _missing(tl, a, dname, batch, done, n_samples)
                     if missing:
-                        batches.append(batch)
+                        batches.append((i // batch_size, batch))
                         total += missing
                 if batches:
                     work.append((dname, a, batches))
         if work:
             plan.append((t, tl, work))
     return plan, total
+
+
+def _missing(tl: str, attack, dname: str, batch, done, n_samples: int) -> int:
+    return sum(row_key(tl, attack.label, dname, it.id, s) not in done for it in batch for s in range(n_samples))
+
+
+def _order(plan, n_samples: int) -> list[str]:
+    """The keys of ``plan`` in the order one process writes them."""
+    return [row_key(tl, a.label, dname, it.id, s) for _, tl, work in plan for dname, a, batches in work
+            for _, batch in batches for it in batch for s in range(n_samples)]
+
+
+def _share(plan, done, n_samples: int, rank: int, size: int):
+    """Process ``rank``'s part of ``plan``: every ``size``-th batch, counted over the whole plan
+    (so batches of one cell spread over the processes), and the responses it owes."""
+    if size == 1:
+        return plan, sum(_missing(tl, a, d, b, done, n_samples) for _, tl, w in plan for d, a, bs in w for _, b in bs)
+    mine, total, n = [], 0, 0
+    for t, tl, work in plan:
+        kept = []
+        for dname, a, batches in work:
+            own = []
+            for batch in batches:
+                if n % size == rank:
+                    own.append(batch)
+                    total += _missing(tl, a, dname, batch[1], done, n_samples)
+                n += 1
+            if own:
+                kept.append((dname, a, own))
+        if kept:
+            mine.append((t, tl, kept))
+    return mine, total
+
+
+class Processes:
+    """This process's place in a run started by ``accelerate launch`` (or torchrun): one model
+    copy per process, every process takes every ``size``-th batch. A plain run is process 0
+    of 1 and needs no process group."""
+
+    def __init__(self):
+        import os
+
+        self.state, self.rank, self.size = None, 0, 1
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            import torch
+            from accelerate import PartialState
+
+            self.state = PartialState(cpu=not torch.cuda.is_available())  # no GPU: gloo on CPU
+            self.rank, self.size = self.state.process_index, self.state.num_processes
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def device(self, asked: str | None) -> str | None:
+        """The device a local model goes on: as asked, else this process's own device."""
+        return asked if asked or self.state is None else str(self.state.device)
+
+    def barrier(self) -> None:
+        if self.state is not None:
+            self.state.wait_for_everyone()
+
+    def gather(self, obj) -> list:
+        if self.state is None:
+            return [obj]
+        from accelerate.utils import gather_object
+
+        return gather_object([obj])
 
 
 def _example(target, attack, item: EvalPrompt) -> str | None:

@@ -1,0 +1,93 @@
+"""Evaluation scaled out with ``accelerate launch``: two CPU processes (gloo) share a run's
+batches and give exactly the rows of one process (sampled responses included), in the same
+order; extending or resuming the run works the same way, and shard files left by a killed
+multi-process run count as written and are folded in by the next run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from deepalign.evaluation.rundir import RunDir
+
+
+def _launch(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    accelerate = Path(sys.executable).parent / "accelerate"
+    if not accelerate.exists():
+        accelerate = shutil.which("accelerate")
+    if accelerate is None:
+        pytest.skip("accelerate CLI not installed")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
+           "PYTHONWARNINGS": "ignore"}
+    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0", "-m", "deepalign", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def _rows(path: Path) -> list[dict]:
+    """The rows as written, without their timings (the only field that may differ)."""
+    rows = [json.loads(line) for line in (path / "responses.jsonl").read_text().splitlines()]
+    for r in rows:
+        r.pop("timing")
+    return rows
+
+
+def _results(path: Path) -> list[dict]:
+    return json.loads((path / "summary.json").read_text())["results"]
+
+
+def test_two_processes_give_the_rows_of_one(world_dir, base_model_dir, tmp_path):
+    from deepalign.evaluation.runner import run_eval
+
+    common = ["--target", f"hf:{base_model_dir}", "--world", str(world_dir), "--dataset", "world:harmful",
+              "--limit", "5", "--batch_size", "2", "--max_new_tokens", "6", "--do_sample", "--num_samples", "2",
+              "--quiet"]
+    two = tmp_path / "two"
+    proc = _launch(["eval", *common, "--attacks", "direct", "--out", str(two)], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # extend the run with another attack, again with two processes
+    proc = _launch(["eval", *common, "--attacks", "direct", "prefill:3", "--out", str(two)], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not RunDir(two).shards() and not list(two.glob("*.tmp*"))
+
+    one = tmp_path / "one"
+    kw = dict(targets=[f"hf:{base_model_dir}"], world=str(world_dir), datasets=["world:harmful"], limit=5, batch_size=2,
+              max_new_tokens=6, do_sample=True, num_samples=2, quiet=True, out_dir=str(one))
+    run_eval(attacks=["direct"], **kw)
+    run_eval(attacks=["direct", "prefill:3"], **kw)
+    assert len(_rows(one)) == 2 * 5 * 2
+    assert _rows(two) == _rows(one)  # same responses and verdicts, in the same order
+    assert _results(two) == _results(one)
+    info2, info1 = (json.loads((p / "run.json").read_text()) for p in (two, one))
+    assert info2["examples"] == info1["examples"] and len(info1["examples"]) == 2
+
+
+def test_shards_of_a_killed_run_count_as_written(world_dir, base_model_dir, tmp_path):
+    from deepalign.evaluation.runner import run_eval
+
+    kw = dict(targets=[f"hf:{base_model_dir}"], world=str(world_dir), datasets=["world:harmful"], limit=6,
+              batch_size=2, max_new_tokens=5, attacks=["direct"], quiet=True)
+    run_eval(out_dir=str(tmp_path / "ref"), **kw)
+    ref = _rows(tmp_path / "ref")
+    # what two processes leave when killed: rows in shard files, one of them cut mid-line
+    run = tmp_path / "run"
+    shutil.copytree(tmp_path / "ref", run)
+    lines = (run / "responses.jsonl").read_text().splitlines(keepends=True)
+    (run / "responses.jsonl").write_text("".join(lines[:2]))
+    (run / "responses.shard-0.jsonl").write_text(lines[4])
+    (run / "responses.shard-1.jsonl").write_text(lines[2] + lines[3][:40])
+    for name in ("summary.json", "report.md"):
+        (run / name).unlink()
+    assert len(RunDir(run).rows()) == 4 and RunDir(run).is_run()
+    summary = run_eval(out_dir=str(run), **kw)
+    assert not RunDir(run).shards()
+    rows = _rows(run)
+    assert len(rows) == len(ref) == 6  # nothing generated twice, the torn row and the missing one redone
+    assert sorted(rows, key=lambda r: r["key"]) == sorted(ref, key=lambda r: r["key"])
+    assert summary["results"] == _results(tmp_path / "ref")
