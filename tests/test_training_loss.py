@@ -308,3 +308,16 @@ def test_fused_loss_rejects_targets_outside_the_vocabulary():
     targets[3] = head.weight.shape[0]
     with pytest.raises(IndexError):
         linear_cross_entropy(rows, head, targets, weights, impl="fused")
+
+
+@pytest.mark.parametrize("n,vocab,hidden", [(900, 128256, 2048), (16384, 128256, 4096), (100, 32000, 256),
+                                            (30000, 280, 128), (1, 256000, 8192)])
+def test_tile_plan_stays_within_its_budget(n, vocab, hidden):
+    from deepalign.training.losses import BLOCK_ROWS, TILE_ELEMENTS, _tile_plan
+
+    rows, cols = _tile_plan(n, vocab, hidden, None, None)
+    if n * vocab <= TILE_ELEMENTS:
+        assert (rows, cols) == (n, vocab)  # one tile: the three-matmul single pass
+    else:
+        assert rows == min(n, BLOCK_ROWS) and rows * cols <= TILE_ELEMENTS and cols * hidden <= TILE_ELEMENTS
+        assert 1 <= cols <= vocab

@@ -20,8 +20,8 @@ rows only, one tile of logits at a time, so no ``[B, T, V]`` logits (nor ``[N, V
 * fused (a plain ``nn.Linear`` head with its full weight present, the common case): one
   autograd function that computes the loss and, right away, the gradients with respect to
   the rows, the weight and the bias, tile by tile; backward only scales them in place.
-  When all ``N x V`` logits fit one tile (``TILE_ELEMENTS``) it does the usual three matmuls
-  in one pass. Otherwise the vocabulary is cut into column tiles (and the rows into blocks
+  When all ``N x V`` logits fit one tile (``TILE_ELEMENTS``, 4x that on CUDA) it does the
+  usual three matmuls in one pass. Otherwise the vocabulary is cut into column tiles (and the rows into blocks
   of ``BLOCK_ROWS``): a first pass over the tiles keeps a running log-sum-exp per row, a
   second pass recomputes each tile and turns it into its gradient (four matmuls in all).
   Extra memory: one tile of fp32 logits and the gradients themselves. The weight's gradient
@@ -42,8 +42,10 @@ import torch.nn.functional as F
 from torch import nn
 
 IGNORE_INDEX = -100
-# fused path: one tile of logits holds at most this many elements (64 MiB in fp32)
+# fused path: one tile of logits holds at most this many elements (64 MiB in fp32); on a
+# GPU four times more, so that each tile's kernels run long enough to hide their launches
 TILE_ELEMENTS = 1 << 24
+TILE_ELEMENTS_CUDA = 1 << 26
 # fused path: rows per block when the vocabulary is cut into tiles
 BLOCK_ROWS = 4096
 # module path: rows per chunk of about 2**26 logits (256 MiB in fp32)
@@ -58,12 +60,12 @@ def _auto_chunk(vocab: int, chunk_rows: int | None) -> int:
     return max(1, CHUNK_ELEMENTS // max(1, vocab))
 
 
-def _tile_plan(n: int, vocab: int, hidden: int, chunk_rows: int | None,
-               vocab_chunk: int | None) -> tuple[int, int]:
+def _tile_plan(n: int, vocab: int, hidden: int, chunk_rows: int | None, vocab_chunk: int | None,
+               budget: int = TILE_ELEMENTS) -> tuple[int, int]:
     """``(rows per block, vocabulary columns per tile)`` for the fused path: a single tile when
-    all ``n x vocab`` logits fit ``TILE_ELEMENTS``; otherwise blocks of ``BLOCK_ROWS`` rows and
-    as many columns as keep both a logits tile and a ``[columns, hidden]`` slice of the weight
-    within ``TILE_ELEMENTS``."""
+    all ``n x vocab`` logits fit ``budget`` elements; otherwise blocks of ``BLOCK_ROWS`` rows
+    and as many columns as keep both a logits tile and a ``[columns, hidden]`` slice of the
+    weight within ``budget``."""
     if chunk_rows is not None and chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
     if vocab_chunk is not None and vocab_chunk < 1:
@@ -72,12 +74,12 @@ def _tile_plan(n: int, vocab: int, hidden: int, chunk_rows: int | None,
     if chunk_rows is not None:
         rows = min(n, chunk_rows)
     elif vocab_chunk is not None:
-        rows = min(n, max(1, TILE_ELEMENTS // vocab_chunk))
-    elif n * vocab <= TILE_ELEMENTS:
+        rows = min(n, max(1, budget // vocab_chunk))
+    elif n * vocab <= budget:
         return n, vocab
     else:
         rows = min(n, BLOCK_ROWS)
-    cols = vocab_chunk if vocab_chunk is not None else max(1, min(TILE_ELEMENTS // rows, TILE_ELEMENTS // hidden))
+    cols = vocab_chunk if vocab_chunk is not None else max(1, min(budget // rows, budget // hidden))
     return rows, min(cols, vocab)
 
 
@@ -136,7 +138,8 @@ def _matmul_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, accumulate
             out.addmm_(a, b)
         else:
             torch.mm(a, b, out=out)
-    elif out.device.type == "cuda":
+    elif (out.device.type == "cuda" and out.dtype == torch.float32 and a.dtype == b.dtype
+          and a.dtype in (torch.bfloat16, torch.float16)):
         torch.addmm(out, a, b, beta=1 if accumulate else 0, out_dtype=out.dtype, out=out)
     elif accumulate:
         out.add_(a @ b)
@@ -328,7 +331,8 @@ def linear_cross_entropy(rows: torch.Tensor, head: nn.Module, targets: torch.Ten
         return zero.float(), torch.zeros(0, dtype=torch.float32, device=rows.device)
     if impl == "fused":
         weight, bias = head.weight, head.bias
-        block_rows, tile_cols = _tile_plan(rows.shape[0], vocab, rows.shape[1], chunk_rows, vocab_chunk)
+        budget = TILE_ELEMENTS_CUDA if rows.device.type == "cuda" else TILE_ELEMENTS
+        block_rows, tile_cols = _tile_plan(rows.shape[0], vocab, rows.shape[1], chunk_rows, vocab_chunk, budget)
         if ((targets < 0) | (targets >= vocab)).any():
             raise IndexError(f"target id out of range [0, {vocab}): {int(targets.min())}..{int(targets.max())}")
         if not (torch.is_grad_enabled() and any(
