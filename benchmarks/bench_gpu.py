@@ -1,7 +1,7 @@
 """GPU benchmark at real shapes, bf16: loss memory, training step time, ED tokens/s and
 evaluation (generation) throughput, each against its alternative measured in the same run.
 
-    python benchmarks/bench_gpu.py                      # all sections, about 3-5 min on one H100
+    python benchmarks/bench_gpu.py                      # all sections; sized for well under 10 min on one H100 (not yet run)
     python benchmarks/bench_gpu.py --sections loss step --json gpu.json
     python benchmarks/bench_gpu.py --plan               # print the shapes and exit (no GPU needed)
 
