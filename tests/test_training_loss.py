@@ -4,9 +4,14 @@ accumulated batch."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+from torch.utils.flop_counter import FlopCounterMode
 
 from deepalign.data.recipes import build_records
 from deepalign.records import HarmfulTriple, InstructionPair
@@ -163,3 +168,156 @@ def test_gradient_accumulation_gives_the_big_batch_gradient(tmp_path):
     assert moved > 1e-3  # the step did something
     for n in weights[0]:
         torch.testing.assert_close(weights[0][n], weights[1][n], atol=1e-5, rtol=1e-4, msg=n)
+
+
+# -- the fused path: tiles, memory, no gradient work without grad -------------------------------
+
+
+class _NewTensors(TorchDispatchMode):
+    """Records every tensor an op creates on a fresh storage of at least ``min_numel`` elements
+    (views, in-place and ``out=`` results reuse an input's storage and are not counted)."""
+
+    def __init__(self, min_numel: int):
+        super().__init__()
+        self.min_numel = min_numel
+        self.created: list[tuple[str, torch.dtype, tuple[int, ...], int]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        leaves = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        known = {t.untyped_storage().data_ptr() for t in leaves}
+        out = func(*args, **kwargs)
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.numel() >= self.min_numel:
+                ptr = t.untyped_storage().data_ptr()
+                if ptr not in known:
+                    self.created.append((str(func), t.dtype, tuple(t.shape), ptr))
+        return out
+
+
+def _rows_case(n=23, h=48, v=64, bias=False, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    head = nn.Linear(h, v, bias=bias).to(dtype)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(v, h, generator=g) * 0.3)
+        if bias:
+            head.bias.copy_(torch.randn(v, generator=g))
+    rows = (torch.randn(n, h, generator=g) * 0.7).to(dtype).requires_grad_()
+    targets = torch.randint(0, v, (n,), generator=g)
+    weights = torch.rand(n, generator=g) + 0.5
+    return head, rows, targets, weights
+
+
+@pytest.mark.parametrize("chunk_rows,vocab_chunk", [(None, None), (5, None), (None, 7), (4, 9), (100, 13), (23, 64)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_fused_tiles_equal_full_logits(chunk_rows, vocab_chunk, bias):
+    """One tile, row blocks, vocabulary tiles and both: values and gradients equal the
+    full-logits computation to 1e-5 in fp32."""
+    head, rows, targets, weights = _rows_case(bias=bias)
+    total, per_row = linear_cross_entropy(rows, head, targets, weights, chunk_rows=chunk_rows,
+                                          vocab_chunk=vocab_chunk, impl="fused")
+    params = [rows, head.weight] + ([head.bias] if bias else [])
+    grads = torch.autograd.grad(total * 0.37, params)
+    ce = nn.functional.cross_entropy(head(rows).float(), targets, reduction="none")
+    ref_grads = torch.autograd.grad((ce * weights).sum() * 0.37, params)
+    torch.testing.assert_close(per_row, ce.detach(), atol=1e-5, rtol=1e-5)
+    assert total.item() == pytest.approx((ce * weights).sum().item(), abs=1e-5)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("vocab_chunk", [None, 16])
+def test_fused_loss_creates_one_weight_sized_tensor(vocab_chunk):
+    """Forward + backward allocate exactly one weight-sized tensor, the weight's gradient, and
+    autograd adopts it as ``.grad`` (no accumulation temporaries, no scaled copy)."""
+    head, rows, targets, weights = _rows_case()
+    watch = _NewTensors(head.weight.numel())
+    with watch:
+        total, _ = linear_cross_entropy(rows, head, targets, weights, chunk_rows=6, vocab_chunk=vocab_chunk,
+                                        impl="fused")
+        (total / 7).backward()
+    assert len(watch.created) == 1, watch.created
+    assert watch.created[0][3] == head.weight.grad.untyped_storage().data_ptr()
+    ce = nn.functional.cross_entropy(head(rows.detach()), targets, reduction="none")
+    (ref,) = torch.autograd.grad((ce * weights).sum() / 7, [head.weight])
+    torch.testing.assert_close(head.weight.grad, ref, atol=1e-5, rtol=1e-5)
+    # a second micro-batch accumulates into the existing .grad
+    total, _ = linear_cross_entropy(rows, head, targets, weights, chunk_rows=6, vocab_chunk=vocab_chunk,
+                                    impl="fused")
+    (total / 7).backward()
+    torch.testing.assert_close(head.weight.grad, 2 * ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["no_grad", "nothing_requires_grad"])
+@pytest.mark.parametrize("vocab_chunk", [None, 16])
+def test_fused_loss_does_no_gradient_work_without_grad(case, vocab_chunk):
+    """Under ``torch.no_grad()`` (an evaluation loss of a trainable model), or when neither the
+    rows nor the head require grad: one matmul per tile, no gradient buffers."""
+    head, rows, targets, weights = _rows_case()
+    if case == "nothing_requires_grad":
+        rows = rows.detach()
+        head.weight.requires_grad_(False)
+    context = torch.no_grad() if case == "no_grad" else contextlib.nullcontext()
+    watch = _NewTensors(1)
+    with context, watch, FlopCounterMode(display=False) as flops:
+        total, per_row = linear_cross_entropy(rows, head, targets, weights, vocab_chunk=vocab_chunk, impl="fused")
+    n, h = rows.shape
+    assert flops.get_total_flops() == 2 * n * h * head.weight.shape[0]  # the logits, nothing else
+    gradient_shaped = [c for c in watch.created if c[2] in (tuple(head.weight.shape), tuple(rows.shape))]
+    assert gradient_shaped == []
+    assert total.grad_fn is None
+    ce = nn.functional.cross_entropy(head(rows.detach()), targets, reduction="none")
+    torch.testing.assert_close(per_row, ce.detach(), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("chunk_rows,vocab_chunk", [(None, None), (6, 16)])
+def test_bf16_head_gets_a_bf16_gradient(chunk_rows, vocab_chunk):
+    """bf16 weights: the head's gradient is created once, in bf16 (never as an fp32 weight-sized
+    buffer), and matches the fp32 computation to bf16 precision."""
+    head, rows, targets, weights = _rows_case(dtype=torch.bfloat16)
+    watch = _NewTensors(head.weight.numel())
+    with watch:
+        total, _ = linear_cross_entropy(rows, head, targets, weights, chunk_rows=chunk_rows,
+                                        vocab_chunk=vocab_chunk, impl="fused")
+        total.backward()
+    assert [(dtype, shape) for _, dtype, shape, _ in watch.created] == [(torch.bfloat16, tuple(head.weight.shape))]
+    assert head.weight.grad.dtype == torch.bfloat16 and rows.grad.dtype == torch.bfloat16
+    w32, x32 = head.weight.detach().float().requires_grad_(), rows.detach().float().requires_grad_()
+    ce = nn.functional.cross_entropy(x32 @ w32.t(), targets, reduction="none")
+    gw, gx = torch.autograd.grad((ce * weights).sum(), [w32, x32])
+    assert total.item() == pytest.approx((ce * weights).sum().item(), rel=1e-2)
+    torch.testing.assert_close(head.weight.grad.float(), gw, atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(rows.grad.float(), gx, atol=2e-2, rtol=2e-2)
+
+
+def test_fused_loss_under_autocast_keeps_fp32_master_gradients():
+    """bf16 autocast over fp32 weights (Trainer's bf16 mixed precision): gradients come back in
+    the parameters' dtype and close to the fp32 values."""
+    head, rows, targets, weights = _rows_case()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        total, _ = linear_cross_entropy(rows, head, targets, weights, vocab_chunk=16, impl="fused")
+    total.backward()
+    assert head.weight.grad.dtype == torch.float32 and rows.grad.dtype == torch.float32
+    ce = nn.functional.cross_entropy(head(rows.detach()), targets, reduction="none")
+    (gw,) = torch.autograd.grad((ce * weights).sum(), [head.weight])
+    torch.testing.assert_close(head.weight.grad, gw, atol=3e-2, rtol=3e-2)
+
+
+def test_fused_loss_rejects_targets_outside_the_vocabulary():
+    head, rows, targets, weights = _rows_case()
+    targets[3] = head.weight.shape[0]
+    with pytest.raises(IndexError):
+        linear_cross_entropy(rows, head, targets, weights, impl="fused")
+
+
+@pytest.mark.parametrize("n,vocab,hidden", [(900, 128256, 2048), (16384, 128256, 4096), (100, 32000, 256),
+                                            (30000, 280, 128), (1, 256000, 8192)])
+def test_tile_plan_stays_within_its_budget(n, vocab, hidden):
+    from deepalign.training.losses import BLOCK_ROWS, TILE_ELEMENTS, _tile_plan
+
+    rows, cols = _tile_plan(n, vocab, hidden, None, None)
+    if n * vocab <= TILE_ELEMENTS:
+        assert (rows, cols) == (n, vocab)  # one tile: the three-matmul single pass
+    else:
+        assert rows == min(n, BLOCK_ROWS) and rows * cols <= TILE_ELEMENTS and cols * hidden <= TILE_ELEMENTS
+        assert 1 <= cols <= vocab

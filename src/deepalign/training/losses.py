@@ -14,17 +14,25 @@ counts.
 
 Memory. The model's final hidden states ``[B, T, H]`` are gathered at labelled positions
 (after the causal shift) into ``[N, H]`` rows, and the output projection is applied to these
-rows only, in chunks of ``chunk_rows`` rows, so no ``[B, T, V]`` logits (nor ``[N, V]``
-when ``N`` exceeds a chunk) are ever materialised. Two implementations:
+rows only, one tile of logits at a time, so no ``[B, T, V]`` logits (nor ``[N, V]`` when
+``N x V`` exceeds a tile) are ever materialised. Two implementations:
 
 * fused (a plain ``nn.Linear`` head with its full weight present, the common case): one
-  autograd function that computes each chunk's logits in fp32, its loss and, right away,
-  its gradients with respect to the rows and the weight; backward only scales them. Same
-  FLOPs as the usual three matmuls, peak extra memory one chunk of logits plus a
-  weight-sized fp32 gradient buffer.
+  autograd function that computes the loss and, right away, the gradients with respect to
+  the rows, the weight and the bias, tile by tile; backward only scales them in place.
+  When all ``N x V`` logits fit one tile (``TILE_ELEMENTS``, 4x that on CUDA) it does the
+  usual three matmuls in one pass. Otherwise the vocabulary is cut into column tiles (and the rows into blocks
+  of ``BLOCK_ROWS``): a first pass over the tiles keeps a running log-sum-exp per row, a
+  second pass recomputes each tile and turns it into its gradient (four matmuls in all).
+  Extra memory: one tile of fp32 logits and the gradients themselves. The weight's gradient
+  is allocated once, in the weight's own dtype (bf16 weights get a bf16 gradient), and each
+  of its tiles is written once (accumulated in fp32 when the rows need several blocks);
+  autograd then adopts it as ``.grad`` without a copy. With grad disabled, or when neither
+  the rows nor the head require grad, only the forward tiles run (one matmul, no gradient
+  buffers).
 * module (any head: LoRA-wrapped, DeepSpeed ZeRO-3 or FSDP-sharded, logit soft-capping):
-  calls the head module on each chunk under activation checkpointing (one extra chunk
-  forward in backward).
+  calls the head module on each chunk of rows under activation checkpointing (one extra
+  chunk forward in backward).
 """
 
 from __future__ import annotations
@@ -34,7 +42,13 @@ import torch.nn.functional as F
 from torch import nn
 
 IGNORE_INDEX = -100
-# default chunk: about 2**26 logits (256 MiB in fp32)
+# fused path: one tile of logits holds at most this many elements (64 MiB in fp32); on a
+# GPU four times more, so that each tile's kernels run long enough to hide their launches
+TILE_ELEMENTS = 1 << 24
+TILE_ELEMENTS_CUDA = 1 << 26
+# fused path: rows per block when the vocabulary is cut into tiles
+BLOCK_ROWS = 4096
+# module path: rows per chunk of about 2**26 logits (256 MiB in fp32)
 CHUNK_ELEMENTS = 1 << 26
 
 
@@ -44,6 +58,29 @@ def _auto_chunk(vocab: int, chunk_rows: int | None) -> int:
             raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
         return chunk_rows
     return max(1, CHUNK_ELEMENTS // max(1, vocab))
+
+
+def _tile_plan(n: int, vocab: int, hidden: int, chunk_rows: int | None, vocab_chunk: int | None,
+               budget: int = TILE_ELEMENTS) -> tuple[int, int]:
+    """``(rows per block, vocabulary columns per tile)`` for the fused path: a single tile when
+    all ``n x vocab`` logits fit ``budget`` elements; otherwise blocks of ``BLOCK_ROWS`` rows
+    and as many columns as keep both a logits tile and a ``[columns, hidden]`` slice of the
+    weight within ``budget``."""
+    if chunk_rows is not None and chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    if vocab_chunk is not None and vocab_chunk < 1:
+        raise ValueError(f"vocab_chunk must be >= 1, got {vocab_chunk}")
+    n = max(n, 1)
+    if chunk_rows is not None:
+        rows = min(n, chunk_rows)
+    elif vocab_chunk is not None:
+        rows = min(n, max(1, budget // vocab_chunk))
+    elif n * vocab <= budget:
+        return n, vocab
+    else:
+        rows = min(n, BLOCK_ROWS)
+    cols = vocab_chunk if vocab_chunk is not None else max(1, min(budget // rows, budget // hidden))
+    return rows, min(cols, vocab)
 
 
 def label_rows(hidden: torch.Tensor, labels: torch.Tensor, rto_labels: torch.Tensor | None = None,
@@ -91,61 +128,173 @@ def _compute_dtype(rows: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
     return weight.dtype
 
 
+def _matmul_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, accumulate: bool) -> None:
+    """``out = a @ b`` (``accumulate``: ``out += a @ b``), where ``out`` may be wider than ``a``
+    and ``b`` (fp32 from bf16). On CUDA the matmul writes the wide dtype itself, so products
+    are never rounded to bf16 before they are summed; elsewhere the product is formed in the
+    inputs' dtype (as any bf16 matmul) and then added, which keeps the temporaries small."""
+    if a.dtype == out.dtype and b.dtype == out.dtype:
+        if accumulate:
+            out.addmm_(a, b)
+        else:
+            torch.mm(a, b, out=out)
+    elif (out.device.type == "cuda" and out.dtype == torch.float32 and a.dtype == b.dtype
+          and a.dtype in (torch.bfloat16, torch.float16)):
+        torch.addmm(out, a, b, beta=1 if accumulate else 0, out_dtype=out.dtype, out=out)
+    elif accumulate:
+        out.add_(a @ b)
+    else:
+        out.copy_(a @ b)
+
+
+class _Tiles:
+    """The fp32 logits ``rows @ weight.T + bias``, one ``[block_rows, tile_cols]`` tile at a
+    time, always written into the same buffer."""
+
+    def __init__(self, rows, weight, bias, dtype, block_rows: int, tile_cols: int):
+        self.rows, self.weight, self.bias, self.dtype = rows, weight, bias, dtype
+        n, v = rows.shape[0], weight.shape[0]
+        self.blocks = [(s, min(n, s + block_rows)) for s in range(0, n, block_rows)]
+        self.cols = [(c, min(v, c + tile_cols)) for c in range(0, v, tile_cols)]
+        self.size = min(n, block_rows) * min(v, tile_cols)
+        self._buf = torch.empty(self.size, dtype=torch.float32, device=rows.device)
+        self._low = None if dtype == torch.float32 else torch.empty(self.size, dtype=dtype, device=rows.device)
+        self._single = None  # (exp(z - max), sum) of the only tile, kept for the gradient pass
+
+    def x(self, s: int, e: int) -> torch.Tensor:
+        return self.rows[s:e].to(self.dtype)
+
+    def w(self, c0: int, c1: int) -> torch.Tensor:
+        return self.weight[c0:c1].to(self.dtype)
+
+    def logits(self, x: torch.Tensor, w_c: torch.Tensor, c0: int, c1: int) -> torch.Tensor:
+        """The fp32 logits of the rows ``x`` (a block, compute dtype) for columns ``c0:c1``
+        (``w_c`` = those rows of the weight, compute dtype), in the shared buffer."""
+        z = self._buf[: x.shape[0] * (c1 - c0)].view(x.shape[0], c1 - c0)
+        if self._low is not None and z.device.type != "cuda":
+            low = self._low[: z.numel()].view_as(z)
+            torch.mm(x, w_c.t(), out=low)
+            z.copy_(low)
+        else:
+            _matmul_into(z, x, w_c.t(), accumulate=False)
+        if self.bias is not None:
+            z.add_(self.bias[c0:c1])
+        return z
+
+    def narrow(self, g: torch.Tensor) -> torch.Tensor:
+        """``g`` in the compute dtype (a view of a reused buffer when that is not fp32)."""
+        if self._low is None:
+            return g
+        return self._low[: g.numel()].view_as(g).copy_(g)
+
+    def log_normalisers(self, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per row: the log-sum-exp of its logits and its target's logit (a running
+        log-sum-exp over the vocabulary tiles)."""
+        n, dev = self.rows.shape[0], self.rows.device
+        top = torch.full((n,), float("-inf"), dtype=torch.float32, device=dev)
+        total = torch.zeros(n, dtype=torch.float32, device=dev)
+        picked = torch.zeros(n, dtype=torch.float32, device=dev)
+        for c0, c1 in self.cols:
+            w_c = self.w(c0, c1)
+            for s, e in self.blocks:
+                z = self.logits(self.x(s, e), w_c, c0, c1)
+                t = targets[s:e]
+                here = z.gather(1, (t - c0).clamp(0, c1 - c0 - 1)[:, None]).squeeze(1)
+                picked[s:e] = torch.where((t >= c0) & (t < c1), here, picked[s:e])
+                new_top = torch.maximum(top[s:e], z.amax(1))
+                total[s:e] = total[s:e] * torch.exp(top[s:e] - new_top) + z.sub_(new_top[:, None]).exp_().sum(1)
+                top[s:e] = new_top
+        if len(self.blocks) == 1 and len(self.cols) == 1:
+            self._single = (z, total)  # the tile now holds exp(z - top): the softmax up to `total`
+        return top.add_(total.log()), picked
+
+    def gradients(self, targets, lse, weights, need_x: bool, need_w: bool, need_b: bool):
+        """Gradients of ``sum_i weights_i * CE_i`` with respect to the rows, the weight and the
+        bias (``None`` where not needed), after :meth:`log_normalisers`."""
+        rows, weight, bias = self.rows, self.weight, self.bias
+        n, h = rows.shape
+        dev = rows.device
+        many_cols, many_blocks = len(self.cols) > 1, len(self.blocks) > 1
+        grad_x = grad_w = grad_b = acc_w = None
+        if need_x:
+            # summed over vocabulary tiles: in fp32 when there are several
+            wide = many_cols and rows.dtype != torch.float32
+            grad_x = (torch.zeros if many_cols else torch.empty)(
+                n, h, dtype=torch.float32 if wide else rows.dtype, device=dev)
+        if need_w:
+            grad_w = torch.empty(weight.shape, dtype=weight.dtype, device=weight.device)
+            if many_blocks and weight.dtype != torch.float32:
+                acc_w = torch.empty(self.cols[0][1] - self.cols[0][0], h, dtype=torch.float32, device=dev)
+        if need_b:
+            grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device)
+        for c0, c1 in self.cols:
+            w_c = self.w(c0, c1)
+            for k, (s, e) in enumerate(self.blocks):
+                x = self.x(s, e)
+                if self._single is not None:
+                    e_z, total = self._single
+                    p = e_z.div_(total[:, None])  # softmax
+                else:
+                    p = self.logits(x, w_c, c0, c1).sub_(lse[s:e, None]).exp_()
+                t = targets[s:e]
+                inside = ((t >= c0) & (t < c1)).to(p.dtype)
+                p.scatter_add_(1, (t - c0).clamp(0, c1 - c0 - 1)[:, None], -inside[:, None])
+                p.mul_(weights[s:e, None])  # d (w * CE) / d logits
+                if need_b:
+                    grad_b[c0:c1] += p.sum(0)
+                g = self.narrow(p)
+                if need_x:
+                    _matmul_into(grad_x[s:e], g, w_c, accumulate=many_cols)
+                if need_w:
+                    if acc_w is not None:
+                        _matmul_into(acc_w[: c1 - c0], g.t(), x, accumulate=k > 0)
+                    else:
+                        _matmul_into(grad_w[c0:c1], g.t(), x, accumulate=k > 0)
+            if acc_w is not None:
+                grad_w[c0:c1].copy_(acc_w[: c1 - c0])
+        self._single = None
+        if grad_x is not None and grad_x.dtype != rows.dtype:
+            grad_x = grad_x.to(rows.dtype)
+        if grad_b is not None and grad_b.dtype != bias.dtype:
+            grad_b = grad_b.to(bias.dtype)
+        return grad_x, grad_w, grad_b
+
+
 class _FusedLinearCrossEntropy(torch.autograd.Function):
-    """sum_i w_i * CE(x_i W^T + b, t_i), with the gradients computed chunk by chunk in forward."""
+    """``sum_i w_i * CE(x_i W^T + b, t_i)``, its gradients computed tile by tile in forward."""
 
     @staticmethod
-    def forward(ctx, rows, weight, bias, targets, weights, chunk_rows):
-        n, h = rows.shape
-        v = weight.shape[0]
+    def forward(ctx, rows, weight, bias, targets, weights, block_rows, tile_cols):
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         need_b = bias is not None and ctx.needs_input_grad[2]
         dtype = _compute_dtype(rows, weight)
-        dev = rows.device.type
-        losses = torch.empty(n, dtype=torch.float32, device=rows.device)
-        grad_x = torch.empty_like(rows) if need_x else None
-        grad_w = torch.zeros(v, h, dtype=torch.float32, device=weight.device) if need_w else None
-        grad_b = torch.zeros(v, dtype=torch.float32, device=weight.device) if need_b else None
-        with torch.autocast(dev, enabled=False):
-            w = weight.to(dtype)
-            b = bias.float() if bias is not None else None
-            for s in range(0, n, chunk_rows):
-                e = min(n, s + chunk_rows)
-                x = rows[s:e].to(dtype)
-                t = targets[s:e]
-                logits = (x @ w.t()).float()
-                if b is not None:
-                    logits += b
-                lse = torch.logsumexp(logits, dim=-1)
-                losses[s:e] = lse - logits.gather(1, t[:, None]).squeeze(1)
-                if need_x or need_w or need_b:
-                    # d CE / d logits = softmax - onehot, scaled by the row weight
-                    logits.sub_(lse[:, None]).exp_()
-                    logits[torch.arange(e - s, device=logits.device), t] -= 1.0
-                    logits.mul_(weights[s:e, None])
-                    g = logits.to(dtype)
-                    if need_x:
-                        grad_x[s:e] = (g @ w).to(rows.dtype)
-                    if need_w:
-                        grad_w += (g.t() @ x).float()
-                    if need_b:
-                        grad_b += logits.sum(0)
-                    del g
-                del logits
-        ctx.grads = (grad_x, grad_w, grad_b)
-        ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
+        with torch.autocast(rows.device.type, enabled=False):
+            tiles = _Tiles(rows, weight, bias, dtype, block_rows, tile_cols)
+            lse, picked = tiles.log_normalisers(targets)
+            ctx.grads = tiles.gradients(targets, lse, weights, need_x, need_w, need_b)
+        losses = lse.sub_(picked)
         ctx.mark_non_differentiable(losses)
         return (losses * weights).sum(), losses
 
     @staticmethod
-    def backward(ctx, grad_loss, _grad_losses):
-        grad_x, grad_w, grad_b = ctx.grads
+    def backward(ctx, grad_total, _grad_losses):
+        grads = ctx.grads
+        if grads is None:
+            raise RuntimeError("the fused DeRTa loss supports one backward pass per forward")
         ctx.grads = None
-        wdt, bdt = ctx.dtypes
-        gx = (grad_x * grad_loss.to(grad_x.dtype)) if grad_x is not None else None
-        gw = (grad_w * grad_loss).to(wdt) if grad_w is not None else None
-        gb = (grad_b * grad_loss).to(bdt) if grad_b is not None else None
-        return gx, gw, gb, None, None, None
+        # scaled in place: autograd then adopts these very tensors as .grad (no copies)
+        for g in grads:
+            if g is not None:
+                g.mul_(grad_total)
+        return grads[0], grads[1], grads[2], None, None, None, None
+
+
+def _forward_only(rows, weight, bias, targets, block_rows: int, tile_cols: int) -> torch.Tensor:
+    """Per-row cross-entropy of the fused path without any gradient work."""
+    dtype = _compute_dtype(rows, weight)
+    with torch.autocast(rows.device.type, enabled=False):
+        lse, picked = _Tiles(rows, weight, bias, dtype, block_rows, tile_cols).log_normalisers(targets)
+    return lse.sub_(picked)
 
 
 def _fusable(head: nn.Module) -> bool:
@@ -162,11 +311,12 @@ def _fusable(head: nn.Module) -> bool:
 
 def linear_cross_entropy(rows: torch.Tensor, head: nn.Module, targets: torch.Tensor,
                          weights: torch.Tensor | None = None, *, chunk_rows: int | None = None,
-                         softcap: float | None = None, impl: str = "auto"):
+                         vocab_chunk: int | None = None, softcap: float | None = None, impl: str = "auto"):
     """``(sum_i w_i * CE(head(rows_i), t_i), per-row CE detached)`` without full logits.
 
     ``impl``: ``"fused"``, ``"module"`` or ``"auto"`` (fused when the head allows it and no
-    soft-capping is needed).
+    soft-capping is needed). ``chunk_rows`` / ``vocab_chunk`` override the tile shape (rows
+    per block, vocabulary columns per tile; the module path only cuts rows).
     """
     if weights is None:
         weights = torch.ones(rows.shape[0], dtype=torch.float32, device=rows.device)
@@ -180,7 +330,16 @@ def linear_cross_entropy(rows: torch.Tensor, head: nn.Module, targets: torch.Ten
             zero = zero + p.reshape(-1)[:0].sum()
         return zero.float(), torch.zeros(0, dtype=torch.float32, device=rows.device)
     if impl == "fused":
-        return _FusedLinearCrossEntropy.apply(rows, head.weight, head.bias, targets, weights, chunk)
+        weight, bias = head.weight, head.bias
+        budget = TILE_ELEMENTS_CUDA if rows.device.type == "cuda" else TILE_ELEMENTS
+        block_rows, tile_cols = _tile_plan(rows.shape[0], vocab, rows.shape[1], chunk_rows, vocab_chunk, budget)
+        if ((targets < 0) | (targets >= vocab)).any():
+            raise IndexError(f"target id out of range [0, {vocab}): {int(targets.min())}..{int(targets.max())}")
+        if not (torch.is_grad_enabled() and any(
+                t is not None and t.requires_grad for t in (rows, weight, bias))):
+            per_row = _forward_only(rows, weight, bias, targets, block_rows, tile_cols)
+            return (per_row * weights).sum(), per_row
+        return _FusedLinearCrossEntropy.apply(rows, weight, bias, targets, weights, block_rows, tile_cols)
     if impl != "module":
         raise ValueError(f"impl must be auto, fused or module, got {impl!r}")
 
@@ -210,8 +369,8 @@ def linear_cross_entropy(rows: torch.Tensor, head: nn.Module, targets: torch.Ten
 
 def derta_loss(hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor,
                rto_labels: torch.Tensor | None = None, *, num_items: int | torch.Tensor | None = None,
-               rto_weight: float = 1.0, chunk_rows: int | None = None, softcap: float | None = None,
-               impl: str = "auto"):
+               rto_weight: float = 1.0, chunk_rows: int | None = None, vocab_chunk: int | None = None,
+               softcap: float | None = None, impl: str = "auto"):
     """The DeRTa loss from final hidden states ``[B, T, H]`` and the output head.
 
     Returns ``(loss, stats)``: ``loss = weighted CE sum / N`` (``N = num_items`` when given,
@@ -219,8 +378,8 @@ def derta_loss(hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor,
     ``stats`` with detached ``mle_sum``, ``rto_sum``, ``n_mle``, ``n_rto`` for logging.
     """
     rows, targets, weights, is_rto = label_rows(hidden, labels, rto_labels, rto_weight)
-    total, per_row = linear_cross_entropy(rows, head, targets, weights, chunk_rows=chunk_rows, softcap=softcap,
-                                          impl=impl)
+    total, per_row = linear_cross_entropy(rows, head, targets, weights, chunk_rows=chunk_rows,
+                                          vocab_chunk=vocab_chunk, softcap=softcap, impl=impl)
     n = rows.shape[0] if num_items is None else num_items
     if torch.is_tensor(n):
         n = n.to(total.device).clamp_min(1)

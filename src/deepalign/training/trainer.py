@@ -61,7 +61,7 @@ class DeRTaConfig(TrainingArguments):
         "help": "share of RTO positions kept per sequence; None = 0.05 for full fine-tuning, 1.0 with LoRA"})
     rto_weight: float = field(default=1.0, metadata={"help": "weight of an RTO pair relative to an MLE pair"})
     loss_chunk_rows: int | None = field(default=None, metadata={
-        "help": "rows per output-head chunk in the loss; None = about 2**26 logits per chunk"})
+        "help": "rows per head chunk on the module path of the loss (wrapped or sharded heads); None = about 2**26 logits per chunk. The fused path of a plain head tiles the vocabulary on its own"})
     loss_impl: str = field(default="auto", metadata={"help": "auto, fused or module (see losses.py)"})
     max_length: int = field(default=1024, metadata={"help": "cut sequences to this many tokens"})
     bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision; None = when available"})
