@@ -266,3 +266,45 @@ def test_offline_a_preset_name_is_a_one_line_error_at_once(monkeypatch):
 def test_docs_table_lists_every_preset():
     text = DOCS.read_text(encoding="utf-8")
     assert presets.markdown_table() in text, "docs/data.md: paste deepalign.data.presets.markdown_table()"
+
+
+def test_train_reads_presets_and_named_columns(tmp_path):
+    from deepalign.training.finetune import TrainOptions, _load_data
+
+    spec = f"hh-rlhf:{FIX / 'hh_rlhf_harmless_base.jsonl'}"
+    triples, _, _, data = _load_data(TrainOptions(recipe="dpo", triples=spec), DataOptions(limit=1))
+    assert [t.query for t in triples] == ["placeholder question one"]
+    assert "1 multi-turn" in data["triples"]["notes"][0]
+    renamed = tmp_path / "pairs.csv"
+    renamed.write_text("q,bad,good\nplaceholder query,placeholder harmful,placeholder refusal\n")
+    (t,), _, _, _ = _load_data(TrainOptions(recipe="dpo", triples=str(renamed)),
+                               DataOptions(fields=["query=q,harmful=bad", "safe=good"]))
+    assert (t.query, t.harmful, t.safe) == ("placeholder query", "placeholder harmful", "placeholder refusal")
+    with pytest.raises(DeepAlignError, match="--fields prompt is not a field of training data"):
+        _load_data(TrainOptions(recipe="dpo", triples=str(renamed)), DataOptions(fields=["prompt=q"]))
+
+
+def test_judging_published_completions_with_their_own_verdicts(tmp_path):
+    from deepalign.cli import main
+
+    out = tmp_path / "xs"
+    assert main(["judge", str(FIX / "xstest_v2_completions_placeholder.csv"), "--out", str(out), "--judges", "keyword",
+                 "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["judges"] == ["published:xstest-human", "keyword"]
+    human = next(c for c in summary["results"] if c["judge"] == "published:xstest-human")
+    assert human["over_refusal"]["k"] == 1 and human["over_refusal"]["n"] == 2  # the annotators' refusal on safe prompts
+    types = {c["category"] for c in summary["by_category"]}
+    assert types == {"homonyms", "contrast_homonyms", "contrast_figurative_language"}
+    out = tmp_path / "hb"
+    assert main(["judge", str(FIX / "harmbench_completions.json"), "--out", str(out), "--judges", "keyword",
+                 "--prompts", str(FIX / "harmbench_behaviors_text_all.csv"), "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    hb = next(c for c in summary["results"] if c["judge"] == "published:harmbench")
+    assert (hb["harmful"]["k"], hb["harmful"]["n"]) == (1, 3)
+    assert {c["category"] for c in summary["by_category"]} == {"placeholder_semantic_a", "placeholder_semantic_b"}
+    out = tmp_path / "pair"
+    assert main(["judge", str(FIX / "derta/results/safety/pair/PAIR_result_placeholder-8B-vanilla.json"), "--out",
+                 str(out), "--judges", "keyword", "--quiet"]) == 0
+    kw = next(c for c in json.loads((out / "summary.json").read_text())["results"] if c["judge"] == "keyword")
+    assert kw["errors"] == 1 and kw["harmful"]["n"] == 1  # no response for one goal: an error, never "safe"

@@ -118,7 +118,7 @@ def _choice_patterns(letters: str) -> list[re.Pattern]:
     either = f"[{letters}{letters.lower()}]"
     kw = "(?i:answer|option|choice)"
     slot = rf"(?:[(\[]\s*({either})\s*[)\]]|-?({up})\b(?![''-]\w)|({either})(?=\s*(?:[.,;:)!]|$)))"
-    then = rf"(?:(?i:option|choice)\s+)?"
+    then = r"(?:(?i:option|choice)\s+)?"
     return [
         re.compile(rf"\b{kw}s?\s*(?:(?i:is|would be|will be|should be)\s*[:=]?|[:=])\s*-?\s*{then}{slot}", re.MULTILINE),
         # "... is (B) <option text>": the question restated, then the bracketed letter

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from deepalign.data import presets
+from deepalign.data.presets import stratum
 from deepalign.errors import DeepAlignError, OptionError
 from deepalign.options import exclusive, number
 from deepalign.records import ITEM_KINDS, EvalPrompt, to_dict
@@ -129,8 +131,6 @@ def stratified_sample(items: Sequence[EvalPrompt], n: int, seed: int) -> list[Ev
     """``n`` items drawn without replacement, each stratum (category) getting its share of
     ``n`` by largest remainder (every stratum at least one when ``n`` allows), in file order.
     The same seed gives the same sample."""
-    from deepalign.data.presets import stratum
-
     if n >= len(items):
         return list(items)
     groups: dict[str | None, list[int]] = {}
@@ -164,18 +164,12 @@ def select(items: list[EvalPrompt], *, sample: int | None = None, limit: int | N
            seed: int = 0) -> tuple[list[EvalPrompt], str]:
     """The items ``--sample`` / ``--limit`` keep, and a line saying which."""
     if sample is not None and sample < len(items):
-        strata = len({_stratum(it) for it in items})
+        strata = len({stratum(it) for it in items})
         how = f"stratified over {strata} categories" if strata > 1 else "no categories to stratify on"
         return stratified_sample(items, sample, seed), f"random sample of {sample} of {len(items)} (seed {seed}, {how})"
     if limit is not None and limit < len(items):
         return items[:limit], f"first {limit} of {len(items)} in file order (--limit)"
     return list(items), "all"
-
-
-def _stratum(item: EvalPrompt):
-    from deepalign.data.presets import stratum
-
-    return stratum(item)
 
 
 # --------------------------------------------------------------------------------------
@@ -236,7 +230,6 @@ class Spec:
 
 def parse_spec(spec: str) -> Spec:
     """``[kind:][preset:]source[,key=value...]`` (see the module doc)."""
-    from deepalign.data import presets
     from deepalign.registry import split_args
 
     if not isinstance(spec, str) or not spec.strip():
@@ -301,8 +294,6 @@ def open_dataset(spec: str, options: DataOptions | None = None, *, world=None) -
     split = opts.pop("split", None) or options.split
     subset = opts.pop("subset", None) or options.subset
     preset = parsed.preset
-    from deepalign.data import presets
-
     if preset is None and parsed.source is not None and not Path(parsed.source).exists():
         hub = presets.hub_preset(parsed.source)
         preset = hub.name if hub is not None else None

@@ -123,7 +123,7 @@ def load_instructions(
     ``answer`` column, when the response came from another column, sets ``answer`` too.
     """
     check_fields_arg(fields, INSTRUCTION_FIELDS, "load_instructions")
-    name, rows, _ = _read(source, preset, split, subset, ("train",))
+    _, rows, _ = _read(source, preset, split, subset, ("train",))
     ids, out = Ids(), []
     for row in rows:
         f = Fields(row, INSTRUCTION_FIELDS, fields)

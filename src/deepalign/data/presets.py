@@ -28,7 +28,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from deepalign.data.answers import LETTERS, choices_in_text, format_options, normalise_letter, parse_final_answer
 from deepalign.data.fields import EVAL_FIELDS, Fields, Row, type_name
-from deepalign.data.sources import GROUP_COLUMN, TEXT_COLUMN, read_lookup
+from deepalign.data.sources import GROUP_COLUMN, TEXT_COLUMN, read_hub, read_lookup
 from deepalign.errors import DeepAlignError
 from deepalign.records import EvalPrompt, HarmfulTriple
 
@@ -83,8 +83,8 @@ class Preset:
     #: each row says its own kind (XSTest's label): forcing one kind on every row is refused
     row_kinds: bool = False
 
-    def matches(self, rows: Sequence[Row], name: str) -> bool:
-        cols = _columns(rows)
+    def matches(self, rows: Sequence[Row], name: str, cols: set[str] | None = None) -> bool:
+        cols = _columns(rows) if cols is None else cols
         return any(layout <= cols for layout in self.columns) and self.accepts(cols, list(rows), name)
 
     def check_schema(self, rows: Sequence[Row], name: str) -> None:
@@ -104,12 +104,10 @@ class Preset:
         return self.build(rows, ctx)
 
     def read_hub(self, *, split: str | None, subset: str | None, prefer: Sequence[str], train: bool = False):
-        from deepalign.data.sources import _read_hub
-
         if self.hub is None:
             raise DeepAlignError(f"{self.name}: no hub copy is known; give the file: {self.name}:PATH ({self.origin})")
         default_split = (self.hub.train_split if train else None) or self.hub.split
-        return _read_hub(self.hub.id, split or default_split, subset or self.hub.subset, prefer, self.hub.data_dir)
+        return read_hub(self.hub.id, split or default_split, subset or self.hub.subset, prefer, self.hub.data_dir)
 
 
 def _columns(rows: Sequence[Row]) -> set[str]:
@@ -777,8 +775,9 @@ def is_preset(name: str) -> bool:
 
 def detect(rows: Sequence[Row], name: str) -> Preset | None:
     """The preset whose schema ``rows`` are in (None: read them with the generic aliases)."""
+    cols = _columns(rows)
     for p in PRESETS:
-        if p.matches(rows, name):
+        if p.matches(rows, name, cols):
             return p
     return None
 

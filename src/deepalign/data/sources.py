@@ -32,7 +32,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from deepalign.data.fields import ALL_FIELD_NAMES, Row, type_name
 from deepalign.errors import DeepAlignError
 
-__all__ = ["read_source", "read_lookup", "hub_offline", "FILE_TYPES", "TEXT_COLUMN", "GROUP_COLUMN"]
+__all__ = ["read_source", "read_hub", "read_lookup", "hub_offline", "FILE_TYPES", "TEXT_COLUMN", "GROUP_COLUMN"]
 
 #: the column a bare JSON string is read into
 TEXT_COLUMN = "text"
@@ -111,7 +111,7 @@ def read_source(
     )
     if looks_local:
         raise DeepAlignError(f"no such file: {text}")
-    return _read_hub(text, split, subset, prefer_splits, data_dir)
+    return read_hub(text, split, subset, prefer_splits, data_dir)
 
 
 def _merge_split(split: str | None, tail: str, text: str) -> str:
@@ -377,7 +377,7 @@ def _offline_mode():
         dconfig.HF_HUB_OFFLINE, hconstants.HF_HUB_OFFLINE = saved
 
 
-def _read_hub(text: str, split: str | None, subset: str | None, prefer: Sequence[str],
+def read_hub(text: str, split: str | None, subset: str | None, prefer: Sequence[str],
               data_dir: str | None = None) -> tuple[str, list[Row]]:
     """A dataset of the hub. Offline (``HF_HUB_OFFLINE=1``) or when the hub does not answer
     within seconds, only the local cache is read: a dataset that is not there is a one-line

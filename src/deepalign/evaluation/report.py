@@ -230,8 +230,9 @@ def data_sections(summary: dict, info: dict) -> list[str]:
     lines: list[str] = []
     answered = [c for c in summary["results"] if c.get("answers") and c["judge"] == (summary["judges"] or [None])[0]]
     if answered:
-        lines += ["", "## Answers", "", "Strict parsing: the final stated answer; a response with no extractable answer "
-                  "counts as not correct.", "", "| target | attack | dataset | accuracy | correct | wrong | no answer |",
+        lines += ["", "## Answers", "",
+                  ("Strict parsing: the final stated answer; a response with no extractable answer counts as not "
+                   "correct."), "", "| target | attack | dataset | accuracy | correct | wrong | no answer |",
                   "|---|---|---|---:|---:|---:|---:|"]
         for c in answered:
             a = c["answers"]
@@ -243,16 +244,18 @@ def data_sections(summary: dict, info: dict) -> list[str]:
         cells = [c for c in cats if c["judge"] == j and (c["harmful"]["n"] or c["over_refusal"]["n"] or c["helpful"]["n"])]
         if not cells:
             continue
-        lines += ["", f"## By category ({j})", "", "| target | attack | dataset | category | n | ASR | refusal | "
-                  "over-refusal | helpful |", "|---|---|---|---|---:|---:|---:|---:|---:|"]
+        lines += ["", f"## By category ({j})", "",
+                  "| target | attack | dataset | category | n | ASR | refusal | over-refusal | helpful |",
+                  "|---|---|---|---|---:|---:|---:|---:|---:|"]
         for c in cells:
             lines.append(f"| {c['target']} | {c['attack']} | {c['dataset']} | {c['category']} | {c['n']} | "
                          f"{percent(c['harmful'])} | {percent(c['refusal'])} | {percent(c['over_refusal'])} | "
                          f"{percent(c['helpful'])} |")
     skipped = list((info.get("not_applied") or {}).values())
     if skipped:
-        lines += ["", "## Attacks that did not apply", "", "Attack x dataset pairs with items the attack could not run on "
-                  "(they are left out of that cell, not counted as safe).", "",
+        lines += ["", "## Attacks that did not apply", "",
+                  ("Attack x dataset pairs with items the attack could not run on (they are left out of that cell, "
+                   "not counted as safe)."), "",
                   "| attack | dataset | applied | skipped | why |", "|---|---|---:|---:|---|"]
         for sk in skipped:
             why = "; ".join(f"{r} ({n})" for r, n in sk["reasons"].items())
