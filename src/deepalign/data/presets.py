@@ -120,8 +120,13 @@ def _columns(rows: Sequence[Row]) -> set[str]:
 def _path_words(name: str) -> str:
     """The lower-case file name and parent folders of a source, for the presets recognised by
     name (the DeRTa files)."""
-    p = Path(str(name).split("::")[0])
+    p = Path(str(name))
     return "/".join(part.lower() for part in (*p.parent.parts[-2:], p.stem))
+
+
+def _path_tokens(name: str) -> set[str]:
+    """The words of :func:`_path_words` (split at anything but letters and digits)."""
+    return set(re.split(r"[^a-z0-9]+", _path_words(name))) - {""}
 
 
 def _table(**columns: tuple[str, ...] | str) -> dict[str, tuple[str, ...]]:
@@ -284,7 +289,7 @@ def _advbench(rows: list[Row], ctx: Context) -> list[EvalPrompt]:
 
 
 def _jailbreakbench(rows: list[Row], ctx: Context) -> list[EvalPrompt]:
-    where = f"{ctx.split or ''} {ctx.name}".lower()
+    where = f"{ctx.split or ''} {Path(ctx.name).name}".lower()  # the split, or the file's own name
     kind = "benign" if "benign" in where else "harmful"
 
     def finish(item: EvalPrompt, f: Fields) -> None:
@@ -360,16 +365,15 @@ def _derta_attack(ctx: Context) -> str | None:
         if given not in (*DERTA_ATTACKS, "none"):
             raise DeepAlignError(f"{ctx.name}: unknown DeRTa attack {given!r} (choose from none, {', '.join(DERTA_ATTACKS)})")
         return None if given == "none" else given
-    words = _path_words(ctx.name)
+    words = _path_tokens(ctx.name)
     return next((a for a in DERTA_ATTACKS if a in words), None)
 
 
 def _derta_accepts(cols: set[str], rows: list[Row], name: str) -> bool:
-    words = _path_words(name)
+    words = _path_tokens(name)
     if cols == {TEXT_COLUMN}:  # bare strings: DeRTa's completion-attack and PAIR results
-        return "completionattack" in words or "pair" in words
-    return any(a in words for a in DERTA_ATTACKS) or "illegal_instructions" in words or (
-        "safety" in words and "derta" in words)
+        return bool(words & {"completionattack", "pair"})
+    return bool(words & set(DERTA_ATTACKS)) or {"illegal", "instructions"} <= words or {"safety", "derta"} <= words
 
 
 def _derta(rows: list[Row], ctx: Context) -> list[EvalPrompt]:
