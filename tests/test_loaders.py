@@ -135,6 +135,17 @@ def test_eval_prompt_aliases(tmp_path, alias):
     assert p.kind == ("harmful" if alias in ("goal", "behavior") else "unknown")
 
 
+def test_eval_files_of_bare_strings_are_prompts(tmp_path):
+    (tmp_path / "list.json").write_text(json.dumps(["first placeholder", "second placeholder"]))
+    (tmp_path / "lines.jsonl").write_text('"first placeholder"\n"second placeholder"\n')
+    for name in ("list.json", "lines.jsonl"):
+        items = load_eval_prompts(tmp_path / name, "harmful")
+        assert [(p.prompt, p.kind, p.meta) for p in items] == [("first placeholder", "harmful", {}),
+                                                                ("second placeholder", "harmful", {})]
+    with pytest.raises(DeepAlignError, match="mixes JSON objects and bare strings"):
+        load_eval_prompts(write_jsonl(tmp_path / "mixed.jsonl", ["a", {"prompt": "b"}]))
+
+
 @pytest.mark.parametrize("alias", EVAL_FIELDS["answer"])
 def test_eval_answer_aliases(tmp_path, alias):
     (p,) = load_eval_prompts(write_jsonl(tmp_path / "e.jsonl", [{"prompt": "p", alias: "yes"}]))
@@ -148,7 +159,9 @@ def test_eval_derta_question_files():
     mmlu = load_eval_prompts(FIX / "derta_mmlu.json")
     assert [p.answer for p in mmlu] == ["C", "A"] and mmlu[0].kind == "helpful"
     assert mmlu[0].choices == [f"placeholder option {c}" for c in "abcd"]
-    assert mmlu[0].prompt.startswith("placeholder multiple-choice question 1\n-options\n-(A)")
+    # read as the mmlu preset: the question with its options, after the instruction DeRTa's evaluator puts first
+    assert mmlu[0].prompt.startswith("Choose the correct option for the given question.\n\n\n\nQuestion: "
+                                     "placeholder multiple-choice question 1\n-options\n-(A)")
     assert mmlu[0].meta == {"choices_in_prompt": True}
 
 
@@ -170,15 +183,19 @@ def test_eval_advbench_and_harmbench_csv():
     context = "placeholder context line 1\nplaceholder context line 2"
     assert hb[1].prompt == f"{context}\n\n---\n\nplaceholder harmful behavior 2"
     assert hb[1].meta["behavior"] == "placeholder harmful behavior 2"
-    assert hb[0].meta == {"FunctionalCategory": "standard", "SemanticCategory": "placeholder_semantic"}
+    assert hb[0].meta == {"functional_category": "standard", "category": "placeholder_semantic",
+                          "stratum": "standard/placeholder_semantic"}
 
 
 def test_eval_mmlu_choices_columns_and_lists():
     (cols,) = load_eval_prompts(FIX / "mmlu_columns.csv")
     assert cols.choices == [f"placeholder option {c}" for c in "abcd"] and cols.answer == "B"
     assert cols.meta == {}
-    (lst,) = load_eval_prompts(FIX / "mmlu_choices.jsonl")
-    assert lst.answer == "D" and lst.meta == {"subject": "placeholder_subject", "answer_index": 3}
+    (lst,) = load_eval_prompts(FIX / "mmlu_choices.jsonl")  # cais/mmlu's schema: the mmlu preset
+    assert lst.answer == "D" and lst.meta == {"category": "placeholder_subject", "answer_index": 3,
+                                              "choices_in_prompt": True}
+    assert lst.prompt.endswith("placeholder multiple-choice question 1\n-options\n-(A) placeholder option a\n"
+                               "-(B) placeholder option b\n-(C) placeholder option c\n-(D) placeholder option d\n")
 
 
 def test_eval_kind_column_and_bad_kind(tmp_path):
@@ -232,7 +249,7 @@ def test_malformed_json_line(tmp_path):
     msg = error_of(load_triples, path)
     assert msg.startswith(f"{path}:3: malformed JSON")
     path.write_text('["not", "an", "object"]\n', encoding="utf-8")
-    assert error_of(load_triples, path) == f"{path}:1: expected a JSON object, got list"
+    assert error_of(load_triples, path) == f"{path}:1: expected a JSON object or string, got list"
 
 
 def test_json_array_errors_use_record_numbers(tmp_path):
@@ -362,6 +379,8 @@ def test_hf_data_file_directory(tmp_path, monkeypatch):
 def test_hub_unreachable_is_one_line_error(monkeypatch):
     import datasets
 
+    from deepalign.data import sources
+
     calls = []
 
     def fake_load_dataset(name, subset=None, split=None, **kw):
@@ -369,10 +388,21 @@ def test_hub_unreachable_is_one_line_error(monkeypatch):
         raise ConnectionError("Couldn't reach 'org/placeholder' on the Hub\n(offline)")
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    # HF_HUB_OFFLINE (set for the test session): only the cache is read, the error says why
     msg = error_of(load_eval_prompts, "org/placeholder:test", subset="main")
     assert calls == [("org/placeholder", "main", "test")]
-    assert msg.startswith("could not load dataset 'org/placeholder' from the Hugging Face hub (ConnectionError:")
+    assert msg.startswith("cannot load dataset 'org/placeholder': the Hugging Face hub is not reachable (offline mode")
     assert "give a local path" in msg
+    # online and the hub answers, but loading fails: the library's reason
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setattr(sources, "_hub_reachable", lambda timeout=3.0: None)
+    msg = error_of(load_eval_prompts, "org/placeholder:test", subset="main")
+    assert msg.startswith("could not load dataset 'org/placeholder' from the Hugging Face hub (ConnectionError:")
+    # online but the hub does not answer: the cache only, at once
+    monkeypatch.setattr(sources, "_hub_reachable", lambda timeout=3.0: "huggingface.co: Name or service not known")
+    msg = error_of(load_eval_prompts, "org/placeholder")
+    assert "hub is not reachable (huggingface.co: Name or service not known)" in msg
 
 
 def test_hub_dataset_loads(monkeypatch):

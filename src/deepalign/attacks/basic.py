@@ -62,6 +62,8 @@ class Direct(Attack):
     label = "direct"
 
     def prepare(self, item: EvalPrompt) -> Attacked:
+        if item.meta.get("raw"):  # a text to continue as is (DeRTa's completion-attack test set): no template
+            return Attacked(Request(id=item.id, text=item.prompt))
         return Attacked(Request(id=item.id, query=item.prompt))
 
 

@@ -7,12 +7,13 @@ Rerunning the same command resumes an interrupted run; ``deepalign judge RUN_DIR
 ``deepalign report RUN_DIR`` rebuilds the summary, report and plots.
 """
 
+from deepalign.data.datasets import DataOptions
 from deepalign.decoding.base import GenConfig
 from deepalign.evaluation.runner import EvalOptions, run_eval
 
-OPTIONS = (EvalOptions, GenConfig)
+OPTIONS = (EvalOptions, GenConfig, DataOptions)
 
 
-def run(options: EvalOptions, generation: GenConfig) -> int:
-    run_eval(options, generation)
+def run(options: EvalOptions, generation: GenConfig, data: DataOptions) -> int:
+    run_eval(options, generation, data)
     return 0

@@ -5,12 +5,13 @@
     accelerate launch --num_processes 2 -m deepalign train --recipe derta ...
 """
 
+from deepalign.data.datasets import DataOptions
 from deepalign.training.finetune import TrainOptions, train
 from deepalign.training.trainer import DeRTaConfig
 
-OPTIONS = (TrainOptions, DeRTaConfig)
+OPTIONS = (TrainOptions, DeRTaConfig, DataOptions)
 
 
-def run(options: TrainOptions, training: DeRTaConfig) -> int:
-    train(options, training)
+def run(options: TrainOptions, training: DeRTaConfig, data: DataOptions) -> int:
+    train(options, training, data)
     return 0

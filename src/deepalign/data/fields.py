@@ -32,11 +32,13 @@ INSTRUCTION_FIELDS: dict[str, tuple[str, ...]] = {
 }
 EVAL_FIELDS: dict[str, tuple[str, ...]] = {
     "prompt": ("prompt", "query", "question", "goal", "instruction", "behavior"),
-    "answer": ("answer", "target_answer", "label"),
+    # not "label": in safety data it is a safe/unsafe label (XSTest), a kind, never an answer
+    "answer": ("answer", "target_answer"),
     "choices": ("choices", "options"),
     "harmful": ("harmful", "harmful_response", "response_harmful", "unsafe", "target"),
     "kind": ("kind",),
     "context": ("context", "contextstring"),
+    "category": ("category",),
 }
 ID_FIELDS: tuple[str, ...] = ("id", "idx", "uid", "behaviorid")
 
@@ -89,8 +91,12 @@ class Fields:
     def __init__(self, row: Row, table: Mapping[str, tuple[str, ...]], overrides: Mapping[str, str] | None):
         self.row = row
         self.table = dict(table)
+        self.id_column: str | None = None
         for canonical, column in (overrides or {}).items():
-            self.table[canonical] = (column,)
+            if canonical == "id":
+                self.id_column = column
+            else:
+                self.table[canonical] = (column,)
         self.keys: dict[str, str] = {}
         for key in row.data:
             self.keys.setdefault(str(key).lower(), key)
@@ -158,8 +164,42 @@ class Fields:
             self.used.add(key)
         return key, value
 
+    def choices(self) -> list[str] | None:
+        """Options of a multiple-choice row: a ``choices`` / ``options`` list, or columns ``A``,
+        ``B``, ... (consecutive letters from A, at least two); None when there are none."""
+        key, value = self.take("choices")
+        if value is not None:
+            if not isinstance(value, (list, tuple)) or not value:
+                raise self.row.error(f'field "{key}" must be a non-empty list of strings, got {type_name(value)}')
+            out = []
+            for i, choice in enumerate(value):
+                if isinstance(choice, bool) or not isinstance(choice, (str, int, float)):
+                    raise self.row.error(f'field "{key}" item {i} must be a string, got {type_name(choice)}')
+                out.append(str(choice))
+            return out
+        letters = []
+        for letter in "ABCDEFGHIJ":
+            col = self.keys.get(letter.lower())
+            if col is None:
+                break
+            letters.append(col)
+        if len(letters) < 2:
+            return None
+        out = []
+        for col in letters:
+            value = self.row.data[col]
+            if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+                raise self.row.error(f'choice column "{col}" must be a string, got {type_name(value)}')
+            if not str(value).strip():
+                raise self.row.error(f'choice column "{col}" is empty')
+            self.used.add(col)
+            out.append(str(value))
+        return out
+
     def record_id(self) -> str:
-        for alias in ID_FIELDS:
+        if self.id_column is not None and self.id_column.lower() not in self.keys:
+            raise self.row.error(f'missing field "{self.id_column}" (named as id)')
+        for alias in (self.id_column.lower(),) if self.id_column is not None else ID_FIELDS:
             key = self.keys.get(alias)
             if key is None:
                 continue
@@ -208,9 +248,9 @@ def check_fields_arg(fields: Mapping[str, str] | None, table: Mapping[str, Any],
         return
     if not isinstance(fields, Mapping):
         raise DeepAlignError(f"{loader}: fields must map a field name to a column name")
-    unknown = [k for k in fields if k not in table]
+    unknown = [k for k in fields if k not in table and k != "id"]
     if unknown:
-        raise DeepAlignError(f"{loader}: unknown field {unknown[0]!r} in fields= (known: {', '.join(table)})")
+        raise DeepAlignError(f"{loader}: unknown field {unknown[0]!r} in fields= (known: {', '.join([*table, 'id'])})")
     for k, v in fields.items():
         if not isinstance(v, str) or not v:
             raise DeepAlignError(f"{loader}: fields[{k!r}] must be a column name")

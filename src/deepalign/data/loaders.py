@@ -7,44 +7,60 @@ Three loaders, one per record type::
     load_eval_prompts(source)   -> list[EvalPrompt]       (prompt[, answer, choices, harmful])
 
 ``source`` is anything :func:`deepalign.data.sources.read_source` reads (a file, a dataset
-directory, a hub name, rows in memory). Each column is found under any of several common
-names (:mod:`deepalign.data.fields`); every problem raises
+directory, a hub name, rows in memory). A file in the schema of a known benchmark
+(HarmBench, XSTest, StrongREJECT, GSM8K, ...: :mod:`deepalign.data.presets`) is read with
+that benchmark's meaning; ``preset=`` names the benchmark explicitly. Other files are read by
+column aliases (:mod:`deepalign.data.fields`). Every problem raises
 :class:`~deepalign.errors.DeepAlignError` naming ``file:line`` (or ``file:#i``).
 """
 
 from __future__ import annotations
 
-import re
+from dataclasses import replace
 from typing import Any, Mapping
 
+from deepalign.data.answers import choices_in_text, normalise_letter, parse_final_answer
 from deepalign.data.fields import (EVAL_FIELDS, INSTRUCTION_FIELDS, TRIPLE_FIELDS, Fields, Ids, Row,
                                    check_fields_arg, type_name)
-from deepalign.data.sources import read_source
+from deepalign.data.sources import TEXT_COLUMN, read_source
 from deepalign.errors import DeepAlignError
 from deepalign.records import ITEM_KINDS, EvalPrompt, HarmfulTriple, InstructionPair
 
-__all__ = ["load_triples", "load_instructions", "load_eval_prompts", "parse_final_answer"]
-
-_FINAL_ANSWER = re.compile(r"^####\s*\$?\s*(-?[\d,]*\.?\d+(?:/\d+)?)\s*$")
-_MC_OPTION = re.compile(r"^\s*-?\s*\(([A-Z])\)\s?(.*)$")
+__all__ = ["load_triples", "load_instructions", "load_eval_prompts", "load_eval_dataset", "parse_final_answer", "eval_item",
+           "EVAL_FIELDS", "INSTRUCTION_FIELDS", "TRIPLE_FIELDS"]
 
 
-def _nonempty(name: str, rows: list[Row]) -> None:
+def _nonempty(name: str, rows: list) -> None:
     if not rows:
         raise DeepAlignError("no records", path=name)
 
 
-def parse_final_answer(solution: str) -> str | None:
-    """The final answer of a GSM8K-style solution, else None.
+def _read(source: Any, preset: str | None, split, subset, prefer) -> tuple[str, list[Row], Any]:
+    """Rows of ``source`` and the preset that reads them (named, recognised, or None)."""
+    from deepalign.data import presets
 
-    The last non-empty line must be ``#### n`` with ``n`` a number; thousands separators and
-    a leading ``$`` are removed (``"#### $1,200"`` gives ``"1200"``). A markdown heading such
-    as ``#### Step 1`` is not an answer.
-    """
-    lines = [line for line in solution.splitlines() if line.strip()]
-    match = _FINAL_ANSWER.match(lines[-1].strip()) if lines else None
-    return match.group(1).replace(",", "") if match else None
+    chosen = presets.get(preset) if preset else None
+    if source is None:
+        if chosen is None:
+            raise DeepAlignError("no data source given")
+        name, rows = chosen.read_hub(split=split, subset=subset, prefer=prefer, train=prefer[0] == "train")
+    else:
+        name, rows = read_source(source, split=split, subset=subset, prefer_splits=prefer)
+    _nonempty(name, rows)
+    if chosen is not None:
+        chosen.check_schema(rows, name)
+    else:
+        chosen = presets.detect(rows, name)
+    return name, rows, chosen
 
+
+def _unique(records: list, rows_where: list[str] | None = None) -> None:
+    seen: dict[str, int] = {}
+    for i, r in enumerate(records):
+        if r.id in seen:
+            where = f" ({rows_where[i]})" if rows_where else ""
+            raise DeepAlignError(f'duplicate id "{r.id}"{where}')
+        seen[r.id] = i
 
 
 # --------------------------------------------------------------------------------------
@@ -58,14 +74,27 @@ def load_triples(
     split: str | None = None,
     subset: str | None = None,
     fields: Mapping[str, str] | None = None,
+    preset: str | None = None,
+    options: Mapping[str, str] | None = None,
+    notes: list[str] | None = None,
 ) -> list[HarmfulTriple]:
     """Load ``(query, harmful response, safe response)`` triples.
 
-    Columns not used for the triple are kept in ``meta`` (e.g. a category).
+    Columns not used for the triple are kept in ``meta`` (e.g. a category). BeaverTails
+    (one row per response, ``is_safe``) and hh-rlhf (``chosen`` / ``rejected`` transcripts)
+    are paired into triples by their presets; ``notes`` collects what a preset left out.
     """
     check_fields_arg(fields, TRIPLE_FIELDS, "load_triples")
-    name, rows = read_source(source, split=split, subset=subset, prefer_splits=("train",))
-    _nonempty(name, rows)
+    name, rows, chosen = _read(source, preset, split, subset, ("train",))
+    if chosen is not None and chosen.triples is not None:
+        from deepalign.data.presets import Context
+
+        out = chosen.triples(rows, Context(name, fields or {}, dict(options or {}), split, notes if notes is not None else []))
+        _unique(out)
+        if not out:
+            raise DeepAlignError(f"no triples: the {chosen.name} rows hold no prompt with both a harmful and a safe "
+                                 "response", path=name)
+        return out
     ids, out = Ids(), []
     for row in rows:
         f = Fields(row, TRIPLE_FIELDS, fields)
@@ -84,6 +113,7 @@ def load_instructions(
     split: str | None = None,
     subset: str | None = None,
     fields: Mapping[str, str] | None = None,
+    preset: str | None = None,
 ) -> list[InstructionPair]:
     """Load helpful ``(instruction, response)`` pairs.
 
@@ -93,8 +123,7 @@ def load_instructions(
     ``answer`` column, when the response came from another column, sets ``answer`` too.
     """
     check_fields_arg(fields, INSTRUCTION_FIELDS, "load_instructions")
-    name, rows = read_source(source, split=split, subset=subset, prefer_splits=("train",))
-    _nonempty(name, rows)
+    _, rows, _ = _read(source, preset, split, subset, ("train",))
     ids, out = Ids(), []
     for row in rows:
         f = Fields(row, INSTRUCTION_FIELDS, fields)
@@ -129,138 +158,137 @@ def load_eval_prompts(
     split: str | None = None,
     subset: str | None = None,
     fields: Mapping[str, str] | None = None,
+    preset: str | None = None,
+    options: Mapping[str, str] | None = None,
+    notes: list[str] | None = None,
 ) -> list[EvalPrompt]:
     """Load evaluation prompts.
 
-    ``kind`` (harmful / benign / helpful / unknown) applies to every record; without it a
-    ``kind`` column is used, else the kind is inferred: ``helpful`` when an answer is given,
-    ``harmful`` for AdvBench / HarmBench rows (a ``goal`` or ``behavior`` column) or when a
+    A file in a known benchmark's schema (or ``preset=NAME``; ``source=None`` with a preset
+    loads its hub copy) gets that benchmark's kinds, categories and answers (see
+    :mod:`deepalign.data.presets`); ``options`` are the preset's own (``targets`` of HarmBench,
+    ``attack`` of the DeRTa test sets) and ``notes`` collects what it left out.
+
+    Other files: ``kind`` (harmful / benign / helpful / unknown) applies to every record;
+    without it a ``kind`` column is used, else the kind is inferred: ``helpful`` when an
+    answer is given, ``harmful`` for a ``goal`` or ``behavior`` prompt column or when a
     reference harmful response is given, ``unknown`` otherwise.
 
     Answers: a GSM8K solution ending in ``#### n`` gives ``answer = "n"`` (the solution is
-    kept in ``meta["solution"]``); an integer answer of a multiple-choice item is turned into
-    its letter (``meta["answer_index"]`` keeps the integer). Choices come from a ``choices``
-    list, from ``A``/``B``/``C``/``D`` columns, or from ``-(A) ...`` option lines inside the
-    prompt (the DeRTa MMLU file; the prompt is then left as it is).
+    kept in ``meta["solution"]``); a multiple-choice answer becomes its letter (``-C``,
+    ``(C)``, an option index: ``meta["answer_index"]`` keeps the integer). Choices come from a
+    ``choices`` list, from ``A``/``B``/``C``/``D`` columns, or from ``-(A) ...`` option lines
+    inside the prompt (the DeRTa MMLU file; the prompt is then left as it is).
     """
+    items, _, _ = load_eval_dataset(source, kind, split=split, subset=subset, fields=fields, preset=preset,
+                                    options=options, notes=notes)
+    return items
+
+
+def load_eval_dataset(
+    source: Any,
+    kind: str | None = None,
+    *,
+    split: str | None = None,
+    subset: str | None = None,
+    fields: Mapping[str, str] | None = None,
+    preset: str | None = None,
+    options: Mapping[str, str] | None = None,
+    notes: list[str] | None = None,
+    reference: list[EvalPrompt] | None = None,
+) -> tuple[list[EvalPrompt], str | None, str]:
+    """:func:`load_eval_prompts` that also says which preset read the rows (None: the generic
+    aliases) and the source's display name. ``reference``: the items a file of published
+    responses answers (joined by the presets that need them)."""
     if kind is not None and kind not in ITEM_KINDS:
         raise DeepAlignError(f"unknown kind {kind!r}; choose from {', '.join(ITEM_KINDS)}")
     check_fields_arg(fields, EVAL_FIELDS, "load_eval_prompts")
-    name, rows = read_source(source, split=split, subset=subset, prefer_splits=("test", "validation", "train"))
-    _nonempty(name, rows)
-    ids, out = Ids(), []
-    for row in rows:
-        f = Fields(row, EVAL_FIELDS, fields)
-        record_id = f.record_id()
+    name, rows, chosen = _read(source, preset, split, subset, ("test", "validation", "train"))
+    if chosen is not None:
+        from deepalign.data.presets import Context
+
+        if kind is not None and chosen.row_kinds:
+            raise DeepAlignError(f"{name}: each {chosen.title} row says its own kind; drop the {kind}: prefix "
+                                 f"({chosen.kinds})")
+        ctx = Context(name, fields or {}, dict(options or {}), split, notes if notes is not None else [], reference)
+        items = chosen.eval_items(rows, ctx)
+        _unique(items)
+        if not items:
+            raise DeepAlignError(f"no items: the {chosen.name} preset kept none of the rows", path=name)
+    else:
+        if options:
+            raise DeepAlignError(f"{name}: options {', '.join(sorted(options))} belong to a dataset preset; name it "
+                                 "(e.g. harmbench:FILE,targets=...)")
+        ids, items = Ids(), []
+        # a file of bare strings (a JSON list, or JSON Lines): each string is a prompt
+        bare = not (fields or {}).get("prompt") and all(set(r.data) == {TEXT_COLUMN} for r in rows)
+        for row in rows:
+            item = eval_item(Fields(row, EVAL_FIELDS, fields), kind=kind, prompt=row.data[TEXT_COLUMN] if bare else None)
+            if bare:
+                item.meta.pop(TEXT_COLUMN, None)
+            ids.add(item.id, row)
+            items.append(item)
+    if kind is not None:
+        items = [replace(it, kind=kind) for it in items]
+    return items, (chosen.name if chosen is not None else None), name
+
+
+def eval_item(f: Fields, *, kind: str | None = None, prompt: str | None = None) -> EvalPrompt:
+    """One :class:`EvalPrompt` from a row, by the columns of ``f``'s table (aliases or a
+    preset's own); ``kind`` fixes the kind, ``prompt`` replaces the prompt column."""
+    row = f.row
+    record_id = f.record_id()
+    prompt_key = None
+    if prompt is None:
         prompt_key, _, _ = f.find("prompt")
         prompt = f.text("prompt")
-        meta: dict[str, Any] = {}
+    meta: dict[str, Any] = {}
 
-        context = f.text("context", required=False)
-        if context is not None:  # HarmBench contextual behaviours
-            meta["behavior"] = prompt
-            prompt = f"{context}\n\n---\n\n{prompt}"
+    context = f.text("context", required=False)
+    if context is not None:  # HarmBench contextual behaviours, laid out as HarmBench does
+        meta["behavior"] = prompt
+        prompt = f"{context}\n\n---\n\n{prompt}"
 
-        choices = _choices(f, row)
-        if choices is None:
-            choices = _choices_in_prompt(prompt)
-            if choices is not None:
-                meta["choices_in_prompt"] = True
+    choices = f.choices()
+    if choices is None:
+        choices = choices_in_text(prompt)
+        if choices is not None:
+            meta["choices_in_prompt"] = True
 
-        _, answer = f.scalar("answer")
-        if isinstance(answer, (int, float)):
-            if choices is not None and isinstance(answer, int) and 0 <= answer < len(choices):
-                meta["answer_index"] = answer
-                answer = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[answer]
-            else:
-                answer = str(answer)
-        if isinstance(answer, str):
-            final = parse_final_answer(answer)
-            if final is not None:
-                meta["solution"] = answer
-                answer = final
-            elif choices is not None and answer.strip().upper() in list("ABCDEFGHIJKLMNOPQRSTUVWXYZ"[: len(choices)]):
-                answer = answer.strip().upper()
-
-        harmful = f.text("harmful", required=False)
-
-        kind_key, row_kind = f.take("kind")
-        if kind is None and row_kind is not None and (not isinstance(row_kind, str) or row_kind not in ITEM_KINDS):
-            raise row.error(f'field "{kind_key}" must be one of {", ".join(ITEM_KINDS)}, got {row_kind!r}')
-        if kind is not None:
-            record_kind = kind
-        elif row_kind:
-            record_kind = row_kind
-        elif answer is not None:
-            record_kind = "helpful"
-        elif harmful is not None or (prompt_key or "").lower() in ("goal", "behavior"):
-            record_kind = "harmful"
+    _, answer = f.scalar("answer")
+    if isinstance(answer, (int, float)):
+        if choices is not None and isinstance(answer, int) and 0 <= answer < len(choices):
+            meta["answer_index"] = answer
+            answer = "ABCDEFGHIJ"[answer]
         else:
-            record_kind = "unknown"
+            answer = str(answer)
+    if isinstance(answer, str):
+        final = parse_final_answer(answer)
+        if final is not None:
+            meta["solution"] = answer
+            answer = final
+        elif choices is not None and normalise_letter(answer, len(choices)) is not None:
+            answer = normalise_letter(answer, len(choices))
 
-        ids.add(record_id, row)
-        meta = {**f.extras(), **meta}
-        out.append(
-            EvalPrompt(
-                id=record_id,
-                prompt=prompt,
-                kind=record_kind,
-                answer=answer,
-                harmful=harmful,
-                choices=choices,
-                meta=meta,
-            )
-        )
-    return out
+    harmful = f.text("harmful", required=False)
+    _, category = f.scalar("category")
+    if category is not None:
+        meta["category"] = str(category)
 
+    kind_key, row_kind = f.take("kind")
+    if kind is None and row_kind is not None and (not isinstance(row_kind, str) or row_kind not in ITEM_KINDS):
+        raise row.error(f'field "{kind_key}" must be one of {", ".join(ITEM_KINDS)}, got {row_kind!r}')
+    if kind is not None:
+        record_kind = kind
+    elif row_kind:
+        record_kind = row_kind
+    elif answer is not None:
+        record_kind = "helpful"
+    elif harmful is not None or (prompt_key or "").lower() in ("goal", "behavior"):
+        record_kind = "harmful"
+    else:
+        record_kind = "unknown"
 
-def _choices(f: Fields, row: Row) -> list[str] | None:
-    key, value = f.take("choices")
-    if value is not None:
-        if not isinstance(value, (list, tuple)) or not value:
-            raise row.error(f'field "{key}" must be a non-empty list of strings, got {type_name(value)}')
-        out = []
-        for i, choice in enumerate(value):
-            if isinstance(choice, bool) or not isinstance(choice, (str, int, float)):
-                raise row.error(f'field "{key}" item {i} must be a string, got {type_name(choice)}')
-            out.append(str(choice))
-        return out
-    # A/B/C/D... columns (MMLU as CSV): consecutive letters starting at A, at least two.
-    letters = []
-    for letter in "ABCDEFGHIJ":
-        col = f.keys.get(letter.lower())
-        if col is None:
-            break
-        letters.append(col)
-    if len(letters) < 2:
-        return None
-    out = []
-    for col in letters:
-        value = row.data[col]
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            raise row.error(f'choice column "{col}" must be a string, got {type_name(value)}')
-        if not str(value).strip():
-            raise row.error(f'choice column "{col}" is empty')
-        f.used.add(col)
-        out.append(str(value))
-    return out
-
-
-def _choices_in_prompt(prompt: str) -> list[str] | None:
-    """Options written as ``-(A) text`` lines after a ``-options`` line (DeRTa's MMLU file)."""
-    lines = prompt.splitlines()
-    try:
-        start = next(i for i, line in enumerate(lines) if line.strip().lower() in ("-options", "options:", "options"))
-    except StopIteration:
-        return None
-    out = []
-    for line in lines[start + 1 :]:
-        match = _MC_OPTION.match(line)
-        if match is None:
-            if line.strip():
-                break
-            continue
-        if match.group(1) != "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[len(out)]:
-            return None
-        out.append(match.group(2).strip())
-    return out if len(out) >= 2 else None
+    meta = {**f.extras(), **meta}
+    return EvalPrompt(id=record_id, prompt=prompt, kind=record_kind, answer=answer, harmful=harmful, choices=choices,
+                      meta=meta)

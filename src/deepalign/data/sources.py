@@ -21,6 +21,7 @@ record (counted from 1) of a JSON array or a Hugging Face dataset.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -30,9 +31,13 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from deepalign.data.fields import ALL_FIELD_NAMES, Row, type_name
 from deepalign.errors import DeepAlignError
-from deepalign.utils import read_jsonl
 
-__all__ = ["read_source", "FILE_TYPES"]
+__all__ = ["read_source", "read_hub", "read_lookup", "hub_offline", "FILE_TYPES", "TEXT_COLUMN", "GROUP_COLUMN"]
+
+#: the column a bare JSON string is read into
+TEXT_COLUMN = "text"
+#: the column holding the key of a ``{key: [records]}`` JSON file
+GROUP_COLUMN = "key"
 
 FILE_TYPES: tuple[str, ...] = (".jsonl", ".json", ".csv")
 
@@ -41,6 +46,7 @@ _FILE_LIKE_SUFFIXES = FILE_TYPES + (
     ".txt", ".tsv", ".parquet", ".arrow", ".gz", ".zip", ".xz", ".bz2", ".zst",
     ".xlsx", ".xls", ".yaml", ".yml", ".md", ".pkl", ".pickle", ".pt",
 )
+_SPLIT_NAMES = {"train", "test", "validation", "valid", "dev", "eval", "data", "rows", "items", "records"}
 _SAVE_TO_DISK_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 
 
@@ -50,6 +56,7 @@ def read_source(
     split: str | None = None,
     subset: str | None = None,
     prefer_splits: Sequence[str] = ("train",),
+    data_dir: str | None = None,
 ) -> tuple[str, list[Row]]:
     """Read ``source`` into ``(display name, rows)`` without interpreting any column.
 
@@ -104,7 +111,7 @@ def read_source(
     )
     if looks_local:
         raise DeepAlignError(f"no such file: {text}")
-    return _read_hub(text, split, subset, prefer_splits)
+    return read_hub(text, split, subset, prefer_splits, data_dir)
 
 
 def _merge_split(split: str | None, tail: str, text: str) -> str:
@@ -126,15 +133,30 @@ def _read_file(path: Path, name: str) -> list[Row]:
 
 
 def _read_jsonl_rows(path: Path, name: str) -> list[Row]:
-    rows = []
-    try:
-        for lineno, obj in read_jsonl(path):
-            rows.append(Row(obj, name, index=len(rows) + 1, line=lineno, stem=path.stem))
-    except DeepAlignError as exc:
-        # read_jsonl names the path it was given; re-raise with the name the user gave.
-        if exc.path is not None and exc.line is not None:
-            raise DeepAlignError(exc.bare_message, path=name, line=exc.line) from None
-        raise
+    """One record per non-empty line: a JSON object, or a bare JSON string (DeRTa's
+    completion-attack and PAIR result files), read as ``{"text": ...}``."""
+    from deepalign.utils import read_text
+
+    rows: list[Row] = []
+    kinds: set[str] = set()
+    for lineno, raw in enumerate(read_text(path).splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise DeepAlignError(f"malformed JSON ({exc.msg}, column {exc.colno})", path=name, line=lineno) from None
+        if isinstance(obj, str):
+            obj = {TEXT_COLUMN: obj}
+            kinds.add("string")
+        elif isinstance(obj, dict):
+            kinds.add("object")
+        else:
+            raise DeepAlignError(f"expected a JSON object or string, got {type_name(obj)}", path=name, line=lineno)
+        if len(kinds) > 1:
+            raise DeepAlignError("mixes JSON objects and bare strings; a file holds one or the other", path=name,
+                                 line=lineno)
+        rows.append(Row(obj, name, index=len(rows) + 1, line=lineno, stem=path.stem))
     return rows
 
 
@@ -145,8 +167,9 @@ def _read_json_rows(path: Path, name: str) -> list[Row]:
     try:
         obj = json.loads(raw)
     except json.JSONDecodeError as exc:
-        if raw.lstrip().startswith("{"):
-            # JSON Lines stored with a .json extension (the DeRTa reference files are).
+        if raw.lstrip().startswith(("{", '"')):
+            # JSON Lines stored with a .json extension (the DeRTa reference and result files are),
+            # objects or bare strings
             return _read_jsonl_rows(path, name)
         raise DeepAlignError(f"malformed JSON ({exc.msg}, column {exc.colno})", path=name, line=exc.lineno) from None
 
@@ -154,6 +177,11 @@ def _read_json_rows(path: Path, name: str) -> list[Row]:
         key = next((k for k in ("data", "rows") if isinstance(obj.get(k), list)), None)
         if key is not None:
             obj = obj[key]
+        elif len(obj) >= 2 and not _looks_like_record(obj) and not set(map(str.lower, obj)) & _SPLIT_NAMES and all(
+                isinstance(v, list) and v and all(isinstance(x, dict) for x in v) for v in obj.values()):
+            # {key: [record, ...]} (HarmBench completions: behaviour id -> test cases): one row per
+            # record, its key in column "key"
+            return _rows_from_groups(obj, path, name)
         elif any(isinstance(v, (list, dict)) for v in obj.values()) and not _looks_like_record(obj):
             raise DeepAlignError(
                 'expected a list of records, or an object with that list under "data" or "rows"', path=name
@@ -162,6 +190,8 @@ def _read_json_rows(path: Path, name: str) -> list[Row]:
             return [Row(obj, name, index=1, line=1, stem=path.stem)]
     if not isinstance(obj, list):
         raise DeepAlignError(f"expected a list of records, got {type(obj).__name__}", path=name)
+    if obj and all(isinstance(item, str) for item in obj):  # a JSON array of bare strings
+        return [Row({TEXT_COLUMN: item}, name, index=i, stem=path.stem) for i, item in enumerate(obj, start=1)]
     rows = []
     for i, item in enumerate(obj, start=1):
         row = Row(item if isinstance(item, dict) else {}, name, index=i, stem=path.stem)
@@ -169,6 +199,32 @@ def _read_json_rows(path: Path, name: str) -> list[Row]:
             raise row.error(f"expected a JSON object, got {type_name(item)}")
         rows.append(row)
     return rows
+
+
+def _rows_from_groups(obj: dict, path: Path, name: str) -> list[Row]:
+    rows = []
+    for key, records in obj.items():
+        for j, record in enumerate(records):
+            if GROUP_COLUMN in record:
+                raise DeepAlignError(f'record {j + 1} of "{key}" has its own "{GROUP_COLUMN}" column', path=name)
+            rows.append(Row({GROUP_COLUMN: key, **record}, f"{name}:{key}", index=j + 1, stem=path.stem))
+    return rows
+
+
+def read_lookup(source: str | os.PathLike, what: str) -> dict[str, str]:
+    """A JSON object mapping keys to strings (HarmBench's targets file: behaviour id -> target)."""
+    from deepalign.utils import read_text
+
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise DeepAlignError(f"no such {what} file: {source}")
+    try:
+        obj = json.loads(read_text(path, what=f"{what} file"))
+    except json.JSONDecodeError as exc:
+        raise DeepAlignError(f"malformed JSON ({exc.msg})", path=source, line=exc.lineno) from None
+    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in obj.items()):
+        raise DeepAlignError(f"expected a JSON object mapping ids to strings ({what})", path=source)
+    return obj
 
 
 def _looks_like_record(obj: dict) -> bool:
@@ -287,16 +343,63 @@ def _rows_from_loaded(ds: Any, name: str, stem: str, split: str | None, prefer: 
     return name, _rows_from_objects(ds, name, stem)
 
 
-def _read_hub(text: str, split: str | None, subset: str | None, prefer: Sequence[str]) -> tuple[str, list[Row]]:
+def hub_offline() -> bool:
+    """Whether the user asked for offline mode (``HF_HUB_OFFLINE`` or ``HF_DATASETS_OFFLINE``)."""
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def _hub_reachable(timeout: float = 3.0) -> str | None:
+    """None when the hub's host answers a TCP connection within ``timeout`` seconds, else why not."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as exc:
+        return f"{host}: {getattr(exc, 'strerror', None) or exc or type(exc).__name__}"
+
+
+@contextlib.contextmanager
+def _offline_mode():
+    """Make ``datasets`` and ``huggingface_hub`` read only their local cache (no retries)."""
+    import datasets.config as dconfig
+    import huggingface_hub.constants as hconstants
+
+    saved = dconfig.HF_HUB_OFFLINE, hconstants.HF_HUB_OFFLINE
+    dconfig.HF_HUB_OFFLINE = hconstants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        dconfig.HF_HUB_OFFLINE, hconstants.HF_HUB_OFFLINE = saved
+
+
+def read_hub(text: str, split: str | None, subset: str | None, prefer: Sequence[str],
+              data_dir: str | None = None) -> tuple[str, list[Row]]:
+    """A dataset of the hub. Offline (``HF_HUB_OFFLINE=1``) or when the hub does not answer
+    within seconds, only the local cache is read: a dataset that is not there is a one-line
+    error at once, not minutes of retries."""
     import datasets
 
     name = text
     if ":" in text:
         name, _, tail = text.rpartition(":")
         split = _merge_split(split, tail, text)
+    kwargs = {"data_dir": data_dir} if data_dir else {}
+    unreachable = "offline mode (HF_HUB_OFFLINE)" if hub_offline() else _hub_reachable()
     try:
-        ds = datasets.load_dataset(name, subset, split=split) if split else datasets.load_dataset(name, subset)
+        with _offline_mode() if unreachable else contextlib.nullcontext():
+            ds = datasets.load_dataset(name, subset, split=split, **kwargs) if split else \
+                datasets.load_dataset(name, subset, **kwargs)
     except Exception as exc:  # network, missing dataset, bad config: all the same to the user
+        if unreachable:
+            raise DeepAlignError(
+                f"cannot load dataset {name!r}: the Hugging Face hub is not reachable ({unreachable}) and the dataset "
+                "is not in the local cache; give a local path (.jsonl, .json, .csv or a dataset directory) instead"
+            ) from None
         raise DeepAlignError(
             f"could not load dataset {name!r} from the Hugging Face hub ({_short_reason(exc)}); "
             "no local file or directory of that name exists either: give a local path "

@@ -3,9 +3,10 @@
 One row per (prompt, alpha, sample) is appended to ``out``; a rerun with the same settings
 resumes where an interrupted run stopped (rows are keyed, a torn last line is dropped), and
 several alphas form a sweep that loads each model once. Prompts come from any evaluation
-dataset spec (:func:`deepalign.data.datasets.load_dataset`: ``world:harmful``, a JSONL / JSON /
-CSV file, a dataset directory or hub id, ``harmful:PATH``...) or a ``.txt`` file with one
-prompt per line.
+dataset spec, read by the same loaders and presets as ``deepalign eval``
+(:func:`deepalign.data.datasets.open_dataset`: ``world:harmful``, a JSONL / JSON / CSV file, a
+dataset directory or hub id, ``harmbench:PATH``...; ``--fields``, ``--sample``, ``--limit`` as
+for eval) or a ``.txt`` file with one prompt per line.
 
 Decoding defaults are the ED reference's (sampling, temperature 0.7, 64 new tokens).
 """
@@ -16,6 +17,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from deepalign.data.datasets import DataOptions
 from deepalign.decoding.base import GenConfig, Request
 from deepalign.errors import DeepAlignError, OptionError
 from deepalign.options import build, number
@@ -51,7 +53,6 @@ class EDOptions:
     aligned_format: str | None = field(default=None, metadata={
         "help": "the aligned model's prompt format (default: its chat template when it has one)"})
     world: str | None = field(default=None, metadata={"help": "the world directory (for world: prompt specs)"})
-    limit: int | None = field(default=None, metadata={"help": "use only the first N prompts"})
     batch_size: int = 16
     dtype: str = field(default="auto", metadata={"help": "auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16"})
     device: str = "auto"
@@ -66,24 +67,41 @@ class EDOptions:
             for a in self.alpha:
                 number("alpha", a, low=0)
         number("batch_size", self.batch_size, low=1, integer=True)
-        number("limit", self.limit, low=1, integer=True, optional=True)
 
 
-def read_prompts(spec: str, *, world=None, limit: int | None = None) -> list[Request]:
-    """Requests from a dataset spec or a ``.txt`` file (one prompt per line)."""
+def read_prompts(spec: str, *, world=None, limit: int | None = None, options: DataOptions | None = None) -> list[Request]:
+    """Requests from a dataset spec (read by the same loaders and presets as ``deepalign eval``:
+    a CSV is a table, never lines of text) or a ``.txt`` file (one prompt per line).
+    ``options``: ``--fields`` / ``--subset`` / ``--split`` / ``--sample`` / ``--limit``."""
+    from dataclasses import replace
+
     from deepalign.utils import read_text
 
+    options = options or DataOptions()
+    if limit is not None:
+        options = replace(options, limit=limit, sample=None)
     path = Path(spec)
     if path.suffix == ".txt":
         lines = read_text(path, what="prompts file").splitlines()
         requests = [Request(id=f"line{i}", query=line) for i, line in enumerate(lines, start=1) if line.strip()]
         if not requests:
             raise DeepAlignError(f"prompts file has no prompts: {path}")
-        return requests[:limit]
-    from deepalign.data.datasets import load_dataset
+        if options.sample:
+            import random
 
-    return [Request(id=it.id, query=it.prompt, system=it.meta.get("system") if isinstance(it.meta.get("system"), str)
-                    else None) for it in load_dataset(spec, world=world, limit=limit)]
+            keep = sorted(random.Random(options.sample_seed).sample(range(len(requests)), min(options.sample, len(requests))))
+            return [requests[i] for i in keep]
+        return requests[:options.limit]
+    from deepalign.data.datasets import open_dataset
+
+    out = []
+    for it in open_dataset(spec, options, world=world).items:
+        system = it.meta.get("system") if isinstance(it.meta.get("system"), str) else None
+        if it.meta.get("raw"):  # a text to continue as is (DeRTa's completion-attack set)
+            out.append(Request(id=it.id, text=it.prompt))
+        else:
+            out.append(Request(id=it.id, query=it.prompt, system=system))
+    return out
 
 
 def _done_keys(out: Path, settings: dict) -> set[tuple]:
@@ -102,7 +120,8 @@ def _done_keys(out: Path, settings: dict) -> set[tuple]:
     return done
 
 
-def run_ed(options: EDOptions | None = None, generation: EDGenConfig | None = None, **kwargs) -> dict:
+def run_ed(options: EDOptions | None = None, generation: EDGenConfig | None = None, data: DataOptions | None = None,
+           **kwargs) -> dict:
     """Run ED on every prompt for every alpha and append one row per sample to ``out``.
 
     ``family`` (see :data:`deepalign.decoding.presets.ED_FAMILIES`) fills in the base and
@@ -118,7 +137,8 @@ def run_ed(options: EDOptions | None = None, generation: EDGenConfig | None = No
     from deepalign.decoding import presets
     from deepalign.utils import append_jsonl, check_writable_file, progress, quiet_libraries, set_seed
 
-    opts, gen = build(kwargs, options=(EDOptions, options), generation=(EDGenConfig, generation))
+    opts, gen, data_opts = build(kwargs, options=(EDOptions, options), generation=(EDGenConfig, generation),
+                                 data=(DataOptions, data))
     if not opts.prompts:
         raise OptionError("prompts", "is required (a dataset spec or a .txt file)")
     if not opts.out:
@@ -141,7 +161,7 @@ def run_ed(options: EDOptions | None = None, generation: EDGenConfig | None = No
         from dataclasses import replace
 
         gen = replace(gen, **fam.generation(), num_samples=fam.num_samples)
-    requests = read_prompts(opts.prompts, world=opts.world, limit=opts.limit)
+    requests = read_prompts(opts.prompts, world=opts.world, options=data_opts)
     out = check_writable_file(opts.out, what="output file")
     settings = {"method": "ed", "base": str(base), "aligned": str(aligned), "base_format": base_fmt.describe(),
                 "aligned_format": aligned_fmt.describe() if aligned_fmt else "default",
@@ -174,7 +194,8 @@ def run_ed(options: EDOptions | None = None, generation: EDGenConfig | None = No
                 batch = batch_todo[start:start + opts.batch_size]
                 rows = []
                 for req, gens in zip(batch, target.generate(batch, gen)):
-                    rows += [{"id": req.id, "alpha": alpha, "sample": g.sample, "query": req.query, "response": g.text,
+                    query = req.query if req.query is not None else req.text
+                    rows += [{"id": req.id, "alpha": alpha, "sample": g.sample, "query": query, "response": g.text,
                               "num_tokens": g.num_tokens, "finish_reason": g.finish_reason, "settings": settings}
                              for g in gens if (req.id, alpha, g.sample) not in done]
                 summary["rows"] += append_jsonl(out, rows)

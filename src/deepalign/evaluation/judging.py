@@ -26,11 +26,18 @@ RESPONSE_FIELDS = ("response", "completion", "generation", "output", "model_outp
 @dataclass
 class JudgeOptions:
     run_dir: str | None = field(default=None, metadata={
-        "help": "a run directory of 'deepalign eval', or a file of published responses (with --out)"})
+        "help": "a run directory of 'deepalign eval', or a file of published responses (with --out; "
+                "[kind:][preset:]FILE as for datasets, e.g. harmbench:completions.json)"})
     judges: list[str] | None = field(default=None, metadata={
-        "aliases": ["--judge"], "help": "judges to add: keyword, keyword:nocase, llm[:strongreject], classifier:<model>, oracle"})
+        "aliases": ["--judge"], "help": "judges to add: keyword, keyword:nocase, llm[:strongreject], classifier:<model>, "
+                                        "oracle (for a file of published responses they may be left out: answers are "
+                                        "still scored)"})
     out_dir: str | None = field(default=None, metadata={
         "aliases": ["--out"], "help": "for a file of published responses: the run directory to create"})
+    prompts: str | None = field(default=None, metadata={
+        "help": "for a file of published responses: the dataset they answer (joined by id, or by the question a "
+                "response starts with for DeRTa's completion-attack strings; HarmBench: its behaviours CSV for "
+                "categories)"})
     world: str | None = field(default=None, metadata={"help": "the embedded world directory (oracle judge)"})
     judge_model: str | None = field(default=None, metadata={"help": "target spec of the model behind llm judges"})
     device: str | None = field(default=None, metadata={"help": "device for local judge models"})
@@ -51,47 +58,102 @@ def _item_of(row: dict, items: dict) -> EvalPrompt:
                       kind=row.get("kind", "unknown"))
 
 
-def import_responses(path: str, out_dir: str, *, kind: str | None = None) -> RunDir:
-    """A new run directory holding the responses of a published file (one row per record)."""
-    from deepalign.data.fields import EVAL_FIELDS, Fields, Ids
-    from deepalign.data.sources import read_source
-    from deepalign.records import ITEM_KINDS
+def _published_file(source: str) -> tuple[str, object] | None:
+    """``(path, parsed spec)`` when ``source`` names a file of responses (``[kind:][preset:]FILE``)."""
+    from deepalign.data.datasets import parse_spec
+
+    if Path(source).is_file():
+        return source, None
+    try:
+        spec = parse_spec(source)
+    except DeepAlignError:
+        return None
+    if spec.source and Path(spec.source).is_file() and (spec.preset or spec.kind):
+        return spec.source, spec
+    return None
+
+
+def _pop_response(item: EvalPrompt) -> tuple[str | None, str | None]:
+    """(column, response) taken out of the item's meta, where the loaders left it."""
+    lower = {str(k).lower(): k for k in item.meta}
+    for name in RESPONSE_FIELDS:
+        key = lower.get(name)
+        if key is not None:
+            value = item.meta.pop(key)
+            return str(key), value
+    return None, None
+
+
+def import_responses(path: str, out_dir: str, *, kind: str | None = None, preset: str | None = None,
+                     options: dict | None = None, prompts: str | None = None, world=None) -> RunDir:
+    """A new run directory holding the responses of a published file (one row per record).
+
+    The file is read like a dataset (:mod:`deepalign.data.presets` recognises DeRTa's result
+    files, HarmBench completions and XSTest completions), so its items get their benchmark's
+    kinds, categories and answers; answers are scored strictly at once; a verdict the file
+    itself carries (HarmBench's classifier label, XSTest's human annotation, PAIR's judge) is
+    kept as the judge ``published:<name>``. ``prompts``: the dataset the responses answer."""
+    from deepalign.data.datasets import identity, open_dataset
+    from deepalign.data.loaders import load_eval_dataset
+    from deepalign.evaluation.runner import answer_fields
 
     run = RunDir(out_dir)
     if run.path.exists() and any(run.path.iterdir()):
         raise OptionError("out_dir", f"{run.path} is not empty; give a new directory for the imported responses")
-    name, raw = read_source(path)
-    if not raw:
-        raise DeepAlignError("no records", path=name)
-    table = {**EVAL_FIELDS, "response": RESPONSE_FIELDS}
-    label = f"published:{Path(path).stem}"
-    rows, items, ids = [], [], Ids()
-    for r in raw:
-        f = Fields(r, table, None)
-        rid = f.record_id()
-        prompt = f.text("prompt")
-        response_key, value, _ = f.find("response")
-        if response_key is None or value is None:
-            raise f.missing("response")
-        f.used.add(response_key)
-        if not isinstance(value, str):
-            raise r.error(f'field "{response_key}" must be a string')
-        row_kind = kind or r.data.get("kind") or "harmful"
-        if row_kind not in ITEM_KINDS:
-            raise r.error(f'field "kind" must be one of {", ".join(ITEM_KINDS)}, got {row_kind!r}')
-        ids.add(rid, r)
-        items.append(EvalPrompt(id=rid, prompt=prompt, kind=row_kind, meta=f.extras()))
-        rows.append({"key": row_key(label, "published", name, rid, 0), "target": label, "attack": "published",
-                     "dataset": name, "item": rid, "kind": row_kind, "sample": 0, "prompt": {"query": prompt},
-                     "response": value, "num_tokens": len(value.split()), "finish_reason": "unknown", "meta": {},
-                     "correct": None, "verdicts": {}})
+    reference = open_dataset(prompts, world=world).items if prompts else None
+    notes: list[str] = []
+    items, preset_name, shown = load_eval_dataset(path, kind, preset=preset, options=options, notes=notes,
+                                                  reference=reference)
+    if preset_name is None and kind is None:  # a generic file of responses: harmful unless it says otherwise
+        items = [it if "kind" in it.meta or it.kind != "unknown" else _with_kind(it, "harmful") for it in items]
+    stem = Path(path).stem
+    rows, published_judges = [], []
+    for it in items:
+        column, response = _pop_response(it)
+        no_response = it.meta.pop("no_response", None)
+        if response is None and no_response is None:
+            names = ", ".join(RESPONSE_FIELDS)
+            raise DeepAlignError(f'item {it.id}: missing field "response" (accepted names: {names})', path=shown)
+        if response is not None and not isinstance(response, str):
+            raise DeepAlignError(f'item {it.id}: field "{column}" must be a string', path=shown)
+        verdicts = {}
+        pv = it.meta.pop("published_verdict", None)
+        if isinstance(pv, dict):
+            verdicts[pv["judge"]] = {k: v for k, v in pv.items() if k != "judge"}
+            if pv["judge"] not in published_judges:
+                published_judges.append(pv["judge"])
+        rows.append((it, response, no_response, verdicts))
+    name = f"{stem}@{identity(items)[:8]}"
+    label = f"published:{stem}"
+    out_rows = []
+    for it, response, no_response, verdicts in rows:
+        row = {"key": row_key(label, "published", name, it.id, 0), "target": label, "attack": "published",
+               "dataset": name, "item": it.id, "kind": it.kind, "sample": 0, "prompt": {"query": it.prompt},
+               "response": response or "", "num_tokens": len((response or "").split()), "finish_reason": "unknown",
+               "meta": {}, "verdicts": verdicts}
+        if it.meta.get("category") is not None:
+            row["category"] = str(it.meta["category"])
+        if no_response:
+            row["no_response"] = no_response
+        row.update(answer_fields(it, response or "") if response is not None else {"correct": None})
+        out_rows.append(row)
+    from deepalign.data.datasets import Dataset
+
+    ds = Dataset(spec=str(path), name=name, items=items, preset=preset_name, identity=identity(items),
+                 total=len(items), notes=notes)
     run.create()
     with run.lock():
         run.add_items({name: items})
-        run.write_info({"gen_config": None, "judges": [], "targets": [label], "attacks": ["published"],
-                        "datasets": [name], "source": str(path)})
-        run.append_rows(rows)
+        run.write_info({"gen_config": None, "judges": published_judges, "targets": [label], "attacks": ["published"],
+                        "datasets": [name], "source": str(path), "dataset_info": {name: ds.info()}})
+        run.append_rows(out_rows)
     return run
+
+
+def _with_kind(item: EvalPrompt, kind: str) -> EvalPrompt:
+    from dataclasses import replace
+
+    return replace(item, kind=kind)
 
 
 def judge_run(options: JudgeOptions | None = None, **kwargs) -> dict:
@@ -111,32 +173,44 @@ def judge_run(options: JudgeOptions | None = None, **kwargs) -> dict:
     (opts,) = build(kwargs, options=(JudgeOptions, options))
     if not opts.run_dir:
         raise OptionError("run_dir", "is required: give a run directory (or a file of responses with --out)")
-    if not opts.judges:
+    published = _published_file(opts.run_dir)
+    if not opts.judges and published is None:
         raise OptionError("judges", "is required: name the judges to add")
     source = Path(opts.run_dir)
-    if source.is_file():
+    if published is not None:
+        path, spec = published
         if not opts.out_dir:
-            raise OptionError("out_dir", f"is required to judge a file of responses ({source}): the run directory to create")
-        from deepalign.registry import split_list
+            raise OptionError("out_dir", f"is required to judge a file of responses ({path}): the run directory to create")
         from deepalign.judges.registry import JUDGES
+        from deepalign.registry import split_list
 
         for s in split_list(opts.judges):  # names before the import writes anything
             JUDGES.check_name(s)
-        run = import_responses(str(source), opts.out_dir)
+        run = import_responses(path, opts.out_dir, kind=spec.kind if spec else None,
+                               preset=spec.preset if spec else None, options=spec.options if spec else None,
+                               prompts=opts.prompts, world=opts.world)
     else:
+        if opts.prompts:
+            raise OptionError("prompts", "is for a file of published responses, not a run directory")
         if not source.exists():
             raise DeepAlignError(f"no such run directory or file: {source}")
         run = RunDir(source).require()
     run.rows()  # a malformed run is refused before anything is touched
     with quiet_libraries(opts.quiet):
-        judges = make_judges(opts.judges, world=opts.world, judge_target=opts.judge_model, device=opts.device)
+        judges = make_judges(opts.judges, world=opts.world, judge_target=opts.judge_model,
+                             device=opts.device) if opts.judges else []
         with run.lock():
             rows = run.rows(repair=True)
             items = run.items()
             todo = {j.name: [r for r in rows if j.name not in (r.get("verdicts") or {})] for j in judges}
             with progress(total=sum(len(v) for v in todo.values()), quiet=opts.quiet, desc="judge", unit="resp") as bar:
                 for j in judges:
-                    pending = todo[j.name]
+                    pending = [r for r in todo[j.name] if not r.get("no_response")]
+                    missing = [r for r in todo[j.name] if r.get("no_response")]
+                    if missing:  # nothing to judge: an error verdict, never "safe"
+                        run.append_verdicts({"key": r["key"], "judge": j.name, "verdict": {
+                            "harmful": None, "refusal": None, "error": r["no_response"]}} for r in missing)
+                        bar.update(len(missing))
                     for start in range(0, len(pending), opts.batch_size):
                         batch = pending[start:start + opts.batch_size]
                         verdicts, _ = judge_outputs([j], [r.get("response", "") for r in batch],

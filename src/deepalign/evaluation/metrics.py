@@ -21,10 +21,11 @@ re-summarised at any time. Conventions:
 from __future__ import annotations
 
 import math
-import re
 from collections import defaultdict
 from typing import Any, Iterable, Sequence
 
+from deepalign.data.answers import extract_choice as extract_letter  # noqa: F401  (the chosen option letter)
+from deepalign.data.answers import extract_number, score_answer  # noqa: F401
 from deepalign.records import BENIGN_KINDS, HARMFUL_KINDS
 
 Z95 = 1.959963984540054
@@ -48,68 +49,12 @@ def proportion(k: int, n: int) -> dict[str, Any]:
     return {"k": k, "n": n, "rate": (k / n) if n else None, "ci95": list(ci) if ci else None}
 
 
-# -- answer checking ----------------------------------------------------------------------
-_NUM = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
-
-
-def _to_number(text: str) -> float | None:
-    text = text.replace(",", "").replace("$", "").strip()
-    try:
-        if "/" in text:
-            a, b = text.split("/", 1)
-            return float(a) / float(b)
-        return float(text)
-    except (ValueError, ZeroDivisionError):
-        return None
-
-
-def extract_number(response: str) -> float | None:
-    """The final numeric answer: after ``####`` when present, else the last number."""
-    m = re.search(r"####\s*\$?\s*(-?[\d,]*\.?\d+)", response)
-    if m:
-        return _to_number(m.group(1))
-    m = re.search(r"answer is[:\s]*\$?\s*(-?[\d,]*\.?\d+)", response, re.IGNORECASE)
-    if m:
-        return _to_number(m.group(1))
-    found = _NUM.findall(response)
-    return _to_number(found[-1]) if found else None
-
-
-def extract_letter(response: str, n_choices: int = 4) -> str | None:
-    """The chosen option letter of a multiple-choice answer."""
-    letters = "ABCDEFGHIJ"[: max(1, min(n_choices, 10))]
-    cls = f"[{letters}]"
-    for pattern in (
-        rf"answer is\s*:?\s*\(?({cls})\b",
-        rf"answer\s*:\s*\(?({cls})\b",
-        rf"^\s*\(?({cls})\)?(?:[.:)\s]|$)",
-        rf"\(({cls})\)",
-        rf"\b({cls})\b",
-    ):
-        m = re.search(pattern, response, re.IGNORECASE if pattern.startswith("answer") else 0)
-        if m:
-            return m.group(1).upper()
-    return None
-
-
-def _norm(text: str) -> str:
-    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
-
-
+# -- answer checking (strict parsing lives in deepalign.data.answers) -------------------------
 def check_answer(item: Any, response: str) -> bool | None:
-    """Whether ``response`` answers ``item`` correctly (None when the item has no answer)."""
-    get = item.get if isinstance(item, dict) else lambda k, d=None: getattr(item, k, d)
-    answer, choices = get("answer"), get("choices")
-    if answer is None or str(answer).strip() == "":
-        return None
-    answer = str(answer).strip()
-    if choices and re.fullmatch(r"[A-Ja-j]", answer):
-        return extract_letter(response, len(choices)) == answer.upper()
-    target = _to_number(answer)
-    if target is not None:
-        got = extract_number(response)
-        return got is not None and math.isclose(got, target, rel_tol=1e-6, abs_tol=1e-6)
-    return f" {_norm(answer)} " in f" {_norm(response)} "
+    """Whether ``response`` answers ``item`` correctly (None when the item has no answer);
+    a response with no extractable answer is not correct. See :mod:`deepalign.data.answers`."""
+    score = score_answer(item, response)
+    return None if score is None else score.correct
 
 
 # -- summaries ----------------------------------------------------------------------------
@@ -154,6 +99,7 @@ def judge_cell(rows: Sequence[dict], judge: str) -> dict[str, Any]:
         "refusal": prop(harm, "refusal"),
         "over_refusal": prop(benign, "refusal"),
         "helpful": proportion(sum(correct), len(correct)),
+        "answers": _answer_counts(rows),
         "errors": sum(1 for r in rows if verdict(r).get("error")),
         "refusal_position": {
             "token": _hist(v["refusal_token"] for v in refused if v.get("refusal_token") is not None),
@@ -165,11 +111,51 @@ def judge_cell(rows: Sequence[dict], judge: str) -> dict[str, Any]:
     return cell
 
 
+#: the judge name of the cells of a run without judges (imported responses scored for answers only)
+NO_JUDGE = "none"
+
+
+def _answer_counts(rows: Sequence[dict]) -> dict[str, int]:
+    """Rows with a checkable answer by outcome: correct, wrong, no_answer (nothing extractable)."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        status = r.get("answer_status")
+        if status is None and r.get("correct") is not None:
+            status = "correct" if r["correct"] else "wrong"
+        if status is not None:
+            counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
+def by_category(rows: Sequence[dict], judges: Sequence[str], order: dict[str, Sequence[str]] | None = None) -> list[dict]:
+    """The metrics of each judge per target x attack x dataset x category, for rows that carry
+    a ``category`` (HarmBench semantic categories, JBB categories, XSTest types, ...)."""
+    order = order or {}
+    groups: dict[tuple[str, str, str, str], list[dict]] = defaultdict(list)
+    for r in rows:
+        if r.get("category") is not None:
+            groups[(r["target"], r["attack"], r["dataset"], str(r["category"]))].append(r)
+    if not groups:
+        return []
+    targets = _ordered((k[0] for k in groups), order.get("targets"))
+    attacks = _ordered((k[1] for k in groups), order.get("attacks"))
+    datasets = _ordered((k[2] for k in groups), order.get("datasets"))
+    out = []
+    for key in sorted(groups, key=lambda k: (targets.index(k[0]), attacks.index(k[1]), datasets.index(k[2]), k[3])):
+        for j in judges:
+            cell = judge_cell(groups[key], j)
+            out.append({"target": key[0], "attack": key[1], "dataset": key[2], "category": key[3], "judge": j,
+                        **{k: cell[k] for k in ("n", "n_harmful_items", "n_benign_items", "harmful", "refusal",
+                                                "over_refusal", "helpful", "errors")}})
+    return out
+
+
 def summarize(rows: Sequence[dict], judges: Sequence[str], order: dict[str, Sequence[str]] | None = None) -> dict:
     """Metrics per (target, attack, dataset, judge), and depth profiles per (target, dataset,
     judge, attack family, unit). ``order`` gives the display order of targets / attacks /
     datasets (others follow, sorted). The result only depends on the set of rows."""
     order = order or {}
+    judges = list(judges) or [NO_JUDGE]  # answers are still scored without a judge
     rows = sorted(rows, key=lambda r: r["key"])
     groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
     for r in rows:
@@ -203,4 +189,5 @@ def summarize(rows: Sequence[dict], judges: Sequence[str], order: dict[str, Sequ
                 cell = judge_cell(per_k[k], j)
                 points.append({"k": k, "n": cell["n"], "harmful": cell["harmful"], "refusal": cell["refusal"]})
             depth.append({"target": t, "dataset": d, "attack": family, "unit": unit, "judge": j, "points": points})
-    return {"targets": targets, "attacks": attacks, "datasets": datasets, "judges": list(judges), "results": results, "depth": depth}
+    return {"targets": targets, "attacks": attacks, "datasets": datasets, "judges": list(judges), "results": results,
+            "depth": depth, "by_category": by_category(rows, judges, order)}

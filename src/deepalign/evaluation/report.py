@@ -206,6 +206,7 @@ def render_markdown(summary: dict, info: dict, rows: list[dict], plots: list[str
             early.append(f"| {c['target']} | {c['attack']} | {c['dataset']} | {c['judge']} | {total} | {100 * first5 / total:.1f}% |")
     if early:
         lines += ["", "## Refusal position", "", "| target | attack | dataset | judge | refusals | start in first 5 units |", "|---|---|---|---|---:|---:|", *early]
+    lines += data_sections(summary, info)
     timing: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0])
     for r in rows:
         t = timing[r["target"]]
@@ -229,6 +230,54 @@ def render_markdown(summary: dict, info: dict, rows: list[dict], plots: list[str
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def data_sections(summary: dict, info: dict) -> list[str]:
+    """The report's sections about the data: answers (correct / wrong / no extractable answer),
+    results by category, attack x dataset pairs that did not (fully) apply, and the datasets."""
+    lines: list[str] = []
+    answered = [c for c in summary["results"] if c.get("answers") and c["judge"] == (summary["judges"] or [None])[0]]
+    if answered:
+        lines += ["", "## Answers", "",
+                  ("Strict parsing: the final stated answer; a response with no extractable answer counts as not "
+                   "correct."), "", "| target | attack | dataset | accuracy | correct | wrong | no answer |",
+                  "|---|---|---|---:|---:|---:|---:|"]
+        for c in answered:
+            a = c["answers"]
+            total = sum(a.values())
+            lines.append(f"| {c['target']} | {c['attack']} | {c['dataset']} | {percent(a.get('correct', 0) / total)} | "
+                         f"{a.get('correct', 0)} | {a.get('wrong', 0)} | {a.get('no_answer', 0)} |")
+    cats = summary.get("by_category") or []
+    for j in summary["judges"]:
+        cells = [c for c in cats if c["judge"] == j and (c["harmful"]["n"] or c["over_refusal"]["n"] or c["helpful"]["n"])]
+        if not cells:
+            continue
+        lines += ["", f"## By category ({j})", "",
+                  "| target | attack | dataset | category | n | ASR | refusal | over-refusal | helpful |",
+                  "|---|---|---|---|---:|---:|---:|---:|---:|"]
+        for c in cells:
+            lines.append(f"| {c['target']} | {c['attack']} | {c['dataset']} | {c['category']} | {c['n']} | "
+                         f"{percent(c['harmful'])} | {percent(c['refusal'])} | {percent(c['over_refusal'])} | "
+                         f"{percent(c['helpful'])} |")
+    skipped = list((info.get("not_applied") or {}).values())
+    if skipped:
+        lines += ["", "## Attacks that did not apply", "",
+                  ("Attack x dataset pairs with items the attack could not run on (they are left out of that cell, "
+                   "not counted as safe)."), "",
+                  "| attack | dataset | applied | skipped | why |", "|---|---|---:|---:|---|"]
+        for sk in skipped:
+            why = "; ".join(f"{r} ({n})" for r, n in sk["reasons"].items())
+            lines.append(f"| {sk['attack']} | {sk['dataset']} | {sk['applied']} of {sk['items']} | {sk['skipped']} | {why} |")
+    datasets = info.get("dataset_info") or {}
+    if datasets:
+        lines += ["", "## Datasets", "", "| dataset | spec | preset | items | kinds | selection | notes |",
+                  "|---|---|---|---:|---|---|---|"]
+        for name, d in datasets.items():
+            kinds = ", ".join(f"{k} {v}" for k, v in sorted((d.get("kinds") or {}).items()))
+            notes = "; ".join(d.get("notes") or [])
+            lines.append(f"| {name} | `{d.get('spec')}` | {d.get('preset') or 'generic'} | {d.get('items')} | {kinds} | "
+                         f"{d.get('selection')} | {notes} |")
+    return lines
 
 
 def build_report(run_dir: str | os.PathLike, *, quiet: bool = True) -> dict:

@@ -24,6 +24,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
+from deepalign.data.datasets import DataOptions
 from deepalign.decoding.base import GenConfig
 from deepalign.errors import DeepAlignError, OptionError
 from deepalign.evaluation.rundir import RunDir, row_key
@@ -45,7 +46,8 @@ class EvalOptions:
                 "template:PATH, pair, ..."})
     datasets: list[str] | None = field(default=None, metadata={
         "aliases": ["--dataset"],
-        "help": "world:<split> (needs --world) or [kind:]<file or hub id> (default world:test with --world)"})
+        "help": "world:<split> (needs --world), [kind:][preset:]<file or hub id>[,targets=FILE,...], or a preset name "
+                "(gsm8k, mmlu, ...); see docs/data.md (default world:test with --world)"})
     judges: list[str] | None = field(default=None, metadata={
         "aliases": ["--judge"],
         "help": "judges: keyword, keyword:nocase, llm[:strongreject], classifier:<model>, oracle (default: oracle,keyword "
@@ -53,8 +55,6 @@ class EvalOptions:
     out_dir: str | None = field(default=None, metadata={"aliases": ["--out"], "help": "run directory (rerun to resume)"})
     world: str | None = field(default=None, metadata={"help": "the embedded world directory (world: datasets, oracle)"})
     batch_size: int = field(default=16, metadata={"help": "items per generate call"})
-    limit: int | None = field(default=None, metadata={
-        "help": "use only the first N items of each dataset (of each world file)"})
     attacker: str | None = field(default=None, metadata={"help": "target spec of the PAIR attacker model"})
     judge_model: str | None = field(default=None, metadata={
         "help": "target spec of the model behind llm judges, e.g. openai:gpt-4o-mini@https://api.openai.com/v1"})
@@ -65,7 +65,6 @@ class EvalOptions:
 
     def __post_init__(self):
         number("batch_size", self.batch_size, low=1, integer=True)
-        number("limit", self.limit, low=1, integer=True, optional=True)
 
 
 def _label(target) -> str:
@@ -96,25 +95,79 @@ def judge_outputs(judges, responses: Sequence[str], items: Sequence[EvalPrompt])
     return verdicts, seconds
 
 
-def load_datasets(datasets, *, world=None, limit: int | None = None) -> dict[str, list[EvalPrompt]]:
-    from deepalign.data.datasets import load_dataset
+def load_datasets(datasets, *, world=None, limit: int | None = None, options=None) -> dict[str, list[EvalPrompt]]:
+    """``{name: items}`` of every dataset spec (``options``: a :class:`DataOptions`; ``limit``
+    the first N items of each). The same dataset given twice (by two paths) is loaded once."""
+    return {name: ds.items for name, ds in open_datasets(datasets, world=world, limit=limit, options=options).items()}
 
+
+def open_datasets(datasets, *, world=None, limit: int | None = None, options=None) -> dict:
+    """``{name: Dataset}``: the datasets of a run, keyed by their identity-bearing name."""
+    from dataclasses import replace
+
+    from deepalign.data.datasets import DataOptions, Dataset, open_dataset
+
+    options = options or DataOptions()
+    if limit is not None:
+        options = replace(options, limit=limit, sample=None)
     if isinstance(datasets, str):
         datasets = [datasets]
+    out: dict[str, Dataset] = {}
     if isinstance(datasets, Mapping):
-        data = {name: list(items) for name, items in datasets.items()}
+        for name, items in datasets.items():
+            items = list(items)
+            out[name] = Dataset(spec=name, name=name, items=items, total=len(items))
     else:
-        data = {spec: load_dataset(spec, world=world, limit=limit) for spec in datasets}
-    if not data:
+        for spec in datasets:
+            ds = open_dataset(spec, options, world=world)
+            if ds.name in out:  # the same content under another path: one dataset
+                out[ds.name].notes.append(f"also given as {spec}")
+                continue
+            out[ds.name] = ds
+    if not out:
         raise DeepAlignError("no datasets given")
-    return data
+    return out
 
 
-def run_eval(options: EvalOptions | None = None, generation: GenConfig | None = None, **kwargs) -> dict:
+def not_applied_reason(attack, item: EvalPrompt) -> str | None:
+    """Why ``attack`` cannot run on ``item`` (None: it can)."""
+    applied = item.meta.get("attack_applied")
+    if applied and attack.label != "direct":
+        return f"the prompts already carry the {applied} attack (a DeRTa test set): only direct applies"
+    if attack.applies(item):
+        return None
+    if not item.harmful:
+        hint = ""
+        if item.meta.get("functional_category"):
+            hint = " (HarmBench: join its targets file, harmbench:FILE,targets=harmbench_targets_text.json)"
+        return f"needs a reference harmful response, which {item.kind} items of this dataset lack{hint}"
+    return "the attack does not apply to these items"
+
+
+def applicability(attacks, data: Mapping[str, list[EvalPrompt]]) -> list[dict]:
+    """Every attack x dataset pair where some items cannot be attacked: how many, and why."""
+    out = []
+    for a in attacks:
+        for dname, items in data.items():
+            reasons: dict[str, int] = {}
+            for it in items:
+                why = not_applied_reason(a, it)
+                if why is not None:
+                    reasons[why] = reasons.get(why, 0) + 1
+            if reasons:
+                skipped = sum(reasons.values())
+                out.append({"attack": a.label, "dataset": dname, "skipped": skipped, "items": len(items),
+                            "applied": len(items) - skipped, "reasons": reasons})
+    return out
+
+
+def run_eval(options: EvalOptions | None = None, generation: GenConfig | None = None, data: DataOptions | None = None,
+             **kwargs) -> dict:
     """Evaluate every target on every (attack, dataset) pair; returns the summary.
 
-    ``options`` / ``generation``: an :class:`EvalOptions` and a :class:`GenConfig`, or their
-    fields as keyword arguments. ``targets``: specs (``hf:...``, ``openai:...``, ``ed:...``;
+    ``options`` / ``generation`` / ``data``: an :class:`EvalOptions`, a :class:`GenConfig` and a
+    :class:`~deepalign.data.datasets.DataOptions` (``sample``, ``limit``, ``fields``, ...), or
+    their fields as keyword arguments. ``targets``: specs (``hf:...``, ``openai:...``, ``ed:...``;
     local models are loaded one at a time, only when they have work left) or Target objects.
     ``attacks``: specs or Attack objects. ``datasets``: specs (``world:test``, a file) or
     ``{name: items}``. ``judges``: names or judge objects; the first also guides PAIR.
@@ -133,7 +186,8 @@ def run_eval(options: EvalOptions | None = None, generation: GenConfig | None = 
     from deepalign.decoding.registry import check_target, is_local, make_target
     from deepalign.judges import make_judges
 
-    opts, gen = build(kwargs, options=(EvalOptions, options), generation=(GenConfig, generation))
+    opts, gen, data_opts = build(kwargs, options=(EvalOptions, options), generation=(GenConfig, generation),
+                                 data=(DataOptions, data))
     if gen.num_samples > 1 and not gen.do_sample:
         raise OptionError("num_samples", "> 1 needs --do_sample (greedy samples would all be the same)")
     targets = list(opts.targets or [])
@@ -162,7 +216,8 @@ def run_eval(options: EvalOptions | None = None, generation: GenConfig | None = 
                 check_target(t)
         targets = [make_target(t, batch_size=opts.batch_size, device=device)
                    if isinstance(t, str) and not is_local(t) else t for t in targets]
-        data = load_datasets(datasets, world=opts.world, limit=opts.limit)
+        opened = open_datasets(datasets, world=opts.world, options=data_opts)
+        data = {name: ds.items for name, ds in opened.items()}
         judge_objs = judges if judges and not isinstance(judges[0], str) else make_judges(
             judges, world=opts.world, judge_target=opts.judge_model, device=device)
         attacker = opts.attacker
@@ -176,15 +231,18 @@ def run_eval(options: EvalOptions | None = None, generation: GenConfig | None = 
             attack_objs = list(attacks)
             if not all(isinstance(a, Attack) for a in attack_objs):
                 raise DeepAlignError("attacks must be Attack objects or specs")
+        skipped = applicability(attack_objs, data)
         for a in attack_objs:
-            if not any(a.applies(it) for items in data.values() for it in items):
-                raise DeepAlignError(f"attack {a.label} applies to no item of the datasets (it needs reference harmful "
-                                     "responses, e.g. world:harmful or an AdvBench CSV with a target column)")
+            if not any(not_applied_reason(a, it) is None for items in data.values() for it in items):
+                why = sorted({r for s in skipped if s["attack"] == a.label for r in s["reasons"]})
+                raise DeepAlignError(f"attack {a.label} applies to no item of the datasets: {'; '.join(why)}")
 
         # servers: one probe each before any work (prefill support, log-probs, sampling)
         notes = probe_servers(targets, labels, attack_objs, gen, judge_objs, attacker)
         info = {"gen_config": json.loads(json.dumps(asdict(gen))), "judges": [j.name for j in judge_objs],
-                "targets": labels, "attacks": [a.label for a in attack_objs], "datasets": list(data)}
+                "targets": labels, "attacks": [a.label for a in attack_objs], "datasets": list(data),
+                "dataset_info": {name: ds.info() for name, ds in opened.items()},
+                "not_applied": {f"{s['attack']} | {s['dataset']}": s for s in skipped}}
         if notes:
             info["target_notes"] = notes
         info = run.merge_info(info)  # refuses other settings before any work
@@ -306,7 +364,7 @@ def _plan(targets, labels, data, attacks, done, batch_size: int, n_samples: int)
         work = []
         for dname, items in data.items():
             for a in attacks:
-                todo = [it for it in items if a.applies(it)]
+                todo = [it for it in items if not_applied_reason(a, it) is None]
                 batches = []
                 for i in range(0, len(todo), batch_size):
                     batch = todo[i: i + batch_size]
@@ -400,10 +458,19 @@ def _example(target, attack, item: EvalPrompt) -> str | None:
         return None
 
 
+def answer_fields(item: EvalPrompt, response: str) -> dict[str, Any]:
+    """``correct`` (None without an answer) and, for items with one, what was extracted and
+    whether anything could be (``answer_status``: correct / wrong / no_answer)."""
+    from deepalign.data.answers import score_answer
+
+    score = score_answer(item, response)
+    if score is None:
+        return {"correct": None}
+    return {"correct": score.correct, "extracted": score.extracted, "answer_status": score.status}
+
+
 def _run_batch(target, tl: str, attack, dname: str, batch: list[EvalPrompt], config: GenConfig, judges, done: set,
                log_prompts: bool = False) -> list[dict[str, Any]]:
-    from deepalign.evaluation.metrics import check_answer
-
     t0 = time.perf_counter()
     outputs = attack.run(target, batch, config)
     gen_s = time.perf_counter() - t0
@@ -420,12 +487,14 @@ def _run_batch(target, tl: str, attack, dname: str, batch: list[EvalPrompt], con
             "target": tl, "attack": attack.label, "dataset": dname, "item": it.id, "kind": it.kind, "sample": s,
             "prompt": _request_dict(o.request, o.meta), "response": o.response,
         }
+        if it.meta.get("category") is not None:
+            row["category"] = str(it.meta["category"])
         if log_prompts and hasattr(target, "render"):
             row["prompt"]["rendered"] = target.render(o.request)
         if o.raw != o.response:
             row["raw"] = o.raw
         row.update(num_tokens=o.num_tokens, finish_reason=o.finish_reason, meta=o.meta)
-        row["correct"] = check_answer(it, o.response)
+        row.update(answer_fields(it, o.response))
         row["verdicts"] = {name: vs[idx] for name, vs in verdicts.items()}
         row["timing"] = {"generate_s": round(gen_s * share, 6),
                          **{f"judge_{k}_s": round(v / max(1, len(flat)), 6) for k, v in judge_s.items()}}

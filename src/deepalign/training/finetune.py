@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deepalign.data.datasets import DataOptions
 from deepalign.data.recipes import PREFIX_UNITS, RECIPES
 from deepalign.errors import DeepAlignError, OptionError
 from deepalign.options import build, choice, exclusive, number
@@ -38,7 +39,7 @@ DEFAULT_DPO_BASE = "runs/vanilla"
 _RESUME_KEYS = ("recipe", "model_name_or_path", "seed", "triples", "helpful", "records", "use_peft",
                 "per_device_train_batch_size", "gradient_accumulation_steps", "rto_keep", "prefix_unit",
                 "k_zero_share", "helpful_count", "safety_count", "safety_ratio", "prompt_format", "max_steps",
-                "num_train_epochs")
+                "num_train_epochs", "fields", "subset", "split", "sample", "limit", "sample_seed")
 
 
 @dataclass
@@ -141,20 +142,22 @@ def auto_learning_rate(n_params: int, lora: bool, recipe: str) -> float:
     return 1e-4 if lora else 2e-5
 
 
-def _load_data(opts: TrainOptions):
-    from deepalign.data.loaders import load_instructions, load_triples
+def _load_data(opts: TrainOptions, data_opts: DataOptions | None = None):
+    from deepalign.data.datasets import load_train_instructions, load_train_triples
 
+    data_opts = data_opts or DataOptions()
     world = Path(opts.world)
     uses_world = opts.triples is None or (opts.helpful is None and opts.helpful_count != 0 and opts.recipe != "dpo")
     if uses_world and not (world / "train" / "triples.jsonl").exists():
         raise DeepAlignError(f"no world at {world} (expected {world / 'train' / 'triples.jsonl'}); "
                              "run 'deepalign world' first or pass --triples and --helpful")
     t_src = opts.triples or str(world / "train" / "triples.jsonl")
-    triples = load_triples(t_src)
+    notes: list[str] = []
+    triples = load_train_triples(t_src, data_opts, notes)
     helpful, h_src = [], None
     if opts.recipe != "dpo" and opts.helpful_count != 0:
         h_src = opts.helpful or str(world / "train" / "helpful.jsonl")
-        helpful = load_instructions(h_src)
+        helpful = load_train_instructions(h_src, data_opts)
     manifest = {}
     if uses_world and (world / "manifest.json").exists():
         try:
@@ -162,6 +165,8 @@ def _load_data(opts: TrainOptions):
         except (OSError, ValueError):
             manifest = {}
     data = {"triples": {"source": t_src, "rows": len(triples)}}
+    if notes:
+        data["triples"]["notes"] = notes
     if h_src is not None:
         data["helpful"] = {"source": h_src, "rows": len(helpful)}
     return triples, helpful, manifest, data
@@ -207,11 +212,11 @@ def _value(x: Any) -> Any:
     return getattr(x, "value", x)  # enums (schedulers, strategies) as their names
 
 
-def _command_line(opts: TrainOptions, args: DeRTaConfig) -> str:
+def _command_line(opts: TrainOptions, args: DeRTaConfig, data_opts: DataOptions | None = None) -> str:
     """A ``deepalign train`` command that reproduces the run (the options that differ from
     the defaults)."""
     parts = ["deepalign", "train"]
-    for obj, default in ((opts, TrainOptions()), (args, DeRTaConfig())):
+    for obj, default in ((opts, TrainOptions()), (args, DeRTaConfig()), (data_opts or DataOptions(), DataOptions())):
         for f in type(obj).__dataclass_fields__.values():
             name = f.name
             if not f.init or name in ("quiet", "resume", "overwrite", "logging_dir", "bf16", "disable_tqdm"):
@@ -228,12 +233,15 @@ def _command_line(opts: TrainOptions, args: DeRTaConfig) -> str:
     return " ".join(shlex.quote(p) for p in parts)
 
 
-def train(options: TrainOptions | None = None, training: DeRTaConfig | None = None, **kwargs) -> Path:
+def train(options: TrainOptions | None = None, training: DeRTaConfig | None = None, data: DataOptions | None = None,
+          **kwargs) -> Path:
     """Fine-tune a model with a recipe and write the final model (with its card) to
     ``output_dir``; returns that directory.
 
-    ``options`` / ``training``: a :class:`TrainOptions` and a
-    :class:`~deepalign.training.trainer.DeRTaConfig`; keyword arguments set fields of either
+    ``options`` / ``training`` / ``data``: a :class:`TrainOptions`, a
+    :class:`~deepalign.training.trainer.DeRTaConfig` and a
+    :class:`~deepalign.data.datasets.DataOptions` (``fields``, ``split``, ``sample``, ... of the
+    triples and helpful data); keyword arguments set fields of any
     (``recipe="derta"``, ``model_name_or_path=...``, ``learning_rate=...``, ...). Record
     recipes (vanilla, harmful-prefix, rto, derta) build records with
     :func:`deepalign.data.recipes.build_records` (or read ``records``) and train with
@@ -254,14 +262,15 @@ def train(options: TrainOptions | None = None, training: DeRTaConfig | None = No
     from deepalign.training import outdir
     from deepalign.utils import quiet_libraries, set_seed
 
-    opts, args = build(kwargs, options=(TrainOptions, options), training=(DeRTaConfig, training))
+    opts, args, data_opts = build(kwargs, options=(TrainOptions, options), training=(DeRTaConfig, training),
+                                  data=(DataOptions, data))
     default_model = DEFAULT_DPO_BASE if opts.recipe == "dpo" else DEFAULT_BASE
     model_spec = opts.model_name_or_path or default_model
     hint = {DEFAULT_BASE: " (train it with 'deepalign pretrain' first)",
             DEFAULT_DPO_BASE: " (train it with 'deepalign train --recipe vanilla' first)"}.get(model_spec, "")
     source = model_source(model_spec, hint=hint)
     out = Path(args.output_dir or f"runs/{opts.recipe}{'-lora' if opts.use_peft else ''}")
-    resume_view = {**{k: v for k, v in asdict(opts).items()}, "model_name_or_path": model_spec,
+    resume_view = {**{k: v for k, v in asdict(opts).items()}, **asdict(data_opts), "model_name_or_path": model_spec,
                    **{k: getattr(args, k) for k in _RESUME_KEYS if hasattr(args, k)}}
     resume_view = {k: v for k, v in resume_view.items() if isinstance(v, (str, int, float, bool, type(None), list))}
     # no GPU: CPU processes (gloo) also when started by torchrun / `accelerate launch --multi_gpu`
@@ -272,7 +281,7 @@ def train(options: TrainOptions | None = None, training: DeRTaConfig | None = No
     with quiet_libraries(opts.quiet):
         set_seed(args.seed)
         if opts.records is None:
-            triples, helpful, manifest, data = _load_data(opts)
+            triples, helpful, manifest, data = _load_data(opts, data_opts)
         else:
             triples, helpful, manifest, data = [], [], {}, {"records": {"source": opts.records}}
         refusal_word = opts.refusal_word or manifest.get("refusal_word")
@@ -399,7 +408,7 @@ def train(options: TrainOptions | None = None, training: DeRTaConfig | None = No
         info.update({"steps": trainer.state.global_step, "train_seconds": round(seconds, 1), "loss_curve": curve,
                      "lora": opts.use_peft, "adapter_kept": bool(opts.use_peft and opts.keep_adapter),
                      "seed": args.seed, "hyperparameters": _hyperparameters(opts, run_args),
-                     "command": _command_line(opts, args)})
+                     "command": _command_line(opts, args, data_opts)})
         from deepalign.training.modelcard import TRAIN_INFO, card_files
         from deepalign.training.trainer import save_final_model
 
