@@ -28,6 +28,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from deepalign.data.answers import LETTERS, choices_in_text, format_options, normalise_letter, parse_final_answer
 from deepalign.data.fields import EVAL_FIELDS, Fields, Row, type_name
+from deepalign.data.items import eval_item
 from deepalign.data.sources import GROUP_COLUMN, TEXT_COLUMN, read_hub, read_lookup
 from deepalign.errors import DeepAlignError
 from deepalign.records import EvalPrompt, HarmfulTriple
@@ -142,8 +143,6 @@ def _items(rows: list[Row], ctx: Context, table: Mapping[str, tuple[str, ...]], 
            keep: Callable[[Fields], bool] | None = None) -> list[EvalPrompt]:
     """Rows -> items with a preset's column table; ``kind`` a kind or a function of the row;
     ``finish(item, f)`` sets what the table cannot (category, meta); ``keep(f)`` filters."""
-    from deepalign.data.loaders import eval_item
-
     out = []
     for row in rows:
         f = Fields(row, table, ctx.fields)
