@@ -384,7 +384,7 @@ def test_cli_user_errors_exit_2_with_one_line(world, tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"query": "hi"}) + "\n{not json\n", encoding="utf-8")
     nofield = tmp_path / "nofield.jsonl"
-    nofield.write_text(json.dumps({"text": "hi"}) + "\n", encoding="utf-8")
+    nofield.write_text(json.dumps({"body": "hi"}) + "\n", encoding="utf-8")
     out = str(tmp_path / "o.jsonl")
     cases = [
         (["--base", b, "--aligned", a, "--alpha", "-1", "--prompts", str(good), "--out", out], "--alpha must be >= 0"),
