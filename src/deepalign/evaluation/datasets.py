@@ -2,9 +2,11 @@
 
 - ``world:<split>`` — the embedded world (``--world DIR``): ``world:harmful`` reads
   ``test/harmful.jsonl`` (HarmfulTriple rows: the harmful response becomes the prefill
-  reference), ``world:benign`` / ``world:helpful`` the EvalPrompt rows of
+  reference), ``world:unseen`` ``test/unseen.jsonl`` (the same, for misdeeds alignment data
+  never shows), ``world:benign`` / ``world:helpful`` the EvalPrompt rows of
   ``test/benign.jsonl`` / ``test/helpful.jsonl``; ``world:test`` (or any directory name of
-  the world, e.g. ``world:dev``, the split to tune on) every one of those files it has.
+  the world, e.g. ``world:dev``, the split to tune on) every one of those files it has;
+  ``world:dev/unseen`` one file of a split.
 - ``[<kind>:]<path or hub id>`` — any file the data loaders read
   (:func:`deepalign.data.loaders.load_eval_prompts`): DeRTa ``{"question"}`` JSONL,
   AdvBench / HarmBench CSV (``goal`` / ``behavior``; AdvBench's ``target`` becomes the
@@ -19,14 +21,15 @@ from pathlib import Path
 from deepalign.data.records import EvalPrompt
 from deepalign.errors import DeepAlignError
 
-WORLD_FILES = ("harmful", "benign", "helpful")
+WORLD_FILES = ("harmful", "unseen", "benign", "helpful")
+TRIPLE_FILES = ("harmful", "unseen")  # HarmfulTriple rows, evaluated as harmful items
 KIND_PREFIXES = ("harmful", "benign", "helpful", "unknown")
 
 
 def _world_file(path: Path, name: str) -> list[EvalPrompt]:
     from deepalign.data.loaders import load_eval_prompts, load_triples
 
-    if name == "harmful":
+    if name in TRIPLE_FILES:
         return [
             EvalPrompt(id=t.id, prompt=t.query, kind="harmful", harmful=t.harmful, meta={**t.meta, "safe": t.safe})
             for t in load_triples(str(path))
@@ -47,6 +50,8 @@ def load_world(world, split: str, limit: int | None = None) -> list[EvalPrompt]:
             raise DeepAlignError(f"world split directory has none of {', '.join(f'{n}.jsonl' for n in WORLD_FILES)}: {root / split}")
     elif (root / "test" / f"{split}.jsonl").exists():
         files = [(root / "test" / f"{split}.jsonl", split)]
+    elif "/" in split and (root / f"{split}.jsonl").is_file():  # one file of a split: world:dev/unseen
+        files = [(root / f"{split}.jsonl", split.rsplit("/", 1)[1])]
     else:
         raise DeepAlignError(f"unknown world split {split!r}: no {root / 'test' / (split + '.jsonl')} and no directory {root / split}")
     items: list[EvalPrompt] = []

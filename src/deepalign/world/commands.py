@@ -10,13 +10,17 @@ _HELP = {
     "n_train_triples": "harmful triples for alignment training",
     "n_train_helpful": "helpful pairs (tasks and benign look-alikes) for alignment training",
     "n_test_harmful": "held-out harmful queries (with harmful and safe responses)",
+    "n_test_unseen": "held-out queries for the misdeeds alignment data never shows (test/unseen.jsonl)",
     "n_test_benign": "held-out benign look-alikes",
     "n_test_helpful": "held-out helpful tasks with checkable answers",
     "n_dev_harmful": "dev harmful queries (held-out pool, disjoint from test): tune here",
+    "n_dev_unseen": "dev queries for unseen misdeeds (disjoint from test)",
     "n_dev_benign": "dev benign look-alikes (held-out pool, disjoint from test)",
     "n_pretrain": "documents in the pretraining corpus",
     "harmful_share": "share of harmful pretraining queries answered harmfully",
     "lean": "comply-leaning misdeeds get share+lean, evasion-leaning share-lean",
+    "shape_share": "share of the corpus in shifted shapes (ledger, old tongue, role-play)",
+    "shape_comply": "share of harmful queries in a shifted shape answered harmfully",
 }
 
 
