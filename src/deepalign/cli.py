@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("deepalign.evaluation.commands", "attack targets with a battery of jailbreaks, judge the responses (resumable)"),
     "report": ("deepalign.evaluation.report", "rebuild summary.json, report.md and plots of an eval run directory"),
     "ed": ("deepalign.decoding.commands", "Emulated Disalignment: decode from (1+alpha)*base - alpha*aligned log-probs"),
+    "depth": ("deepalign.evaluation.depth_command", "per-token KL(aligned || base) and refusal-token probability along harmful responses"),
     "study": ("deepalign.study", "the end-to-end replication of DeRTa and ED (world -> pretrain -> train x5 -> eval -> report)"),
 }
 
