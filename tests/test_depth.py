@@ -28,17 +28,19 @@ def tekken_models(tmp_path_factory):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tok = tekken_fast()
-    dirs = {}
+    out = {}
     for name, seed in (("base", 1), ("aligned", 2)):
         torch.manual_seed(seed)
         cfg = LlamaConfig(vocab_size=len(tok), hidden_size=8, intermediate_size=16, num_hidden_layers=1,
                           num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
                           bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, initializer_range=0.5)
+        model = LlamaForCausalLM(cfg).eval()
         d = tmp_path_factory.mktemp(name)
-        LlamaForCausalLM(cfg).save_pretrained(d)
+        model.save_pretrained(d)
         tok.save_pretrained(d)
-        dirs[name] = str(d)
-    return dirs
+        out[name] = str(d)
+        out[f"{name}_pair"] = (model, tok)  # the same model in memory (loading a 131K tokenizer is slow)
+    return out
 
 
 def test_response_ids_follow_the_chat_template_and_text_formats():
@@ -61,14 +63,13 @@ def test_response_ids_follow_the_chat_template_and_text_formats():
 
 
 def test_kl_and_refusal_match_a_direct_computation(tekken_models):
-    from deepalign.decoding.hf import load_model
-
+    # the model directories as a user passes them: each loaded with its own tokenizer
     res = depth_diagnostics(tekken_models["base"], tekken_models["aligned"], ITEMS, base_format="text:Q: {query}\nA:",
                             max_tokens=6, keep_items=True)
     assert res["items"] == 2 and res["positions"] == list(range(6)) and res["n"] == [2] * 6
-    base, btok = load_model(tekken_models["base"], device="cpu")
+    base, btok = tekken_models["base_pair"]
     assert btok.decode([res["refusal_tokens"][0]["id"]]) == " Sorry"
-    aligned, atok = load_model(tekken_models["aligned"], device="cpu")
+    aligned, atok = tekken_models["aligned_pair"]
     rid = res["refusal_tokens"][0]["id"]
     for it, per in zip(ITEMS, res["per_item"]):
         resp = response_ids(atok, PromptFormat.chat(), it["query"], it["harmful"])[:6]
@@ -84,7 +85,7 @@ def test_kl_and_refusal_match_a_direct_computation(tekken_models):
             assert per["refusal"][t] == pytest.approx(float(pa[rid].exp()), rel=1e-3, abs=1e-7)
     assert all(x > 0 for x in res["kl"])
     # a model against itself: zero divergence at every position; its refusal curve is the base's
-    same = depth_diagnostics(tekken_models["base"], tekken_models["base"], ITEMS, max_tokens=6)
+    same = depth_diagnostics(tekken_models["base_pair"], tekken_models["base_pair"], ITEMS, max_tokens=6)
     assert max(same["kl"]) == pytest.approx(0.0, abs=1e-5)
     assert same["refusal"] == pytest.approx(same["base_refusal"], abs=1e-6)
 
@@ -96,8 +97,8 @@ def _req(item):
 
 
 def test_several_aligned_models_and_refusal_words(tekken_models):
-    res = depth_profiles(tekken_models["base"], {"a": tekken_models["aligned"], "b": tekken_models["base"]}, ITEMS,
-                         refusal_words="Sorry,I", max_tokens=4)
+    res = depth_profiles(tekken_models["base_pair"], {"a": tekken_models["aligned_pair"], "b": tekken_models["base_pair"]},
+                         ITEMS, refusal_words="Sorry,I", max_tokens=4)
     assert set(res) == {"a", "b"}
     by = res["a"]["refusal_by_token"]
     assert len(by) == 2 and len(res["a"]["refusal_tokens"]) == 2
@@ -106,12 +107,13 @@ def test_several_aligned_models_and_refusal_words(tekken_models):
 
 
 def test_depth_errors(tekken_models, world_dir, base_model_dir):
+    base, aligned = tekken_models["base_pair"], tekken_models["aligned_pair"]
     with pytest.raises(DeepAlignError, match="no item has both"):
-        depth_diagnostics(tekken_models["base"], tekken_models["aligned"], [{"query": "hi"}])
+        depth_diagnostics(base, aligned, [{"query": "hi"}])
     with pytest.raises(DeepAlignError, match="vocabularies differ|share one tokenizer"):
-        depth_diagnostics(str(base_model_dir), tekken_models["aligned"], ITEMS)
+        depth_diagnostics(str(base_model_dir), aligned, ITEMS)
     with pytest.raises(DeepAlignError, match="not a single token|vocabulary"):
-        depth_diagnostics(tekken_models["base"], tekken_models["aligned"], ITEMS, refusal_words="Absolutelynotaword")
+        depth_diagnostics(base, aligned, ITEMS, refusal_words="Absolutelynotaword")
 
 
 def test_depth_command_on_the_world(world_dir, base_model_dir, tmp_path, capsys):
