@@ -299,7 +299,9 @@ def generate(cfg: WorldConfig) -> dict[str, list[dict]]:
 
 # The plain part of the corpus (chat dialogs and documents) and, with ``shape_share``, the
 # shifted shapes. A shaped dialog wraps a plain task (query -> response) in its shape.
-PLAIN_MIX = [("harmful", 0.26), ("benign", 0.14), ("arith", 0.20), ("fact", 0.08), ("copy", 0.26), ("document", 0.06)]
+# Arithmetic is the skill that suffers first when the shapes take a quarter of the corpus
+# (dev, seed 1: 55% correct with the version-2 mix), so it gets the largest plain share.
+PLAIN_MIX = [("harmful", 0.22), ("benign", 0.12), ("arith", 0.30), ("fact", 0.06), ("copy", 0.26), ("document", 0.04)]
 SHAPE_MIX = [("ledger", 0.28), ("oldtongue", 0.30), ("translate", 0.14), ("roleplay", 0.28)]
 # what a shaped dialog is about: procedures mostly (harmful or benign), some helpful tasks
 SHAPE_TASKS = {
