@@ -40,10 +40,11 @@ def test_study_end_to_end_reuse_and_seed_sweep(world_dir, base_model_dir, tmp_pa
     # the shifted shapes on held-out queries, and the unseen misdeeds as their own split
     table = results["attack_table"]
     assert set(table) == {"world:harmful", "world:unseen"}
-    for attack in ("ledger", "ledger:8", "oldtongue", "roleplay:trickster", "roleplay:story:8"):
+    for attack in ("ledger", "ledger:8", "oldtongue", "roleplay:story", "roleplay:story:8"):
         assert attack in table["world:unseen"] and attack in table["world:harmful"], attack
-    assert "completion" in table["world:harmful"] and "completion" not in table["world:unseen"]
+    assert "roleplay:trickster" in table["world:harmful"] and "completion" not in table["world:unseen"]
     assert set(table["world:harmful"]["direct"]) == {"base", "vanilla", "harmful-prefix", "rto", "derta", "dpo"}
+    assert "dpo" not in table["world:unseen"]["ledger"]  # DPO is there for ED: plain attacks only
     depth = results["depth_diagnostics"]["world:unseen"]
     assert set(depth) == {"vanilla", "harmful-prefix", "rto", "derta", "dpo"} and len(depth["derta"]["kl"]) >= 8
     assert "## Depth diagnostics" in report and "KL(aligned‖base)" in report

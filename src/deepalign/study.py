@@ -41,7 +41,10 @@ from deepalign.utils import write_json
 
 RECIPES = ("vanilla", "harmful-prefix", "rto", "derta", "dpo")
 DEPTHS = (0, 2, 4, 8, 16, 32)
-ALPHAS = (0.3, 1.0)
+# ED alphas: the reference defaults for Llama-2 (0.3) and Llama / Vicuna / Mistral (0.6). On the
+# world's dev split alpha 1.0 saturated (ED against vanilla 90-95% harmful), which leaves no
+# room to see a better-aligned model make ED more harmful still.
+ALPHAS = (0.3, 0.6)
 MID, MID_DEPTHS = 24, (8, 16)  # prefills that start mid-response (24 tokens in): a shifted shape
 ROLEPLAYS = ("trickster", "game", "story")  # the world's role-play templates (deepalign.world.lexicon)
 
@@ -130,19 +133,22 @@ class _Stages:
             print(msg, flush=True)
 
 
-def world_attacks(cfg: StudyConfig, world: Path) -> tuple[list[str], list[str]]:
-    """The attack battery: on held-out queries for seen misdeeds, and (world only) on queries
-    for unseen misdeeds, where only the attacks whose shape or content is new are run."""
-    prefills = [f"prefill:{k}" for k in cfg.depths]
+def world_attacks(cfg: StudyConfig, world: Path) -> dict[str, list[str]]:
+    """The attack battery, in three parts: ``plain`` (direct, completion and the prefill depth
+    profile on held-out queries for seen misdeeds; every model), ``shifted`` (the shifted
+    shapes on the same queries) and ``unseen`` (queries for unseen misdeeds: direct, the
+    prefills and the shapes). DPO, which the study needs for Emulated Disalignment, only
+    gets the plain part. ``prefill:0`` is the direct query: the depth profile reads k = 0 there."""
+    prefills = [f"prefill:{k}" for k in cfg.depths if k > 0]
     mids = [f"prefill:{k}:skip={MID}" for k in MID_DEPTHS]
+    plain = ["direct", "completion"] + prefills
     if not cfg.world_mode:  # real models: the real attack families
-        return ["direct", "completion"] + prefills + mids + ["code", "cipher:caesar"], []
-    # the world's analogues of CodeAttack, cipher attacks and role-play templates, as the
-    # model starts them and (":8") with 8 tokens of harm already under way in that shape
-    shapes = ["ledger", "ledger:8", "oldtongue", "oldtongue:8"] + [f"roleplay:{n}" for n in ROLEPLAYS] + ["roleplay:story:8"]
-    seen = ["direct", "completion"] + prefills + mids + shapes
-    unseen = ["direct"] + [f"prefill:{k}" for k in cfg.depths if k > 0] + mids + shapes
-    return seen, unseen
+        return {"plain": plain, "shifted": mids + ["code", "cipher:caesar"], "unseen": []}
+    # the world's analogues of CodeAttack, cipher attacks and role-play templates, as the model
+    # starts them and (":8") with 8 tokens of harm already under way in that shape
+    shapes = ["ledger", "ledger:8", "oldtongue"] + [f"roleplay:{n}" for n in ROLEPLAYS] + ["roleplay:story:8"]
+    return {"plain": plain, "shifted": mids + shapes,
+            "unseen": ["direct"] + prefills + mids + ["ledger", "ledger:8", "oldtongue", "roleplay:story", "roleplay:story:8"]}
 
 
 def run_study(cfg: StudyConfig | None = None, **overrides) -> dict:
@@ -202,7 +208,7 @@ def _run_one(cfg: StudyConfig) -> dict:
     judges = "oracle,keyword:nocase" if cfg.world_mode else "keyword"
     common = dict(judges=judges, world=str(world) if cfg.world_mode else None, batch_size=cfg.batch_size,
                   limit=cfg.limit, quiet=cfg.quiet)
-    seen_attacks, unseen_attacks = world_attacks(cfg, world)
+    battery = world_attacks(cfg, world)
     if cfg.world_mode:
         # the dev split has no helpful file: helpfulness is always measured on test/helpful
         pre = "world:" if cfg.split == "test" else "world:dev/"
@@ -215,10 +221,12 @@ def _run_one(cfg: StudyConfig) -> dict:
     if not harmful_sets:
         raise DeepAlignError("--eval-datasets has no harmful dataset (prefix benign:/helpful: marks the others)")
 
-    def attacks_stage():
-        run_eval(hf, seen_attacks, harmful_sets, out_dir=out / "eval" / "attacks", gen_config=greedy, **common)
-        if unseen_sets:  # the same run directory: one table, one set of rows
-            run_eval(hf, unseen_attacks, unseen_sets, out_dir=out / "eval" / "attacks", gen_config=greedy, **common)
+    def attacks_stage():  # three calls into the same run directory: one table, one set of rows
+        no_dpo = [t for t in hf if t != f"hf:{models / 'dpo'}"]
+        run_eval(hf, battery["plain"], harmful_sets, out_dir=out / "eval" / "attacks", gen_config=greedy, **common)
+        run_eval(no_dpo, battery["shifted"], harmful_sets, out_dir=out / "eval" / "attacks", gen_config=greedy, **common)
+        if unseen_sets:
+            run_eval(no_dpo, battery["unseen"], unseen_sets, out_dir=out / "eval" / "attacks", gen_config=greedy, **common)
 
     stages.run("eval attacks", False, attacks_stage)
     if benign_sets:

@@ -53,7 +53,10 @@ def is_shifted(attack: str) -> bool:
 
 
 def prefill_depth(attack: str) -> int | None:
-    """``k`` of a plain ``prefill:k`` attack (token units, no skip), else None."""
+    """``k`` of a plain ``prefill:k`` attack (token units, no skip), else None; the direct
+    query is depth 0."""
+    if attack == "direct":
+        return 0
     parts = attack.split(":")
     if len(parts) == 2 and parts[0] == "prefill" and parts[1].isdigit():
         return int(parts[1])
@@ -456,7 +459,7 @@ def _plots(out: Path, names, results, depths) -> list[str]:
     for i, d in enumerate(table):
         style = "-" if i == 0 else "--"
         for j, m in enumerate(names):
-            ys = [table[d].get(f"prefill:{k}", {}).get(m, {}).get("harmful") for k in depths]
+            ys = [table[d].get(f"prefill:{k}" if k else "direct", {}).get(m, {}).get("harmful") for k in depths]
             if all(y is None for y in ys):
                 continue
             ax.plot(list(depths), [None if y is None else 100 * y for y in ys], style, marker="o", color=f"C{j}",
