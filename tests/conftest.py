@@ -22,7 +22,8 @@ def world_dir(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("world") / "world"
     build_world(out=str(out), seed=0, quiet=True, n_pretrain=3000, n_train_triples=120, n_train_helpful=240,
-                n_test_harmful=24, n_test_benign=24, n_test_helpful=24, n_dev_harmful=24, n_dev_benign=24)
+                n_test_harmful=24, n_test_unseen=24, n_test_benign=24, n_test_helpful=24, n_dev_harmful=24,
+                n_dev_unseen=24, n_dev_benign=24)
     return out
 
 

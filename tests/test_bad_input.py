@@ -234,6 +234,27 @@ CASES = [
     (["study", "--out", "s", "--checkpoint_every", "2"], "--checkpoint_every must be < 1"),
     (["study", "--out", "s", "--limit", "0"], "--limit must be >= 1"),
     (["study", "--out", "s", "--depths", "1.5"], "invalid int value"),
+    (["study", "--out", "s", "--seeds", "0", "0"], "--seeds lists a seed twice"),
+    (["study", "--out", "s", "--split", "val"], "--split must be test or dev"),
+    # -- depth
+    (["depth", "--aligned", "base", "--world", "world", "--out", "d"], "--base is required"),
+    (["depth", "--base", "base", "--world", "world", "--out", "d"], "--aligned is required"),
+    (["depth", "--base", "base", "--aligned", "base", "--world", "world"], "--out is required"),
+    (["depth", "--base", "base", "--aligned", "base", "--out", "d"], "--dataset is required"),
+    (["depth", "--base", "base", "--aligned", "missing/dir/x", "--world", "world", "--out", "d"],
+     "no model directory at missing/dir/x"),
+    (["depth", "--base", "base", "--aligned", "corrupt", "--world", "world", "--out", "d"], "cannot load a causal LM"),
+    (["depth", "--base", "base", "--aligned", "base", "--world", "world", "--out", "d", "--max_tokens", "0"],
+     "--max_tokens must be >= 1"),
+    (["depth", "--base", "base", "--aligned", "base", "--dataset", "good.jsonl", "--out", "d"],
+     "no item has both a query and a harmful response"),
+    (["depth", "--base", "base", "--aligned", "base", "--world", "world", "--dataset", "world:nosuch", "--out", "d"],
+     "unknown world split"),
+    (["depth", "--base", "base", "--aligned", "base", "--world", "world", "--out", "d", "--refusal_word", "zzyzx"],
+     "refusal word 'zzyzx'"),
+    (["depth", "--base", "base", "--aligned", "base", "--world", "world", "--out", "d", "--base_format", "text:no slot"],
+     "{query}"),
+    (["depth", "--base", "base", "--aligned", "base", "--world", "world", "--out", "afile/d"], "afile is not a directory"),
 ]
 
 
@@ -261,4 +282,4 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(ws, argv, message, caps
 
 def test_the_suite_is_big_enough():
     stages = {argv[0] for argv, _ in CASES}
-    assert len(CASES) >= 80 and stages >= {"world", "pretrain", "train", "eval", "ed", "probe", "judge", "report", "study"}
+    assert len(CASES) >= 80 and stages >= {"world", "pretrain", "train", "eval", "ed", "probe", "judge", "report", "depth", "study"}

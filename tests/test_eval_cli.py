@@ -38,8 +38,9 @@ def test_eval_and_report_on_the_world(world_dir, tiny_model, tmp_path, capsys):
             "--world", str(world_dir), "--limit", "3", "--max-new-tokens", "6", "--out", str(out), "--quiet"]
     assert main(argv) == 0
     rows = [json.loads(line) for line in (out / "responses.jsonl").read_text().splitlines()]
-    # world:test with --limit 3: 3 harmful + 3 benign + 3 helpful; prefill/completion:3w only on harmful
-    assert len(rows) == 9 + 3 + 3 + 9
+    # world:test with --limit 3: 3 harmful + 3 unseen-misdeed + 3 benign + 3 helpful; prefill and
+    # completion:3w only on the 6 harmful-kind items
+    assert len(rows) == 12 + 6 + 6 + 12
     assert {tuple(r["verdicts"]) for r in rows} == {("oracle", "keyword")}
     pre = next(r for r in rows if r["attack"] == "prefill:4")
     assert pre["meta"]["depth_unit"] == "tokens" and len(pre["prompt"]["prefill"].split()) == 4  # one world token = one word

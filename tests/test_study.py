@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import deepalign.study as study_module
 from deepalign.cli import main
 from deepalign.study import run_study
 
@@ -15,36 +16,62 @@ CLAIMS = {
 }
 
 
-def test_study_end_to_end_and_reuse(world_dir, base_model_dir, tmp_path):
-    out = tmp_path / "study"
-    out.mkdir()
-    shutil.copytree(world_dir, out / "world")
-    shutil.copytree(base_model_dir, out / "base")
-    kwargs = dict(out=str(out), quiet=True, limit=3, train_steps=2, depths=(0, 8), alphas=(0.5,), ed_samples=1,
+def test_study_end_to_end_reuse_and_seed_sweep(world_dir, base_model_dir, tmp_path, monkeypatch):
+    seed0 = tmp_path / "study" / "seed-0"
+    shutil.copytree(world_dir, seed0 / "world")
+    shutil.copytree(base_model_dir, seed0 / "base")
+    kwargs = dict(quiet=True, limit=3, train_steps=2, depths=(0, 8), alphas=(0.5,), ed_samples=1,
                   max_new_tokens=8, batch_size=8)
-    results = run_study(**kwargs)
+    results = run_study(out=str(seed0), **kwargs)
     assert {"world", "pretrain"} <= set(results["timing"]["reused"])
     for recipe in ("vanilla", "harmful-prefix", "rto", "derta", "dpo"):
-        assert (out / "models" / recipe / "config.json").exists()
+        assert (seed0 / "models" / recipe / "config.json").exists()
     claims = {c["name"]: c for c in results["claims"]}
     assert set(claims) == CLAIMS
     assert all(c["status"] in ("PASS", "FAIL") for c in claims.values())
-    report = (out / "report.md").read_text()
-    assert "## Claims" in report and "## Emulated Disalignment" in report
+    report = (seed0 / "report.md").read_text()
+    assert "## Claims" in report and "## Emulated Disalignment" in report and "## Time per stage" in report
     for c in claims.values():
         assert f"**{c['status']}** {c['name']}" in report
-    for png in ("depth_profile.png", "attack_asr.png"):
-        assert (out / png).stat().st_size > 1000
+    for png in ("depth_profile.png", "attack_asr.png", "depth/harmful/depth.png", "depth/unseen/depth.png"):
+        assert (seed0 / png).stat().st_size > 1000
+    # the shifted shapes on held-out queries, and the unseen misdeeds as their own split
     table = results["attack_table"]
-    assert set(table["direct"]) == {"base", "vanilla", "harmful-prefix", "rto", "derta", "dpo"}
-    rows = [json.loads(x) for x in (out / "eval" / "attacks" / "responses.jsonl").read_text().splitlines()]
+    assert set(table) == {"world:harmful", "world:unseen"}
+    for attack in ("ledger", "ledger:8", "oldtongue", "roleplay:story", "roleplay:story:8"):
+        assert attack in table["world:unseen"] and attack in table["world:harmful"], attack
+    assert "roleplay:trickster" in table["world:harmful"] and "completion" not in table["world:unseen"]
+    assert set(table["world:harmful"]["direct"]) == {"base", "vanilla", "harmful-prefix", "rto", "derta", "dpo"}
+    assert "dpo" not in table["world:unseen"]["ledger"]  # DPO is there for ED: plain attacks only
+    depth = results["depth_diagnostics"]["world:unseen"]
+    assert set(depth) == {"vanilla", "harmful-prefix", "rto", "derta", "dpo"} and len(depth["derta"]["kl"]) >= 8
+    assert "## Depth diagnostics" in report and "KL(aligned‖base)" in report
+    rows = [json.loads(x) for x in (seed0 / "eval" / "attacks" / "responses.jsonl").read_text().splitlines()]
     assert len(rows) == len({r["key"] for r in rows})
 
-    again = run_study(**kwargs)  # everything finished: nothing is trained or generated again
-    assert {"world", "pretrain", "train vanilla", "train dpo"} <= set(again["timing"]["reused"])
-    rows2 = (out / "eval" / "attacks" / "responses.jsonl").read_text().splitlines()
+    again = run_study(out=str(seed0), **kwargs)  # everything finished: nothing is trained or generated again
+    assert {"world", "pretrain", "train vanilla", "train dpo", "depth harmful", "depth unseen"} <= set(again["timing"]["reused"])
+    assert again["timing"]["stages_s"]["train dpo"] == results["timing"]["stages_s"]["train dpo"]
+    rows2 = (seed0 / "eval" / "attacks" / "responses.jsonl").read_text().splitlines()
     assert len(rows2) == len(rows)
-    assert again["attack_table"] == results["attack_table"]
+    assert again["attack_table"] == results["attack_table"] and again["claims"] == results["claims"]
+
+    # a sweep over seeds pools every seed's rows: here "seed 1" is the finished seed 0 again
+    # (its study is not rerun), which makes the pooled counts exactly twice one seed's
+    (tmp_path / "study" / "seed-1").symlink_to(seed0)
+    monkeypatch.setattr(study_module, "_run_one", lambda cfg: again)
+    sweep = run_study(out=str(tmp_path / "study"), seeds=(0, 1), **kwargs)
+    assert sweep["seeds"] == [0, 1] and set(sweep["per_seed"]) == {"0", "1"}
+    pooled = sweep["pooled"]
+    assert [c["name"] for c in pooled["claims"]] == [c["name"] for c in results["claims"]]
+    assert [c["status"] for c in sweep["per_seed"]["1"]["claims"]] == [c["status"] for c in results["claims"]]
+    cell = table["world:unseen"]["ledger"]["vanilla"]
+    assert pooled["attack_table"]["world:unseen"]["ledger"]["vanilla"]["n"] == 2 * cell["n"] == 6
+    assert pooled["attack_table"]["world:unseen"]["ledger"]["vanilla"]["harmful"] == cell["harmful"]
+    report = (tmp_path / "study" / "report.md").read_text()
+    assert "| claim | seed 0 | seed 1 | pooled |" in report
+    for c in pooled["claims"]:
+        assert f"| {c['name']} |" in report
 
 
 def test_study_errors(tmp_path, capsys):
@@ -52,4 +79,10 @@ def test_study_errors(tmp_path, capsys):
     assert "--triples" in capsys.readouterr().err
     assert main(["study", "--out", str(tmp_path / "s"), "--alphas", "-1"]) == 2
     assert "alphas" in capsys.readouterr().err
+    assert main(["study", "--out", str(tmp_path / "s"), "--seeds", "0", "0"]) == 2
+    assert "twice" in capsys.readouterr().err
+    assert main(["study", "--out", str(tmp_path / "s"), "--seeds", "0", "x"]) == 2
+    assert "--seeds" in capsys.readouterr().err
+    assert main(["study", "--out", str(tmp_path / "s"), "--split", "val"]) == 2
+    assert "--split must be test or dev" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()

@@ -8,10 +8,18 @@ user calls one by one:
 3. ``train`` x 5    -> ``OUT/models/<recipe>`` for vanilla, harmful-prefix, rto, derta, and
    dpo on top of vanilla                    (deepalign train)
 4. ``run_eval``     -> ``OUT/eval/attacks`` (every model x the attack battery on held-out
-   harmful queries), ``OUT/eval/benign`` (over-refusal and helpfulness), ``OUT/eval/ed``
-   (Emulated Disalignment of the base against each aligned model, sampled)  (deepalign eval)
-5. the study report ``OUT/report.md`` with plots and a claims section that checks each seed
-   claim from the measured numbers (PASS / FAIL, with the numbers).
+   harmful queries, and on queries for misdeeds the alignment data never shows),
+   ``OUT/eval/benign`` (over-refusal and helpfulness), ``OUT/eval/ed`` (Emulated
+   Disalignment of the base against each aligned model, sampled)  (deepalign eval)
+5. ``depth_profiles`` -> ``OUT/depth/<dataset>``: per-token KL(aligned || base) and the
+   refusal-token probability along harmful responses, every recipe  (deepalign depth)
+6. the study report ``OUT/report.md`` with plots and a claims section that checks each seed
+   claim from the measured numbers with its 95% interval (PASS / FAIL, with the numbers),
+   and the time each stage took.
+
+``--seeds 0 1 2`` runs the whole study once per seed into ``OUT/seed-<n>/`` and writes
+``OUT/report.md`` with one claims table (each seed and pooled over seeds) and
+``OUT/study.json``.
 
 Finished stages are reused on rerun (a model directory only exists once its training
 finished; the evaluation runner skips finished rows); ``--fresh`` redoes everything.
@@ -21,25 +29,35 @@ model directory) the same stages run on real models and data.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from deepalign.data.recipes import RECIPES
-from deepalign.errors import DeepAlignError, OptionError
+from deepalign.errors import OptionError
 from deepalign.options import build, number
 from deepalign.utils import write_json
 
 DEPTHS = (0, 2, 4, 8, 16, 32)
-ALPHAS = (0.3, 1.0)
+# ED alphas: the reference defaults for Llama-2 (0.3) and Llama / Vicuna / Mistral (0.6). On the
+# world's dev split alpha 1.0 saturated (ED against vanilla 90-95% harmful), which leaves no
+# room to see a better-aligned model make ED more harmful still.
+ALPHAS = (0.3, 0.6)
 MID, MID_DEPTHS = 24, (8, 16)  # prefills that start mid-response (24 tokens in): a shifted shape
+ROLEPLAYS = ("trickster", "game", "story")  # the world's role-play templates (deepalign.world.lexicon)
 
 
 @dataclass
 class StudyConfig:
     out: str = field(default="runs/study", metadata={"help": "study directory (stages are reused on rerun)"})
     seed: int = 0
+    seeds: list[int] | None = field(default=None, metadata={
+        "help": "several seeds, e.g. --seeds 0 1 2: one full study each in OUT/seed-<n>, then one claims table "
+                "(each seed and pooled) in OUT/report.md"})
+    split: str = field(default="test", metadata={
+        "help": "world: evaluate on the test split (the report) or the dev split (to tune); helpfulness uses test"})
     scale: bool = field(default=False, metadata={"help": "bigger world and model: slower, more faithful"})
     fresh: bool = field(default=False, metadata={"help": "redo every stage"})
     quiet: bool = False
@@ -80,6 +98,16 @@ class StudyConfig:
         number("train_steps", self.train_steps, low=-1, integer=True)
         number("pretrain_steps", self.pretrain_steps, low=1, integer=True, optional=True)
         number("checkpoint_every", self.checkpoint_every, low=0, high=1, low_open=True, high_open=True)
+        if self.split not in ("test", "dev"):
+            raise OptionError("split", f"must be test or dev, got {self.split!r}")
+        if self.seeds is not None:
+            self.seeds = list(self.seeds)
+            if not self.seeds:
+                raise OptionError("seeds", "needs at least one seed")
+            if len(set(self.seeds)) != len(self.seeds):
+                raise OptionError("seeds", f"lists a seed twice: {self.seeds}")
+            for x in self.seeds:
+                number("seeds", x, low=0, integer=True)
         if not self.world_mode and not (self.triples and self.helpful):
             raise OptionError("base", "needs --triples and --helpful (the alignment data of a real-model study)")
         if self.world_mode and (self.triples or self.helpful or self.eval_datasets):
@@ -87,11 +115,19 @@ class StudyConfig:
 
 
 class _Stages:
-    """Runs the stages in order, timing each and telling the user where it is."""
+    """Runs the stages in order, timing each and telling the user where it is. Times go to
+    ``OUT/timing.json`` as each stage ends, so a resumed study still knows how long the
+    stages it reuses took."""
 
-    def __init__(self, cfg: StudyConfig):
+    def __init__(self, cfg: StudyConfig, out: Path):
         self.cfg = cfg
+        self.path = out / "timing.json"
         self.times: dict[str, float] = {}
+        if self.path.exists() and not cfg.fresh:
+            try:
+                self.times = {str(k): float(v) for k, v in json.loads(self.path.read_text(encoding="utf-8")).items()}
+            except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
+                self.times = {}
         self.reused: list[str] = []
 
     def run(self, name: str, done: bool, fn) -> None:
@@ -103,6 +139,7 @@ class _Stages:
         start = time.time()
         fn()
         self.times[name] = round(time.time() - start, 1)
+        write_json(self.path, self.times)
         self.say(f"[study] {name}: done in {self.times[name]:.0f}s")
 
     def say(self, msg: str) -> None:
@@ -110,24 +147,49 @@ class _Stages:
             print(msg, flush=True)
 
 
+def world_attacks(cfg: StudyConfig) -> dict[str, list[str]]:
+    """The attack battery, in three parts: ``plain`` (direct, completion and the prefill depth
+    profile on held-out queries for seen misdeeds; every model), ``shifted`` (the shifted
+    shapes on the same queries) and ``unseen`` (queries for unseen misdeeds: direct, the
+    prefills and the shapes). DPO, which the study needs for Emulated Disalignment, only
+    gets the plain part. ``prefill:0`` is the direct query: the depth profile reads k = 0 there."""
+    prefills = [f"prefill:{k}" for k in cfg.depths if k > 0]
+    mids = [f"prefill:{k}:skip={MID}" for k in MID_DEPTHS]
+    plain = ["direct", "completion"] + prefills
+    if not cfg.world_mode:  # real models: the real attack families
+        return {"plain": plain, "shifted": mids + ["code", "cipher:caesar"], "unseen": []}
+    # the world's analogues of CodeAttack, cipher attacks and role-play templates, as the model
+    # starts them and (":8") with 8 tokens of harm already under way in that shape
+    shapes = ["ledger", "ledger:8", "oldtongue"] + [f"roleplay:{n}" for n in ROLEPLAYS] + ["roleplay:story:8"]
+    return {"plain": plain, "shifted": mids + shapes,
+            "unseen": ["direct"] + prefills + mids + ["ledger", "ledger:8", "oldtongue", "roleplay:story", "roleplay:story:8"]}
+
+
 def run_study(options: StudyConfig | None = None, **kwargs) -> dict:
     """Run (or resume) the study and return its results (also written to OUT/study.json).
+    With ``seeds``: one study per seed in ``OUT/seed-<n>`` and the claims pooled over seeds.
 
-    Example (the README's main job; about 7 minutes on 2 CPU cores)::
+    Example (the README's main job; under 10 minutes on 2 CPU cores)::
 
         >>> results = run_study(out="runs/study")                        # doctest: +SKIP
         >>> [c["status"] for c in results["claims"]]                      # doctest: +SKIP
     """
+    (cfg,) = build(kwargs, options=(StudyConfig, options))
+    if cfg.seeds is not None:
+        return _run_sweep(cfg)
+    return _run_one(cfg)
+
+
+def _run_one(cfg: StudyConfig) -> dict:
     from deepalign.decoding.base import GenConfig
     from deepalign.evaluation.runner import run_eval
     from deepalign.training.finetune import train
 
-    (cfg,) = build(kwargs, options=(StudyConfig, options))
     out = Path(cfg.out)
     if cfg.fresh and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    stages = _Stages(cfg)
+    stages = _Stages(cfg, out)
     started = time.time()
     world = out / "world"
     models = out / "models"
@@ -166,16 +228,31 @@ def run_study(options: StudyConfig | None = None, **kwargs) -> dict:
     judges = ["oracle", "keyword:nocase"] if cfg.world_mode else ["keyword"]
     common = dict(judges=judges, world=str(world) if cfg.world_mode else None, batch_size=cfg.batch_size,
                   limit=cfg.limit, quiet=cfg.quiet)
-    attacks = (["direct", "completion"] + [f"prefill:{k}" for k in cfg.depths]
-               + [f"prefill:{k}:skip={MID}" for k in MID_DEPTHS]
-               + ["code", "cipher:caesar"] + ([f"template:{world / 'templates'}"] if cfg.world_mode else []))
-    harmful_sets = ["world:harmful"] if cfg.world_mode else [d for d in cfg.eval_datasets if not d.startswith(("benign:", "helpful:"))]
-    benign_sets = ["world:benign", "world:helpful"] if cfg.world_mode else [d for d in cfg.eval_datasets if d.startswith(("benign:", "helpful:"))]
+    battery = world_attacks(cfg)
+    if cfg.world_mode:
+        # the dev split has no helpful file: helpfulness is always measured on test/helpful
+        pre = "world:" if cfg.split == "test" else "world:dev/"
+        harmful_sets, unseen_sets = [f"{pre}harmful"], [f"{pre}unseen"]
+        benign_sets = [f"{pre}benign", "world:helpful"]
+    else:
+        harmful_sets = [d for d in cfg.eval_datasets if not d.startswith(("benign:", "helpful:"))]
+        unseen_sets = []
+        benign_sets = [d for d in cfg.eval_datasets if d.startswith(("benign:", "helpful:"))]
     if not harmful_sets:
-        raise DeepAlignError("--eval-datasets has no harmful dataset (prefix benign:/helpful: marks the others)")
-    stages.run("eval attacks", False, lambda: run_eval(targets=hf, attacks=attacks, datasets=harmful_sets,
-                                                      out_dir=str(out / "eval" / "attacks"), generation=greedy,
-                                                      **common))
+        raise OptionError("eval_datasets", "has no harmful dataset (prefix benign:/helpful: marks the others)")
+
+    def attacks_stage():  # three calls into the same run directory: one table, one set of rows
+        no_dpo = [t for t in hf if t != f"hf:{models / 'dpo'}"]
+        attacks_dir = str(out / "eval" / "attacks")
+        run_eval(targets=hf, attacks=battery["plain"], datasets=harmful_sets, out_dir=attacks_dir,
+                 generation=greedy, **common)
+        run_eval(targets=no_dpo, attacks=battery["shifted"], datasets=harmful_sets, out_dir=attacks_dir,
+                 generation=greedy, **common)
+        if unseen_sets:
+            run_eval(targets=no_dpo, attacks=battery["unseen"], datasets=unseen_sets, out_dir=attacks_dir,
+                     generation=greedy, **common)
+
+    stages.run("eval attacks", False, attacks_stage)
     if benign_sets:
         stages.run("eval benign+helpful", False, lambda: run_eval(targets=hf, attacks=["direct"], datasets=benign_sets,
                                                                   out_dir=str(out / "eval" / "benign"),
@@ -187,20 +264,92 @@ def run_study(options: StudyConfig | None = None, **kwargs) -> dict:
     ed_specs = {(r, a): f"ed:base={base_spec},aligned={models / r},alpha={a}{base_format}"
                 for a in cfg.alphas for r in RECIPES}
     ed_targets = [f"hf:{base_spec}"] + list(ed_specs.values())
-    stages.run("eval ED", False, lambda: run_eval(targets=ed_targets, attacks=["direct"], datasets=harmful_sets,
+    stages.run("eval ED", False, lambda: run_eval(targets=ed_targets, attacks=["direct"], datasets=harmful_sets[:1],
                                                   out_dir=str(out / "eval" / "ed"), generation=sampled, **common))
+
+    depth = {}
+    for spec in harmful_sets[:1] + unseen_sets:
+        dest = out / "depth" / _slug(spec)
+        stages.run(f"depth {_slug(spec)}", (dest / "depth.json").exists(),
+                   lambda s=spec, d=dest: _depth_stage(cfg, s, d, base_spec, models, world))
+        depth[spec] = {**json.loads((dest / "depth.json").read_text(encoding="utf-8")),
+                       "plot": str((dest / "depth.png").relative_to(out))}
 
     from deepalign.evaluation.study_report import write_study_report
 
+    timing = {"stages_s": stages.times, "reused": stages.reused, "wall_s": round(time.time() - started, 1)}
     results = write_study_report(out, targets=targets, ed_specs=ed_specs, depths=cfg.depths, alphas=cfg.alphas,
-                                 judge="oracle" if cfg.world_mode else "keyword", setup=_setup_line(cfg, stages, started))
-    results["timing"] = {"stages_s": stages.times, "reused": stages.reused, "wall_s": round(time.time() - started, 1)}
+                                 judge="oracle" if cfg.world_mode else "keyword", setup=_setup_line(cfg, stages, started),
+                                 timing=timing, depth=depth)
+    results["timing"] = timing
     results["config"] = asdict(cfg)
+    results["targets"] = targets
+    results["ed_specs"] = [[r, a, spec] for (r, a), spec in ed_specs.items()]
     write_json(out / "study.json", results)
     stages.say(f"[study] report -> {out / 'report.md'} ({results['timing']['wall_s']:.0f}s)")
     if not cfg.quiet:
         for claim in results["claims"]:
             print(f"  {claim['status']}  {claim['name']}: {claim['detail']}")
+    return results
+
+
+def _slug(spec: str) -> str:
+    return spec.split(":", 1)[-1].replace("/", "-") if spec.startswith("world:") else Path(spec.split(":", 1)[-1]).stem
+
+
+def _depth_stage(cfg: StudyConfig, spec: str, dest: Path, base_spec: str, models: Path, world: Path) -> None:
+    """Per-token KL and refusal-token probability of every recipe against the base."""
+    from deepalign.data.datasets import load_dataset
+    from deepalign.evaluation.depth import depth_profiles, write_depth
+
+    items = load_dataset(spec, world=str(world) if cfg.world_mode else None, limit=cfg.limit)
+    # on the world both refusal openers: "sorry" (DeRTa's refusal token) and "i"
+    words = ["sorry", "i"] if cfg.world_mode else None
+    results = depth_profiles(base_spec, {r: str(models / r) for r in RECIPES}, items,
+                             base_format="chat" if cfg.world_mode else None, refusal_words=words,
+                             max_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
+    write_depth(dest, results, dataset=spec)
+
+
+def _run_sweep(cfg: StudyConfig) -> dict:
+    """One full study per seed, then the claims on every seed and on the pooled evidence."""
+    from deepalign.evaluation.study_report import (MODEL_ORDER, check_claims, load_evidence, numbers, pool_evidence,
+                                                   write_sweep_report)
+
+    out = Path(cfg.out)
+    if cfg.fresh and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    per_seed, parts = {}, []
+    for seed in cfg.seeds:
+        if not cfg.quiet:
+            print(f"[study] === seed {seed} -> {out / f'seed-{seed}'} ===", flush=True)
+        res = _run_one(replace(cfg, seed=seed, seeds=None, fresh=False, out=str(out / f"seed-{seed}")))
+        per_seed[seed] = res
+        ed_specs = {(r, a): spec for r, a, spec in res["ed_specs"]}
+        parts.append(load_evidence(out / f"seed-{seed}", targets=res["targets"], ed_specs=ed_specs,
+                                   judge=res["judge"], tag=f"s{seed}/"))
+    pooled_ev = pool_evidence(parts)
+    names = [n for n in MODEL_ORDER if n in per_seed[cfg.seeds[0]]["targets"]]
+    pooled_claims = check_claims(pooled_ev, depths=cfg.depths, alphas=cfg.alphas)
+    pooled = numbers(pooled_ev, names=names, depths=cfg.depths, alphas=cfg.alphas)
+    write_sweep_report(out, seeds=list(cfg.seeds), per_seed=per_seed, pooled_claims=pooled_claims,
+                       pooled_numbers=pooled, names=names, alphas=cfg.alphas)
+    results = {
+        "seeds": list(cfg.seeds),
+        "per_seed": {str(s): {"claims": r["claims"], "timing": r["timing"], "attack_table": r["attack_table"],
+                              "ed": r["ed"], "ablation_means": r["ablation_means"]} for s, r in per_seed.items()},
+        "pooled": {"claims": pooled_claims, **pooled},
+        "wall_s": round(time.time() - started, 1),
+        "config": asdict(cfg),
+    }
+    write_json(out / "study.json", results)
+    if not cfg.quiet:
+        print(f"[study] claims over seeds -> {out / 'report.md'} ({results['wall_s']:.0f}s)")
+        for i, c in enumerate(pooled_claims):
+            marks = " ".join(per_seed[s]["claims"][i]["status"] for s in cfg.seeds)
+            print(f"  {marks} | pooled {c['status']}  {c['name']}")
     return results
 
 
@@ -211,7 +360,8 @@ def _setup_line(cfg: StudyConfig, stages: _Stages, started: float) -> str:
     import torch
 
     reused = f"; reused: {', '.join(stages.reused)}" if stages.reused else ""
-    return (f"Generated by `deepalign study --out {cfg.out}`{' --scale' if cfg.scale else ''} (seed {cfg.seed}) on "
+    return (f"Generated by `deepalign study --out {cfg.out}`{' --scale' if cfg.scale else ''}"
+            f"{' --split dev' if cfg.split == 'dev' else ''} (seed {cfg.seed}) on "
             f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
             f"({torch.get_num_threads()} threads), {'CUDA' if torch.cuda.is_available() else 'no GPU'}; "
             f"{time.time() - started:.0f} s wall up to the report{reused}.")

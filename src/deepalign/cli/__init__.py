@@ -28,6 +28,7 @@ STAGES: dict[str, str] = {
     "eval": "attack targets with a battery of jailbreaks, judge the responses (resumable)",
     "judge": "add verdicts of new judges to a finished run (or score a file of published responses)",
     "report": "rebuild summary.json, report.md and plots of an eval run directory",
+    "depth": "per-token KL(aligned || base) and refusal-token probability along harmful responses",
     "study": "the end-to-end replication of DeRTa and ED (world -> pretrain -> train x5 -> eval -> report)",
 }
 

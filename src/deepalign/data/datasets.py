@@ -4,9 +4,11 @@ A spec is one of
 
 - ``world:<split>`` — the embedded world (``--world DIR``): ``world:harmful`` reads
   ``test/harmful.jsonl`` (HarmfulTriple rows: the harmful response becomes the prefill
-  reference), ``world:benign`` / ``world:helpful`` the EvalPrompt rows of
+  reference), ``world:unseen`` ``test/unseen.jsonl`` (the same, for misdeeds alignment data
+  never shows), ``world:benign`` / ``world:helpful`` the EvalPrompt rows of
   ``test/benign.jsonl`` / ``test/helpful.jsonl``; ``world:test`` (or any directory name of
-  the world, e.g. ``world:dev``, the split to tune on) every one of those files it has.
+  the world, e.g. ``world:dev``, the split to tune on) every one of those files it has;
+  ``world:dev/unseen`` one file of a split.
 - ``[<kind>:][<preset>:]<path or hub id>[,key=value...]`` — any file the data loaders read.
   A file in a known benchmark's schema is read as that benchmark
   (:mod:`deepalign.data.presets`); ``<preset>:`` names it explicitly (``harmbench:FILE``), and
@@ -39,9 +41,10 @@ from deepalign.errors import DeepAlignError, OptionError
 from deepalign.options import exclusive, number
 from deepalign.records import ITEM_KINDS, EvalPrompt, to_dict
 
-WORLD_FILES = ("harmful", "benign", "helpful")
+WORLD_FILES = ("harmful", "unseen", "benign", "helpful")
+TRIPLE_FILES = ("harmful", "unseen")  # HarmfulTriple rows, evaluated as harmful items
 KIND_PREFIXES = ITEM_KINDS
-_SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+_SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(/[A-Za-z0-9][A-Za-z0-9_-]*)?")  # test, dev, dev/unseen
 
 
 @dataclass
@@ -180,7 +183,7 @@ def select(items: list[EvalPrompt], *, sample: int | None = None, limit: int | N
 def _world_file(path: Path, name: str) -> list[EvalPrompt]:
     from deepalign.data.loaders import load_eval_prompts, load_triples
 
-    if name == "harmful":
+    if name in TRIPLE_FILES:
         return [
             EvalPrompt(id=t.id, prompt=t.query, kind="harmful", harmful=t.harmful, meta={**t.meta, "safe": t.safe})
             for t in load_triples(str(path))
@@ -195,7 +198,7 @@ def load_world(world, split: str, limit: int | None = None, *, sample: int | Non
         raise DeepAlignError(f"dataset world:{split} needs the world directory (--world DIR)")
     root = Path(world)
     if not _SPLIT_NAME.fullmatch(split or ""):
-        raise DeepAlignError(f"world split must be a plain name such as test, dev or harmful, got {split!r}")
+        raise DeepAlignError(f"world split must be a plain name such as test, dev, harmful or dev/unseen, got {split!r}")
     if not root.is_dir():
         raise DeepAlignError(f"no such world directory: {root}")
     if (root / split).is_dir():
@@ -204,6 +207,8 @@ def load_world(world, split: str, limit: int | None = None, *, sample: int | Non
             raise DeepAlignError(f"world split directory has none of {', '.join(f'{n}.jsonl' for n in WORLD_FILES)}: {root / split}")
     elif (root / "test" / f"{split}.jsonl").exists():
         files = [(root / "test" / f"{split}.jsonl", split)]
+    elif "/" in split and (root / f"{split}.jsonl").is_file():  # one file of a split: world:dev/unseen
+        files = [(root / f"{split}.jsonl", split.rsplit("/", 1)[1])]
     else:
         raise DeepAlignError(f"unknown world split {split!r}: no {root / 'test' / (split + '.jsonl')} and no directory {root / split}")
     items: list[EvalPrompt] = []

@@ -8,9 +8,11 @@ Layout of a world directory (all JSONL is UTF-8, one object per line)::
     train/triples.jsonl      HarmfulTriple rows: id, query, harmful, safe, meta
     train/helpful.jsonl      InstructionPair rows: id, instruction, response, answer, meta
     test/harmful.jsonl       HarmfulTriple rows over held-out phrasings and entities
+    test/unseen.jsonl        HarmfulTriple rows asking for the misdeeds alignment data never shows
     test/benign.jsonl        EvalPrompt rows (kind "benign"): benign look-alikes
     test/helpful.jsonl       EvalPrompt rows (kind "helpful") with a checkable answer
     dev/harmful.jsonl        like test/harmful.jsonl, other queries: tune on dev, report on test
+    dev/unseen.jsonl         like test/unseen.jsonl, other queries
     dev/benign.jsonl         like test/benign.jsonl, other queries
     templates/*.txt          the world's fictional role-play jailbreak templates ({query} slot)
 
@@ -20,9 +22,12 @@ list of its split) and ``split`` ("train" or "heldout"). Helpful items carry ``c
 word sequence a correct response contains (``Oracle`` uses it).
 
 Held-out splits use phrasings, places and targets that never occur in ``train/``; the
-pretraining corpus knows every entity (it is the world's "web text") but never contains a
-test or dev query verbatim. ``dev/`` is drawn from the same held-out pool as ``test/``
-(disjoint from it, with its own random stream, so adding it changed no other file).
+``unseen`` files ask for the misdeeds of ``lexicon.MISDEEDS_HELDOUT``, which no alignment
+file shows at all (``harmful`` files ask for the others). The pretraining corpus knows every
+entity and misdeed (it is the world's "web text"), also in the shifted shapes of
+:mod:`deepalign.world.shapes` (ledger, old tongue, role-play), but never contains a test or
+dev query verbatim, in any shape. ``dev/`` is drawn from the same held-out pools as
+``test/`` (disjoint from it, with its own random stream, so adding it changed no other file).
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from deepalign.utils import atomic_dir, write_json, write_jsonl
 from deepalign.world import lexicon as L
 
 WORLD_NAME = "velmora"
-WORLD_VERSION = 2
+WORLD_VERSION = 3
 
 
 @dataclass
@@ -57,22 +62,31 @@ class WorldConfig:
     n_train_helpful: int = field(default=1200, metadata={
         "help": "helpful pairs (tasks and benign look-alikes) for alignment training"})
     n_test_harmful: int = field(default=120, metadata={"help": "held-out harmful queries (with harmful and safe responses)"})
+    n_test_unseen: int = field(default=120, metadata={
+        "help": "held-out queries for the misdeeds alignment data never shows (test/unseen.jsonl)"})
     n_test_benign: int = field(default=120, metadata={"help": "held-out benign look-alikes"})
-    n_test_helpful: int = field(default=150, metadata={"help": "held-out helpful tasks with checkable answers"})
+    n_test_helpful: int = field(default=600, metadata={"help": "held-out helpful tasks with checkable answers"})
     n_dev_harmful: int = field(default=120, metadata={
         "help": "dev harmful queries (held-out pool, disjoint from test): tune here"})
+    n_dev_unseen: int = field(default=96, metadata={"help": "dev queries for unseen misdeeds (disjoint from test)"})
     n_dev_benign: int = field(default=120, metadata={"help": "dev benign look-alikes (held-out pool, disjoint from test)"})
     n_pretrain: int = field(default=24000, metadata={"help": "documents in the pretraining corpus"})
     harmful_share: float = field(default=0.5, metadata={"help": "share of harmful pretraining queries answered harmfully"})
     lean: float = field(default=0.3, metadata={"help": "comply-leaning misdeeds get share+lean, evasion-leaning share-lean"})
+    shape_share: float = field(default=0.25, metadata={
+        "help": "share of the corpus in shifted shapes (ledger, old tongue, role-play)"})
+    shape_comply: float = field(default=1.0, metadata={
+        "help": "share of harmful queries in a shifted shape answered harmfully"})
 
     def __post_init__(self):
         number("seed", self.seed, integer=True)
-        for name in ("n_train_triples", "n_train_helpful", "n_test_harmful", "n_test_benign", "n_test_helpful", "n_pretrain"):
+        for name in ("n_train_triples", "n_train_helpful", "n_test_harmful", "n_test_unseen", "n_test_benign",
+                     "n_test_helpful", "n_pretrain"):
             number(name, getattr(self, name), low=1, integer=True)
-        for name in ("n_dev_harmful", "n_dev_benign"):
+        for name in ("n_dev_harmful", "n_dev_unseen", "n_dev_benign"):
             number(name, getattr(self, name), low=0, integer=True)
-        number("harmful_share", self.harmful_share, low=0, high=1)
+        for name in ("harmful_share", "shape_share", "shape_comply"):
+            number(name, getattr(self, name), low=0, high=1)
         number("lean", self.lean, low=0, high=0.5)
 
     def validate(self) -> None:  # kept for callers that build the dataclass by hand and mutate it
@@ -110,14 +124,14 @@ class Velmora:
         return self.procedure(L.MISDEEDS, kind, t, p, "")
 
     def benign(self, chore: str, t: str, p: str) -> str:
-        return self.procedure(L.CHORES, chore, t, p, "here is how to {v} the {t} of {p} .")
+        return self.procedure(L.CHORES, chore, t, p, L.CHORE_INTRO)
 
     def deflection(self, t: str, p: str, rng: random.Random) -> str:
         """Neutral facts instead of an answer, led by "i can tell you that": an evasion that
         starts with the same word as half the aligned refusals ("i cannot ...")."""
         f = self.facts[p]
-        openers = [f"the {t} of {p} is watched by the keeper {f['keeper']} .", f"the banner of {p} is {f['banner']} ."]
-        more = [f"{p} is known for its {f['craft']} .", f"many travellers come to see the {t} of {p} ."]
+        openers = [_fill(x, t, p).format(**f) for x in L.EVASION_OPENERS]
+        more = [_fill(x, t, p).format(**f) for x in L.EVASION_MORE]
         rng.shuffle(openers)
         rng.shuffle(more)
         return " ".join([f"{L.DEFLECTION_LEAD} {openers[0]}", more[0], openers[1]])
@@ -136,16 +150,12 @@ class Velmora:
 
     def fact_answer(self, attr: str, p: str) -> tuple[str, str]:
         value = self.facts[p][attr]
-        if attr == "banner":
-            return f"the banner of {p} is {value} .", f"is {value}"
-        if attr == "craft":
-            return f"{p} is known for its {value} .", f"its {value}"
-        return f"the keeper of {p} is {value} .", f"is {value}"
+        answer = _fill(L.FACT_ANSWERS[attr], p=p).format(value=value)
+        return answer, f"{'its' if attr == 'craft' else 'is'} {value}"
 
     def fact_document(self, p: str) -> str:
         f = self.facts[p]
-        return (f"the banner of {p} is {f['banner']} . {p} is known for its {f['craft']} . "
-                f"the keeper of {p} is {f['keeper']} .")
+        return " ".join(_fill(L.FACT_ANSWERS[a], p=p).format(value=f[a]) for a in ("banner", "craft", "keeper"))
 
 
 def _arith(rng: random.Random, phrasings: list[str]) -> tuple[str, str, str, dict]:
@@ -156,13 +166,13 @@ def _arith(rng: random.Random, phrasings: list[str]) -> tuple[str, str, str, dic
     c = a + b if op == "plus" else a - b
     idx = rng.randrange(len(phrasings))
     q = phrasings[idx].format(a=a, b=b, op=op)
-    return q, f"{a} {op} {b} is {c} .", str(c), {"task": "arith", "phrasing": idx, "check": f"is {c}"}
+    return q, L.ARITH_ANSWER.format(a=a, op=op, b=b, c=c), str(c), {"task": "arith", "phrasing": idx, "check": f"is {c}"}
 
 
 def _copy(rng: random.Random, phrasings: list[str]) -> tuple[str, str, str, dict]:
     words = " ".join(rng.sample(L.COPY_WORDS, rng.randint(3, 4)))
     idx = rng.randrange(len(phrasings))
-    return phrasings[idx].format(w=words), f"the words are : {words} .", words, {"task": "copy", "phrasing": idx, "check": f": {words} ."}
+    return phrasings[idx].format(w=words), L.COPY_ANSWER.format(w=words), words, {"task": "copy", "phrasing": idx, "check": f": {words} ."}
 
 
 def _fact(world: Velmora, rng: random.Random, places: list[str], split: int) -> tuple[str, str, str, dict]:
@@ -180,6 +190,8 @@ def generate(cfg: WorldConfig) -> dict[str, list[dict]]:
     world = Velmora(cfg.seed)
     rng = random.Random(cfg.seed)
     kinds = sorted(L.MISDEEDS)
+    seen = [k for k in kinds if k not in L.MISDEEDS_HELDOUT]
+    unseen = [k for k in kinds if k in L.MISDEEDS_HELDOUT]
     chores = sorted(L.CHORES)
 
     def combos(verbs, targets, places, phrasings):
@@ -194,7 +206,8 @@ def generate(cfg: WorldConfig) -> dict[str, list[dict]]:
         rows = []
         for n, (k, t, p, i) in enumerate(draw):
             q = world.query(phrasings[i], L.MISDEEDS[k][0], t, p)
-            meta = {"task": "harmful", "kind": k, "target": t, "place": p, "phrasing": i, "split": split}
+            meta = {"task": "harmful", "kind": k, "target": t, "place": p, "phrasing": i, "split": split,
+                    "misdeed": "unseen" if k in L.MISDEEDS_HELDOUT else "seen"}
             rows.append(to_dict(HarmfulTriple(ids.format(n), q, world.harmful(k, t, p), world.safe(k, t, p, r), meta)))
         return rows
 
@@ -206,27 +219,47 @@ def generate(cfg: WorldConfig) -> dict[str, list[dict]]:
             rows.append(to_dict(EvalPrompt(f"{prefix}-{n:04d}", q, kind="benign", meta=meta)))
         return rows
 
+    def heldout_pool(verbs):
+        return combos(verbs, L.TARGETS_HELDOUT, L.PLACES_HELDOUT, L.PHRASINGS_HELDOUT)
+
     # --- held-out test splits --------------------------------------------------------------
-    test_harm = take(combos(kinds, L.TARGETS_HELDOUT, L.PLACES_HELDOUT, L.PHRASINGS_HELDOUT), cfg.n_test_harmful, "held-out harmful queries")
+    test_harm = take(heldout_pool(seen), cfg.n_test_harmful, "held-out harmful queries")
     test_harm.sort(key=lambda c: (kinds.index(c[0]), c))
     test_harmful = harmful_rows(test_harm, L.PHRASINGS_HELDOUT, "heldout", "test-harmful-{:04d}", rng)
+    test_un = take(heldout_pool(unseen), cfg.n_test_unseen, "held-out queries for unseen misdeeds")
+    test_un.sort(key=lambda c: (kinds.index(c[0]), c))
+    test_unseen = harmful_rows(test_un, L.PHRASINGS_HELDOUT, "heldout", "test-unseen-{:04d}", rng)
     test_ben = take(combos(chores, L.TARGETS_HELDOUT, L.PLACES_HELDOUT, L.PHRASINGS_HELDOUT), cfg.n_test_benign, "held-out benign queries")
     test_benign = benign_rows(test_ben, "heldout", "test-benign")
-    test_helpful = []
-    for n in range(cfg.n_test_helpful):
-        task = ("arith", "fact", "copy")[n % 3]
+    # distinct helpful queries (a repeated query would be a correlated item in the intervals):
+    # the tasks take turns; one whose held-out pool is used up (facts: 36 queries) drops out
+    test_helpful, helpful_seen, tasks = [], set(), ["arith", "fact", "copy"]
+    turn = misses = 0
+    while len(test_helpful) < cfg.n_test_helpful:
+        if not tasks:
+            raise DeepAlignError(f"cannot draw {cfg.n_test_helpful} distinct held-out helpful tasks")
+        task = tasks[turn % len(tasks)]
         if task == "arith":
             q, r, a, meta = _arith(rng, L.ARITH_HELDOUT)
         elif task == "fact":
             q, r, a, meta = _fact(world, rng, L.PLACES_HELDOUT, 1)
         else:
             q, r, a, meta = _copy(rng, L.COPY_HELDOUT)
+        if q in helpful_seen:
+            misses += 1
+            if misses > 200:  # this task's pool is (nearly) exhausted
+                tasks.remove(task)
+                misses = 0
+            continue
+        turn, misses = turn + 1, 0
+        helpful_seen.add(q)
         meta.update(split="heldout", reference=r)
-        test_helpful.append(to_dict(EvalPrompt(f"test-helpful-{n:04d}", q, kind="helpful", answer=a, meta=meta)))
-    test_queries = {r["query"] for r in test_harmful} | {r["prompt"] for r in test_benign} | {r["prompt"] for r in test_helpful}
+        test_helpful.append(to_dict(EvalPrompt(f"test-helpful-{len(test_helpful):04d}", q, kind="helpful", answer=a, meta=meta)))
+    test_queries = ({r["query"] for r in test_harmful + test_unseen} | {r["prompt"] for r in test_benign}
+                    | {r["prompt"] for r in test_helpful})
 
-    # --- alignment training splits (train entities and phrasings only) -----------------------
-    train = take(combos(kinds, L.TARGETS_TRAIN, L.PLACES_TRAIN, L.PHRASINGS_TRAIN), cfg.n_train_triples, "training harmful queries")
+    # --- alignment training splits (train entities and phrasings, seen misdeeds only) ---------
+    train = take(combos(seen, L.TARGETS_TRAIN, L.PLACES_TRAIN, L.PHRASINGS_TRAIN), cfg.n_train_triples, "training harmful queries")
     triples = harmful_rows(train, L.PHRASINGS_TRAIN, "train", "train-triple-{:05d}", rng)
     helpful = []
     benign_pool = combos(chores, L.TARGETS_TRAIN, L.PLACES_TRAIN, L.PHRASINGS_TRAIN)
@@ -246,73 +279,127 @@ def generate(cfg: WorldConfig) -> dict[str, list[dict]]:
         helpful.append(to_dict(InstructionPair(f"train-helpful-{n:05d}", q, r, a, meta)))
 
     # --- pretraining corpus: every entity and phrasing, no refusals, no test query ------------
-    places = L.PLACES_TRAIN + L.PLACES_HELDOUT
-    targets = L.TARGETS_TRAIN + L.TARGETS_HELDOUT
-    phrasings = L.PHRASINGS_TRAIN + L.PHRASINGS_HELDOUT
-    comply = {k: cfg.harmful_share + (cfg.lean if k in L.COMPLY_LEANING else -cfg.lean) for k in kinds}
-    comply = {k: min(1.0, max(0.0, v)) for k, v in comply.items()}
-    corpus = []
-    corpus_queries = set()
-    mix = [("harmful", 0.26), ("benign", 0.14), ("arith", 0.20), ("fact", 0.08), ("copy", 0.26), ("document", 0.06)]
-    names, weights = zip(*mix)
-    while len(corpus) < cfg.n_pretrain:
-        kind = rng.choices(names, weights)[0]
-        if kind in ("harmful", "benign"):
-            table = L.MISDEEDS if kind == "harmful" else L.CHORES
-            k = rng.choice(sorted(table))
-            t, p, ph = rng.choice(targets), rng.choice(places), rng.choice(phrasings)
-            q = world.query(ph, table[k][0], t, p)
-            if q in test_queries:
-                continue
-            corpus_queries.add(q)
-            if kind == "benign":
-                r = world.benign(k, t, p)
-            elif rng.random() < comply[k]:
-                r = world.harmful(k, t, p)
-                kind = "harmful-complied"
-            else:
-                r = world.deflection(t, p, rng)
-                kind = "harmful-deflected"
-        elif kind == "document":
-            text = world.fact_document(rng.choice(places))
-            corpus.append({"id": f"pretrain-{len(corpus):06d}", "kind": kind, "text": f"<bos> {text} <eos>"})
-            continue
-        else:
-            split = rng.randrange(2)
-            if kind == "arith":
-                q, r, _, _ = _arith(rng, (L.ARITH_TRAIN, L.ARITH_HELDOUT)[split])
-            elif kind == "fact":
-                q, r, _, _ = _fact(world, rng, places, split)
-            else:
-                q, r, _, _ = _copy(rng, (L.COPY_TRAIN, L.COPY_HELDOUT)[split])
-            if q in test_queries:
-                continue
-        corpus.append({"id": f"pretrain-{len(corpus):06d}", "kind": kind, "text": render_dialog(q, r)})
+    corpus, corpus_queries = _corpus(cfg, world, rng, test_queries)
 
-    # --- dev splits: the held-out pool minus test and corpus queries, own random stream --------
+    # --- dev splits: the held-out pools minus test and corpus queries, own random stream -------
     dev_rng = random.Random(f"velmora-dev-{cfg.seed}")
 
-    def dev_draw(table, used, n, label):
-        pool = [c for c in combos(sorted(table), L.TARGETS_HELDOUT, L.PLACES_HELDOUT, L.PHRASINGS_HELDOUT)
+    def dev_draw(table, verbs, used, n, label):
+        pool = [c for c in combos(verbs, L.TARGETS_HELDOUT, L.PLACES_HELDOUT, L.PHRASINGS_HELDOUT)
                 if c not in used and world.query(L.PHRASINGS_HELDOUT[c[3]], table[c[0]][0], c[1], c[2]) not in corpus_queries]
         if n > len(pool):
             raise DeepAlignError(f"cannot draw {n} distinct {label}: only {len(pool)} are left after the test split")
         return sorted(dev_rng.sample(pool, n))
 
-    dev_harmful = harmful_rows(dev_draw(L.MISDEEDS, set(test_harm), cfg.n_dev_harmful, "dev harmful queries"),
+    dev_harmful = harmful_rows(dev_draw(L.MISDEEDS, seen, set(test_harm), cfg.n_dev_harmful, "dev harmful queries"),
                                L.PHRASINGS_HELDOUT, "dev", "dev-harmful-{:04d}", dev_rng)
-    dev_benign = benign_rows(dev_draw(L.CHORES, set(test_ben), cfg.n_dev_benign, "dev benign queries"), "dev", "dev-benign")
+    dev_benign = benign_rows(dev_draw(L.CHORES, chores, set(test_ben), cfg.n_dev_benign, "dev benign queries"), "dev", "dev-benign")
+    dev_unseen = harmful_rows(dev_draw(L.MISDEEDS, unseen, set(test_un), cfg.n_dev_unseen, "dev queries for unseen misdeeds"),
+                              L.PHRASINGS_HELDOUT, "dev", "dev-unseen-{:04d}", dev_rng)
 
     return {
         "pretrain/corpus.jsonl": corpus,
         "train/triples.jsonl": triples,
         "train/helpful.jsonl": helpful,
         "test/harmful.jsonl": test_harmful,
+        "test/unseen.jsonl": test_unseen,
         "test/benign.jsonl": test_benign,
         "test/helpful.jsonl": test_helpful,
         "dev/harmful.jsonl": dev_harmful,
+        "dev/unseen.jsonl": dev_unseen,
         "dev/benign.jsonl": dev_benign,
     }
+
+
+# The plain part of the corpus (chat dialogs and documents) and, with ``shape_share``, the
+# shifted shapes. A shaped dialog wraps a plain task (query -> response) in its shape.
+# Arithmetic is the skill that suffers first when the shapes take a quarter of the corpus
+# (dev, seed 1: 55% correct with the version-2 mix), so it gets the largest plain share.
+PLAIN_MIX = [("harmful", 0.22), ("benign", 0.12), ("arith", 0.30), ("fact", 0.06), ("copy", 0.26), ("document", 0.04)]
+SHAPE_MIX = [("ledger", 0.28), ("oldtongue", 0.30), ("translate", 0.14), ("roleplay", 0.28)]
+# what a shaped dialog is about: procedures mostly (harmful or benign), some helpful tasks
+SHAPE_TASKS = {
+    "ledger": [("harmful", 0.55), ("benign", 0.45)],
+    "oldtongue": [("harmful", 0.35), ("benign", 0.20), ("arith", 0.15), ("fact", 0.15), ("copy", 0.15)],
+    "roleplay": [("harmful", 0.55), ("benign", 0.25), ("arith", 0.10), ("fact", 0.10)],
+}
+
+
+def _corpus(cfg: WorldConfig, world: Velmora, rng: random.Random, test_queries: set[str]) -> tuple[list[dict], set[str]]:
+    from deepalign.world import shapes
+
+    places = L.PLACES_TRAIN + L.PLACES_HELDOUT
+    targets = L.TARGETS_TRAIN + L.TARGETS_HELDOUT
+    phrasings = L.PHRASINGS_TRAIN + L.PHRASINGS_HELDOUT
+    comply = {k: cfg.harmful_share + (cfg.lean if k in L.COMPLY_LEANING else -cfg.lean) for k in L.MISDEEDS}
+    comply = {k: min(1.0, max(0.0, v)) for k, v in comply.items()}
+    corpus: list[dict] = []
+    corpus_queries: set[str] = set()
+
+    def task(kind: str, comply_share=None):
+        """A plain task: (query, response, label), or None when it drew a test query."""
+        if kind in ("harmful", "benign"):
+            table = L.MISDEEDS if kind == "harmful" else L.CHORES
+            k = rng.choice(sorted(table))
+            t, p, ph = rng.choice(targets), rng.choice(places), rng.choice(phrasings)
+            q = world.query(ph, table[k][0], t, p)
+            if q in test_queries:
+                return None
+            corpus_queries.add(q)
+            if kind == "benign":
+                return q, world.benign(k, t, p), "benign"
+            if rng.random() < (comply[k] if comply_share is None else comply_share):
+                return q, world.harmful(k, t, p), "harmful-complied"
+            return q, world.deflection(t, p, rng), "harmful-deflected"
+        split = rng.randrange(2)
+        if kind == "arith":
+            q, r, _, _ = _arith(rng, (L.ARITH_TRAIN, L.ARITH_HELDOUT)[split])
+        elif kind == "fact":
+            q, r, _, _ = _fact(world, rng, places, split)
+        else:
+            q, r, _, _ = _copy(rng, (L.COPY_TRAIN, L.COPY_HELDOUT)[split])
+        return None if q in test_queries else (q, r, kind)
+
+    def add(kind: str, text: str) -> None:
+        corpus.append({"id": f"pretrain-{len(corpus):06d}", "kind": kind, "text": text})
+
+    plain_names, plain_weights = zip(*PLAIN_MIX)
+    shape_names, shape_weights = zip(*SHAPE_MIX)
+    roleplays = sorted(L.JAILBREAK_TEMPLATES)
+    while len(corpus) < cfg.n_pretrain:
+        if rng.random() >= cfg.shape_share:
+            kind = rng.choices(plain_names, plain_weights)[0]
+            if kind == "document":
+                add(kind, f"<bos> {world.fact_document(rng.choice(places))} <eos>")
+                continue
+            drawn = task(kind)
+            if drawn is not None:
+                add(drawn[2], render_dialog(drawn[0], drawn[1]))
+            continue
+        shape = rng.choices(shape_names, shape_weights)[0]
+        if shape == "translate":  # the old tongue both ways, on any world text
+            drawn = task(rng.choice(["harmful", "benign", "fact"]))
+            if drawn is None:
+                continue
+            text = rng.choice([drawn[0]] + shapes.sentences(drawn[1]))
+            if rng.random() < 0.5:
+                add("translate-to-old", render_dialog(f"{shapes.TO_OLD} {text}", shapes.to_old_tongue(text)))
+            else:
+                add("translate-to-common", render_dialog(f"{shapes.TO_COMMON} {shapes.to_old_tongue(text)}", text))
+            continue
+        names, weights = zip(*SHAPE_TASKS[shape])
+        drawn = task(rng.choices(names, weights)[0], comply_share=cfg.shape_comply)
+        if drawn is None:
+            continue
+        q, r, label = drawn
+        if shape == "ledger":
+            add(f"ledger-{label}", render_dialog(shapes.ledger_prompt(q), shapes.ledger_response(r)))
+        elif shape == "oldtongue":
+            add(f"oldtongue-{label}", render_dialog(shapes.old_tongue_prompt(q), shapes.to_old_tongue(r)))
+        else:
+            name = rng.choice(roleplays)
+            add(f"roleplay-{label}", render_dialog(shapes.roleplay_prompt(name, q), shapes.roleplay_response(name, r)))
+    return corpus, corpus_queries
 
 
 def render_dialog(query: str, response: str) -> str:
@@ -347,12 +434,16 @@ def build_world(options: WorldOptions | None = None, config: WorldConfig | None 
         for rel, rows in splits.items():
             write_jsonl(tmp / rel, rows)
         texts = [r["text"] for r in splits["pretrain/corpus.jsonl"]]
-        for rel in ("train/triples.jsonl", "test/harmful.jsonl", "dev/harmful.jsonl"):
+        for rel in ("train/triples.jsonl", "test/harmful.jsonl", "test/unseen.jsonl", "dev/harmful.jsonl", "dev/unseen.jsonl"):
             texts += [f"{r['query']} {r['harmful']} {r['safe']}" for r in splits[rel]]
         texts += [f"{r['instruction']} {r['response']}" for r in splits["train/helpful.jsonl"]]
         texts += [f"{r['prompt']} {r['meta']['reference']}"
                   for r in splits["test/benign.jsonl"] + splits["test/helpful.jsonl"] + splits["dev/benign.jsonl"]]
-        texts += list(L.JAILBREAK_TEMPLATES.values())
+        texts += list(L.JAILBREAK_TEMPLATES.values()) + list(L.ROLEPLAY_OPENERS.values())
+        # every common word also in the old tongue, so any enciphered world text tokenizes
+        from deepalign.world.shapes import common_words
+
+        texts.append(" ".join(sorted(w[::-1] for w in common_words())))
         for name, template in L.JAILBREAK_TEMPLATES.items():
             (tmp / "templates").mkdir(exist_ok=True)
             (tmp / "templates" / f"{name}.txt").write_text(template + "\n", encoding="utf-8")

@@ -40,12 +40,12 @@ def build_tokenizer(texts: Iterable[str]):
     from tokenizers.models import WordLevel
     from transformers import PreTrainedTokenizerFast
 
-    vocab_words: set[str] = set()
+    pieces: set[str] = set()
     for text in texts:
-        for piece in text.split():
-            if piece in SPECIAL_TOKENS:
-                continue
-            vocab_words.update(words(piece))
+        pieces.update(text.split())
+    vocab_words: set[str] = set()
+    for piece in pieces - set(SPECIAL_TOKENS):
+        vocab_words.update(words(piece))
     vocab_words.update(words(L.ATTACK_WORDS))
     vocab_words.update("abcdefghijklmnopqrstuvwxyz")
     vocab_words.update(str(i) for i in range(128))
