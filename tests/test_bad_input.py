@@ -235,6 +235,7 @@ CASES = [
     (["study", "--out", "s", "--limit", "0"], "--limit must be >= 1"),
     (["study", "--out", "s", "--depths", "1.5"], "invalid int value"),
     (["study", "--out", "s", "--seeds", "0", "0"], "--seeds lists a seed twice"),
+    (["study", "--out", "s", "--seeds", "1,two"], "--seeds takes whole numbers"),
     (["study", "--out", "s", "--split", "val"], "--split must be test or dev"),
     # -- depth
     (["depth", "--aligned", "base", "--world", "world", "--out", "d"], "--base is required"),

@@ -21,6 +21,7 @@ def test_base_model_reloads_with_auto_classes(base_model_dir):
     assert not list(base_model_dir.glob("*.bin"))
     model = AutoModelForCausalLM.from_pretrained(base_model_dir)
     tok = AutoTokenizer.from_pretrained(base_model_dir)
+    assert model.config.use_cache and model.generation_config.use_cache  # trained without, decodes with a KV cache
     ids = tok.apply_chat_template([{"role": "user", "content": "what is 2 plus 3 ?"}], add_generation_prompt=True,
                                   return_tensors="pt", return_dict=True)
     out = model.generate(**ids, max_new_tokens=5, do_sample=False, pad_token_id=tok.pad_token_id)
@@ -83,3 +84,36 @@ def test_pretrain_errors(tmp_path, capsys):
     assert not (tmp_path / "m").exists()
     assert main(["pretrain", "--world", str(tmp_path), "--hidden-size", "30", "--num-heads", "4"]) == 2
     assert "divisible" in capsys.readouterr().err
+
+
+def test_padding_free_batches_give_the_padded_loss_and_gradients(world_dir):
+    """A padding-free batch (documents concatenated, positions restarting, attention kept
+    within each document) is the padded batch without the padding: same loss, same gradients.
+    (With a KV cache on, transformers would let each document attend to the ones before it.)"""
+    from dataclasses import replace
+
+    from transformers import AutoTokenizer
+
+    from deepalign.training.pretrain import PretrainOptions, _corpus, build_model, collator
+
+    tok = AutoTokenizer.from_pretrained(world_dir / "tokenizer")
+    texts = sorted(_corpus(world_dir)[:40], key=len)[::8]  # lengths from short to long
+    feats = [{"input_ids": ids} for ids in tok(texts, add_special_tokens=False)["input_ids"]]
+    assert len({len(f["input_ids"]) for f in feats}) > 2
+    torch.manual_seed(0)
+    opts = PretrainOptions(world=str(world_dir), hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2,
+                           max_length=64)
+    model = build_model(opts, tok)
+    results = []
+    for free in (False, True):
+        batch = collator(replace(opts, padding_free=free), tok)(feats)
+        if free:  # packed rows: hardly any padding left
+            assert "attention_mask" not in batch and batch["input_ids"].shape[0] < len(feats)
+            assert (batch["input_ids"] != tok.pad_token_id).sum() == sum(len(f["input_ids"]) for f in feats)
+        model.zero_grad()
+        loss = model(**batch).loss
+        loss.backward()
+        results.append((loss.item(), torch.cat([p.grad.flatten() for p in model.parameters()])))
+    (l_pad, g_pad), (l_free, g_free) = results
+    assert l_free == pytest.approx(l_pad, rel=1e-5)
+    assert torch.allclose(g_free, g_pad, atol=1e-6, rtol=1e-4)

@@ -79,10 +79,11 @@ def test_study_errors(tmp_path, capsys):
     assert "--triples" in capsys.readouterr().err
     assert main(["study", "--out", str(tmp_path / "s"), "--alphas", "-1"]) == 2
     assert "alphas" in capsys.readouterr().err
-    assert main(["study", "--out", str(tmp_path / "s"), "--seeds", "0", "0"]) == 2
-    assert "twice" in capsys.readouterr().err
-    assert main(["study", "--out", str(tmp_path / "s"), "--seeds", "0", "x"]) == 2
-    assert "--seeds" in capsys.readouterr().err
+    for seeds in (["0", "0"], ["0,1,0"]):
+        assert main(["study", "--out", str(tmp_path / "s"), "--seeds", *seeds]) == 2
+        assert "twice" in capsys.readouterr().err
+    assert main(["study", "--out", str(tmp_path / "s"), "--seeds", "0,x"]) == 2
+    assert "--seeds takes whole numbers such as 0,1,2, got 'x'" in capsys.readouterr().err
     assert main(["study", "--out", str(tmp_path / "s"), "--split", "val"]) == 2
     assert "--split must be test or dev" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()

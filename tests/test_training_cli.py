@@ -37,6 +37,7 @@ def test_cli_derta_run_writes_a_standard_model_dir(world_dir, base_model_dir, tm
     assert not (out / "checkpoints").exists() and not list(out.glob(".final-*"))
     model, tok = _load(out)
     assert tok.chat_template and model.config.vocab_size == len(tok)
+    assert model.config.use_cache and model.generation_config.use_cache  # decodes with a KV cache
     info = json.loads((out / "deepalign_train.json").read_text())
     assert info["steps"] == 3 and info["refusal_token"]["piece"] == "sorry"
     assert info["records"]["rto"] == info["records"]["prefix"] > 0
@@ -58,6 +59,7 @@ def test_lora_is_merged_by_default_or_kept(world_dir, base_model_dir, tmp_path):
                 use_peft=True, lora_r=4, **FAST)
     assert not (out / "adapter_config.json").exists()
     model, _ = _load(out)  # plain AutoModelForCausalLM, no peft needed
+    assert model.config.use_cache and model.generation_config.use_cache
     assert not any("lora" in n for n, _ in model.named_parameters())
     info = json.loads((out / "deepalign_train.json").read_text())
     assert info["lora"] and not info["adapter_kept"]
@@ -107,6 +109,7 @@ def test_dpo_baseline_runs_on_top_of_a_model(world_dir, base_model_dir, tmp_path
     info = json.loads((out / "deepalign_train.json").read_text())
     assert info["recipe"] == "dpo" and info["pairs"] > 0 and info["steps"] == 2
     model, _ = _load(out)
+    assert model.config.use_cache and model.generation_config.use_cache
     base, new = _weights(base_model_dir), _weights(out)
     assert any(not torch.equal(base[k], new[k]) for k in base)
 

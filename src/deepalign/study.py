@@ -53,9 +53,9 @@ ROLEPLAYS = ("trickster", "game", "story")  # the world's role-play templates (d
 class StudyConfig:
     out: str = field(default="runs/study", metadata={"help": "study directory (stages are reused on rerun)"})
     seed: int = 0
-    seeds: list[int] | None = field(default=None, metadata={
-        "help": "several seeds, e.g. --seeds 0 1 2: one full study each in OUT/seed-<n>, then one claims table "
-                "(each seed and pooled) in OUT/report.md"})
+    seeds: list[str] | None = field(default=None, metadata={
+        "help": "several seeds, e.g. --seeds 0,1,2 (or 0 1 2): one full study each in OUT/seed-<n>, then one claims "
+                "table (each seed and pooled) in OUT/report.md"})
     split: str = field(default="test", metadata={
         "help": "world: evaluate on the test split (the report) or the dev split (to tune); helpfulness uses test"})
     scale: bool = field(default=False, metadata={"help": "bigger world and model: slower, more faithful"})
@@ -101,7 +101,7 @@ class StudyConfig:
         if self.split not in ("test", "dev"):
             raise OptionError("split", f"must be test or dev, got {self.split!r}")
         if self.seeds is not None:
-            self.seeds = list(self.seeds)
+            self.seeds = _seed_list(self.seeds)
             if not self.seeds:
                 raise OptionError("seeds", "needs at least one seed")
             if len(set(self.seeds)) != len(self.seeds):
@@ -112,6 +112,19 @@ class StudyConfig:
             raise OptionError("base", "needs --triples and --helpful (the alignment data of a real-model study)")
         if self.world_mode and (self.triples or self.helpful or self.eval_datasets):
             raise OptionError("triples", "/ --helpful / --eval_datasets are for real models: give --base too")
+
+
+def _seed_list(values) -> list[int]:
+    """``[0, 1]``, ``["0", "1"]`` or ``["0,1"]`` as ``[0, 1]``."""
+    out = []
+    for value in [values] if isinstance(values, (str, int)) else values:
+        for part in str(value).split(","):
+            if part.strip():
+                try:
+                    out.append(int(part))
+                except ValueError:
+                    raise OptionError("seeds", f"takes whole numbers such as 0,1,2, got {part.strip()!r}") from None
+    return out
 
 
 class _Stages:

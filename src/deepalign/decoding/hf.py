@@ -168,6 +168,9 @@ class HFTarget:
             eos_token_id=sorted(self.eos) or None,
             return_dict_in_generate=True,
             output_logits=config.return_logprobs,
+            # decode with a KV cache even when the checkpoint's generation_config.json says
+            # use_cache=false (as models saved mid-training often do): same tokens, far faster
+            use_cache=True,
         )
         if config.do_sample:
             kwargs.update(temperature=config.temperature, top_k=config.top_k, top_p=config.top_p)

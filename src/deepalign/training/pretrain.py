@@ -44,6 +44,10 @@ class PretrainOptions:
     max_position_embeddings: int = field(default=1024, metadata={
         "help": "positions the model declares (rotary: no weights depend on it); attack prompts such as the code "
                 "and cipher attacks are longer than the training documents"})
+    padding_free: bool = field(default=True, metadata={
+        "help": "pack each batch's documents into rows of about --max_length tokens with per-document positions "
+                "(attention kept within each document): the same batches, loss and gradients as padded ones without "
+                "computing on padding (benchmarks/bench_pretrain.py)"})
     resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in <out>.partial/"})
     overwrite: bool = field(default=False, metadata={"help": "discard a partial run in <out>.partial/ and start over"})
     quiet: bool = False
@@ -76,10 +80,13 @@ class PretrainConfig(TrainingArguments):
     seed: int = 0
     report_to: None | str | list[str] = "none"
     bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision; None = when available"})
-    # batches of similar lengths: the world corpus mixes 20- and 130-token documents, and 57%
-    # of a random batch was padding; 3.4x faster on 2 CPU cores for the same documents and steps
-    train_sampling_strategy: str = field(default="group_by_length", metadata={
-        "help": "'group_by_length' (default here: far less padding), 'random', 'sequential' or 'batch_rebalance'"})
+    # Random batches, not length-grouped ones: the world corpus mixes 20- and 130-token
+    # documents, and grouping by length (half the padding, 2x faster per step on 2 CPU cores)
+    # fills each batch with one kind of document; the model then never learns to copy
+    # entities from the query (held-out helpful accuracy 4% instead of 97%, seed 0).
+    train_sampling_strategy: str = field(default="random", metadata={
+        "help": "'random' (default), 'group_by_length' (faster, but on the world corpus the base model does not "
+                "learn to copy from the query), 'sequential' or 'batch_rebalance'"})
 
     def __post_init__(self):
         from deepalign.training.trainer import bf16_available
@@ -118,6 +125,73 @@ class _PadRight:
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def build_model(opts: PretrainOptions, tokenizer):
+    """A fresh Llama of the options' shape for the world tokenizer, set up for training:
+    without a KV cache, which would also switch off the per-document attention of
+    padding-free batches (transformers only derives it from the positions when no cache is
+    given; with one, every document would attend to the documents before it in the row)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=opts.hidden_size, intermediate_size=opts.intermediate_size,
+        num_hidden_layers=opts.num_layers, num_attention_heads=opts.num_heads, num_key_value_heads=opts.num_heads,
+        max_position_embeddings=opts.max_position_embeddings, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+        use_cache=False,
+    )
+    return LlamaForCausalLM(config)
+
+
+class _PackRows:
+    """Padding-free batches: the batch's documents packed into a few rows of about
+    ``width`` tokens (longest first, each into the emptiest row), positions restarting at
+    every document. The model derives per-document causal attention from the positions, so
+    the loss and gradients are those of the padded batch; a row shorter than the longest one
+    is filled with pad tokens at its end (continuing the last document's positions, labels
+    ignored), which no real token can attend to."""
+
+    def __init__(self, pad_id: int, width: int):
+        self.pad_id, self.width = pad_id, width
+
+    def __call__(self, features):
+        import math
+
+        import torch
+
+        docs = [list(f["input_ids"]) for f in features]
+        total = sum(len(d) for d in docs)
+        rows: list[list[list[int]]] = [[] for _ in range(max(1, math.ceil(total / self.width)))]
+        sizes = [0] * len(rows)
+        for doc in sorted(docs, key=len, reverse=True):
+            i = sizes.index(min(sizes))
+            rows[i].append(doc)
+            sizes[i] += len(doc)
+        width = max(sizes)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), -100, dtype=torch.long)
+        positions = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, row in enumerate(rows):
+            at = 0
+            for doc in row:
+                n = len(doc)
+                ids[r, at: at + n] = torch.tensor(doc)
+                labels[r, at + 1: at + n] = ids[r, at + 1: at + n]
+                positions[r, at: at + n] = torch.arange(n)
+                at += n
+            if at < width:  # padding at the end: the last document's positions go on
+                last = int(positions[r, at - 1]) + 1 if at else 0
+                positions[r, at:] = torch.arange(last, last + width - at)
+        return {"input_ids": ids, "labels": labels, "position_ids": positions}
+
+
+def collator(opts: PretrainOptions, tokenizer):
+    """Padding-free batches (packed rows, per-document positions and attention) or
+    right-padded ones."""
+    if opts.padding_free:
+        return _PackRows(tokenizer.pad_token_id, opts.max_length)
+    return _PadRight(tokenizer.pad_token_id)
+
+
 def _corpus(world: Path) -> list[str]:
     path = world / "pretrain" / "corpus.jsonl"
     texts = []
@@ -145,7 +219,7 @@ def pretrain(options: PretrainOptions | None = None, training: PretrainConfig | 
         (True, True)
     """
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Trainer
+    from transformers import AutoTokenizer, Trainer
 
     from deepalign import __version__
     from deepalign.training.modelcard import TRAIN_INFO, render_card
@@ -174,13 +248,7 @@ def pretrain(options: PretrainOptions | None = None, training: PretrainConfig | 
         ids = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=opts.max_length)["input_ids"]
         dataset = Dataset.from_dict({"input_ids": ids})
         set_seed(cfg.seed)
-        config = LlamaConfig(
-            vocab_size=len(tokenizer), hidden_size=opts.hidden_size, intermediate_size=opts.intermediate_size,
-            num_hidden_layers=opts.num_layers, num_attention_heads=opts.num_heads, num_key_value_heads=opts.num_heads,
-            max_position_embeddings=opts.max_position_embeddings, bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
-        )
-        model = LlamaForCausalLM(config)
+        model = build_model(opts, tokenizer)
         if work.exists() and opts.overwrite:
             shutil.rmtree(work)
         # short runs still log a loss curve (about ten points)
@@ -188,7 +256,7 @@ def pretrain(options: PretrainOptions | None = None, training: PretrainConfig | 
         args = replace(cfg, output_dir=str(work), save_strategy="steps", data_seed=cfg.seed, logging_steps=logging_steps,
                        disable_tqdm=bool(opts.quiet or cfg.disable_tqdm), dataloader_num_workers=0,
                        use_cpu=not torch.cuda.is_available(), push_to_hub=False)
-        trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=_PadRight(tokenizer.pad_token_id))
+        trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator(opts, tokenizer))
         if opts.quiet:
             from transformers.trainer_callback import PrinterCallback
 
@@ -213,6 +281,8 @@ def pretrain(options: PretrainOptions | None = None, training: PretrainConfig | 
             "steps": trainer.state.global_step, "train_seconds": round(seconds, 1), "loss_curve": curve,
             "final_loss": curve[-1]["loss"] if curve else None, "seed": cfg.seed,
         }
+        trainer.model.config.use_cache = True  # the saved model decodes with a KV cache
+        trainer.model.generation_config.use_cache = True
         with atomic_dir(out) as tmp:
             trainer.model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)

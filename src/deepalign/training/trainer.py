@@ -293,6 +293,12 @@ def save_final_model(trainer: Trainer, out: str | os.PathLike, tokenizer, *, mer
     out = Path(out)
     acc = trainer.accelerator
     base, is_peft = _peft_base(acc.unwrap_model(trainer.model))
+    # training may switch the KV cache off (gradient checkpointing does); the saved model
+    # must decode with it, also under a plain model.generate
+    for model in (base, acc.unwrap_model(trainer.model)):
+        for config in (getattr(model, "config", None), getattr(model, "generation_config", None)):
+            if getattr(config, "use_cache", None) is False:
+                config.use_cache = True
     tmp: Path | None = None
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
