@@ -41,16 +41,24 @@ def read_text(path: str | os.PathLike, *, what: str = "file") -> str:
         raise os_error(exc, path, "read") from None
 
 
-def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
-    """Yield ``(line_number, object)`` for each non-empty line; errors name ``file:line``."""
+def json_lines(path: str | os.PathLike, name: str | None = None) -> Iterator[tuple[int, Any]]:
+    """Yield ``(line_number, value)`` for each non-empty line of a JSON Lines file; a
+    malformed line is an error naming ``file:line`` (``name``: how errors call the file)."""
     path = Path(path)
     for lineno, raw in enumerate(read_text(path).splitlines(), start=1):
         if not raw.strip():
             continue
         try:
-            obj = json.loads(raw)
+            yield lineno, json.loads(raw)
         except json.JSONDecodeError as exc:
-            raise DeepAlignError(f"malformed JSON ({exc.msg})", path=path, line=lineno) from None
+            raise DeepAlignError(f"malformed JSON ({exc.msg}, column {exc.colno})", path=name or path,
+                                 line=lineno) from None
+
+
+def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """Yield ``(line_number, object)`` for each non-empty line; errors name ``file:line``."""
+    path = Path(path)
+    for lineno, obj in json_lines(path):
         if not isinstance(obj, dict):
             raise DeepAlignError(f"expected a JSON object, got {type(obj).__name__}", path=path, line=lineno)
         yield lineno, obj

@@ -135,17 +135,11 @@ def _read_file(path: Path, name: str) -> list[Row]:
 def _read_jsonl_rows(path: Path, name: str) -> list[Row]:
     """One record per non-empty line: a JSON object, or a bare JSON string (DeRTa's
     completion-attack and PAIR result files), read as ``{"text": ...}``."""
-    from deepalign.utils import read_text
+    from deepalign.utils import json_lines
 
     rows: list[Row] = []
     kinds: set[str] = set()
-    for lineno, raw in enumerate(read_text(path).splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise DeepAlignError(f"malformed JSON ({exc.msg}, column {exc.colno})", path=name, line=lineno) from None
+    for lineno, obj in json_lines(path, name):
         if isinstance(obj, str):
             obj = {TEXT_COLUMN: obj}
             kinds.add("string")
