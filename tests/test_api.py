@@ -36,7 +36,7 @@ def test_stage_docstring_examples_run_in_pipeline_order(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = _run_examples([getattr(deepalign, name) for name in STAGES], tmp_path)
     assert result.attempted >= 12 and result.failed == 0
-    assert os.path.exists("runs/derta/README.md") and os.path.exists("runs/ed.jsonl")
+    assert os.path.exists("runs/derta/README.md") and os.path.exists("runs/ed/run.json")
     assert os.path.exists("runs/depth/depth.json")
 
 

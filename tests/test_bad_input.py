@@ -61,8 +61,8 @@ def ws(world_dir, base_model_dir, tmp_path_factory):
         assert main(["eval", "--target", "hf:base", "--attacks", "direct", "--dataset", "world:harmful", "--world",
                      "world", "--judge", "keyword", "--limit", "2", "--max_new_tokens", "4", "--out", "run",
                      "--quiet"]) == 0
-        assert main(["ed", "--base", "base", "--aligned", "base", "--prompts", "good.txt", "--out", "ed.jsonl",
-                     "--max_new_tokens", "2", "--quiet"]) == 0
+        assert main(["ed", "--base", "base", "--aligned", "base", "--prompts", "good.txt", "--out", "ed",
+                     "--max_new_tokens", "2", "--judge", "keyword", "--quiet"]) == 0
     finally:
         os.chdir(cwd)
     shutil.copytree(root / "run", root / "run_strverdict")
@@ -70,7 +70,8 @@ def ws(world_dir, base_model_dir, tmp_path_factory):
     shutil.copytree(root / "run", root / "run_torn_middle")
     lines = (root / "run_torn_middle/responses.jsonl").read_text().splitlines()
     (root / "run_torn_middle/responses.jsonl").write_text(lines[0][:30] + "\n" + "\n".join(lines[1:]) + "\n")
-    (root / "ed_lists.jsonl").write_text('["not", "a", "row"]\n')
+    (root / "ed_lists").mkdir()
+    (root / "ed_lists" / "responses.jsonl").write_text('["not", "a", "row"]\n')
     return root
 
 
@@ -188,28 +189,30 @@ CASES = [
     (["eval", "--target", "hf:base", "hf:base", *W, "--out", "e"], "targets given twice"),
     (["eval", "--target", DEAD, *W, "--attacks", "cipher:rot13", "--out", "e"], "name a cipher"),
     # -- ed
-    (["ed", "--base", "base", "--aligned", "base", "--prompts", "good.txt", "--out", "o.jsonl", "--alpha", "inf"],
+    (["ed", "--base", "base", "--aligned", "base", "--prompts", "good.txt", "--out", "o", "--alpha", "inf"],
      "--alpha must be a finite number"),
-    (["ed", "--base", "base", "--aligned", "base", "--prompts", "good.txt", "--out", "o.jsonl", "--alpha", "-1"],
+    (["ed", "--base", "base", "--aligned", "base", "--prompts", "good.txt", "--out", "o", "--alpha", "-1"],
      "--alpha must be >= 0"),
-    (["ed", "--base", "base", "--aligned", "base", "--prompts", "good.txt", "--out", "o.jsonl", "--temperature", "nan"],
+    (["ed", "--base", "base", "--aligned", "base", "--prompts", "good.txt", "--out", "o", "--temperature", "nan"],
      "--temperature must be a finite number"),
-    (["ed", "--base", "base", "--aligned", "base", "--prompts", "nonutf8.txt", "--out", "o.jsonl"], "not UTF-8 text"),
-    (["ed", "--base", "base", "--aligned", "base", "--prompts", "lists.jsonl", "--out", "o.jsonl"],
+    (["ed", "--base", "base", "--aligned", "base", "--prompts", "nonutf8.txt", "--out", "o"], "not UTF-8 text"),
+    (["ed", "--base", "base", "--aligned", "base", "--prompts", "lists.jsonl", "--out", "o"],
      "lists.jsonl:1: expected a JSON object"),
-    (["ed", "--base", "base", "--aligned", "base", "--prompts", "good.txt", "--out", "ed_lists.jsonl"],
-     "ed_lists.jsonl:1: expected a JSON object"),
-    (["ed", "--family", "gpt-9", "--prompts", "good.txt", "--out", "o.jsonl"], "known families"),
-    (["ed", "--aligned", "base", "--prompts", "good.txt", "--out", "o.jsonl"], "--base and --aligned are required"),
-    (["ed", "--base", "missing/dir/b", "--aligned", "base", "--prompts", "good.txt", "--out", "o.jsonl"],
+    (["ed", "--base", "base", "--aligned", "base", "--prompts", "good.txt", "--out", "ed_lists"],
+     "ed_lists/responses.jsonl:1: expected a JSON object"),
+    (["ed", "--base", "base", "--aligned", "base", "--prompts", "good.txt", "--out", "o.jsonl"],
+     "--out is a run directory now"),
+    (["ed", "--family", "gpt-9", "--prompts", "good.txt", "--out", "o"], "known families"),
+    (["ed", "--aligned", "base", "--prompts", "good.txt", "--out", "o"], "--base and --aligned are required"),
+    (["ed", "--base", "missing/dir/b", "--aligned", "base", "--prompts", "good.txt", "--out", "o"],
      "no model directory at missing/dir/b"),
-    (["ed", "--base", "base", "--aligned", "base", "--prompts", "none.jsonl", "--out", "o.jsonl"], "no such file"),
-    (["ed", "--base", "base", "--aligned", "base", "--prompts", "good.txt", "--out", "afile/o.jsonl"],
+    (["ed", "--base", "base", "--aligned", "base", "--prompts", "none.jsonl", "--out", "o"], "no such file"),
+    (["ed", "--base", "base", "--aligned", "base", "--prompts", "good.txt", "--out", "afile/o"],
      "afile is not a directory"),
-    (["ed", "--base", "base", "--aligned", "base", "--prompts", "good.txt", "--out", "o.jsonl", "--max_new_tokens", "0"],
+    (["ed", "--base", "base", "--aligned", "base", "--prompts", "good.txt", "--out", "o", "--max_new_tokens", "0"],
      "--max_new_tokens must be >= 1"),
-    (["ed", "--base", "base", "--aligned", "base", "--prompts", "good.txt", "--out", "ed.jsonl", "--max_new_tokens", "3"],
-     "other settings"),
+    (["ed", "--base", "base", "--aligned", "base", "--prompts", "good.txt", "--out", "ed", "--max_new_tokens", "3",
+      "--judge", "keyword"], "other generation settings"),
     (["ed", "--base", "base", "--aligned", "base", "--prompts", "good.txt"], "--out is required"),
     # -- probe
     (["probe", "--model", "base", "--world", "world", "--limit", "0"], "--limit must be >= 1"),

@@ -41,8 +41,8 @@ def test_real_model_walkthrough_runs_as_written(tmp_path):
     for r in served:
         by.setdefault((r["attack"], r["item"]), {})[r["target"].split(":", 1)[0]] = r["response"]
     assert len(by) == 6 and all(v["openai"] == v["hf"].lstrip() for v in by.values()), by
-    notes = json.loads((runs / "tiny-served" / "run.json").read_text())["target_notes"]
-    assert any("rendered locally" in n for ns in notes.values() for n in ns)
+    notes = [t["notes"] for t in json.loads((runs / "tiny-served" / "run.json").read_text())["targets"] if t.get("notes")]
+    assert any("rendered locally" in n for ns in notes for n in ns)
     # without tokenizer=: one line, nothing written
     assert not (runs / "tiny-refused").exists()
     assert re.search(r"deepalign: error: server .* HTTP 422: .* tokenizer=", proc.stderr)

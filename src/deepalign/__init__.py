@@ -33,7 +33,7 @@ _API = {
     "build_world": "deepalign.world.generator",
     "pretrain": "deepalign.training.pretrain",
     "train": "deepalign.training.finetune",
-    "run_ed": "deepalign.decoding.ed",
+    "run_ed": "deepalign.evaluation.ed",
     "probe": "deepalign.evaluation.probe",
     "run_eval": "deepalign.evaluation.runner",
     "judge_run": "deepalign.evaluation.judging",
@@ -42,6 +42,8 @@ _API = {
     "run_study": "deepalign.study",
     # building blocks
     "make_target": "deepalign.decoding.registry",
+    "TargetSpec": "deepalign.decoding.registry",
+    "Verdict": "deepalign.records",
     "make_attacks": "deepalign.attacks.registry",
     "make_judges": "deepalign.judges.registry",
     "load_dataset": "deepalign.data.datasets",

@@ -161,9 +161,11 @@ class ComposedTarget:
             eos |= eos_ids(c.model, c.tokenizer)
         self.eos = {e for e in eos if e < self.vocab_size}
         self._eos_tensor = torch.tensor(sorted(self.eos), dtype=torch.long)
-        self._keep_arg = [
-            "logits_to_keep" in inspect.signature(c.model.forward).parameters for c in self.active
-        ]
+        params = [inspect.signature(c.model.forward).parameters for c in self.active]
+        self._keep_arg = ["logits_to_keep" in p for p in params]
+        # the KV cache goes in as `cache` where the model takes it (transformers >= 5.24; the older
+        # `past_key_values` is deprecated there), else as `past_key_values`
+        self._cache_arg = ["cache" if "cache" in p else "past_key_values" for p in params]
         self._warned = False
 
     @property
@@ -212,8 +214,8 @@ class ComposedTarget:
     def _forward(self, k: int, ids, mask, pos, cache) -> torch.Tensor:
         c = self.active[k]
         extra = {"logits_to_keep": 1} if self._keep_arg[k] else {}
-        out = c.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                      use_cache=True, **extra)
+        extra[self._cache_arg[k]] = cache
+        out = c.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **extra)
         return out.logits[:, -1, : self.vocab_size].float()
 
     def _prefill(self, k: int, prompts: list[list[int]], copies: int) -> _State:

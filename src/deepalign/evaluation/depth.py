@@ -261,10 +261,10 @@ def shallowness(result: dict, head: int = 5) -> float | None:
     return None if total <= 0 else sum(kl[:head]) / total
 
 
-def plot_depth(results: dict[str, dict], path: str | os.PathLike, *, title: str | None = None) -> None:
+def plot_token_profile(results: dict[str, dict], path: str | os.PathLike, *, title: str | None = None) -> None:
     """One figure, two panels: per-token KL(aligned || base) and the refusal-token probability
     at each forced depth, one line per aligned model (``results``: label -> result)."""
-    from deepalign.evaluation.report import pyplot, save_figure
+    from deepalign.evaluation.plots import pyplot, save_figure
 
     plt = pyplot()
     first = next(iter(results.values()))
@@ -337,7 +337,7 @@ def write_depth(out: str | os.PathLike, results: dict[str, dict], *, dataset: st
     out = Path(out)
     with atomic_dir(out) as tmp:
         write_json(tmp / "depth.json", {"dataset": dataset, "models": results})
-        plot_depth(results, tmp / "depth.png", title=dataset)
+        plot_token_profile(results, tmp / "depth.png", title=dataset)
         first = next(iter(results.values()))
         head = [f"# Depth diagnostics{f' on {dataset}' if dataset else ''}", "",
                 f"Base `{first['base']}` ({first['base_format']}); refusal token(s) "
@@ -367,9 +367,11 @@ class DepthOptions:
                 "(default: its chat template when it has one, else the default text template)"})
     aligned_format: str | None = field(default=None, metadata={
         "help": "prompt format of the aligned models (default: each one's chat template, as for --base_format)"})
-    refusal_word: str | None = field(default=None, metadata={
-        "help": "word whose token is the refusal token, or several comma-separated (their probabilities add up); "
-                "default Sorry (sorry for lower-case vocabularies)"})
+    refusal_words: list[str] | None = field(default=None, metadata={
+        "aliases": ["--refusal_word"],
+        "help": "words whose tokens start a refusal (their probabilities add up; the first is also plotted alone); "
+                "default: the world's refusal openers (its manifest) on world: datasets, else Sorry (sorry for "
+                "lower-case vocabularies)"})
     max_tokens: int = field(default=64, metadata={"help": "response positions measured"})
     batch_size: int = 32
     device: str | None = field(default=None, metadata={"help": "device (default: cuda when available)"})
@@ -391,6 +393,19 @@ class DepthOptions:
             raise OptionError("out", "is required (the output directory)")
         if self.dataset is None and self.world is None:
             raise OptionError("dataset", "is required (or --world DIR to use world:harmful)")
+
+
+def _refusal_words(opts: DepthOptions, spec: str) -> list[str] | None:
+    """The refusal words asked for, else the world manifest's refusal openers for a world
+    dataset (None: the tokenizer's default, ``Sorry``)."""
+    if opts.refusal_words:
+        return [w.strip() for item in opts.refusal_words for w in item.split(",") if w.strip()]
+    if spec.startswith("world:") and opts.world:
+        from deepalign.world.generator import load_manifest
+
+        manifest = load_manifest(opts.world)
+        return manifest.get("refusal_openers") or [manifest.get("refusal_word", "sorry")]
+    return None
 
 
 def run_depth(options: DepthOptions | None = None, data=None, **kwargs) -> dict[str, dict]:
@@ -425,7 +440,7 @@ def run_depth(options: DepthOptions | None = None, data=None, **kwargs) -> dict[
         labels = list(opts.aligned)
     with quiet_libraries(opts.quiet):
         results = depth_profiles(opts.base, dict(zip(labels, opts.aligned)), items, base_format=opts.base_format,
-                                 aligned_format=opts.aligned_format, refusal_words=opts.refusal_word,
+                                 aligned_format=opts.aligned_format, refusal_words=_refusal_words(opts, spec),
                                  max_tokens=opts.max_tokens, batch_size=opts.batch_size, device=opts.device)
         write_depth(opts.out, results, dataset=spec)
     if not opts.quiet:

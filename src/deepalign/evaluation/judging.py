@@ -16,8 +16,9 @@ from pathlib import Path
 
 from deepalign.errors import DeepAlignError, OptionError
 from deepalign.evaluation.rundir import RunDir, row_key
+from deepalign.evaluation.runlog import ResponseRow, RunRecord, TargetRecord
 from deepalign.options import build, number
-from deepalign.records import EvalPrompt
+from deepalign.records import EvalPrompt, Verdict, error_verdict
 
 #: columns that hold a published response, in order of preference
 RESPONSE_FIELDS = ("response", "completion", "generation", "output", "model_output", "answer_text")
@@ -49,13 +50,11 @@ class JudgeOptions:
         number("batch_size", self.batch_size, low=1, integer=True)
 
 
-def _item_of(row: dict, items: dict) -> EvalPrompt:
-    item = items.get((row.get("dataset"), row.get("item")))
+def _item_of(row: ResponseRow, items: dict) -> EvalPrompt:
+    item = items.get((row.dataset, row.item))
     if item is not None:
         return item
-    prompt = row.get("prompt") or {}
-    return EvalPrompt(id=str(row.get("item", "")), prompt=prompt.get("query") or prompt.get("text") or "",
-                      kind=row.get("kind", "unknown"))
+    return EvalPrompt(id=row.item, prompt=row.prompt.get("query") or row.prompt.get("text") or "", kind=row.kind)
 
 
 def _published_file(source: str) -> tuple[str, object] | None:
@@ -119,7 +118,7 @@ def import_responses(path: str, out_dir: str, *, kind: str | None = None, preset
         verdicts = {}
         pv = it.meta.pop("published_verdict", None)
         if isinstance(pv, dict):
-            verdicts[pv["judge"]] = {k: v for k, v in pv.items() if k != "judge"}
+            verdicts[pv["judge"]] = Verdict.coerce({k: v for k, v in pv.items() if k != "judge"})
             if pv["judge"] not in published_judges:
                 published_judges.append(pv["judge"])
         rows.append((it, response, no_response, verdicts))
@@ -127,25 +126,25 @@ def import_responses(path: str, out_dir: str, *, kind: str | None = None, preset
     label = f"published:{stem}"
     out_rows = []
     for it, response, no_response, verdicts in rows:
-        row = {"key": row_key(label, "published", name, it.id, 0), "target": label, "attack": "published",
-               "dataset": name, "item": it.id, "kind": it.kind, "sample": 0, "prompt": {"query": it.prompt},
-               "response": response or "", "num_tokens": len((response or "").split()), "finish_reason": "unknown",
-               "meta": {}, "verdicts": verdicts}
-        if it.meta.get("category") is not None:
-            row["category"] = str(it.meta["category"])
-        if no_response:
-            row["no_response"] = no_response
-        row.update(answer_fields(it, response or "") if response is not None else {"correct": None})
-        out_rows.append(row)
+        out_rows.append(ResponseRow(
+            key=row_key(label, "published", name, it.id, 0), target=label, attack="published", dataset=name,
+            item=it.id, kind=it.kind, sample=0, prompt={"query": it.prompt}, response=response or "",
+            num_tokens=len((response or "").split()), finish_reason="unknown", verdicts=verdicts,
+            category=str(it.meta["category"]) if it.meta.get("category") is not None else None,
+            no_response=no_response or None,
+            **(answer_fields(it, response or "") if response is not None else {})))
+    from deepalign.attacks.base import AttackInfo
     from deepalign.data.datasets import Dataset
+    from deepalign.evaluation.runner import dataset_record
 
     ds = Dataset(spec=str(path), name=name, items=items, preset=preset_name, identity=identity(items),
-                 total=len(items), notes=notes)
+                 total=len(items), notes=notes, title=stem)
     run.create()
     with run.lock():
         run.add_items({name: items})
-        run.write_info({"gen_config": None, "judges": published_judges, "targets": [label], "attacks": ["published"],
-                        "datasets": [name], "source": str(path), "dataset_info": {name: ds.info()}})
+        run.write_info(RunRecord(judges=published_judges, targets=[TargetRecord(label, label, "published")],
+                                 attacks=[AttackInfo("published", "published", depth=None)],
+                                 datasets=[dataset_record(ds)], source=str(path)))
         run.append_rows(out_rows)
     return run
 
@@ -166,7 +165,7 @@ def judge_run(options: JudgeOptions | None = None, **kwargs) -> dict:
         >>> summary["judges"]
         ['oracle', 'keyword', 'keyword:nocase']
     """
-    from deepalign.evaluation.runner import judge_outputs
+    from deepalign.evaluation.runner import judge_outputs, judged_text
     from deepalign.judges import make_judges
     from deepalign.utils import progress, quiet_libraries
 
@@ -194,7 +193,7 @@ def judge_run(options: JudgeOptions | None = None, **kwargs) -> dict:
             raise OptionError("prompts", "is for a file of published responses, not a run directory")
         if not source.exists():
             raise DeepAlignError(f"no such run directory or file: {source}")
-        run = RunDir(source).require()
+        run = RunDir(source).require().require_current()
     run.rows()  # a malformed run is refused before anything is touched
     with quiet_libraries(opts.quiet):
         judges = make_judges(opts.judges, world=opts.world, judge_target=opts.judge_model,
@@ -202,27 +201,25 @@ def judge_run(options: JudgeOptions | None = None, **kwargs) -> dict:
         with run.lock():
             rows = run.rows(repair=True)
             items = run.items()
-            todo = {j.name: [r for r in rows if j.name not in (r.get("verdicts") or {})] for j in judges}
+            info = run.info()
+            todo = {j.name: [r for r in rows if j.name not in r.verdicts] for j in judges}
             with progress(total=sum(len(v) for v in todo.values()), quiet=opts.quiet, desc="judge", unit="resp") as bar:
                 for j in judges:
-                    pending = [r for r in todo[j.name] if not r.get("no_response")]
-                    missing = [r for r in todo[j.name] if r.get("no_response")]
+                    pending = [r for r in todo[j.name] if not r.no_response]
+                    missing = [r for r in todo[j.name] if r.no_response]
                     if missing:  # nothing to judge: an error verdict, never "safe"
-                        run.append_verdicts({"key": r["key"], "judge": j.name, "verdict": {
-                            "harmful": None, "refusal": None, "error": r["no_response"]}} for r in missing)
+                        run.append_verdicts((r.key, j.name, error_verdict(r.no_response)) for r in missing)
                         bar.update(len(missing))
                     for start in range(0, len(pending), opts.batch_size):
                         batch = pending[start:start + opts.batch_size]
-                        verdicts, _ = judge_outputs([j], [r.get("response", "") for r in batch],
+                        verdicts, _ = judge_outputs([j], [judged_text(r.response, r.prompt, info.judge_scope) for r in batch],
                                                     [_item_of(r, items) for r in batch])
-                        run.append_verdicts({"key": r["key"], "judge": j.name, "verdict": v}
-                                            for r, v in zip(batch, verdicts[j.name]))
+                        run.append_verdicts((r.key, j.name, v) for r, v in zip(batch, verdicts[j.name]))
                         bar.update(len(batch))
-            info = run.info()
-            info["judges"] = list(info.get("judges") or []) + [j.name for j in judges if j.name not in (info.get("judges") or [])]
+            info.judges = list(info.judges) + [j.name for j in judges if j.name not in info.judges]
             run.write_info(info)
     if not opts.report:
-        return {"judges": info["judges"]}
+        return {"judges": info.judges}
     from deepalign.evaluation.report import build_report
 
     return build_report(run.path, quiet=opts.quiet)
