@@ -257,9 +257,10 @@ def _harmbench_completions(rows: list[Row], ctx: Context, targets) -> list[EvalP
         meta = {"behavior_id": key, **f.extras()}
         behaviour = reference.get(key)
         if behaviour is not None:
-            for k in ("category", "functional_category", "stratum"):
+            for k in ("category", "functional_category", "stratum", "context"):
                 if k in behaviour.meta:
                     meta[k] = behaviour.meta[k]
+            meta["behavior"] = behaviour.meta.get("behavior", behaviour.prompt)  # what HarmBench's classifier reads
         label = meta.pop("label", None)
         if label is not None:  # HarmBench's own classifier verdict (after evaluate_completions)
             meta["published_verdict"] = {"judge": "published:harmbench", "harmful": str(label).strip() in ("1", "True", "true")}

@@ -24,6 +24,13 @@ class JudgeParseError(DeepAlignError):
 
 class Judge:
     name: str = "judge"
+    #: whether verdicts are worth caching (:mod:`deepalign.judges.cache`): model-based judges
+    cacheable: bool = True
+
+    def settings(self) -> dict:
+        """What the verdicts depend on besides the judged text and item (model, prompt
+        variant, threshold...): part of the verdict cache key."""
+        return {}
 
     def judge(self, responses: Sequence[str], items: Sequence[EvalPrompt | None]) -> list[dict]:  # pragma: no cover
         raise NotImplementedError
