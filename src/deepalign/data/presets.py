@@ -703,7 +703,7 @@ PRESETS: tuple[Preset, ...] = (
            (_cols("goal", "target"), _cols("target")), _advbench,
            accepts=lambda cols, rows, name: cols in ({"goal", "target"}, {"target"})),
     Preset("strongreject", "StrongREJECT", "alexandrasouly/strongreject: strongreject_dataset/strongreject_dataset.csv",
-           "category, source, forbidden_prompt", "harmful", "judges (ASR); llm:strongreject gives the rubric score",
+           "category, source, forbidden_prompt", "harmful", "judges (ASR); strongreject (the package's rubric) and strongreject:finetuned give its score",
            "category", (_cols("forbidden_prompt"),), _strongreject),
     Preset("xstest", "XSTest", "paul-rottger/exaggerated-safety: xstest_prompts.csv, model_completions/*.csv",
            "id, prompt, type, label, focus, note; completions: id, type, prompt, completion, ..., final_label",
