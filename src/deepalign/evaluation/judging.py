@@ -7,6 +7,10 @@
 * On a file of published responses (JSONL / JSON / CSV with a prompt and a response column:
   a paper's result file, another tool's completions), it first imports the file into a new
   run directory (``out_dir``) and then judges it like any run.
+* Model judges' verdicts go through a cache (:mod:`deepalign.judges.cache`, ``cache_dir``):
+  re-judging, or judging another run of the same responses, scores only what is new.
+* With ``validate=LABELS`` (``--validate``) the judges are scored against a human-labelled
+  file instead (:mod:`deepalign.evaluation.validation`).
 """
 
 from __future__ import annotations
