@@ -354,4 +354,4 @@ def test_unparseable_judge_replies_are_flagged_in_the_report_not_counted(tmp_pat
     # the rate counts the one readable verdict: 1 of 1, not 1 of 2 nor 2 of 2
     assert (cell["harmful"]["k"], cell["harmful"]["n"], cell["harmful"]["rate"]) == (1, 1, 1.0)
     report = (tmp_path / "report.md").read_text()
-    assert "(!)" in report and "1 verdict(s) of llm are errors" in report
+    assert "(!)" in report and "1 verdict(s) of llm:jbb-hardened are errors" in report

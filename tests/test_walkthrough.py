@@ -47,5 +47,5 @@ def test_real_model_walkthrough_runs_as_written(tmp_path):
     assert not (runs / "tiny-refused").exists()
     assert re.search(r"deepalign: error: server .* HTTP 422: .* tokenizer=", proc.stderr)
     # the LLM judge over the server: unreadable verdicts are counted as errors, never as safe
-    cells = [c for c in json.loads((runs / "tiny-served" / "summary.json").read_text())["results"] if c["judge"] == "llm"]
+    cells = [c for c in json.loads((runs / "tiny-served" / "summary.json").read_text())["results"] if c["judge"] == "llm:jbb-hardened"]
     assert cells and all(c["errors"] == c["n"] and c["harmful"]["n"] == 0 for c in cells)

@@ -37,6 +37,7 @@ _API = {
     "probe": "deepalign.evaluation.probe",
     "run_eval": "deepalign.evaluation.runner",
     "judge_run": "deepalign.evaluation.judging",
+    "validate_judges": "deepalign.evaluation.validation",
     "build_report": "deepalign.evaluation.report",
     "run_depth": "deepalign.evaluation.depth",
     "run_study": "deepalign.study",

@@ -7,6 +7,10 @@
 * On a file of published responses (JSONL / JSON / CSV with a prompt and a response column:
   a paper's result file, another tool's completions), it first imports the file into a new
   run directory (``out_dir``) and then judges it like any run.
+* Model judges' verdicts go through a cache (:mod:`deepalign.judges.cache`, ``cache_dir``):
+  re-judging, or judging another run of the same responses, scores only what is new.
+* With ``validate=LABELS`` (``--validate``) the judges are scored against a human-labelled
+  file instead (:mod:`deepalign.evaluation.validation`).
 """
 
 from __future__ import annotations
@@ -30,15 +34,25 @@ class JudgeOptions:
         "help": "a run directory of 'deepalign eval', or a file of published responses (with --out; "
                 "[kind:][preset:]FILE as for datasets, e.g. harmbench:completions.json)"})
     judges: list[str] | None = field(default=None, metadata={
-        "aliases": ["--judge"], "help": "judges to add: keyword, keyword:nocase, llm[:strongreject], classifier:<model>, "
-                                        "oracle (for a file of published responses they may be left out: answers are "
-                                        "still scored)"})
+        "aliases": ["--judge"], "help": "judges to add: keyword, keyword:nocase, harmbench:<model>, strongreject[:rubric], "
+                                        "strongreject:finetuned:<model>, moderation[:model], llm:jbb-hardened, "
+                                        "llm:strongreject-hardened, classifier:<model>, oracle (for a file of published "
+                                        "responses they may be left out: answers are still scored)"})
     out_dir: str | None = field(default=None, metadata={
         "aliases": ["--out"], "help": "for a file of published responses: the run directory to create"})
     prompts: str | None = field(default=None, metadata={
         "help": "for a file of published responses: the dataset they answer (joined by id, or by the question a "
                 "response starts with for DeRTa's completion-attack strings; HarmBench: its behaviours CSV for "
                 "categories)"})
+    validate: str | None = field(default=None, metadata={
+        "help": "score the judges against a human-labelled file instead of a run: [preset:]FILE or a preset with a "
+                "hub copy (jbb-judges, harmbench-val:FILE, xstest-completions); writes validation.json and "
+                "validation.md into --out"})
+    cache: bool = field(default=True, metadata={
+        "help": "keep model judges' verdicts in a cache (RUN_DIR/judge_cache, or OUT/judge_cache with --validate) "
+                "so that re-judging scores only what is new"})
+    cache_dir: str | None = field(default=None, metadata={
+        "help": "the verdict cache directory (default: judge_cache in the run directory; several runs may share one)"})
     world: str | None = field(default=None, metadata={"help": "the embedded world directory (oracle judge)"})
     judge_model: str | None = field(default=None, metadata={"help": "target spec of the model behind llm judges"})
     device: str | None = field(default=None, metadata={"help": "device for local judge models"})
@@ -149,6 +163,33 @@ def import_responses(path: str, out_dir: str, *, kind: str | None = None, preset
     return run
 
 
+def _cached(judge, opts: JudgeOptions, run_path: Path):
+    """``judge`` behind the verdict cache (:mod:`deepalign.judges.cache`) when it is worth one."""
+    if not opts.cache or not judge.cacheable:
+        return judge
+    from deepalign.judges.cache import CachedJudge, cache_file
+
+    return CachedJudge(judge, cache_file(Path(opts.cache_dir) if opts.cache_dir else run_path / "judge_cache", judge))
+
+
+def _validate(opts: JudgeOptions) -> dict:
+    """``--validate``: the judges against a labelled file (:mod:`deepalign.evaluation.validation`)."""
+    from deepalign.evaluation.validation import validate_judges
+    from deepalign.utils import quiet_libraries
+
+    if opts.run_dir:
+        raise OptionError("validate", f"scores a labels file, not a run directory ({opts.run_dir}): give one or the other")
+    if opts.prompts:
+        raise OptionError("prompts", "is for a file of published responses, not for --validate")
+    if not opts.out_dir:
+        raise OptionError("out_dir", "is required with --validate: the directory for validation.json and validation.md")
+    if opts.cache_dir:
+        raise OptionError("cache_dir", "with --validate the cache lives in OUT/judge_cache")
+    with quiet_libraries(opts.quiet):
+        return validate_judges(opts.validate, opts.judges, opts.out_dir, world=opts.world, judge_model=opts.judge_model,
+                               device=opts.device, batch_size=opts.batch_size, cache=opts.cache, quiet=opts.quiet)
+
+
 def _with_kind(item: EvalPrompt, kind: str) -> EvalPrompt:
     from dataclasses import replace
 
@@ -157,7 +198,10 @@ def _with_kind(item: EvalPrompt, kind: str) -> EvalPrompt:
 
 def judge_run(options: JudgeOptions | None = None, **kwargs) -> dict:
     """Add the verdicts of ``judges`` to a run (or to an imported file of responses) and
-    rebuild its report; returns the summary.
+    rebuild its report; returns the summary. Model judges' verdicts go through a cache
+    (``cache_dir``), so re-judging scores only what is new. With ``validate=LABELS`` the judges
+    are scored against a human-labelled file instead (:mod:`deepalign.evaluation.validation`)
+    and the validation result is returned.
 
     Example (adding a case-insensitive keyword judge to a finished run)::
 
@@ -170,6 +214,8 @@ def judge_run(options: JudgeOptions | None = None, **kwargs) -> dict:
     from deepalign.utils import progress, quiet_libraries
 
     (opts,) = build(kwargs, options=(JudgeOptions, options))
+    if opts.validate:
+        return _validate(opts)
     if not opts.run_dir:
         raise OptionError("run_dir", "is required: give a run directory (or a file of responses with --out)")
     published = _published_file(opts.run_dir)
@@ -206,13 +252,15 @@ def judge_run(options: JudgeOptions | None = None, **kwargs) -> dict:
             with progress(total=sum(len(v) for v in todo.values()), quiet=opts.quiet, desc="judge", unit="resp") as bar:
                 for j in judges:
                     pending = [r for r in todo[j.name] if not r.no_response]
+                    scorer = _cached(j, opts, run.path) if pending else j
                     missing = [r for r in todo[j.name] if r.no_response]
                     if missing:  # nothing to judge: an error verdict, never "safe"
                         run.append_verdicts((r.key, j.name, error_verdict(r.no_response)) for r in missing)
                         bar.update(len(missing))
                     for start in range(0, len(pending), opts.batch_size):
                         batch = pending[start:start + opts.batch_size]
-                        verdicts, _ = judge_outputs([j], [judged_text(r.response, r.prompt, info.judge_scope) for r in batch],
+                        verdicts, _ = judge_outputs([scorer], [judged_text(r.response, r.prompt, info.judge_scope)
+                                                               for r in batch],
                                                     [_item_of(r, items) for r in batch])
                         run.append_verdicts((r.key, j.name, v) for r, v in zip(batch, verdicts[j.name]))
                         bar.update(len(batch))

@@ -56,8 +56,9 @@ class EvalOptions:
                 "(gsm8k, mmlu, ...); see docs/data.md (default world:test with --world)"})
     judges: list[str] | None = field(default=None, metadata={
         "aliases": ["--judge"],
-        "help": "judges: keyword, keyword:nocase, llm[:strongreject], classifier:<model>, oracle (default: oracle,keyword "
-                "with --world, else keyword)"})
+        "help": "judges: keyword, keyword:nocase, oracle, harmbench:<model>, strongreject[:finetuned:<model>], "
+                "moderation[:model], llm:jbb-hardened, llm:strongreject-hardened, classifier:<model> (see "
+                "docs/evaluation.md; default: oracle,keyword with --world, else keyword)"})
     judge_scope: str = field(default="continuation", metadata={
         "help": "what the judges see of a reply to an attack that forces the start of the answer: continuation (what "
                 "the model wrote) or full (the forced start and the continuation, as the DeRTa result files and Qi et "

@@ -22,6 +22,13 @@ class JudgeParseError(DeepAlignError):
 
 class Judge:
     name: str = "judge"
+    #: whether verdicts are worth caching (:mod:`deepalign.judges.cache`): model-based judges
+    cacheable: bool = True
+
+    def settings(self) -> dict:
+        """What the verdicts depend on besides the judged text and item (model, prompt
+        variant, threshold...): part of the verdict cache key."""
+        return {}
 
     def judge(self, responses: Sequence[str], items: Sequence[EvalPrompt | None]) -> list[Verdict]:  # pragma: no cover
         raise NotImplementedError

@@ -55,6 +55,8 @@ REFUSAL_PHRASES: tuple[str, ...] = (
 
 
 class KeywordJudge(Judge):
+    cacheable = False  # a substring search: cheaper than a cache look-up
+
     def __init__(self, phrases: Sequence[str] = REFUSAL_PHRASES, *, ignore_case: bool = False, tokenizer=None, name: str | None = None):
         self.phrases = tuple(phrases)
         self.ignore_case = ignore_case

@@ -13,6 +13,7 @@ from deepalign.records import EvalPrompt, Verdict
 
 class OracleJudge(Judge):
     name = "oracle"
+    cacheable = False  # exact and instant
 
     def __init__(self, world_dir):
         if world_dir is None:
