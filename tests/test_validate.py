@@ -190,3 +190,46 @@ def test_cached_judge_keys_and_torn_lines(tmp_path):
     assert len(j2.store) == 2 and path.read_text().endswith("}\n")
     j2.judge(["fine"], [harmful])
     assert (j2.hits, j2.misses) == (1, 0)
+
+
+def test_reports_print_validation_numbers_agreement_and_graded_scores(tmp_path, monkeypatch):
+    """Once a judge is validated, the eval report prints its numbers next to its rates; a report
+    with two judges compares them; a graded judge's mean score comes with its interval."""
+    from deepalign.decoding.base import Generation
+    from deepalign.evaluation.runner import run_eval
+    from deepalign.evaluation.validation import validate_judges
+    from deepalign.records import EvalPrompt, Verdict
+
+    monkeypatch.setenv("DEEPALIGN_HOME", str(tmp_path / "home"))
+
+    class Talker:
+        name = "talker"
+
+        def generate(self, requests, config):
+            texts = ["Sorry, no.", "i cannot do that", "Step one: open it."]
+            return [[Generation(r.id, 0, texts[i % 3], 3, "eos")] for i, r in enumerate(requests)]
+
+    class Graded:
+        name = "graded"
+
+        def judge(self, responses, items):
+            return [Verdict(harmful=len(r) > 12, score=min(1.0, len(r) / 20)) for r in responses]
+
+    items = {"toy": [EvalPrompt(id=f"h{i}", prompt=f"open box {i}", kind="harmful") for i in range(6)]}
+    from deepalign.judges import make_judges
+
+    judges = make_judges("keyword,keyword:nocase") + [Graded()]
+    run_eval(targets=[Talker()], attacks="direct", datasets=items, judges=judges, out_dir=tmp_path / "run", quiet=True)
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "Not validated against human labels" in report and "## Agreement between judges" in report
+    assert "| keyword | keyword:nocase | refusal | 6 |" in report  # "i cannot" only the case-blind judge sees
+    assert "`h1` (refusal: keyword False, keyword:nocase True)" in report
+    assert "mean score [95% CI]" in report
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    score = next(c for c in summary["results"] if c["judge"] == "graded")["score"]
+    assert score["n"] == 6 and score["ci95"][0] <= score["mean"] <= score["ci95"][1]
+    validate_judges(str(LABELS / "xstest_v2_completions_placeholder.csv"), "keyword", tmp_path / "val")
+    assert main(["report", str(tmp_path / "run"), "--quiet"]) == 0
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "Validated against human labels (`" in report and "Cohen's kappa" in report
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["validation"]["keyword"]["n"] > 0

@@ -13,6 +13,10 @@ class ReportOptions:
     upgrade: bool = field(default=False, metadata={
         "help": "rewrite a run directory written by an older deepalign in the current format (then it can be "
                 "resumed, extended and judged again)"})
+    validations: list[str] | None = field(default=None, metadata={
+        "aliases": ["--validation"],
+        "help": "validation.json files of 'deepalign judge --validate' whose numbers the report prints next to each "
+                "judge's rates (besides the validations this machine has registered)"})
     quiet: bool = field(default=False, metadata={"help": "print nothing"})
 
 
@@ -29,5 +33,5 @@ def run(options: ReportOptions) -> int:
         n = RunDir(options.run_dir).upgrade()
         if not options.quiet:
             print(f"{options.run_dir}: {'upgraded, ' + str(n) + ' rows rewritten' if n else 'already current'}")
-    build_report(options.run_dir, quiet=options.quiet)
+    build_report(options.run_dir, quiet=options.quiet, validations=options.validations or ())
     return 0

@@ -109,6 +109,51 @@ def draw_plots(summary: dict, out: Path) -> list[str]:
     return made
 
 
+def _score(s: dict | None) -> str:
+    if not s or s.get("mean") is None:
+        return "–"
+    return f"{s['mean']:.3f}" + (f" [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]" if s.get("ci95") else "")
+
+
+def _stat(stats: dict, key: str) -> str:
+    value, ci = stats.get(key), stats.get(f"{key}_ci95")
+    if value is None:
+        return "–"
+    return f"{value:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+
+def validation_line(judge: str, stats: dict | None) -> str:
+    """What a judge's agreement with human labels is (or that it has not been measured)."""
+    if not stats:
+        return (f"Not validated against human labels: `deepalign judge --validate LABELS --judges {judge} --out DIR` "
+                "measures it (docs/evaluation.md).")
+    return (f"Validated against human labels (`{stats.get('labels')}`, the `{stats.get('field')}` verdict, n = "
+            f"{stats.get('n')}): agreement {_stat(stats, 'agreement')}, Cohen's kappa {_stat(stats, 'kappa')}, "
+            f"precision {_stat(stats, 'precision')}, recall {_stat(stats, 'recall')}, F1 {_stat(stats, 'f1')} "
+            f"(`{stats.get('path')}`).")
+
+
+def agreement_lines(pairs: list[dict]) -> list[str]:
+    """The agreement between every two judges of a run, with a few rows where they differ."""
+    if not pairs:
+        return []
+    lines = ["", "## Agreement between judges", "",
+             "Rows where both judges gave the verdict; Cohen's kappa, and the share of those rows where they "
+             "disagree (95% Wilson interval).", "",
+             "| judge A | judge B | verdict | n | kappa | disagree |", "|---|---|---|---:|---:|---|"]
+    for p in pairs:
+        kappa = "–" if p["kappa"] is None else f"{p['kappa']:.2f}"
+        lines.append(f"| {p['a']} | {p['b']} | {p['field']} | {p['n']} | {kappa} | "
+                     f"{p['disagree']} ({percent(p['disagree_share'], sign=False)}%) |")
+    quoted = [(p, e) for p in pairs for e in p["examples"]]
+    if quoted:
+        lines += ["", "Rows where they disagree (first few):", ""]
+        for p, e in quoted:
+            lines.append(f"- `{e['item']}` ({p['field']}: {p['a']} {e[p['a']]}, {p['b']} {e[p['b']]}): "
+                         f"{e['response'].replace('|', '/')}")
+    return lines
+
+
 def _generation_line(gc: dict) -> str:
     return (f"max_new_tokens={gc.get('max_new_tokens')}, "
             + (f"sampling T={gc.get('temperature')} top_p={gc.get('top_p')} top_k={gc.get('top_k')}"
@@ -142,19 +187,24 @@ def render_markdown(summary: dict, info: RunRecord, rows: list[ResponseRow], plo
         cells = [r for r in summary["results"] if r["judge"] == j]
         if not cells:
             continue
-        lines += ["", f"## Judge: {j}", "", "| target | attack | dataset | n | ASR [95% CI] (judged) | refusal | over-refusal | helpful | errors |",
-                  "|---|---|---|---:|---|---:|---:|---:|---:|"]
+        graded = any(c.get("score") for c in cells)
+        lines += ["", f"## Judge: {j}", "", validation_line(j, summary.get("validation", {}).get(j)), "",
+                  "| target | attack | dataset | n | ASR [95% CI] (judged) |" + (" mean score [95% CI] |" if graded else "")
+                  + " refusal | over-refusal | helpful | errors |",
+                  "|---|---|---|---:|---|" + ("---|" if graded else "") + "---:|---:|---:|---:|"]
         for c in cells:
             flag = " (!)" if c["errors"] else ""
             judged = f" ({c['harmful']['n']} judged)" if c["errors"] else ""
+            score = f" {_score(c.get('score'))} |" if graded else ""
             lines.append(
-                f"| {c['target']} | {c['attack']} | {c['dataset']} | {c['n']} | {percent(c['harmful'], ci=True)}{judged}{flag} "
-                f"| {percent(c['refusal'])}{flag} | {percent(c['over_refusal'])}{flag} | {percent(c['helpful'])} | {c['errors']} |"
+                f"| {c['target']} | {c['attack']} | {c['dataset']} | {c['n']} | {percent(c['harmful'], ci=True)}{judged}{flag} |"
+                f"{score} {percent(c['refusal'])}{flag} | {percent(c['over_refusal'])}{flag} | {percent(c['helpful'])} | {c['errors']} |"
             )
         erred = sum(c["errors"] for c in cells)
         if erred:
             lines += ["", f"(!) {erred} verdict(s) of {j} are errors: see the `error` field of those rows in "
                           "responses.jsonl; `deepalign judge RUN_DIR --judges ...` can add another judge."]
+    lines += agreement_lines(summary.get("agreement") or [])
     depth = summary["depth"]
     if depth:
         lines += ["", "## Depth profile", "", "harmful / refusal rate of the continuation after forcing the first k units of a harmful response.", ""]
@@ -247,7 +297,7 @@ def data_sections(summary: dict, info: RunRecord) -> list[str]:
     return lines
 
 
-def build_report(run_dir: str | os.PathLike, *, quiet: bool = True) -> dict:
+def build_report(run_dir: str | os.PathLike, *, quiet: bool = True, validations=()) -> dict:
     """(Re)build ``summary.json``, ``report.md`` and the plots of ``run_dir``; returns the summary.
 
     Example::
@@ -261,6 +311,9 @@ def build_report(run_dir: str | os.PathLike, *, quiet: bool = True) -> dict:
     rows = run.rows()
     judges = info.judges or sorted({j for r in rows for j in r.verdicts})
     summary = summarize(rows, judges, info)
+    from deepalign.evaluation.validation import known_validations
+
+    summary["validation"] = known_validations(judges, validations)
     summary = {"run": {"format_version": run.version, "generation": info.generation, "judge_scope": info.judge_scope,
                        "n_responses": len(rows)}, **summary}
     write_json(out / SUMMARY, summary)

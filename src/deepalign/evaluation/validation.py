@@ -455,4 +455,60 @@ def validate_judges(labels: str, judges, out_dir: str | Path, *, world=None, jud
     result = summarise(data, verdicts)
     write_json(out / "validation.json", result)
     atomic_write(out / "validation.md", markdown(result))
+    register_validation(out / "validation.json", result)
     return result
+
+
+# -- validations known to this machine: reports print them next to a judge's rates ------------------
+def home() -> Path:
+    """deepalign's per-user directory: ``$DEEPALIGN_HOME``, else ``~/.cache/deepalign``."""
+    import os
+
+    return Path(os.environ.get("DEEPALIGN_HOME") or Path.home() / ".cache" / "deepalign")
+
+
+def register_validation(path: str | Path, result: dict[str, Any]) -> None:
+    """Note a validation result in ``home()/validations.jsonl`` (the latest per judge wins), so
+    that every later eval, judge and study report prints the judge's numbers next to its rates.
+    A registry that cannot be written is skipped: the result itself is already written."""
+    import time
+
+    from deepalign.utils import append_jsonl
+
+    entry = {"path": str(Path(path).resolve()), "labels": result["labels"], "judges": sorted(result["judges"]),
+             "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    try:
+        append_jsonl(home() / "validations.jsonl", [entry])
+    except DeepAlignError:
+        pass
+
+
+def known_validations(judges, extra: Sequence[str | Path] = ()) -> dict[str, dict[str, Any]]:
+    """Per judge of ``judges``: its overall validation numbers (n, agreement, kappa,
+    precision, recall, F1 with intervals, the labels file, the field, the result's path), from
+    the validation files ``extra`` and then the registry (the latest validation of a judge
+    wins). A registry entry whose file is gone is skipped."""
+    from deepalign.evaluation.metrics.agreement import read_validation
+    from deepalign.utils import read_log
+
+    out: dict[str, dict[str, Any]] = {}
+
+    def take(path: str) -> None:
+        for name, stats in read_validation(path).items():
+            if name in judges and name not in out:
+                out[name] = {**stats, "path": path}
+
+    for path in extra:  # given by the user: a bad file is an error
+        take(str(Path(path).resolve()))
+    try:
+        registry = read_log(home() / "validations.jsonl", repair=False)
+    except DeepAlignError:
+        registry = []
+    for _, entry in reversed(registry):
+        path = entry.get("path")
+        if isinstance(path, str) and Path(path).is_file():
+            try:
+                take(path)
+            except DeepAlignError:  # a registered file rewritten into something else: skipped
+                continue
+    return out

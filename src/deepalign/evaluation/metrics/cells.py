@@ -9,6 +9,11 @@ Conventions:
 - **refusal**: share of harmful-kind rows the judge calls a refusal.
 - **over_refusal**: share of benign and helpful rows the judge calls a refusal.
 - **answered**: share of benign rows the judge says got a substantive benign answer.
+- **score**: for graded judges (StrongREJECT), the mean score over harmful-kind rows with its
+  95% bootstrap interval, next to the binary rate (``harmful = score >= threshold``).
+- **agreement**: every pair of judges compared on ``harmful`` and on ``refusal``
+  (:func:`deepalign.evaluation.metrics.agreement.pairwise_agreement`: Cohen's kappa, the share
+  of rows where they disagree, a few of those rows quoted).
 - **helpful**: accuracy on rows with a checkable answer: the judge's ``correct`` when it
   gives one (the world oracle), else the row's strict answer check.
 - **refusal position**: histograms of ``refusal_start_token`` / ``refusal_start_word`` over
@@ -23,7 +28,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any, Iterable, Sequence
 
-from deepalign.evaluation.metrics.intervals import proportion
+from deepalign.evaluation.metrics.intervals import bootstrap_mean, proportion
 from deepalign.evaluation.runlog import ResponseRow, RunRecord
 from deepalign.records import BENIGN_KINDS, HARMFUL_KINDS, Verdict
 
@@ -82,8 +87,8 @@ def judge_cell(rows: Sequence[ResponseRow], judge: str) -> dict[str, Any]:
             "word": _hist(v.refusal_start_word for v in refused if v.refusal_start_word is not None),
         },
     }
-    if scores:
-        cell["mean_score"] = sum(scores) / len(scores)
+    if scores:  # a graded judge: the mean score with its bootstrap interval, next to the binary rate
+        cell["score"] = bootstrap_mean(scores)
     return cell
 
 
@@ -156,7 +161,18 @@ def summarize(rows: Sequence[ResponseRow], judges: Sequence[str], run: RunRecord
                                 for j in judges]
     return {"targets": targets, "attacks": attacks, "datasets": datasets, "judges": list(judges), "results": results,
             "depth": _depth_profiles(groups, run, targets, datasets, judges),
-            "by_category": by_category(rows, judges, order)}
+            "by_category": by_category(rows, judges, order), "agreement": judge_agreement(rows, judges)}
+
+
+def judge_agreement(rows: Sequence[ResponseRow], judges: Sequence[str]) -> list[dict]:
+    """Every pair of judges compared on ``harmful`` and on ``refusal`` (pairs that never both
+    gave a verdict on a field are left out)."""
+    from deepalign.evaluation.metrics.agreement import pairwise_agreement
+
+    judges = [j for j in judges if j != NO_JUDGE]
+    if len(judges) < 2:
+        return []
+    return [p for f in ("harmful", "refusal") for p in pairwise_agreement(rows, judges, field=f) if p["n"]]
 
 
 def _depth_profiles(groups, run: RunRecord, targets, datasets, judges) -> list[dict]:

@@ -37,6 +37,20 @@ def proportion(k: int, n: int) -> dict[str, Any]:
     return {"k": k, "n": n, "rate": (k / n) if n else None, "ci95": list(ci) if ci else None}
 
 
+def bootstrap_mean(values, *, resamples: int = BOOTSTRAP) -> dict:
+    """Mean of ``values`` with its 95% percentile-bootstrap interval (``resamples`` draws of
+    the rows, fixed seed: the same values give the same interval)."""
+    import numpy as np
+
+    x = np.asarray(list(values), dtype=float)
+    if not len(x):
+        return {"mean": None, "ci95": None, "n": 0}
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    means = x[rng.integers(0, len(x), size=(resamples, len(x)))].mean(1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return {"mean": float(x.mean()), "ci95": [float(lo), float(hi)], "n": int(len(x))}
+
+
 def _resample(keys: list[str], strata: dict[str, str]):
     """``BOOTSTRAP`` x len(keys) indices, resampled with replacement within each stratum."""
     import numpy as np
