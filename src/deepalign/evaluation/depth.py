@@ -330,22 +330,31 @@ def depth_markdown(results: dict[str, dict], positions: Sequence[int] = TABLE_PO
     return lines
 
 
-def write_depth(out: str | os.PathLike, results: dict[str, dict], *, dataset: str | None = None) -> Path:
-    """Write ``depth.json``, ``depth.png`` and ``depth.md`` into ``out`` (atomically)."""
+def write_depth(out: str | os.PathLike, results: dict[str, dict], *, dataset: str | None = None,
+                projections: dict[str, dict] | None = None) -> Path:
+    """Write ``depth.json``, ``depth.png`` and ``depth.md`` into ``out`` (atomically); with
+    ``projections`` (:func:`deepalign.direction.projection.projection_profiles`) also
+    ``projection.json`` and ``projection.png`` (projection next to KL and refusal)."""
     from deepalign.utils import atomic_dir, write_json
 
     out = Path(out)
     with atomic_dir(out) as tmp:
         write_json(tmp / "depth.json", {"dataset": dataset, "models": results})
         plot_depth(results, tmp / "depth.png", title=dataset)
+        if projections:
+            from deepalign.direction.projection import plot_refusal_projection
+
+            write_json(tmp / "projection.json", {"dataset": dataset, "models": projections})
+            plot_refusal_projection(projections, tmp / "projection.png", depth=results, title=dataset)
         first = next(iter(results.values()))
         head = [f"# Depth diagnostics{f' on {dataset}' if dataset else ''}", "",
                 f"Base `{first['base']}` ({first['base_format']}); refusal token(s) "
                 f"{', '.join(repr(t['piece']) for t in first['refusal_tokens'])}; "
                 f"{first['items']} harmful responses teacher-forced through both models. KL(aligned‖base) at "
                 "response position t, and P(refusal token) after t forced tokens (means over items).", ""]
-        (tmp / "depth.md").write_text("\n".join(head + depth_markdown(results) + ["", "![depth](depth.png)", ""]),
-                                      encoding="utf-8")
+        tail = ["", "![depth](depth.png)", ""] + (["![projection on the refusal direction](projection.png)", ""]
+                                                 if projections else [])
+        (tmp / "depth.md").write_text("\n".join(head + depth_markdown(results) + tail), encoding="utf-8")
     return out
 
 
@@ -371,6 +380,9 @@ class DepthOptions:
         "help": "word whose token is the refusal token, or several comma-separated (their probabilities add up); "
                 "default Sorry (sorry for lower-case vocabularies)"})
     max_tokens: int = field(default=64, metadata={"help": "response positions measured"})
+    directions: list[str] = field(default_factory=list, metadata={
+        "aliases": ["--direction"], "help": "refusal direction of each aligned model (deepalign direction), in --aligned order: adds the "
+                "projection on it along the harmful responses (projection.json, projection.png)"})
     batch_size: int = 32
     device: str | None = field(default=None, metadata={"help": "device (default: cuda when available)"})
     quiet: bool = False
@@ -378,6 +390,8 @@ class DepthOptions:
     def __post_init__(self):
         if isinstance(self.aligned, str):
             self.aligned = [self.aligned]
+        if isinstance(self.directions, str):
+            self.directions = [self.directions]
         number("max_tokens", self.max_tokens, low=1, integer=True)
         number("batch_size", self.batch_size, low=1, integer=True)
 
@@ -391,6 +405,9 @@ class DepthOptions:
             raise OptionError("out", "is required (the output directory)")
         if self.dataset is None and self.world is None:
             raise OptionError("dataset", "is required (or --world DIR to use world:harmful)")
+        if self.directions and len(self.directions) != len(self.aligned):
+            raise OptionError("directions", f"gives {len(self.directions)} directions for {len(self.aligned)} aligned "
+                                            "models (one per --aligned, in order)")
 
 
 def run_depth(options: DepthOptions | None = None, data=None, **kwargs) -> dict[str, dict]:
@@ -414,6 +431,10 @@ def run_depth(options: DepthOptions | None = None, data=None, **kwargs) -> dict[
     opts.check()
     for spec in (opts.base, *opts.aligned):  # every model path checked before any work
         model_source(spec)
+    for spec, direction in zip(opts.aligned, opts.directions):
+        from deepalign.decoding.registry import _check_model
+
+        _check_model(spec, {"direction": direction, "allow_foreign": False})
     for fmt in (opts.base_format, opts.aligned_format):
         if fmt:
             PromptFormat.parse(fmt)
@@ -427,7 +448,14 @@ def run_depth(options: DepthOptions | None = None, data=None, **kwargs) -> dict[
         results = depth_profiles(opts.base, dict(zip(labels, opts.aligned)), items, base_format=opts.base_format,
                                  aligned_format=opts.aligned_format, refusal_words=opts.refusal_word,
                                  max_tokens=opts.max_tokens, batch_size=opts.batch_size, device=opts.device)
-        write_depth(opts.out, results, dataset=spec)
+        projections = None
+        if opts.directions:
+            from deepalign.direction.projection import projection_profiles
+
+            projections = projection_profiles(dict(zip(labels, opts.aligned)), dict(zip(labels, opts.directions)), items,
+                                              prompt_format=opts.aligned_format, max_tokens=opts.max_tokens,
+                                              batch_size=opts.batch_size, device=opts.device)
+        write_depth(opts.out, results, dataset=spec, projections=projections)
     if not opts.quiet:
         for label, r in results.items():
             share = shallowness(r)
