@@ -193,6 +193,25 @@ def test_projection_is_the_direction_times_the_activation_after_k_forced_tokens(
     assert res["layer"] == d.layer and res["harmful_mean"] is not None
 
 
+def test_harmless_kl_is_the_kl_of_the_first_response_token_under_ablation():
+    from deepalign.direction.select import harmless_kl
+
+    fam, model, d = _direction()
+    res = harmless_kl(model, d, HARMLESS[:3], tokenizer=fam.tokenizer)
+    expect = []
+    for q in HARMLESS[:3]:
+        ids = torch.tensor([fam.prompt(q)])
+        with torch.no_grad():
+            p = model(ids).logits[0, -1].double().log_softmax(-1)
+            with ResidualHooks(residual_stream(model), ablate=d.vector):
+                a = model(ids).logits[0, -1].double().log_softmax(-1)
+        # the reference's kl_div_fn: probabilities with epsilon 1e-6 inside the logs
+        pp, qq = p.exp(), a.exp()
+        expect.append(float((pp * ((pp + 1e-6).log() - (qq + 1e-6).log())).sum()))
+    assert res["per_query"] == pytest.approx(expect, rel=1e-3, abs=1e-6) and res["n"] == 3
+    assert res["kl"] == pytest.approx(sum(expect) / 3, rel=1e-3, abs=1e-6) and res["kl"] > 0
+
+
 # -- the stages on the micro world ------------------------------------------------------------
 
 RELAX = ["--prune_layer_share", "0", "--kl_threshold", "1e9", "--induce_refusal_threshold=-1e9", "--filter_prompts", "false", "--n_val", "8"]

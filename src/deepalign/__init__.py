@@ -49,6 +49,7 @@ _API = {
     "load_dataset": "deepalign.data.datasets",
     "depth_diagnostics": "deepalign.evaluation.depth",
     "find_direction": "deepalign.direction.select",
+    "harmless_kl": "deepalign.direction.select",
     "load_direction": "deepalign.direction.store",
     "apply_direction": "deepalign.direction.apply",
     "direction_target": "deepalign.direction.apply",

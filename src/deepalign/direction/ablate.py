@@ -60,10 +60,9 @@ def ablate_weights(options: AblateOptions | None = None, **kwargs) -> Path:
     """Write ``out``: ``model`` with ``direction`` orthogonalised out of its weights (module
     doc). Returns the output directory.
 
-    Example (``runs/derta`` and ``runs/direction`` from the ``train`` and ``refusal_direction``
-    examples)::
+    Example (``runs/base2`` and ``runs/direction`` from the ``refusal_direction`` example)::
 
-        >>> out = ablate_weights(model="runs/derta", direction="runs/direction", out="runs/derta-ablated", quiet=True)
+        >>> out = ablate_weights(model="runs/base2", direction="runs/direction", out="runs/base2-ablated", quiet=True)
         >>> sorted(p.name for p in out.glob("*.safetensors"))
         ['model.safetensors']
     """

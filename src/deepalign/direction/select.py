@@ -460,11 +460,19 @@ def refusal_direction(options: DirectionOptions | None = None, data=None, **kwar
     ``data``: :class:`~deepalign.data.datasets.DataOptions` (``--limit``, ``--sample``, ...,
     applied to each prompt set). Returns the :class:`~deepalign.direction.store.Direction`.
 
-    Example (``runs/derta`` and ``runs/world`` from the ``train`` and ``build_world`` examples)::
+    Example on the world of the ``build_world`` example, with a two-layer toy model (a
+    one-layer model has no candidate: at the post-instruction token ``<assistant>`` its only
+    residual input, the embedding, is the same for every prompt). A toy model refuses
+    nothing, so the reference's filters are turned off::
 
-        >>> d = refusal_direction(model="runs/derta", world="runs/world", out="runs/direction", n_val=8, quiet=True)
-        >>> d.vector.shape[0] == d.model["hidden_size"], d.position
-        (True, -1)
+        >>> from deepalign import pretrain
+        >>> _ = pretrain(world="runs/world", out="runs/base2", hidden_size=32, num_layers=2, num_heads=2,
+        ...              intermediate_size=64, max_steps=5, quiet=True)
+        >>> d = refusal_direction(model="runs/base2", world="runs/world", out="runs/direction", n_val=8,
+        ...                       filter_prompts=False, prune_layer_share=0, kl_threshold=100,
+        ...                       induce_refusal_threshold=-100, quiet=True)
+        >>> d.vector.shape[0] == d.model["hidden_size"], d.position, d.layer
+        (True, -1, 1)
     """
     from deepalign.data.datasets import DataOptions, load_dataset
     from deepalign.models import load_causal_lm, load_tokenizer, model_source
@@ -503,3 +511,43 @@ def refusal_direction(options: DirectionOptions | None = None, data=None, **kwar
               f"{base['harmless_refusal_score']:.2f} -> {sel['steering_score']:.2f} added; KL {sel['kl']:.3f} "
               f"({direction.info['seconds']:.1f}s) -> {opts.out}")
     return direction
+
+
+def harmless_kl(model, direction, queries: Sequence[Any], *, tokenizer=None, prompt_format=None, batch_size: int = 32,
+                allow_foreign: bool = False, device: str | None = None) -> dict:
+    """How much ablating ``direction`` changes ``model`` on ``queries`` (harmless ones, say):
+    per query, KL(p || p_ablated) of the next-token distribution at the first response
+    position (the reference's KL score), and its mean over queries with a 95% interval
+    (normal approximation). ``model``: a directory / hub id, or a loaded model with its
+    ``tokenizer``; ``direction``: a directory or a loaded Direction."""
+    import os
+
+    from deepalign.decoding.output import eos_ids, pad_id
+    from deepalign.direction.residual import residual_stream
+    from deepalign.direction.store import load_direction
+    from deepalign.evaluation.depth import Z95
+    from deepalign.models import load_causal_lm, load_tokenizer
+    from deepalign.tokens import Encoder
+
+    d = load_direction(direction)
+    name = None
+    if isinstance(model, (str, os.PathLike)):
+        name = os.fspath(model)
+        tokenizer = load_tokenizer(model)
+        model = load_causal_lm(model, device=device or "auto")
+    if tokenizer is None:
+        raise DeepAlignError("harmless_kl needs a tokenizer with a loaded model")
+    stream = residual_stream(model)
+    d.check_model(model, name, allow_foreign=allow_foreign)
+    encoder = Encoder(tokenizer, prompt_format, name=name)
+    rows = [encoder.prompt_ids(_query(q)) for q in queries]
+    if not rows:
+        raise DeepAlignError("harmless_kl needs at least one query")
+    runner = Runner(model, stream, pad_id(tokenizer, eos_ids(model, tokenizer)), batch_size)
+    base = runner.run(rows)
+    ablated = runner.run(rows, ablate=d.vector.expand(len(rows), -1))
+    kl = kl_divergence(base, ablated)
+    n = len(rows)
+    half = Z95 * float(kl.std(unbiased=True)) / n ** 0.5 if n > 1 else 0.0
+    mean = float(kl.mean())
+    return {"kl": mean, "kl_ci95": [mean - half, mean + half], "n": n, "per_query": kl.tolist()}
