@@ -15,7 +15,7 @@ from deepalign.cli import main
 from deepalign.direction.residual import ResidualHooks, orthogonalize, residual_stream, unit
 from deepalign.direction.select import find_direction
 from deepalign.errors import DeepAlignError
-from realtok import family
+from realtok import FAMILIES, family
 
 # neutral placeholder queries: "harmful" and "harmless" are only labels here
 HARMFUL = [f"please open the {c} box number {i} with the {k} key" for i, (c, k) in
@@ -50,6 +50,20 @@ def _direction(tok_name: str = "llama3-bpe", arch: str = "llama", **kw):
     d = find_direction(model, fam.tokenizer, HARMFUL, HARMLESS, n_train=8, n_val=3, filter_prompts=False,
                        kl_threshold=1e9, induce_refusal_threshold=-1e9, prune_layer_share=0.0, batch_size=5, **kw)
     return fam, model, d
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_after_query_counts_the_template_tokens_after_the_query(name):
+    from deepalign.tokens import Encoder
+
+    fam = family(name)
+    enc = Encoder(fam.tokenizer)
+    a, b = fam.prompt("how do i open the blue box"), fam.prompt("how do i open the silver key")
+    shared = 0  # independent: what two prompts ending in different words share at their end
+    while shared < min(len(a), len(b)) and a[-1 - shared] == b[-1 - shared]:
+        shared += 1
+    assert enc.after_query("how do i open the blue box") == shared
+    assert shared >= 1  # every format here puts something between the query and the response
 
 
 def test_direction_is_an_independent_difference_of_means_on_a_real_chat_template():
@@ -157,6 +171,25 @@ def test_per_row_hooks_equal_one_direction_at_a_time():
         for row, r in enumerate((r1, r2)):
             with ResidualHooks(stream, ablate=r):
                 assert torch.allclose(model(ids[row: row + 1]).logits[0], both[row], atol=1e-5)
+
+
+def test_selection_filters_as_the_reference_and_none_disables_a_filter():
+    from deepalign.direction.select import _select
+
+    def cands():
+        return [{"position": -1, "layer": 1, "refusal_score": -5.0, "steering_score": -0.5, "kl": 0.05, "excluded": None},
+                {"position": -1, "layer": 2, "refusal_score": -3.0, "steering_score": 0.5, "kl": 0.05, "excluded": None},
+                {"position": -1, "layer": 0, "refusal_score": -9.0, "steering_score": 2.0, "kl": 0.5, "excluded": None},
+                {"position": -1, "layer": 3, "refusal_score": None, "steering_score": None, "kl": None,
+                 "excluded": "last layers"}]
+
+    c = cands()
+    assert _select(c, 0.1, 0.0)["layer"] == 2
+    assert c[0]["excluded"].startswith("induced refusal score -0.5 < 0") and c[2]["excluded"].startswith("KL 0.5 > 0.1")
+    assert _select(cands(), 0.1, None)["layer"] == 1
+    assert _select(cands(), None, None)["layer"] == 0
+    with pytest.raises(DeepAlignError, match="no candidate direction passes"):
+        _select(cands(), 0.01, 0.0)
 
 
 def test_unknown_architecture_is_one_line():

@@ -130,20 +130,21 @@ class ResidualHooks:
             return (self._project_out(output[0]),) + tuple(output[1:])
         return self._project_out(output)
 
+    @staticmethod
+    def _shifted(x: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
+        v = vec.to(device=x.device, dtype=x.dtype)
+        if v.dim() == 2:  # one vector per batch row
+            v = v.reshape((v.shape[0],) + (1,) * (x.dim() - 2) + (v.shape[-1],))
+        return x + v
+
     def _on_layer_input(self, index: int):
         def hook(module, args, kwargs):
             vec = self.add.get(index)
             if vec is None:
                 return None
             if args:
-                x = args[0]
-                v = vec.to(device=x.device, dtype=x.dtype)
-                v = v.reshape((v.shape[0],) + (1,) * (x.dim() - 2) + (v.shape[-1],)) if v.dim() == 2 else v
-                return (x + v,) + tuple(args[1:]), kwargs
-            x = kwargs["hidden_states"]
-            v = vec.to(device=x.device, dtype=x.dtype)
-            v = v.reshape((v.shape[0],) + (1,) * (x.dim() - 2) + (v.shape[-1],)) if v.dim() == 2 else v
-            return args, {**kwargs, "hidden_states": x + v}
+                return (self._shifted(args[0], vec),) + tuple(args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": self._shifted(kwargs["hidden_states"], vec)}
 
         return hook
 

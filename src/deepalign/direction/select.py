@@ -73,10 +73,12 @@ class DirectionOptions:
     n_val: int = field(default=N_VAL, metadata={"help": "validation prompts per set (the selection)"})
     filter_prompts: bool = field(default=True, metadata={
         "help": "drop harmful prompts the model does not refuse and harmless ones it refuses (as the reference)"})
-    kl_threshold: float = field(default=KL_THRESHOLD, metadata={
-        "help": "largest mean KL on harmless prompts under ablation a candidate may cause"})
-    induce_refusal_threshold: float = field(default=INDUCE_REFUSAL_THRESHOLD, metadata={
-        "help": "smallest mean refusal score on harmless prompts with the candidate added"})
+    kl_threshold: float | None = field(default=KL_THRESHOLD, metadata={
+        "help": "largest mean KL on harmless prompts under ablation a candidate may cause (null in a config "
+                "file: no limit)"})
+    induce_refusal_threshold: float | None = field(default=INDUCE_REFUSAL_THRESHOLD, metadata={
+        "help": "smallest mean refusal score on harmless prompts with the candidate added (null in a config "
+                "file: no limit)"})
     prune_layer_share: float = field(default=PRUNE_LAYER_SHARE, metadata={
         "help": "share of the last layers whose candidates are excluded"})
     seed: int = field(default=0, metadata={"help": "seed of the train / validation split"})
@@ -87,8 +89,8 @@ class DirectionOptions:
     def __post_init__(self):
         number("n_train", self.n_train, low=1, integer=True)
         number("n_val", self.n_val, low=1, integer=True)
-        number("kl_threshold", self.kl_threshold, low=0)
-        number("induce_refusal_threshold", self.induce_refusal_threshold)
+        number("kl_threshold", self.kl_threshold, low=0, optional=True)
+        number("induce_refusal_threshold", self.induce_refusal_threshold, optional=True)
         number("prune_layer_share", self.prune_layer_share, low=0, high=1, high_open=True)
         number("seed", self.seed, integer=True)
         number("batch_size", self.batch_size, low=1, integer=True)
@@ -362,8 +364,9 @@ def _score(runner: Runner, cands: list[dict], diff: torch.Tensor, sets: dict[str
     return baseline
 
 
-def _select(cands: list[dict], kl_threshold: float, induce_threshold: float) -> dict:
-    """The reference's filter, then the lowest ablated refusal score."""
+def _select(cands: list[dict], kl_threshold: float | None, induce_threshold: float | None) -> dict:
+    """The reference's filter (a threshold of None: no limit, as in the reference), then the
+    lowest ablated refusal score."""
     import math
 
     passing = []
@@ -373,9 +376,9 @@ def _select(cands: list[dict], kl_threshold: float, induce_threshold: float) -> 
         scores = (c["refusal_score"], c["steering_score"], c["kl"])
         if any(math.isnan(x) for x in scores):
             c["excluded"] = "not a number"
-        elif c["kl"] > kl_threshold:
+        elif kl_threshold is not None and c["kl"] > kl_threshold:
             c["excluded"] = f"KL {c['kl']:.3g} > {kl_threshold:g}"
-        elif c["steering_score"] < induce_threshold:
+        elif induce_threshold is not None and c["steering_score"] < induce_threshold:
             c["excluded"] = f"induced refusal score {c['steering_score']:.3g} < {induce_threshold:g}"
         else:
             passing.append(c)
@@ -389,9 +392,10 @@ def _select(cands: list[dict], kl_threshold: float, induce_threshold: float) -> 
         best = min(scored, key=lambda c: c["refusal_score"])
         hint = (f"; the lowest ablated refusal score was layer {best['layer']} position {best['position']} "
                 f"({best['excluded']})")
-        raise DeepAlignError(f"no candidate direction passes the selection (KL <= {kl_threshold:g}, induced refusal "
-                             f">= {induce_threshold:g}, last layers excluded){hint}; relax --kl_threshold or "
-                             "--induce_refusal_threshold")
+        limits = [f"KL <= {kl_threshold:g}"] if kl_threshold is not None else []
+        limits += [f"induced refusal >= {induce_threshold:g}"] if induce_threshold is not None else []
+        raise DeepAlignError(f"no candidate direction passes the selection ({', '.join(limits + ['last layers excluded'])})"
+                             f"{hint}; relax --kl_threshold or --induce_refusal_threshold")
     return min(passing, key=lambda c: (c["refusal_score"], c["layer"], c["position"]))
 
 
@@ -400,8 +404,8 @@ def _select(cands: list[dict], kl_threshold: float, induce_threshold: float) -> 
 
 def find_direction(model, tokenizer, harmful: Sequence[Any], harmless: Sequence[Any], *, name: str | None = None,
                    prompt_format=None, refusal_words: Sequence[str] = DEFAULT_REFUSAL_WORDS, n_train: int = N_TRAIN,
-                   n_val: int = N_VAL, filter_prompts: bool = True, kl_threshold: float = KL_THRESHOLD,
-                   induce_refusal_threshold: float = INDUCE_REFUSAL_THRESHOLD,
+                   n_val: int = N_VAL, filter_prompts: bool = True, kl_threshold: float | None = KL_THRESHOLD,
+                   induce_refusal_threshold: float | None = INDUCE_REFUSAL_THRESHOLD,
                    prune_layer_share: float = PRUNE_LAYER_SHARE, seed: int = 0, batch_size: int = 32,
                    datasets: tuple[str | None, str | None] = (None, None)):
     """The refusal direction of a loaded ``model`` / ``tokenizer`` (module doc), as a
