@@ -205,7 +205,8 @@ class Direction:
             tensors["mean_diffs"] = self.mean_diffs.detach().to(torch.float32).contiguous().cpu()
         out = Path(out)
         with atomic_dir(out) as tmp:
-            save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": FORMAT, "version": str(VERSION)})
+            # one metadata key: safetensors writes a metadata map in no fixed order
+            save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": FORMAT})
             write_json(tmp / JSON_NAME, {"format": FORMAT, "version": VERSION, "layer": self.layer,
                                          "position": self.position, "scale": self.scale, "hidden_size": self.hidden_size,
                                          "model": self.model, **self.info})
