@@ -72,7 +72,30 @@ def ws(world_dir, base_model_dir, tmp_path_factory):
     (root / "run_torn_middle/responses.jsonl").write_text(lines[0][:30] + "\n" + "\n".join(lines[1:]) + "\n")
     (root / "ed_lists").mkdir()
     (root / "ed_lists" / "responses.jsonl").write_text('["not", "a", "row"]\n')
+    _directions(root)
     return root
+
+
+def _directions(root: Path) -> None:
+    """Refusal directions that do not fit the base model, and a model the hooks do not know."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from deepalign.direction.store import Direction, model_identity
+    from deepalign.models import load_causal_lm
+
+    ident = model_identity(load_causal_lm(root / "base"))
+    hidden = ident["hidden_size"]
+    unit = torch.ones(hidden) / hidden ** 0.5
+    Direction(unit, 0, -1, 1.0, ident).save(root / "dir_ok")
+    Direction(torch.ones(7) / 7 ** 0.5, 0, -1, 1.0, ident).save(root / "dir_small")
+    other = {**ident, "fingerprint": {k: [2 * x + 1 for x in v] for k, v in ident["fingerprint"].items()}}
+    Direction(unit, 0, -1, 1.0, other).save(root / "dir_other")
+    GPT2LMHeadModel(GPT2Config(vocab_size=ident["vocab_size"], n_embd=hidden, n_layer=1, n_head=2)).save_pretrained(
+        root / "gpt2m")
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (root / "base" / name).exists():
+            shutil.copy(root / "base" / name, root / "gpt2m" / name)
 
 
 def _rewrite(path: Path, text: str | None, fn=None) -> None:
@@ -259,6 +282,52 @@ CASES = [
     (["depth", "--base", "base", "--aligned", "base", "--world", "world", "--out", "d", "--base_format", "text:no slot"],
      "{query}"),
     (["depth", "--base", "base", "--aligned", "base", "--world", "world", "--out", "afile/d"], "afile is not a directory"),
+    (["depth", "--base", "base", "--aligned", "base", "--direction", "dir_ok", "--direction", "dir_ok", "--world",
+      "world", "--out", "d"], "--directions gives 2 directions for 1 aligned models"),
+    (["depth", "--base", "base", "--aligned", "base", "--direction", "dir_other", "--world", "world", "--out", "d"],
+     "was computed from model"),
+    # -- direction
+    (["direction", "--world", "world", "--out", "dd"], "--model is required"),
+    (["direction", "--model", "base", "--out", "dd"], "--harmful is required"),
+    (["direction", "--model", "base", "--world", "world", "--out", "dd"],
+     "the harmful set has 24 prompts: too few for 32 validation prompts"),
+    (["direction", "--model", "base", "--world", "world", "--harmful", "good.jsonl", "--n_val", "8", "--out", "dd"],
+     "the harmful set has 1 prompts"),
+    (["direction", "--model", "base", "--world", "world", "--out", "dd", "--prune_layer_share", "1"],
+     "--prune_layer_share must be < 1"),
+    (["direction", "--model", "base", "--world", "world", "--out", "dd", "--kl_threshold", "nan"],
+     "--kl_threshold must be a finite number"),
+    (["direction", "--model", "base", "--world", "world", "--out", "dd", "--n_val", "8", "--refusal_words", "zzqqx"],
+     "refusal word 'zzqqx' is not one known token"),
+    (["direction", "--model", "gpt2m", "--world", "world", "--out", "dd", "--n_val", "8"],
+     "model type 'gpt2' (GPT2LMHeadModel) is not known to deepalign's hooks"),
+    (["direction", "--model", "base", "--world", "world", "--out", "dd", "--n_val", "8", "--prune_layer_share", "0.9",
+      "--filter_prompts", "false"], "candidate directions are excluded before scoring"),
+    (["direction", "--model", "base", "--world", "world", "--out", "dd", "--n_val", "8"],
+     "the model refuses none of its 16 harmful training prompts"),
+    (["direction", "--model", "base", "--world", "world", "--out", "afile", "--n_val", "8"],
+     "exists and is not a directory"),
+    # -- ablate
+    (["ablate", "--model", "base", "--direction", "dir_ok"], "--out is required"),
+    (["ablate", "--model", "base", "--direction", "nowhere", "--out", "x"], "no refusal direction at nowhere"),
+    (["ablate", "--model", "base", "--direction", "afile", "--out", "x"], "no refusal direction at afile"),
+    (["ablate", "--model", "base", "--direction", "dir_small", "--out", "x"],
+     "has 7 entries but model base has hidden size 64"),
+    (["ablate", "--model", "base", "--direction", "dir_other", "--out", "x"],
+     "was computed from model"),
+    (["ablate", "--model", "gpt2m", "--direction", "dir_ok", "--out", "x"], "model type 'gpt2' (gpt2m) is not known"),
+    (["ablate", "--model", "base", "--direction", "dir_ok", "--out", "x", "--tied", "bogus"],
+     "--tied must be one of untie, shared"),
+    (["eval", "--target", "ablate:model=base,direction=dir_other", "--attacks", "direct", "--dataset", "world:harmful",
+      *W, "--limit", "2", "--out", "run2"], "was computed from model"),
+    (["eval", "--target", "ablate:model=base,direction=dir_small", "--attacks", "direct", "--dataset", "world:harmful",
+      *W, "--limit", "2", "--out", "run2"], "has 7 entries but model base has hidden size 64"),
+    (["eval", "--target", "ablate:model=base", "--attacks", "direct", "--dataset", "world:harmful", *W, "--out", "run2"],
+     "give model=<dir or hub id> and direction=<direction dir>"),
+    (["eval", "--target", "actadd:model=base,direction=dir_ok,coeff=nan", "--attacks", "direct", "--dataset",
+      "world:harmful", *W, "--out", "run2"], "option coeff='nan' is out of range"),
+    (["eval", "--target", "ed:base=base,aligned=gpt2m,alpha=0.3,aligned.ablate=dir_ok", "--attacks", "direct",
+      "--dataset", "world:harmful", *W, "--out", "run2"], "model type 'gpt2' (gpt2m) is not known"),
 ]
 
 
@@ -286,4 +355,5 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(ws, argv, message, caps
 
 def test_the_suite_is_big_enough():
     stages = {argv[0] for argv, _ in CASES}
-    assert len(CASES) >= 80 and stages >= {"world", "pretrain", "train", "eval", "ed", "probe", "judge", "report", "depth", "study"}
+    assert len(CASES) >= 80 and stages >= {"world", "pretrain", "train", "eval", "ed", "probe", "judge", "report", "depth", "study",
+                                           "direction", "ablate"}

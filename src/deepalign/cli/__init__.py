@@ -29,6 +29,8 @@ STAGES: dict[str, str] = {
     "judge": "add verdicts of new judges to a finished run (or score a file of published responses)",
     "report": "rebuild summary.json, report.md and plots of an eval run directory",
     "depth": "per-token KL(aligned || base) and refusal-token probability along harmful responses",
+    "direction": "find a model's refusal direction (difference of means, selected as Arditi et al. 2024)",
+    "ablate": "write a model with a refusal direction orthogonalised out of its weights",
     "study": "the end-to-end replication of DeRTa and ED (world -> pretrain -> train x5 -> eval -> report)",
 }
 

@@ -9,6 +9,10 @@ OpenAI-compatible server) is built from one short string, with strict options.
                                                         reference's prompts and decoding
     eft:large=<model>,tuned=<model>,small=<model>[,w=<w>]    emulated fine-tuning
     w2s:strong=<model>,weak_unsafe=<model>,weak_safe=<model>,beta=<b>   weak-to-strong
+    ablate:model=<model>,direction=<dir>[,...]            a model with its refusal direction
+                                                        ablated (directional ablation, hooks)
+    actadd:model=<model>,direction=<dir>[,coeff=<c>]      ... or added at its layer (coeff times
+                                                        the difference of means; 1 induces refusal)
 
 Options of local models (``hf:``, and per component of composed targets with a
 ``base.`` / ``aligned.`` / ``large.`` ... prefix):
@@ -25,6 +29,10 @@ Generation overrides for the target: ``stop=A|B`` (stop strings, ``|``-separated
 ``do_sample=true``, ``suppress_eos=true``. One precedence rule decides what a target really
 uses: an explicit spec option > the ED family's reference decoding (``ed:family=...``) > the
 run's settings (``--temperature`` ...). The run log records the result per target.
+
+A component of a composed target can have a refusal direction ablated or added:
+``aligned.ablate=<dir>``, or ``aligned.actadd=<dir>`` with ``aligned.coeff=<c>``. A direction
+computed from another model is refused unless ``allow_foreign=true`` (``aligned.allow_foreign``).
 
 A value holding a comma is written in double quotes: ``system="Be brief, be kind."``.
 
@@ -152,7 +160,7 @@ def is_local(spec) -> bool:
     """Whether building ``spec`` loads model weights on this machine (loaded lazily, when the
     target has work)."""
     spec = spec_text(spec)
-    return isinstance(spec, str) and spec.partition(":")[0].strip() in ("hf", "ed", "eft", "w2s")
+    return isinstance(spec, str) and spec.partition(":")[0].strip() in ("hf", "ed", "eft", "w2s", "ablate", "actadd")
 
 
 # -- shared option readers -------------------------------------------------------------------
@@ -217,8 +225,28 @@ def _component_options(args: SpecArgs, role: str, context: dict) -> dict[str, An
     own = SpecArgs(args.spec, args.what, options=args.prefixed(role + "."))
     fmt = _format_options(own)
     load = _load_options(own, context)
+    direction = _direction_options(own)
     own.done()
-    return {**fmt, **{k: v for k, v in load.items() if v not in (None, False, "auto") or k == "device"}}
+    return {**fmt, **{k: v for k, v in load.items() if v not in (None, False, "auto") or k == "device"},
+            "direction": direction}
+
+
+def _direction_options(args: SpecArgs) -> dict[str, Any] | None:
+    """``ablate=<dir>`` or ``actadd=<dir>`` (with ``coeff=``), and ``allow_foreign=``: a
+    refusal direction applied to one component of a composed target."""
+    import math
+
+    ablate, actadd = args.option("ablate"), args.option("actadd")
+    coeff = args.option("coeff", None, float, check=math.isfinite)
+    foreign = args.flag("allow_foreign")
+    if ablate and actadd:
+        raise DeepAlignError(f"target {args.spec!r}: give ablate= or actadd=, not both")
+    if coeff is not None and not actadd:
+        raise DeepAlignError(f"target {args.spec!r}: coeff= goes with actadd=")
+    if not (ablate or actadd):
+        return None
+    return {"direction": ablate or actadd, "mode": "ablate" if ablate else "add",
+            "coeff": 1.0 if coeff is None else coeff, "allow_foreign": foreign}
 
 
 def _shared_load(args: SpecArgs, context: dict) -> dict[str, Any]:
@@ -299,19 +327,20 @@ def keep_models(sources) -> None:
             del _SHARED[key]
 
 
-def _component(path: str, weight: float, opts: dict):
+def _component(path: str, weight: float, opts: dict, *, shared: bool = True):
     from deepalign.decoding.compose import Component
     from deepalign.models import load_causal_lm, load_tokenizer, model_source
 
     load = {k: opts.pop(k) for k in ("dtype", "device", "device_map", "trust_remote_code") if k in opts}
     key = (model_source(path), tuple(sorted((k, str(v)) for k, v in load.items())), opts.get("chat_template"))
-    pair = _SHARED.get(key) if _SHARED is not None else None
+    pool = _SHARED if shared else None
+    pair = pool.get(key) if pool is not None else None
     if pair is None:
         tokenizer = load_tokenizer(path, trust_remote_code=bool(load.get("trust_remote_code")),
                                    chat_template=opts.get("chat_template"))
         pair = (load_causal_lm(path, **load), tokenizer)
-        if _SHARED is not None:
-            _SHARED[key] = pair
+        if pool is not None:
+            pool[key] = pair
     opts.pop("chat_template", None)
     return Component(pair[0], pair[1], weight, opts.pop("prompt_format", None), str(path), **opts)
 
@@ -331,17 +360,42 @@ def _composed(args: SpecArgs, context: dict, roles: dict[str, float], build, for
     args.done()
     if missing:
         raise DeepAlignError(f"target {args.spec!r}: give {', '.join(f'{r}=' for r in missing)}")
+    directions = {role: per_role[role].pop("direction") for role in roles}
     if context.get("check"):
-        from deepalign.models import model_source
-
-        return TargetPlan(args.spec.partition(":")[0], {role: model_source(paths[role]) for role in roles}, gen)
+        return TargetPlan(args.spec.partition(":")[0], {role: _check_model(paths[role], directions[role])
+                                                         for role in roles}, gen)
     for role, weight in roles.items():
         opts = {**shared_load, **shared_fmt}
         if (formats or {}).get(role) is not None:
             opts["prompt_format"] = formats[role]
         opts.update({k: v for k, v in per_role[role].items() if v is not None})
-        comps.append(_component(paths[role], weight, opts))
+        # a model that gets hooks of its own is loaded for this target alone, never shared
+        comp = _component(paths[role], weight, opts, shared=directions[role] is None)
+        if directions[role] is not None:
+            from deepalign.direction.apply import apply_direction
+
+            d = directions[role]
+            apply_direction(comp.model, d["direction"], mode=d["mode"], coeff=d["coeff"], name=comp.name,
+                            allow_foreign=d["allow_foreign"])
+        comps.append(comp)
     return build(comps, gen)
+
+
+def _check_model(path: str, direction: dict | None) -> str:
+    """Check mode: the model path, and the direction file with what it can check before
+    loading the model."""
+    import os
+
+    from deepalign.models import model_source
+
+    source = model_source(path)
+    if direction is not None:
+        from deepalign.direction.store import load_direction
+
+        d = load_direction(direction["direction"])
+        if os.path.isdir(source):
+            d.check_checkpoint(source, allow_foreign=direction["allow_foreign"])
+    return source
 
 
 @TARGETS.register("ed", "ed:base=<model>,aligned=<model>,alpha=<a> or ed:family=<name>[,alpha=<a>]: Emulated "
@@ -391,3 +445,37 @@ def _w2s(args: SpecArgs, context: dict):
     presets.check_scale("beta", beta)
     return _composed(args, context, {"strong": 1.0, "weak_unsafe": beta, "weak_safe": -beta},
                      lambda comps, gen: ComposedTarget(comps, batch_size=context.get("batch_size", 16), generation=gen))
+
+
+def _direction_target(args: SpecArgs, context: dict, mode: str):
+    import math
+
+    model, direction = args.option("model"), args.option("direction")
+    coeff = args.option("coeff", 1.0, float, check=math.isfinite) if mode == "add" else 1.0
+    foreign = args.flag("allow_foreign")
+    fmt = _format_options(args)
+    load = _load_options(args, context)
+    gen = _generation_options(args)
+    args.done()
+    if not model or not direction:
+        raise DeepAlignError(f"target {args.spec!r}: give model=<dir or hub id> and direction=<direction dir>")
+    spec = {"direction": direction, "mode": mode, "coeff": coeff, "allow_foreign": foreign}
+    if context.get("check"):
+        return TargetPlan(args.spec.partition(":")[0], {"model": _check_model(model, spec)}, gen)
+    from deepalign.decoding.hf import direction_target
+
+    return direction_target(model, direction, mode=mode, coeff=coeff, allow_foreign=foreign,
+                            batch_size=context.get("batch_size", 16), generation=gen, **fmt, **load)
+
+
+@TARGETS.register("ablate", "ablate:model=<model>,direction=<dir>[,allow_foreign=true][,hf: options]: a model with "
+                            "its refusal direction ablated at every layer and position (forward hooks)")
+def _ablate(args: SpecArgs, context: dict):
+    return _direction_target(args, context, "ablate")
+
+
+@TARGETS.register("actadd", "actadd:model=<model>,direction=<dir>[,coeff=<c>][,hf: options]: a model with its "
+                            "refusal direction added at its layer, coeff times the difference of means (1: induce "
+                            "refusal, -1: the reference's subtraction)")
+def _actadd(args: SpecArgs, context: dict):
+    return _direction_target(args, context, "add")

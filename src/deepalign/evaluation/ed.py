@@ -25,7 +25,7 @@ from pathlib import Path
 
 from deepalign.data.datasets import DataOptions
 from deepalign.decoding.base import GenConfig
-from deepalign.errors import DeepAlignError, OptionError
+from deepalign.errors import OptionError
 from deepalign.options import build, number
 
 
