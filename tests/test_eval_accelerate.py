@@ -6,28 +6,11 @@ multi-process run count as written and are folded in by the next run."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
-
 from deepalign.evaluation.rundir import RunDir
-
-
-def _launch(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    accelerate = Path(sys.executable).parent / "accelerate"
-    if not accelerate.exists():
-        accelerate = shutil.which("accelerate")
-    if accelerate is None:
-        pytest.skip("accelerate CLI not installed")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
-           "PYTHONWARNINGS": "ignore"}
-    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0", "-m", "deepalign", *args]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=cwd)
+from launch import explain, launch
 
 
 def _rows(path: Path) -> list[dict]:
@@ -49,11 +32,11 @@ def test_two_processes_give_the_rows_of_one(world_dir, base_model_dir, tmp_path)
               "--limit", "5", "--batch_size", "2", "--max_new_tokens", "6", "--do_sample", "--num_samples", "2",
               "--quiet"]
     two = tmp_path / "two"
-    proc = _launch(["eval", *common, "--attacks", "direct", "--out", str(two)], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = launch(["eval", *common, "--attacks", "direct", "--out", str(two)], tmp_path)
+    assert proc.returncode == 0, explain(proc)
     # extend the run with another attack, again with two processes
-    proc = _launch(["eval", *common, "--attacks", "direct", "prefill:3", "--out", str(two)], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = launch(["eval", *common, "--attacks", "direct", "prefill:3", "--out", str(two)], tmp_path)
+    assert proc.returncode == 0, explain(proc)
     assert not RunDir(two).shards() and not list(two.glob("*.tmp*"))
 
     one = tmp_path / "one"

@@ -148,6 +148,9 @@ def run_ed(options: EDOptions | None = None, generation: EDGenConfig | None = No
     aligned = opts.aligned or (fam.aligned if fam else None)
     if not base or not aligned:
         raise OptionError("base", "and --aligned are required (or --family)")
+    from deepalign.decoding.compose import refuse_servers
+
+    refuse_servers({"base": base, "aligned": aligned}, "ed")
     alphas = opts.alpha or [fam.alpha if fam else 0.3]
     if len(set(alphas)) != len(alphas):
         raise OptionError("alpha", f"holds a value twice: {alphas}")

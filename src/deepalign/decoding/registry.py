@@ -173,13 +173,14 @@ def _openai(args: SpecArgs, context: dict):
 def _composed(args: SpecArgs, context: dict, roles: dict[str, float], build, formats: dict | None = None):
     """Load the components named by ``roles`` (role -> weight) and compose them; ``formats``:
     each role's prompt format unless the spec names one."""
-    from deepalign.decoding.compose import Component
+    from deepalign.decoding.compose import Component, refuse_servers
 
     shared_fmt = {k: v for k, v in _format_options(args).items() if v not in (None, False)}
     shared_load = _shared_load(args, context)
     gen = _generation_options(args)
     comps = []
     paths = {role: args.option(role) for role in roles}
+    refuse_servers(paths, f"target {label(args.spec)!r}")
     missing = [role for role, path in paths.items() if not path]
     per_role = {role: _component_options(args, role, context) for role in roles}
     args.done()
