@@ -57,16 +57,33 @@ def launch(args: list[str], cwd: Path, *, launcher: list[str] = ("--multi_gpu",)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # the launcher, torchrun's agent and every worker
+        _kill_tree(proc.pid)
         out, err = proc.communicate()
         pytest.fail(f"accelerate launch ran past {timeout:.0f} s: {' '.join(cmd)}\n--- stderr ---\n{err[-4000:]}",
                     pytrace=False)
     finally:
-        try:  # workers that outlived a failed launcher
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        _kill_tree(proc.pid)  # workers that outlived a failed launcher
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL to the launcher and every process below it: torchrun starts each worker in a
+    session of its own, so killing the launcher's process group does not reach them."""
+    import psutil
+
+    try:
+        procs = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        procs = []
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def explain(proc: subprocess.CompletedProcess) -> str:

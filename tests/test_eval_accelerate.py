@@ -74,3 +74,24 @@ def test_shards_of_a_killed_run_count_as_written(world_dir, base_model_dir, tmp_
     assert len(rows) == len(ref) == 6  # nothing generated twice, the torn row and the missing one redone
     assert sorted(rows, key=lambda r: r["key"]) == sorted(ref, key=lambda r: r["key"])
     assert summary["results"] == _results(tmp_path / "ref")
+
+
+def test_a_stage_ends_its_process_group(tmp_path):
+    """A stage started by ``accelerate launch`` ends its process group before the interpreter
+    shuts down. Left to shutdown, gloo's threads abort a finished process now and then
+    ("terminate called without an active exception", SIGABRT: 2 launches in 60 here), and the
+    launcher fails the run: what failed test_two_processes_give_the_rows_of_one once."""
+    import torch.distributed as dist
+
+    from deepalign.cli import main
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        assert main(["world", "--out", str(tmp_path / "world"), "--quiet"]) == 0
+        assert not dist.is_initialized()
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous2'}", rank=0, world_size=1)
+        assert main(["report", str(tmp_path / "missing")]) == 2  # a failed stage too
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

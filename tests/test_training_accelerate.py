@@ -57,7 +57,7 @@ def _same_model_as_one_process(out, one_process, base_model_dir, proc) -> None:
 def test_two_cpu_processes_train_and_save_once(world_dir, base_model_dir, one_process, tmp_path):
     out = tmp_path / "ddp"
     proc = launch([*TRAIN, "--world", str(world_dir), "--model", str(base_model_dir), "--out", str(out)], tmp_path,
-                  timeout=180)
+                  timeout=300)
     assert proc.returncode == 0, explain(proc)
     _same_model_as_one_process(out, one_process, base_model_dir, proc)
 
@@ -66,7 +66,7 @@ def test_deepspeed_zero3_config_on_two_cpu_processes(world_dir, base_model_dir, 
     pytest.importorskip("deepspeed")
     out = tmp_path / "zero3"
     proc = launch([*TRAIN, "--world", str(world_dir), "--model", str(base_model_dir), "--out", str(out)], tmp_path,
-                  launcher=["--config_file", str(CONFIGS / "deepspeed_zero3.yaml")], timeout=180)
+                  launcher=["--config_file", str(CONFIGS / "deepspeed_zero3.yaml")], timeout=300)
     assert proc.returncode == 0, explain(proc)
     _same_model_as_one_process(out, one_process, base_model_dir, proc)
 
@@ -74,7 +74,7 @@ def test_deepspeed_zero3_config_on_two_cpu_processes(world_dir, base_model_dir, 
 def test_fsdp_config_on_cpu_processes_is_refused(world_dir, base_model_dir, tmp_path):
     out = tmp_path / "fsdp"
     proc = launch([*TRAIN, "--world", str(world_dir), "--model", str(base_model_dir), "--out", str(out)], tmp_path,
-                  launcher=["--config_file", str(CONFIGS / "fsdp.yaml")], timeout=180)
+                  launcher=["--config_file", str(CONFIGS / "fsdp.yaml")], timeout=300)
     assert proc.returncode != 0 and not out.exists(), explain(proc)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("deepalign: error: ")]
     assert errors and set(errors) == {"deepalign: error: the FSDP config needs GPUs: accelerate applies FSDP only to "
