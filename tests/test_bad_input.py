@@ -201,7 +201,7 @@ CASES = [
      "--temperature must be a finite number"),
     (["ed", "--base", "base", "--aligned", "base", "--prompts", "nonutf8.txt", "--out", "o.jsonl"], "not UTF-8 text"),
     (["ed", "--base", "base", "--aligned", DEAD, "--prompts", "good.txt", "--out", "o.jsonl"],
-     "ed: aligned=openai:m@http://127.0.0.1:9/v1,retries=0,timeout=2 is a server"),
+     "aligned=openai:m@http://127.0.0.1:9/v1,retries=0,timeout=2 is a server"),
     (["ed", "--base", "base", "--aligned", "base", "--prompts", "lists.jsonl", "--out", "o.jsonl"],
      "lists.jsonl:1: expected a JSON object"),
     (["ed", "--base", "base", "--aligned", "base", "--prompts", "good.txt", "--out", "ed_lists.jsonl"],

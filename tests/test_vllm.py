@@ -233,7 +233,7 @@ def test_emulated_disalignment_refuses_a_server_component(servers, world_dir, tm
         run_eval(targets=[f"ed:base=openai:{server.model}@{server.url},aligned={server.model},alpha=0.3"],
                  datasets=["world:harmful"], world=str(world_dir), limit=1, out_dir=str(tmp_path / "e"), quiet=True)
     assert "\n" not in str(e.value)
-    with pytest.raises(DeepAlignError, match=r"ed: aligned=openai:\S+ is a server"):
+    with pytest.raises(DeepAlignError, match=r"aligned=openai:\S+ is a server"):
         run_ed(base=server.model, aligned=f"openai:{server.model}@{server.url}", prompts="world:harmful",
                world=str(world_dir), out=str(tmp_path / "ed.jsonl"), quiet=True)
     assert not (tmp_path / "e").exists() and not (tmp_path / "ed.jsonl").exists()
