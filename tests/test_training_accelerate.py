@@ -4,7 +4,8 @@ the same global batch (so gradients were synchronised and normalised over both p
 - DDP: two processes (gloo), one final model written once, equal to one process.
 - DeepSpeed ZeRO-3 with the shipped config (``src/deepalign/configs/deepspeed_zero3.yaml``):
   DeepSpeed's CPU accelerator talks gloo, so ZeRO runs on CPU processes; same loss per step and
-  same weights as one process (the parameters are gathered for the final save).
+  same weights as one process (the parameters are gathered for the final save). Runs where
+  DeepSpeed is installed (``pip install -e '.[deepspeed]'``), skips otherwise.
 - FSDP with the shipped config: accelerate applies FSDP only to GPU processes, so on CPU it is
   refused in one line instead of silently training as DDP.
 
@@ -63,7 +64,7 @@ def test_two_cpu_processes_train_and_save_once(world_dir, base_model_dir, one_pr
 
 
 def test_deepspeed_zero3_config_on_two_cpu_processes(world_dir, base_model_dir, one_process, tmp_path):
-    pytest.importorskip("deepspeed")
+    pytest.importorskip("deepspeed", reason="DeepSpeed is not installed: pip install -e '.[deepspeed]'")
     out = tmp_path / "zero3"
     proc = launch([*TRAIN, "--world", str(world_dir), "--model", str(base_model_dir), "--out", str(out)], tmp_path,
                   launcher=["--config_file", str(CONFIGS / "deepspeed_zero3.yaml")], timeout=300)
