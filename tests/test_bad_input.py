@@ -211,6 +211,11 @@ CASES = [
      "refusing to send the API key over plain http"),
     (["eval", "--target", "hf:base", "hf:base", *W, "--out", "e"], "targets given twice"),
     (["eval", "--target", DEAD, *W, "--attacks", "cipher:rot13", "--out", "e"], "name a cipher"),
+    # a server gives no full next-token distributions: composed decoding refuses it, credentials never shown
+    (["eval", "--target", "ed:base=openai:m@http://u:hunter2@127.0.0.1:9/v1,aligned=base,alpha=0.3", *W, "--out", "e"],
+     "base=openai:m@http://127.0.0.1:9/v1 is a server, but composed decoding (ED, EFT, W2S) needs each model's full"),
+    (["eval", "--target", "w2s:strong=base,weak_unsafe=base,weak_safe=http://127.0.0.1:9/v1,beta=1", *W, "--out", "e"],
+     "weak_safe=http://127.0.0.1:9/v1 is a server"),
     # -- ed
     (["ed", "--base", "base", "--aligned", "base", "--prompts", "good.txt", "--out", "o", "--alpha", "inf"],
      "--alpha must be a finite number"),
@@ -219,6 +224,8 @@ CASES = [
     (["ed", "--base", "base", "--aligned", "base", "--prompts", "good.txt", "--out", "o", "--temperature", "nan"],
      "--temperature must be a finite number"),
     (["ed", "--base", "base", "--aligned", "base", "--prompts", "nonutf8.txt", "--out", "o"], "not UTF-8 text"),
+    (["ed", "--base", "base", "--aligned", DEAD, "--prompts", "good.txt", "--out", "o"],
+     "aligned=openai:m@http://127.0.0.1:9/v1,retries=0,timeout=2 is a server"),
     (["ed", "--base", "base", "--aligned", "base", "--prompts", "lists.jsonl", "--out", "o"],
      "lists.jsonl:1: expected a JSON object"),
     (["ed", "--base", "base", "--aligned", "base", "--prompts", "good.txt", "--out", "ed_lists"],

@@ -37,6 +37,23 @@ from deepalign.tokens import Encoder, PromptFormat
 _FLOOR = -1e4  # log-probs are clamped here so that -inf times a negative weight stays finite
 
 
+def refuse_servers(models: dict[str, str], where: str) -> None:
+    """Refuse, in one line and before anything loads, a component given as a server
+    (``openai:...`` or a URL): logit arithmetic combines every model's *full* next-token
+    distribution at every step, and an OpenAI-compatible server returns sampled tokens with at
+    most a few top log-probs. ``models``: role -> spec; ``where``: what to name in the message."""
+    import re
+
+    for role, spec in models.items():
+        text = str(spec or "").strip()
+        if text.partition(":")[0].strip().lower() == "openai" or "://" in text:
+            shown = re.sub(r"(://)[^/@\s]*@", r"\1", text)  # never a user:password from the URL
+            raise DeepAlignError(
+                f"{where}: {role}={shown} is a server, but composed decoding (ED, EFT, W2S) needs each model's full "
+                "next-token distribution at every step, which an OpenAI-compatible server does not return (at most "
+                f"a few top log-probs); give {role} as a local model directory or hub id")
+
+
 @dataclass
 class Component:
     """One model of a composition: its weight and the prompt format it reads queries in

@@ -355,6 +355,9 @@ def _composed(args: SpecArgs, context: dict, roles: dict[str, float], build, for
     gen = {**(preset or {}), **_generation_options(args)}
     comps = []
     paths = {role: args.option(role) for role in roles}
+    from deepalign.decoding.compose import refuse_servers
+
+    refuse_servers(paths, f"target {label(args.spec)!r}")
     missing = [role for role, path in paths.items() if not path]
     per_role = {role: _component_options(args, role, context) for role in roles}
     args.done()

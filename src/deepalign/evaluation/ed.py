@@ -93,6 +93,9 @@ def ed_specs(opts: EDOptions) -> list:
     aligned = opts.aligned or (fam.aligned if fam else None)
     if not base or not aligned:
         raise OptionError("base", "and --aligned are required (or --family)")
+    from deepalign.decoding.compose import refuse_servers
+
+    refuse_servers({"base": base, "aligned": aligned}, "ed")
     alphas = opts.alpha or [presets.ed_alpha(None, fam) if fam else 0.3]
     if len(set(alphas)) != len(alphas):
         raise OptionError("alpha", f"holds a value twice: {alphas}")

@@ -208,13 +208,27 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def _check_launch_on_cpu() -> None:
+    """accelerate (1.15) applies FSDP only to processes of a GPU kind: a CPU process started with
+    the FSDP config would silently train as plain data parallel, without sharding. Refuse it.
+    (DeepSpeed runs on CPU processes: its CPU accelerator talks gloo.)"""
+    import os
+
+    if not _cuda() and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        raise DeepAlignError("the FSDP config needs GPUs: accelerate applies FSDP only to GPU processes, so these CPU "
+                             "processes would train as plain data parallel without sharding; on CPU launch with "
+                             "--multi_gpu (DDP) or a DeepSpeed config instead")
+
+
 def _value(x: Any) -> Any:
     return getattr(x, "value", x)  # enums (schedulers, strategies) as their names
 
 
 def _command_line(opts: TrainOptions, args: DeRTaConfig, data_opts: DataOptions | None = None) -> str:
     """A ``deepalign train`` command that reproduces the run (the options that differ from
-    the defaults)."""
+    the defaults). Call it before the Trainer is built: it builds a default DeRTaConfig, and
+    building any TrainingArguments resets accelerate's shared state, which a DeepSpeed or FSDP
+    trainer still needs to gather the weights for the final save."""
     parts = ["deepalign", "train"]
     for obj, default in ((opts, TrainOptions()), (args, DeRTaConfig()), (data_opts or DataOptions(), DataOptions())):
         for f in type(obj).__dataclass_fields__.values():
@@ -264,6 +278,7 @@ def train(options: TrainOptions | None = None, training: DeRTaConfig | None = No
 
     opts, args, data_opts = build(kwargs, options=(TrainOptions, options), training=(DeRTaConfig, training),
                                   data=(DataOptions, data))
+    command = _command_line(opts, args, data_opts)  # before any Trainer exists (see its doc)
     default_model = DEFAULT_DPO_BASE if opts.recipe == "dpo" else DEFAULT_BASE
     model_spec = opts.model_name_or_path or default_model
     hint = {DEFAULT_BASE: " (train it with 'deepalign pretrain' first)",
@@ -273,6 +288,7 @@ def train(options: TrainOptions | None = None, training: DeRTaConfig | None = No
     resume_view = {**{k: v for k, v in asdict(opts).items()}, **asdict(data_opts), "model_name_or_path": model_spec,
                    **{k: getattr(args, k) for k in _RESUME_KEYS if hasattr(args, k)}}
     resume_view = {k: v for k, v in resume_view.items() if isinstance(v, (str, int, float, bool, type(None), list))}
+    _check_launch_on_cpu()
     # no GPU: CPU processes (gloo) also when started by torchrun / `accelerate launch --multi_gpu`
     state = PartialState(cpu=not _cuda())
     wipe, checkpoint = outdir.plan(out, resume=opts.resume, overwrite=opts.overwrite, options=resume_view,
@@ -408,7 +424,7 @@ def train(options: TrainOptions | None = None, training: DeRTaConfig | None = No
         info.update({"steps": trainer.state.global_step, "train_seconds": round(seconds, 1), "loss_curve": curve,
                      "lora": opts.use_peft, "adapter_kept": bool(opts.use_peft and opts.keep_adapter),
                      "seed": args.seed, "hyperparameters": _hyperparameters(opts, run_args),
-                     "command": _command_line(opts, args, data_opts)})
+                     "command": command})
         from deepalign.training.modelcard import TRAIN_INFO, card_files
         from deepalign.training.trainer import save_final_model
 
