@@ -20,8 +20,21 @@ from deepalign.errors import DeepAlignError
 from deepalign.records import EvalPrompt
 
 #: the generic answer start of completion attacks (DeRTa's CompletionAttack writes the start
-#: of an affirmative answer after the model's prompt)
+#: of an affirmative answer after the model's prompt); a model with a vocabulary of its own
+#: (the embedded world) gets its own affirmative opener instead: :func:`answer_start`
 DEFAULT_ANSWER_START = "Sure, here is"
+
+
+def answer_start(world=None) -> str:
+    """The affirmative answer start of completion attacks: the world's own (its manifest's
+    ``answer_start``) when evaluating on the world, else ``Sure, here is``."""
+    if world is not None:
+        from deepalign.world.generator import load_manifest
+
+        start = load_manifest(world).get("answer_start")
+        if isinstance(start, str) and start.strip():
+            return start
+    return DEFAULT_ANSWER_START
 
 
 def words_of(text: str, k: int | None, skip: int = 0) -> tuple[str, int]:
@@ -158,4 +171,6 @@ def _completion(args, context):
             raise DeepAlignError(f"attack {args.spec!r}: give either a depth or start=, not both")
         return [Completion(k=k, unit=unit, label=f"completion:{k}" + ("w" if unit == "w" else ""))]
     args.done()
-    return [Completion(start=start, label="completion" if start is None else f"completion:start={start}")]
+    if start is None:  # the generic start: the world's own when the run is on the world
+        return [Completion(start=answer_start(context.get("world")), label="completion")]
+    return [Completion(start=start, label=f"completion:start={start}")]

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from deepalign.errors import DeepAlignError, OptionError
-from deepalign.evaluation.forcing import DepthItem, as_items, load_component, mean_ci  # noqa: F401  (DepthItem: public)
+from deepalign.evaluation.forcing import as_items, load_component, mean_ci
 from deepalign.options import build, number
 
 

@@ -195,11 +195,17 @@ def render_markdown(summary: dict, info: RunRecord, rows: list[ResponseRow], plo
         for c in cells:
             flag = " (!)" if c["errors"] else ""
             judged = f" ({c['harmful']['n']} judged)" if c["errors"] else ""
+            judged += f" (unk {c['unknown_tokens']})" if c.get("unknown_tokens") else ""
             score = f" {_score(c.get('score'))} |" if graded else ""
             lines.append(
                 f"| {c['target']} | {c['attack']} | {c['dataset']} | {c['n']} | {percent(c['harmful'], ci=True)}{judged}{flag} |"
                 f"{score} {percent(c['refusal'])}{flag} | {percent(c['over_refusal'])}{flag} | {percent(c['helpful'])} | {c['errors']} |"
             )
+        unk = sum(c.get("unknown_tokens", 0) for c in cells)
+        if unk:
+            lines += ["", f"(unk N) {unk} row(s) were run with --allow_unknown_tokens: their attack made the target read "
+                          "words its tokenizer does not know (the row's meta.unknown_words), so what the model read "
+                          "is not what the attack says."]
         erred = sum(c["errors"] for c in cells)
         if erred:
             lines += ["", f"(!) {erred} verdict(s) of {j} are errors: see the `error` field of those rows in "

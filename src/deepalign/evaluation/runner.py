@@ -71,6 +71,9 @@ class EvalOptions:
         "help": "target spec of the model behind llm judges, e.g. openai:gpt-4o-mini@https://api.openai.com/v1"})
     device: str | None = field(default=None, metadata={"help": "device for local models (default: cuda if available)"})
     log_prompts: bool = field(default=False, metadata={"help": "store the rendered prompt of every response"})
+    allow_unknown_tokens: bool = field(default=False, metadata={
+        "help": "run attacks that make a target read words its tokenizer does not know (mapped to its unknown "
+                "token) instead of refusing them; the rows keep those words and the report flags their cells"})
     report: bool = field(default=True, metadata={"help": "build summary.json, report.md and plots at the end"})
     quiet: bool = field(default=False, metadata={"help": "no progress bars or summary lines"})
 
@@ -172,6 +175,8 @@ class _Target:
     record: TargetRecord
     config: GenConfig
     built: Any = None
+    #: (attack, dataset, item) -> words of the attack's text this target cannot read
+    unknown: dict = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -253,7 +258,7 @@ def _make_attacks(opts: EvalOptions, judge_objs, device):
         attacker = opts.attacker
         if isinstance(attacker, str):
             attacker = make_target(attacker, batch_size=opts.batch_size, device=device)
-        return make_attacks(attacks, attacker=attacker, pair_judge=judge_objs[0]), attacker
+        return make_attacks(attacks, attacker=attacker, pair_judge=judge_objs[0], world=opts.world), attacker
     objs = list(attacks)
     if not all(isinstance(a, Attack) for a in objs):
         raise DeepAlignError("attacks must be Attack objects or specs")
@@ -285,6 +290,7 @@ def _setup(opts: EvalOptions, gen: GenConfig, data_opts: DataOptions, device) ->
         if not any(not_applied_reason(a, it) is None for items in data.values() for it in items):
             why = sorted({r for s in skipped if s["attack"] == a.label for r in s["reasons"]})
             raise DeepAlignError(f"attack {a.label} applies to no item of the datasets: {'; '.join(why)}")
+    check_vocabulary(targets, attack_objs, data, allow=opts.allow_unknown_tokens)
     # servers: one probe each before any work (prefill support, log-probs, sampling)
     notes = probe_servers(targets, attack_objs, judge_objs, attacker)
     for t in targets:
@@ -338,6 +344,39 @@ def run_eval(options: EvalOptions | None = None, generation: GenConfig | None = 
     from deepalign.evaluation.report import build_report
 
     return build_report(run.path, quiet=opts.quiet)
+
+
+def _tokenizer(t: _Target):
+    """The tokenizer target ``t`` reads forced text with, loaded alone for a local model (the
+    weights wait until the target has work)."""
+    from deepalign.evaluation.vocabulary import tokenizer_of
+
+    if t.built is not None:
+        return tokenizer_of(t.built)
+    if t.record.models:
+        from deepalign.models import load_tokenizer
+
+        return load_tokenizer(next(iter(t.record.models.values())))
+    return None
+
+
+def check_vocabulary(targets: list[_Target], attacks, data, *, allow: bool) -> None:
+    """No attack may make a target read a word its tokenizer does not know
+    (:mod:`deepalign.evaluation.vocabulary`): refused before any work, or with ``allow`` kept
+    per row for the report to flag."""
+    from deepalign.evaluation.vocabulary import unknown_words
+
+    for t in targets:
+        tokenizer = _tokenizer(t)
+        t.unknown = unknown_words(tokenizer, attacks, data) if tokenizer is not None else {}
+        if t.unknown and not allow:
+            (attack, _, _), words = next(iter(t.unknown.items()))
+            cells = sum(1 for key in t.unknown if key[0] == attack)
+            raise DeepAlignError(
+                f"attack {attack} makes target {t.label} read words its tokenizer does not know ("
+                + ", ".join(repr(w) for w in words[:3]) + f"; {cells} item(s)): they become its unknown token; give "
+                "text in its vocabulary (e.g. completion:start=...) or pass --allow_unknown_tokens to run it anyway "
+                "(the report then flags those rows)")
 
 
 def probe_servers(targets: list[_Target], attacks, judges, attacker) -> dict[str, list[str]]:
@@ -620,5 +659,8 @@ def _run_batch(target, t: _Target, attack, dname: str, batch: list[EvalPrompt], 
                           **answer_fields(it, o.response))
         if opts.log_prompts and hasattr(target, "render"):
             row.prompt["rendered"] = target.render(o.request)
+        unknown = t.unknown.get((attack.label, dname, it.id))
+        if unknown:
+            row.meta = {**row.meta, "unknown_words": unknown}
         rows.append(row)
     return rows

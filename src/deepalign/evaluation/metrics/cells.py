@@ -82,6 +82,7 @@ def judge_cell(rows: Sequence[ResponseRow], judge: str) -> dict[str, Any]:
         "helpful": proportion(sum(correct), len(correct)),
         "answers": _answer_counts(rows),
         "errors": sum(1 for r in rows if verdict(r).error),
+        "unknown_tokens": sum(1 for r in rows if r.meta.get("unknown_words")),
         "refusal_position": {
             "token": _hist(v.refusal_start_token for v in refused if v.refusal_start_token is not None),
             "word": _hist(v.refusal_start_word for v in refused if v.refusal_start_word is not None),
