@@ -146,7 +146,7 @@ def depth_profiles(base, aligned: Mapping[str, Any], items: Sequence[Any], *, ba
 
     from deepalign.decoding.compose import check_vocabularies
     from deepalign.decoding.output import eos_ids, pad_id
-    from deepalign.training.refusal import refusal_token
+    from deepalign.training.refusal import find_refusal_token
 
     if max_tokens < 1:
         raise DeepAlignError(f"max_tokens must be >= 1, got {max_tokens}")
@@ -164,7 +164,7 @@ def depth_profiles(base, aligned: Mapping[str, Any], items: Sequence[Any], *, ba
     for label, spec in aligned.items():
         a = _component(spec, aligned_format, device)
         width = check_vocabularies([b, a])
-        refusal = [refusal_token(a.tokenizer, w) for w in words]
+        refusal = [find_refusal_token(a.tokenizer, w) for w in words]
         for rid, piece in refusal:
             if rid >= width:
                 raise DeepAlignError(f"refusal token {piece!r} (id {rid}) is outside the shared vocabulary ({width} ids)")
