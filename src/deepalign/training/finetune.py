@@ -69,7 +69,7 @@ class TrainOptions:
     records: str | None = field(default=None, metadata={
         "help": "train on prepared records instead: a deepalign records.jsonl or a DeRTa reference file"})
     prompt_format: str | None = field(default=None, metadata={
-        "help": "chat, text (the default text template), text:<template with {query}>, raw, or a .txt template "
+        "was": {"--prompt-template": "a template is written text:<template with {query}>"}, "help": "chat, text (the default text template), text:<template with {query}>, raw, or a .txt template "
                 "file (default: the tokenizer's chat template, else the default text template)"})
     system_prompt: str | None = field(default=None, metadata={"help": "system prompt of every training conversation"})
     chat_template: str | None = field(default=None, metadata={
@@ -101,7 +101,7 @@ class TrainOptions:
     lora_alpha: int | None = field(default=None, metadata={"help": "default 2 * lora_r"})
     lora_dropout: float = 0.05
     lora_target_modules: list[str] | None = field(default=None, metadata={
-        "help": "module names to adapt (default: all linear layers)"})
+        "aliases": ["--lora-targets"], "help": "module names to adapt, or all-linear (the default: every linear layer)"})
     keep_adapter: bool = field(default=False, metadata={"help": "save the adapter instead of merging it"})
     # run
     resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in <out>/checkpoints"})
@@ -463,6 +463,9 @@ def _lora_config(opts: TrainOptions, module_names: set[str]):
     targets: Any = "all-linear"
     if opts.lora_target_modules:
         targets = [t.strip() for item in opts.lora_target_modules for t in item.split(",") if t.strip()]
+        if targets == ["all-linear"]:
+            targets = "all-linear"
+    if targets != "all-linear":
         leaves = {n.rsplit(".", 1)[-1] for n in module_names} | module_names
         missing = [t for t in targets if t not in leaves]
         if missing:

@@ -55,7 +55,7 @@ class DeRTaConfig(TrainingArguments):
         "aliases": ["--out"],
         "help": "the final model directory (default runs/<recipe>[-lora]); checkpoints go to <out>/checkpoints"})
     learning_rate: float | None = field(default=None, metadata={
-        "help": "peak learning rate; default: the reference's 2e-5 full / 1e-4 LoRA (DPO 5e-7 / 5e-6), "
+        "aliases": ["--lr"], "help": "peak learning rate; default: the reference's 2e-5 full / 1e-4 LoRA (DPO 5e-7 / 5e-6), "
                 "larger for models under 50M parameters (see training/finetune.py)"})
     rto_keep: float | None = field(default=None, metadata={
         "help": "share of RTO positions kept per sequence; None = 0.05 for full fine-tuning, 1.0 with LoRA"})
@@ -65,10 +65,16 @@ class DeRTaConfig(TrainingArguments):
     loss_impl: str = field(default="auto", metadata={"help": "auto, fused or module (see losses.py)"})
     max_length: int = field(default=1024, metadata={"help": "cut sequences to this many tokens"})
     bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision; None = when available"})
-    num_train_epochs: float = 2.0
-    lr_scheduler_type: SchedulerType | str = "cosine"
-    warmup_steps: float = 0.03
-    per_device_train_batch_size: int = 16
+    # the flags of the first command line (--epochs, --lr-scheduler, ...) stay aliases
+    num_train_epochs: float = field(default=2.0, metadata={"aliases": ["--epochs"], "help": "training epochs"})
+    lr_scheduler_type: SchedulerType | str = field(default="cosine", metadata={
+        "aliases": ["--lr-scheduler"], "help": "any transformers scheduler name"})
+    warmup_steps: float = field(default=0.03, metadata={
+        "aliases": ["--warmup"], "help": "warmup: a ratio in [0, 1) of the training steps, or a whole number of steps"})
+    per_device_train_batch_size: int = field(default=16, metadata={"aliases": ["--batch-size"],
+                                                                   "help": "batch size per device"})
+    gradient_accumulation_steps: int = field(default=1, metadata={"aliases": ["--grad-accum"],
+                                                                  "help": "gradient accumulation steps"})
     logging_steps: float = 10
     save_steps: float = 500
     save_total_limit: int | None = 2
