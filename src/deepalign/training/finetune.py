@@ -33,12 +33,15 @@ from transformers.trainer_callback import PrinterCallback
 
 from deepalign import __version__
 from deepalign.data.datasets import DataOptions, load_train_instructions, load_train_triples
-from deepalign.data.recipes import PREFIX_UNITS, RECIPES, build_records, count_kinds, load_records, save_records
+from deepalign.data.recipes import (PAIR_RECIPES, PERSONAS, PREFIX_UNITS, RECIPES, build_pair_records, build_records,
+                                    count_kinds, load_records, persona, save_records)
 from deepalign.errors import DeepAlignError, OptionError
 from deepalign.models import DTYPES, load_causal_lm, load_tokenizer, model_source
 from deepalign.options import build, choice, exclusive, number
 from deepalign.tokens import Encoder
 from deepalign.training import outdir
+from deepalign.training.constrained import REFERENCE_FILE, ConstrainedTrainer
+from deepalign.training.losses import TokenWiseConstraint
 from deepalign.training.modelcard import TRAIN_INFO, card_files, push_model_dir
 from deepalign.training.refusal import find_refusal_token
 from deepalign.training.trainer import DeRTaConfig, DeRTaTrainer, save_final_model
@@ -47,11 +50,14 @@ from deepalign.utils import os_error, quiet_libraries, set_seed, write_json
 DEFAULT_WORLD = "runs/world"
 DEFAULT_BASE = "runs/base"
 DEFAULT_DPO_BASE = "runs/vanilla"
+DEFAULT_PAIRS = "world:ft/harmful"
+OBJECTIVES = ("mle", "constrained")
 # options whose change makes --resume meaningless
 _RESUME_KEYS = ("recipe", "model_name_or_path", "seed", "triples", "helpful", "records", "use_peft",
                 "per_device_train_batch_size", "gradient_accumulation_steps", "rto_keep", "prefix_unit",
                 "k_zero_share", "helpful_count", "safety_count", "safety_ratio", "prompt_format", "max_steps",
-                "num_train_epochs", "fields", "subset", "split", "sample", "limit", "sample_seed")
+                "num_train_epochs", "fields", "subset", "split", "sample", "limit", "sample_seed", "dataset_name",
+                "persona", "objective", "ref_model", "beta", "bias_factor", "first_token_bias_factor", "bias_length")
 
 
 @dataclass
@@ -59,9 +65,25 @@ class TrainOptions:
     """What to train (the Trainer's own settings are in ``DeRTaConfig``)."""
 
     recipe: str = field(default="derta", metadata={
-        "help": "vanilla (q->safe), harmful-prefix (RecAug), rto, derta (prefix + RTO), dpo (safe > harmful)"})
+        "help": "vanilla (q->safe), harmful-prefix (RecAug), rto, derta (prefix + RTO), dpo (safe > harmful); "
+                "sft (fine-tuning on --dataset pairs: the harmful fine-tuning attack, benign fine-tuning), "
+                "identity-shift (the same in the identity-shifting attack's persona)"})
     model_name_or_path: str | None = field(default=None, metadata={
-        "aliases": ["--model"], "help": f"base model dir or hub id (default {DEFAULT_BASE}; for dpo {DEFAULT_DPO_BASE})"})
+        "aliases": ["--model"], "help": f"base model dir or hub id (default {DEFAULT_BASE}; for dpo, sft and "
+                                        f"identity-shift the aligned {DEFAULT_DPO_BASE})"})
+    dataset_name: str | None = field(default=None, metadata={
+        "aliases": ["--dataset"], "help": f"sft / identity-shift: the (instruction, response) pairs, a dataset spec: "
+                                          f"a file, hub id or preset, or world:ft/harmful, world:ft/benign "
+                                          f"(default {DEFAULT_PAIRS})"})
+    persona: str | None = field(default=None, metadata={
+        "help": "identity-shift: aoa (Qi et al. 2023's literal persona) or velmora (the same in world words; the "
+                "default for world data)"})
+    objective: str = field(default="mle", metadata={
+        "help": "sft / identity-shift: mle (plain SFT) or constrained (Qi et al. 2025's token-wise constrained "
+                "objective: --beta, --bias_factor, --first_token_bias_factor, --bias_length)"})
+    ref_model: str | None = field(default=None, metadata={
+        "help": "constrained: the reference model (same tokenizer); default the starting model (with LoRA: the model "
+                "with its adapter disabled)"})
     world: str = field(default=DEFAULT_WORLD, metadata={"help": "world dir whose train/ split is the default data"})
     triples: str | None = field(default=None, metadata={
         "help": "(query, harmful, safe) triples: jsonl/json/csv/dataset dir/hub id (default: the world's)"})
@@ -88,7 +110,13 @@ class TrainOptions:
     k_max: int = field(default=-2, metadata={"help": "largest k; <= 0 counts from the end (-2: len-2)"})
     rto_append_safe: bool = field(default=False, metadata={
         "help": "follow the RTO harmful text by the safe response as MLE target (reference: no)"})
-    beta: float = field(default=0.1, metadata={"help": "DPO beta"})
+    beta: float = field(default=0.1, metadata={
+        "help": "strength of the pull to the reference model: DPO's beta, and the constrained objective's beta"})
+    bias_factor: float = field(default=20.0, metadata={
+        "help": "constrained: beta is multiplied by this at response tokens 1 .. bias_length-1"})
+    first_token_bias_factor: float = field(default=5.0, metadata={
+        "help": "constrained: beta is multiplied by this at the first response token"})
+    bias_length: int = field(default=5, metadata={"help": "constrained: response tokens with the stronger beta"})
     eval_share: float = field(default=0.0, metadata={
         "help": "hold out this share of the records as an evaluation set (loss logged per --eval_strategy)"})
     # model (TRL ModelConfig names)
@@ -121,6 +149,10 @@ class TrainOptions:
         number("safety_count", self.safety_count, low=0, integer=True, optional=True)
         number("safety_ratio", self.safety_ratio, low=0, optional=True)
         number("beta", self.beta, low=0, low_open=True)
+        number("bias_factor", self.bias_factor, low=0, low_open=True)
+        number("first_token_bias_factor", self.first_token_bias_factor, low=0, low_open=True)
+        number("bias_length", self.bias_length, low=0, integer=True)
+        choice("objective", self.objective, OBJECTIVES)
         number("eval_share", self.eval_share, low=0, high=1, high_open=True)
         number("lora_r", self.lora_r, low=1, integer=True)
         number("lora_alpha", self.lora_alpha, low=1, integer=True, optional=True)
@@ -130,10 +162,30 @@ class TrainOptions:
             raise OptionError("records", "excludes --triples / --helpful")
         if self.records and self.recipe == "dpo":
             raise OptionError("records", "is for the record recipes; --recipe dpo trains on --triples")
+        self._check_pair_options()
         if self.keep_adapter and not self.use_peft:
             raise OptionError("keep_adapter", "needs --use_peft (--lora)")
         if self.refusal_word is not None and (not self.refusal_word.strip() or len(self.refusal_word.split()) != 1):
             raise OptionError("refusal_word", f"must be a single word, got {self.refusal_word!r}")
+
+    def _check_pair_options(self) -> None:
+        """The options of the fine-tuning recipes (sft, identity-shift) and the objective."""
+        pairs = self.recipe in PAIR_RECIPES
+        if self.objective == "constrained" and not pairs:
+            raise OptionError("objective", f"constrained applies to --recipe sft and identity-shift (fine-tuning on "
+                                           f"pairs), not to --recipe {self.recipe}")
+        if self.ref_model is not None and self.objective != "constrained":
+            raise OptionError("ref_model", "is the reference of --objective constrained")
+        if self.dataset_name is not None and not pairs:
+            raise OptionError("dataset_name", f"is the data of --recipe sft and identity-shift; --recipe {self.recipe} "
+                                              "trains on --triples and --helpful")
+        if self.persona is not None:
+            if self.recipe != "identity-shift":
+                raise OptionError("persona", "is the persona of --recipe identity-shift")
+            choice("persona", self.persona, PERSONAS)
+        if pairs and (self.triples or self.helpful or self.records):
+            given = "triples" if self.triples else "helpful" if self.helpful else "records"
+            raise OptionError(given, f"is DeRTa data; --recipe {self.recipe} fine-tunes on --dataset pairs")
 
 
 def auto_learning_rate(n_params: int, lora: bool, recipe: str) -> float:
@@ -186,7 +238,7 @@ def train(options: TrainOptions | None = None, training: DeRTaConfig | None = No
         set_seed(args.seed)
         inputs = prepare_inputs(opts, args, data_opts, run)
         run_args = trainer_arguments(opts, args, inputs, run)
-        net = load_model(opts, run)
+        net = load_model(opts, run, inputs)
         prepare_output_dir(run, inputs)
         trainer, info = build_trainer(opts, run_args, net, inputs, run)
         seconds = fit(trainer, run, opts.quiet)
@@ -225,6 +277,9 @@ class Inputs:
     n_params: int
     learning_rate: float
     peft_config: Any = None
+    pairs: list = field(default_factory=list)  #: sft / identity-shift: the (instruction, response) pairs
+    ref_source: str | None = None  #: constrained: the --ref_model to load
+    ref_net: Any = None
     records: list | None = None
     eval_records: list | None = None
     counts: dict[str, int] = field(default_factory=dict)
@@ -234,12 +289,13 @@ class Inputs:
 
 def plan_run(opts: TrainOptions, args: DeRTaConfig, data_opts: DataOptions) -> RunPlan:
     """Resolve the model and the output directory, and decide how to use what is in it."""
-    default_model = DEFAULT_DPO_BASE if opts.recipe == "dpo" else DEFAULT_BASE
+    default_model = DEFAULT_DPO_BASE if opts.recipe in ("dpo", *PAIR_RECIPES) else DEFAULT_BASE
     model_spec = opts.model_name_or_path or default_model
     hint = {DEFAULT_BASE: " (train it with 'deepalign pretrain' first)",
             DEFAULT_DPO_BASE: " (train it with 'deepalign train --recipe vanilla' first)"}.get(model_spec, "")
     source = model_source(model_spec, hint=hint)
-    out = Path(args.output_dir or f"runs/{opts.recipe}{'-lora' if opts.use_peft else ''}")
+    name = opts.recipe + ("-constrained" if opts.objective == "constrained" else "") + ("-lora" if opts.use_peft else "")
+    out = Path(args.output_dir or f"runs/{name}")
     view = {**asdict(opts), **asdict(data_opts), "model_name_or_path": model_spec,
             **{k: getattr(args, k) for k in _RESUME_KEYS if hasattr(args, k)}}
     view = {k: v for k, v in view.items() if isinstance(v, (str, int, float, bool, type(None), list))}
@@ -253,7 +309,11 @@ def plan_run(opts: TrainOptions, args: DeRTaConfig, data_opts: DataOptions) -> R
 def prepare_inputs(opts: TrainOptions, args: DeRTaConfig, data_opts: DataOptions, run: RunPlan) -> Inputs:
     """Data, tokenizer and prompt format, learning rate, LoRA config, records and the RTO
     refusal token: every check that can fail on user input."""
-    if opts.records is None:
+    pairs: list = []
+    if opts.recipe in PAIR_RECIPES:
+        triples, helpful, manifest, data = [], [], {}, {}
+        pairs = _load_pairs(opts, data_opts, data)
+    elif opts.records is None:
         triples, helpful, manifest, data = _load_data(opts, data_opts)
     else:
         triples, helpful, manifest, data = [], [], {}, {"records": {"source": opts.records}}
@@ -265,8 +325,11 @@ def prepare_inputs(opts: TrainOptions, args: DeRTaConfig, data_opts: DataOptions
     lr = args.learning_rate if args.learning_rate is not None else auto_learning_rate(n_params, opts.use_peft,
                                                                                      opts.recipe)
     peft_config = _lora_config(opts, modules) if opts.use_peft else None
-    inputs = Inputs(tokenizer, encoder, triples, helpful, data, n_params, lr, peft_config)
-    if opts.recipe != "dpo":
+    inputs = Inputs(tokenizer, encoder, triples, helpful, data, n_params, lr, peft_config, pairs)
+    if opts.recipe in PAIR_RECIPES:
+        _pair_records(opts, args, inputs)
+        inputs.ref_source = _reference_source(opts, tokenizer, run)
+    elif opts.recipe != "dpo":
         _records(opts, args, inputs, refusal_word=opts.refusal_word or manifest.get("refusal_word"))
     if _value(args.eval_strategy) != "no" and inputs.eval_records is None:
         raise OptionError("eval_strategy", "needs evaluation data: give --eval_share (a held-out share of the records)")
@@ -284,14 +347,57 @@ def _records(opts: TrainOptions, args: DeRTaConfig, inputs: Inputs, refusal_word
                              n_helpful=opts.helpful_count, n_safety=opts.safety_count, safety_ratio=opts.safety_ratio,
                              rto_share=opts.rto_share, prefix_unit=opts.prefix_unit, k_zero_share=opts.k_zero_share,
                              k_min=opts.k_min, k_max=opts.k_max, rto_append_safe=opts.rto_append_safe, seed=args.seed)
+    _hold_out(opts, recs, inputs)
+    if inputs.counts.get("rto") or refusal_word is not None:
+        inputs.refusal_id, inputs.refusal_piece = find_refusal_token(inputs.tokenizer, refusal_word)
+
+
+def _hold_out(opts: TrainOptions, recs: list, inputs: Inputs) -> None:
+    """Keep the records, minus the ``--eval_share`` held out for evaluation."""
     if opts.eval_share > 0:
         n_eval = max(1, int(round(opts.eval_share * len(recs))))
         if n_eval >= len(recs):
             raise OptionError("eval_share", f"leaves no training records ({len(recs)} in all)")
         recs, inputs.eval_records = recs[n_eval:], recs[:n_eval]
     inputs.records, inputs.counts = recs, count_kinds(recs)
-    if inputs.counts.get("rto") or refusal_word is not None:
-        inputs.refusal_id, inputs.refusal_piece = find_refusal_token(inputs.tokenizer, refusal_word)
+
+
+def _pair_records(opts: TrainOptions, args: DeRTaConfig, inputs: Inputs) -> None:
+    """sft / identity-shift: one record per pair, in the persona of identity-shift (whose words
+    the tokenizer must be able to read)."""
+    chosen = None
+    if opts.recipe == "identity-shift":
+        chosen = persona(opts.persona or ("velmora" if _dataset_spec(opts).startswith("world:") else "aoa"))
+        unk = getattr(inputs.tokenizer, "unk_token_id", None)
+        for text in chosen.texts():
+            ids = inputs.encoder.encode_text(text)
+            if unk is not None and unk in ids:
+                word = next(w for w in text.split() if unk in inputs.encoder.encode_text(w))
+                raise DeepAlignError(f"the identity-shift persona {chosen.name!r} has words this tokenizer cannot read "
+                                     f"({word!r}); choose another --persona")
+        inputs.data["pairs"]["persona"] = chosen.name
+    _hold_out(opts, build_pair_records(inputs.pairs, persona=chosen, seed=args.seed), inputs)
+
+
+def _reference_source(opts: TrainOptions, tokenizer, run: RunPlan) -> str | None:
+    """The constrained objective's --ref_model, checked to share the model's tokenizer (the
+    loss compares both models' log-probabilities of the same token ids)."""
+    if opts.objective != "constrained" or opts.ref_model is None:
+        return None
+    source = model_source(opts.ref_model)
+    ref_tok = load_tokenizer(source, trust_remote_code=opts.trust_remote_code)
+    vocab, ref_vocab = tokenizer.get_vocab(), ref_tok.get_vocab()
+    if vocab != ref_vocab:
+        diff = next((t for t in sorted(vocab) if ref_vocab.get(t) != vocab[t]), None) or next(iter(set(ref_vocab) - set(vocab)))
+        raise DeepAlignError(f"--ref_model {opts.ref_model}: its tokenizer differs from the model's ({len(ref_vocab)} "
+                             f"tokens vs {len(vocab)}; token {diff!r} is {ref_vocab.get(diff)} there, "
+                             f"{vocab.get(diff)} here); the reference must share the model's tokenizer")
+    sizes = [AutoConfig.from_pretrained(s, trust_remote_code=opts.trust_remote_code).get_text_config().vocab_size
+             for s in (run.source, source)]
+    if sizes[0] != sizes[1]:
+        raise DeepAlignError(f"--ref_model {opts.ref_model}: its vocabulary has {sizes[1]} rows, the model's {sizes[0]}; "
+                             "the reference must share the model's vocabulary")
+    return source
 
 
 def trainer_arguments(opts: TrainOptions, args: DeRTaConfig, inputs: Inputs, run: RunPlan):
@@ -310,10 +416,14 @@ def trainer_arguments(opts: TrainOptions, args: DeRTaConfig, inputs: Inputs, run
     return run_args
 
 
-def load_model(opts: TrainOptions, run: RunPlan):
-    """The model to train, in training mode. A run whose training had ended (only its final
-    save was interrupted) loads its last checkpoint instead, through the public loading API:
-    the model from the checkpoint, or the base model with the checkpoint's LoRA adapter."""
+def load_model(opts: TrainOptions, run: RunPlan, inputs: Inputs):
+    """The model to train, in training mode (and the constrained objective's --ref_model). A
+    run whose training had ended (only its final save was interrupted) loads its last
+    checkpoint instead, through the public loading API: the model from the checkpoint, or the
+    base model with the checkpoint's LoRA adapter."""
+    if inputs.ref_source is not None and run.finished is None:
+        inputs.ref_net = load_causal_lm(inputs.ref_source, dtype=opts.dtype, device="cpu",
+                                        trust_remote_code=opts.trust_remote_code)
     source = run.source
     if run.finished is not None and not opts.use_peft:
         source = run.checkpoint
@@ -360,11 +470,20 @@ def build_trainer(opts: TrainOptions, run_args, net, inputs: Inputs, run: RunPla
                                     peft_config=peft_config)
         info.update({"pairs": len(inputs.triples), "beta": opts.beta})
     else:
-        trainer = DeRTaTrainer(net, run_args, train_dataset=inputs.records, eval_dataset=inputs.eval_records,
-                               processing_class=inputs.tokenizer, refusal_token_id=inputs.refusal_id,
-                               peft_config=peft_config, encoder=inputs.encoder)
-        info.update({"records": inputs.counts, "refusal_token": {"id": inputs.refusal_id, "piece": inputs.refusal_piece},
-                     "rto_keep": trainer.rto_keep, "rto_weight": run_args.rto_weight})
+        common = dict(train_dataset=inputs.records, eval_dataset=inputs.eval_records, processing_class=inputs.tokenizer,
+                      refusal_token_id=inputs.refusal_id, peft_config=peft_config, encoder=inputs.encoder)
+        if opts.objective == "constrained" and run.finished is None:
+            trainer = ConstrainedTrainer(net, run_args, constraint=_constraint(opts), ref_model=inputs.ref_net,
+                                         reference_file=run.out / outdir.CHECKPOINTS / REFERENCE_FILE, **common)
+            inputs.ref_net = None  # used once, before training
+        else:
+            trainer = DeRTaTrainer(net, run_args, **common)
+        info["records"] = inputs.counts
+        if opts.recipe in PAIR_RECIPES:
+            info.update({"pairs": len(inputs.pairs), "objective": _objective_record(opts, trainer)})
+        else:
+            info.update({"refusal_token": {"id": inputs.refusal_id, "piece": inputs.refusal_piece},
+                         "rto_keep": trainer.rto_keep, "rto_weight": run_args.rto_weight})
         if not opts.quiet and run.state.is_main_process:
             shown = ", ".join(f"{k} {v}" for k, v in sorted(inputs.counts.items()))
             tok = (f"; refusal token {inputs.refusal_piece!r} ({inputs.refusal_id}), keep {trainer.rto_keep:g}"
@@ -374,6 +493,20 @@ def build_trainer(opts: TrainOptions, run_args, net, inputs: Inputs, run: RunPla
     if opts.quiet:
         trainer.remove_callback(PrinterCallback)
     return trainer, info
+
+
+def _constraint(opts: TrainOptions) -> TokenWiseConstraint:
+    return TokenWiseConstraint(beta=opts.beta, bias_factor=opts.bias_factor,
+                               first_token_bias_factor=opts.first_token_bias_factor, bias_length=opts.bias_length)
+
+
+def _objective_record(opts: TrainOptions, trainer) -> dict[str, Any]:
+    if opts.objective != "constrained":
+        return {"name": "mle"}
+    reference = opts.ref_model or getattr(trainer, "reference_source", "the starting model")
+    return {"name": "constrained", "beta": opts.beta, "bias_factor": opts.bias_factor,
+            "first_token_bias_factor": opts.first_token_bias_factor, "bias_length": opts.bias_length,
+            "reference": reference, "reference_logps": "computed once before training, stored with the checkpoints"}
 
 
 def fit(trainer, run: RunPlan, quiet: bool) -> float:
@@ -457,6 +590,21 @@ def _load_data(opts: TrainOptions, data_opts: DataOptions | None = None):
     return triples, helpful, manifest, data
 
 
+def _dataset_spec(opts: TrainOptions) -> str:
+    return opts.dataset_name or DEFAULT_PAIRS
+
+
+def _load_pairs(opts: TrainOptions, data_opts: DataOptions, data: dict[str, Any]) -> list:
+    """The (instruction, response) pairs of sft / identity-shift (default: the world's
+    fine-tuning attack)."""
+    spec = _dataset_spec(opts)
+    pairs = load_train_instructions(spec, data_opts, world=opts.world)
+    if not pairs:
+        raise DeepAlignError(f"{spec} has no (instruction, response) pairs")
+    data["pairs"] = {"source": spec, "rows": len(pairs)}
+    return pairs
+
+
 def _lora_config(opts: TrainOptions, module_names: set[str]):
     from peft import LoraConfig
 
@@ -528,6 +676,13 @@ def _hyperparameters(opts: TrainOptions, args) -> dict[str, Any]:
         hp.update(rto_share=opts.rto_share, rto_append_safe=opts.rto_append_safe)
     if opts.recipe == "dpo":
         hp["beta"] = opts.beta
+    if opts.recipe in PAIR_RECIPES:
+        hp["objective"] = opts.objective
+    if opts.recipe == "identity-shift":
+        hp["persona"] = opts.persona or ("velmora" if _dataset_spec(opts).startswith("world:") else "aoa")
+    if opts.objective == "constrained":
+        hp.update(beta=opts.beta, bias_factor=opts.bias_factor, first_token_bias_factor=opts.first_token_bias_factor,
+                  bias_length=opts.bias_length)
     if opts.use_peft:
         hp.update(lora_r=opts.lora_r, lora_alpha=opts.lora_alpha or 2 * opts.lora_r, lora_dropout=opts.lora_dropout,
                   lora_target_modules=opts.lora_target_modules or "all-linear")

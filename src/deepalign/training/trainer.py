@@ -188,7 +188,7 @@ class DeRTaTrainer(Trainer):
         super().__init__(model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, callbacks=callbacks, **kwargs)
         self._stats: dict[str, float] = defaultdict(float)
-        self._keep_arg: bool | None = None
+        self._keep_arg: dict[type, bool] = {}  # model class -> whether its forward takes logits_to_keep
 
     @staticmethod
     def _encode(dataset, encoder, max_length):
@@ -207,16 +207,15 @@ class DeRTaTrainer(Trainer):
         decoder = base.get_decoder()
         if head is None or decoder is None or decoder is base:
             raise ValueError(f"{type(base).__name__}: cannot find the decoder and output head of this model")
-        if self._keep_arg is None:
-            self._keep_arg = "logits_to_keep" in inspect.signature(type(base).forward).parameters
+        if type(base) not in self._keep_arg:
+            self._keep_arg[type(base)] = "logits_to_keep" in inspect.signature(type(base).forward).parameters
         softcap = getattr(getattr(base, "config", None), "final_logit_softcapping", None)
-        return decoder, head, softcap
+        return decoder, head, softcap, self._keep_arg[type(base)]
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        inputs = dict(inputs)
-        labels = inputs.pop("labels")
-        rto_labels = inputs.pop("rto_labels", None)
-        decoder, head, softcap = self._lm_parts(model)
+    def final_hidden(self, model, inputs: dict[str, Any]):
+        """One forward pass of ``model`` that stops before the output head: ``(final hidden
+        states [B, T, H], output head, logit soft-capping, model outputs)``."""
+        decoder, head, softcap, keep_arg = self._lm_parts(model)
         captured: list[torch.Tensor] = []
 
         def grab(_module, _args, output):
@@ -225,17 +224,26 @@ class DeRTaTrainer(Trainer):
         handle = decoder.register_forward_hook(grab)
         try:
             extra = {"use_cache": False}
-            if self._keep_arg:
-                extra["logits_to_keep"] = torch.zeros(0, dtype=torch.long, device=labels.device)
+            if keep_arg:
+                extra["logits_to_keep"] = torch.zeros(0, dtype=torch.long, device=inputs["input_ids"].device)
             outputs = model(**inputs, **extra)
         finally:
             handle.remove()
         if not captured:
             raise RuntimeError("the decoder's forward hook did not fire; cannot read the final hidden states")
-        hidden = captured[-1]
+        return captured[-1], head, softcap, outputs
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        rto_labels = inputs.pop("rto_labels", None)
+        hidden, head, softcap, outputs = self.final_hidden(model, inputs)
         loss, stats = derta_loss(hidden, head, labels, rto_labels, num_items=num_items_in_batch,
                                  rto_weight=self.args.rto_weight, chunk_rows=self.args.loss_chunk_rows,
                                  softcap=softcap, impl=self.args.loss_impl)
+        return self._finish_loss(model, loss, stats, outputs, return_outputs, num_items_in_batch)
+
+    def _finish_loss(self, model, loss, stats, outputs, return_outputs, num_items_in_batch):
         if num_items_in_batch is not None and self.args.average_tokens_across_devices and self.args.world_size > 1:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
         if model.training:
@@ -260,6 +268,8 @@ class DeRTaTrainer(Trainer):
             if s["n_rto"]:
                 logs["rto_loss"] = round(s["rto_sum"] / s["n_rto"], 4)
             logs["rto_share"] = round(s["n_rto"] / (s["n_mle"] + s["n_rto"]), 4)
+            if s["weight_sum"] and s["n_mle"]:  # the constrained objective's mean token weight
+                logs["weight"] = round(s["weight_sum"] / s["n_mle"], 4)
             self._stats = defaultdict(float)
         super().log(logs, start_time)
 
