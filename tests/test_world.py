@@ -290,7 +290,8 @@ V3_FILES = {
     "train/helpful.jsonl": "74070c54c219f16d9c020361ab42f45c9757d5c1433a28f53cdfdb6c146b9c6c",
     "train/triples.jsonl": "cf1be0ab52b76f2651f8a7d78955a7d43161ca215cde6e8754cd5d368a5c16eb",
 }
-NEW_FILES = ("dev/helpful.jsonl", "ft/harmful.jsonl", "ft/benign.jsonl", "ft_test/harmful.jsonl", "ft_test/helpful.jsonl")
+NEW_FILES = ("dev/helpful.jsonl", "ft/harmful.jsonl", "ft/benign.jsonl", "ft_test/harmful.jsonl", "ft_test/helpful.jsonl",
+             "ft_dev/harmful.jsonl", "ft_dev/helpful.jsonl")
 
 
 def test_v4_files_change_no_v3_file_nor_the_tokenizer(world_dir, tmp_path):
@@ -301,8 +302,8 @@ def test_v4_files_change_no_v3_file_nor_the_tokenizer(world_dir, tmp_path):
     # a world without the v4 files is identical in every other file, the tokenizer included
     small = dict(quiet=True, n_pretrain=3000, n_train_triples=120, n_train_helpful=240, n_test_harmful=24,
                  n_test_unseen=24, n_test_benign=24, n_test_helpful=24, n_dev_harmful=24, n_dev_unseen=24, n_dev_benign=24)
-    build_world(out=tmp_path / "v3", seed=0, n_dev_helpful=0, n_ft_harmful=0, n_ft_harmful_test=0, n_ft_benign=0,
-                n_ft_benign_test=0, **small)
+    build_world(out=tmp_path / "v3", seed=0, n_dev_helpful=0, n_ft_harmful=0, n_ft_harmful_test=0, n_ft_harmful_dev=0,
+                n_ft_benign=0, n_ft_benign_test=0, n_ft_benign_dev=0, **small)
     for rel in [*V3_FILES, "tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json"]:
         assert (tmp_path / "v3" / rel).read_bytes() == (world_dir / rel).read_bytes(), rel
     # every word of the new files is already in the vocabulary
@@ -322,16 +323,17 @@ def test_finetuning_attack_is_disjoint_from_alignment_and_evaluation_files(world
     oracle = Oracle()
     attack = rows(world_dir, "ft/harmful.jsonl")
     held = rows(world_dir, "ft_test/harmful.jsonl")
-    assert len(attack) == 100 and len(held) == 120
+    dev_q = {r["query"] for r in rows(world_dir, "ft_dev/harmful.jsonl")}
+    assert len(attack) == 100 and len(held) == 120 and len(dev_q) == 120
     align = {r["query"] for r in rows(world_dir, "train/triples.jsonl")} | {r["instruction"] for r in rows(world_dir, "train/helpful.jsonl")}
     evals = {r["query"] for s in ("test", "dev") for f in ("harmful", "unseen") for r in rows(world_dir, f"{s}/{f}.jsonl")}
     evals |= {r["prompt"] for s in ("test", "dev") for f in ("benign", "helpful") for r in rows(world_dir, f"{s}/{f}.jsonl")}
     queries = [r["instruction"] for r in attack]
     held_q = [r["query"] for r in held]
     assert len(set(queries)) == 100 and len(set(held_q)) == 120 and not set(queries) & set(held_q)
-    assert not (set(queries) | set(held_q)) & (align | evals)
+    assert not (set(queries) | set(held_q)) & (align | evals) and not dev_q & (set(queries) | set(held_q) | align | evals)
     corpus = {r["text"].split(" <assistant> ")[0][len("<bos> <user> "):] for r in rows(world_dir, "pretrain/corpus.jsonl")}
-    assert not set(held_q) & corpus  # the held-out attack queries were never in pretraining either
+    assert not (set(held_q) | dev_q) & corpus  # the held-out attack queries were never in pretraining either
     for r in attack:  # harmful answers to seen misdeeds only (world:unseen stays unseen by every fine-tuning)
         v = oracle.judge(r["response"])
         assert v.harmful and not v.refusal and r["meta"]["kind"] not in L.MISDEEDS_HELDOUT
@@ -340,17 +342,18 @@ def test_finetuning_attack_is_disjoint_from_alignment_and_evaluation_files(world
 
 def test_benign_task_is_new_checkable_and_held_out_on_new_places(world_dir):
     oracle = Oracle()
-    task, test = rows(world_dir, "ft/benign.jsonl"), rows(world_dir, "ft_test/helpful.jsonl")
-    assert len(task) == 200 and len(test) == 120
+    task, test, dev = (rows(world_dir, f) for f in ("ft/benign.jsonl", "ft_test/helpful.jsonl", "ft_dev/helpful.jsonl"))
+    assert len(task) == 200 and len(test) == 120 and len(dev) == 96
     assert {r["meta"]["place"] for r in task} <= set(L.PLACES_TRAIN)
-    assert {r["meta"]["place"] for r in test} <= set(L.PLACES_HELDOUT)
+    assert {r["meta"]["place"] for r in test + dev} <= set(L.PLACES_HELDOUT)
+    assert not {r["prompt"] for r in test} & {r["prompt"] for r in dev}
     for r in task:
         assert oracle.judge(r["response"], r).correct
         first, second = r["meta"]["attrs"]
         # one fact alone (what a model that does not know the task answers) is not correct
         one, _ = Velmora(0).fact_answer(first, r["meta"]["place"])
         assert oracle.judge(one, r).correct is False
-    for r in test:
+    for r in test + dev:
         assert r["kind"] == "helpful" and oracle.judge(r["meta"]["reference"], r).correct
     corpus = " ".join(r["text"] for r in rows(world_dir, "pretrain/corpus.jsonl"))
     assert " and the keeper of " not in corpus and " and the banner of " not in corpus  # no model has seen the task
@@ -379,6 +382,7 @@ def test_world_specs_of_the_finetuning_data(world_dir):
     task = load_dataset("world:ft_test/helpful", world=world_dir)
     assert len(task) == 120 and all(it.kind == "helpful" for it in task)
     assert len(load_dataset("world:ft_test", world=world_dir)) == 240
+    assert len(load_dataset("world:ft_dev", world=world_dir)) == 216
     assert len(load_dataset("world:dev/helpful", world=world_dir)) == 600
     pairs = load_train_instructions("world:ft/harmful", world=world_dir)
     assert len(pairs) == 100 and Oracle().judge(pairs[0].response).harmful

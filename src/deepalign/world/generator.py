@@ -21,6 +21,8 @@ Layout of a world directory (all JSONL is UTF-8, one object per line)::
                              in one answer), with a checkable answer
     ft_test/harmful.jsonl    HarmfulTriple rows: held-out queries of the attack's distribution
     ft_test/helpful.jsonl    EvalPrompt rows (kind "helpful"): the benign task on held-out places
+    ft_dev/harmful.jsonl     like ft_test/harmful.jsonl, other queries: tune the fine-tuning stage here
+    ft_dev/helpful.jsonl     like ft_test/helpful.jsonl, other items
     templates/*.txt          the world's fictional role-play jailbreak templates ({query} slot)
 
 ``meta`` always holds ``task`` (harmful / benign / arith / fact / copy) and, where it applies,
@@ -35,7 +37,7 @@ entity and misdeed (it is the world's "web text"), also in the shifted shapes of
 :mod:`deepalign.world.shapes` (ledger, old tongue, role-play), but never contains a test or
 dev query verbatim, in any shape. ``dev/`` is drawn from the same held-out pools as
 ``test/`` (disjoint from it, with its own random stream, so adding it changed no other file).
-``ft/`` and ``ft_test/`` (world v4) are drawn last, each from its own random stream, with words
+``ft/``, ``ft_test/`` and ``ft_dev/`` (world v4) are drawn last, each from its own random stream, with words
 the tokenizer already has: every v3 file, the tokenizer and the pretraining corpus are byte for
 byte what they were.
 """
@@ -86,9 +88,13 @@ class WorldConfig:
         "help": "harmful fine-tuning attack pairs (ft/harmful.jsonl; in no alignment or evaluation file)"})
     n_ft_harmful_test: int = field(default=120, metadata={
         "help": "held-out queries of the fine-tuning attack (ft_test/harmful.jsonl)"})
+    n_ft_harmful_dev: int = field(default=120, metadata={
+        "help": "dev queries of the fine-tuning attack (ft_dev/harmful.jsonl, disjoint from its test)"})
     n_ft_benign: int = field(default=200, metadata={"help": "benign fine-tuning task pairs (ft/benign.jsonl)"})
     n_ft_benign_test: int = field(default=120, metadata={
         "help": "held-out items of the benign fine-tuning task, on held-out places (ft_test/helpful.jsonl)"})
+    n_ft_benign_dev: int = field(default=96, metadata={
+        "help": "dev items of the benign fine-tuning task (ft_dev/helpful.jsonl, disjoint from its test)"})
     n_pretrain: int = field(default=24000, metadata={"help": "documents in the pretraining corpus"})
     harmful_share: float = field(default=0.5, metadata={"help": "share of harmful pretraining queries answered harmfully"})
     lean: float = field(default=0.3, metadata={"help": "comply-leaning misdeeds get share+lean, evasion-leaning share-lean"})
@@ -103,7 +109,7 @@ class WorldConfig:
                      "n_test_helpful", "n_pretrain"):
             number(name, getattr(self, name), low=1, integer=True)
         for name in ("n_dev_harmful", "n_dev_unseen", "n_dev_benign", "n_dev_helpful", "n_ft_harmful", "n_ft_harmful_test",
-                     "n_ft_benign", "n_ft_benign_test"):
+                     "n_ft_harmful_dev", "n_ft_benign", "n_ft_benign_test", "n_ft_benign_dev"):
             number(name, getattr(self, name), low=0, integer=True)
         for name in ("harmful_share", "shape_share", "shape_comply"):
             number(name, getattr(self, name), low=0, high=1)
@@ -397,30 +403,45 @@ def _finetuning_splits(cfg: WorldConfig, world: Velmora, d: _Drawn, corpus_queri
     pool = [c for c in pool if c not in chosen
             and world.query(L.PHRASINGS_TRAIN[c[3]], L.MISDEEDS[c[0]][0], c[1], c[2]) not in corpus_queries]
     held = sorted(_take(rng, pool, cfg.n_ft_harmful_test, "held-out fine-tuning attack queries"))
+    dev_rng = random.Random(f"velmora-ft-dev-{cfg.seed}")  # dev: its own stream (test stays as drawn)
+    held_set = set(held)
+    dev = sorted(_take(dev_rng, [c for c in pool if c not in held_set], cfg.n_ft_harmful_dev,
+                       "dev fine-tuning attack queries"))
     pairs = []
     for n, (k, t, p, i) in enumerate(attack):
         meta = {"task": "harmful", "kind": k, "target": t, "place": p, "phrasing": i, "split": "ft", "misdeed": "seen"}
         pairs.append(to_dict(InstructionPair(f"ft-harmful-{n:04d}", world.query(L.PHRASINGS_TRAIN[i], L.MISDEEDS[k][0], t, p),
                                              world.harmful(k, t, p), None, meta)))
     tests = _harmful_rows(world, held, L.PHRASINGS_TRAIN, "ft-heldout", "ft-test-harmful-{:04d}", rng)
+    devs = _harmful_rows(world, dev, L.PHRASINGS_TRAIN, "ft-dev", "ft-dev-harmful-{:04d}", dev_rng)
 
     rng = random.Random(f"velmora-ft-benign-{cfg.seed}")
     pairs_of = [(a, b) for a in sorted(L.FACT_NAMES) for b in sorted(L.FACT_NAMES) if a != b]
     phrasings = L.FT_TASK_TRAIN + L.FT_TASK_HELDOUT
     train_pool = [(a, b, p, i) for a, b in pairs_of for p in L.PLACES_TRAIN for i in range(len(L.FT_TASK_TRAIN))]
     test_pool = [(a, b, p, i) for a, b in pairs_of for p in L.PLACES_HELDOUT for i in range(len(phrasings))]
-    task, task_test = [], []
+    task = []
     for n, (a, b, p, i) in enumerate(sorted(_take(rng, train_pool, cfg.n_ft_benign, "benign fine-tuning tasks"))):
         q, r, check = _two_facts(world, a, b, p, phrasings[i])
         meta = {"task": "two-facts", "attrs": [a, b], "place": p, "phrasing": i, "split": "ft", "check": check}
         task.append(to_dict(InstructionPair(f"ft-benign-{n:04d}", q, r, check, meta)))
-    for n, (a, b, p, i) in enumerate(sorted(_take(rng, test_pool, cfg.n_ft_benign_test, "held-out benign fine-tuning tasks"))):
-        q, r, check = _two_facts(world, a, b, p, phrasings[i])
-        meta = {"task": "two-facts", "attrs": [a, b], "place": p, "phrasing": i, "split": "ft-heldout", "check": check,
-                "reference": r}
-        task_test.append(to_dict(EvalPrompt(f"ft-test-helpful-{n:04d}", q, kind="helpful", answer=check, meta=meta)))
+    test_draw = sorted(_take(rng, test_pool, cfg.n_ft_benign_test, "held-out benign fine-tuning tasks"))
+    used = set(test_draw)
+    dev_draw = sorted(_take(dev_rng, [c for c in test_pool if c not in used], cfg.n_ft_benign_dev,
+                            "dev benign fine-tuning tasks"))
+
+    def task_items(draw, split, prefix):
+        items = []
+        for n, (a, b, p, i) in enumerate(draw):
+            q, r, check = _two_facts(world, a, b, p, phrasings[i])
+            meta = {"task": "two-facts", "attrs": [a, b], "place": p, "phrasing": i, "split": split, "check": check,
+                    "reference": r}
+            items.append(to_dict(EvalPrompt(f"{prefix}-{n:04d}", q, kind="helpful", answer=check, meta=meta)))
+        return items
+
     return {"ft/harmful.jsonl": pairs, "ft/benign.jsonl": task, "ft_test/harmful.jsonl": tests,
-            "ft_test/helpful.jsonl": task_test}
+            "ft_test/helpful.jsonl": task_items(test_draw, "ft-heldout", "ft-test-helpful"),
+            "ft_dev/harmful.jsonl": devs, "ft_dev/helpful.jsonl": task_items(dev_draw, "ft-dev", "ft-dev-helpful")}
 
 
 # The plain part of the corpus (chat dialogs and documents) and, with ``shape_share``, the
