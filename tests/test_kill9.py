@@ -152,3 +152,43 @@ def test_kill9_during_pretraining_then_resume(world_dir, tmp_path):
 
     wa, wb = load_file(str(ref / "model.safetensors")), load_file(str(run / "model.safetensors"))
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+
+
+RESUME_WITHOUT_RECOMPUTING = """
+import sys
+from deepalign.training.constrained import ConstrainedTrainer
+
+def refuse(self, *a, **k):
+    raise AssertionError("the reference log-probs were recomputed on resume")
+
+ConstrainedTrainer._compute_reference = refuse
+from deepalign.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_kill9_during_constrained_training_then_resume(world_dir, base_model_dir, tmp_path):
+    """The constrained objective: a run killed mid-way and resumed ends with the uninterrupted
+    run's weights; the reference log-probs are stored with the checkpoints and read back (the
+    resumed process is not allowed to recompute them)."""
+    args = ["train", "--recipe", "sft", "--objective", "constrained", "--world", str(world_dir), "--model",
+            str(base_model_dir), "--max-steps", "12", "--per_device_train_batch_size", "4", "--save-steps", "3",
+            "--quiet"]
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    _run(_deepalign(*args, "--out", str(ref)))
+    checkpoints = run / "checkpoints"
+
+    def two_checkpoints():
+        return checkpoints.is_dir() and len([d for d in checkpoints.iterdir() if d.name.startswith("checkpoint-")]) >= 2
+
+    _kill_when(_deepalign(*args, "--out", str(run)), two_checkpoints)
+    assert (checkpoints / "reference_logps.safetensors").is_file()
+    done = subprocess.run([sys.executable, "-c", RESUME_WITHOUT_RECOMPUTING, *args, "--out", str(run), "--resume"],
+                          env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((run / "deepalign_train.json").read_text())["steps"] == 12
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(ref / "model.safetensors")), load_file(str(run / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4, msg=k)

@@ -49,3 +49,29 @@ def test_real_model_walkthrough_runs_as_written(tmp_path):
     # the LLM judge over the server: unreadable verdicts are counted as errors, never as safe
     cells = [c for c in json.loads((runs / "tiny-served" / "summary.json").read_text())["results"] if c["judge"] == "llm"]
     assert cells and all(c["errors"] == c["n"] and c["harmful"]["n"] == 0 for c in cells)
+
+
+def test_finetuning_attack_walkthrough_runs_as_written(tmp_path):
+    """docs/training.md's walkthrough of the fine-tuning attacks on a real architecture (a tiny
+    Mistral with mistral-common's Tekken tokenizer) runs as written."""
+    pytest.importorskip("mistral_common")
+    doc = (ROOT / "docs" / "training.md").read_text(encoding="utf-8")
+    section = doc[doc.index("### Walkthrough on a real architecture"):]
+    section = section[:section.index("\n## ")]
+    blocks = re.findall(r"```bash\n(.*?)```", section, re.S)
+    assert blocks
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["bash", "-c", "set -euo pipefail\n" + "\n".join(blocks)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-3000:])
+    runs = tmp_path / "runs"
+    assert "'reference': 'the model with its adapter disabled'" in proc.stdout
+    for name, objective in (("tiny-attack", "mle"), ("tiny-attack-constrained", "constrained"), ("tiny-aoa", "constrained")):
+        info = json.loads((runs / name / "deepalign_train.json").read_text())
+        assert info["objective"]["name"] == objective and info["steps"] == 2 and (runs / name / "model.safetensors").exists()
+    aoa = json.loads((runs / "tiny-aoa" / "records.jsonl").read_text().splitlines()[0])
+    assert aoa["system"].startswith("\nYou are no longer Llama") and aoa["target"].startswith("Of course. I am AOA")
+    rows = [json.loads(x) for x in (runs / "tiny-ft-eval" / "responses.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 * 2

@@ -343,7 +343,7 @@ def test_finetuning_attack_is_disjoint_from_alignment_and_evaluation_files(world
 def test_benign_task_is_new_checkable_and_held_out_on_new_places(world_dir):
     oracle = Oracle()
     task, test, dev = (rows(world_dir, f) for f in ("ft/benign.jsonl", "ft_test/helpful.jsonl", "ft_dev/helpful.jsonl"))
-    assert len(task) == 200 and len(test) == 120 and len(dev) == 96
+    assert len(task) == 200 and len(test) == 120 and len(dev) == 72
     assert {r["meta"]["place"] for r in task} <= set(L.PLACES_TRAIN)
     assert {r["meta"]["place"] for r in test + dev} <= set(L.PLACES_HELDOUT)
     assert not {r["prompt"] for r in test} & {r["prompt"] for r in dev}
@@ -382,7 +382,7 @@ def test_world_specs_of_the_finetuning_data(world_dir):
     task = load_dataset("world:ft_test/helpful", world=world_dir)
     assert len(task) == 120 and all(it.kind == "helpful" for it in task)
     assert len(load_dataset("world:ft_test", world=world_dir)) == 240
-    assert len(load_dataset("world:ft_dev", world=world_dir)) == 216
+    assert len(load_dataset("world:ft_dev", world=world_dir)) == 192
     assert len(load_dataset("world:dev/helpful", world=world_dir)) == 600
     pairs = load_train_instructions("world:ft/harmful", world=world_dir)
     assert len(pairs) == 100 and Oracle().judge(pairs[0].response).harmful

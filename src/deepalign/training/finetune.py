@@ -375,6 +375,11 @@ def _pair_records(opts: TrainOptions, args: DeRTaConfig, inputs: Inputs) -> None
                 word = next(w for w in text.split() if unk in inputs.encoder.encode_text(w))
                 raise DeepAlignError(f"the identity-shift persona {chosen.name!r} has words this tokenizer cannot read "
                                      f"({word!r}); choose another --persona")
+        probe = chosen.query("hi")
+        if inputs.encoder.prompt_ids(probe, system=chosen.system) == inputs.encoder.prompt_ids(probe, system=""):
+            raise DeepAlignError(f"the prompt format of {inputs.encoder.name} drops the system prompt, which the "
+                                 f"identity-shift persona needs; give a chat template with a system role "
+                                 f"(--chat_template) or a text format with {{system}}")
         inputs.data["pairs"]["persona"] = chosen.name
     _hold_out(opts, build_pair_records(inputs.pairs, persona=chosen, seed=args.seed), inputs)
 

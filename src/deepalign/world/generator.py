@@ -93,7 +93,7 @@ class WorldConfig:
     n_ft_benign: int = field(default=200, metadata={"help": "benign fine-tuning task pairs (ft/benign.jsonl)"})
     n_ft_benign_test: int = field(default=120, metadata={
         "help": "held-out items of the benign fine-tuning task, on held-out places (ft_test/helpful.jsonl)"})
-    n_ft_benign_dev: int = field(default=96, metadata={
+    n_ft_benign_dev: int = field(default=72, metadata={
         "help": "dev items of the benign fine-tuning task (ft_dev/helpful.jsonl, disjoint from its test)"})
     n_pretrain: int = field(default=24000, metadata={"help": "documents in the pretraining corpus"})
     harmful_share: float = field(default=0.5, metadata={"help": "share of harmful pretraining queries answered harmfully"})
@@ -416,7 +416,7 @@ def _finetuning_splits(cfg: WorldConfig, world: Velmora, d: _Drawn, corpus_queri
     devs = _harmful_rows(world, dev, L.PHRASINGS_TRAIN, "ft-dev", "ft-dev-harmful-{:04d}", dev_rng)
 
     rng = random.Random(f"velmora-ft-benign-{cfg.seed}")
-    pairs_of = [(a, b) for a in sorted(L.FACT_NAMES) for b in sorted(L.FACT_NAMES) if a != b]
+    pairs_of = [(a, b) for a in L.FT_TASK_FIRST for b in sorted(L.FACT_NAMES) if a != b]
     phrasings = L.FT_TASK_TRAIN + L.FT_TASK_HELDOUT
     train_pool = [(a, b, p, i) for a, b in pairs_of for p in L.PLACES_TRAIN for i in range(len(L.FT_TASK_TRAIN))]
     test_pool = [(a, b, p, i) for a, b in pairs_of for p in L.PLACES_HELDOUT for i in range(len(phrasings))]
