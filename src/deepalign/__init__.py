@@ -47,6 +47,8 @@ _API = {
     "load_dataset": "deepalign.data.datasets",
     "depth_diagnostics": "deepalign.evaluation.depth",
     "build_records": "deepalign.data.recipes",
+    "build_pair_records": "deepalign.data.recipes",
+    "TokenWiseConstraint": "deepalign.training.losses",
     "Encoder": "deepalign.tokens",
     "PromptFormat": "deepalign.tokens",
     "GenConfig": "deepalign.decoding.base",

@@ -1,4 +1,8 @@
-"""Safety fine-tuning with a DeRTa recipe or the DPO baseline: :func:`train`.
+"""Safety fine-tuning with a DeRTa recipe or the DPO baseline, and fine-tuning an aligned model
+on (instruction, response) pairs (the ``sft`` and ``identity-shift`` recipes, with plain MLE or
+the token-wise constrained objective): :func:`train`, a short driver over one small function
+per step (run plan, inputs, arguments, model, output directory, trainer, fit, record, save,
+push).
 
 Options live in two dataclasses: :class:`TrainOptions` (what to train: recipe, model, data,
 LoRA, run control; model and LoRA settings keep TRL's ``ModelConfig`` names) and
@@ -222,7 +226,10 @@ def train(options: TrainOptions | None = None, training: DeRTaConfig | None = No
     recipes (vanilla, harmful-prefix, rto, derta) build records with
     :func:`deepalign.data.recipes.build_records` (or read ``records``) and train with
     :class:`~deepalign.training.trainer.DeRTaTrainer`; ``dpo`` trains TRL's ``DPOTrainer`` on
-    safe > harmful pairs (default model: the vanilla model ``runs/vanilla``).
+    safe > harmful pairs (default model: the vanilla model ``runs/vanilla``). ``sft`` and
+    ``identity-shift`` fine-tune a model on ``dataset_name`` pairs (default
+    ``world:ft/harmful``: the harmful fine-tuning attack), with plain MLE or
+    ``objective="constrained"`` (:class:`~deepalign.training.constrained.ConstrainedTrainer`).
 
     Example (the embedded world; tiny settings so it runs in seconds)::
 
@@ -230,6 +237,8 @@ def train(options: TrainOptions | None = None, training: DeRTaConfig | None = No
         ...             output_dir="runs/derta", max_steps=4, quiet=True)
         >>> sorted(p.name for p in out.iterdir() if p.suffix in (".json", ".md", ".safetensors"))[:4]
         ['README.md', 'config.json', 'deepalign_train.json', 'generation_config.json']
+        >>> attacked = train(recipe="sft", objective="constrained", model_name_or_path="runs/derta",
+        ...                  world="runs/world", output_dir="runs/derta-attacked", max_steps=2, quiet=True)
     """
     opts, args, data_opts = build(kwargs, options=(TrainOptions, options), training=(DeRTaConfig, training),
                                   data=(DataOptions, data))

@@ -554,7 +554,7 @@ def build_world(options: WorldOptions | None = None, config: WorldConfig | None 
 
         >>> world = build_world(out="runs/world", n_pretrain=2000, quiet=True)
         >>> sorted(p.name for p in world.iterdir())[:4]
-        ['dev', 'manifest.json', 'pretrain', 'templates']
+        ['dev', 'ft', 'ft_dev', 'ft_test']
     """
     from deepalign.world.tokenizer import build_tokenizer
 
