@@ -69,9 +69,8 @@ def test_kill9_during_evaluation_then_rerun(world_dir, base_model_dir, tmp_path)
     assert a == b
 
 
-def test_kill9_during_training_then_resume(world_dir, base_model_dir, tmp_path):
-    args = ["train", "--recipe", "derta", "--world", str(world_dir), "--model", str(base_model_dir),
-            "--max-steps", "30", "--per_device_train_batch_size", "4", "--save-steps", "3", "--quiet"]
+def _uninterrupted_and_killed(args: list[str], tmp_path):
+    """Train ``args`` to the end in ``ref``, and in ``run`` until two checkpoints exist, then kill."""
     ref, run = tmp_path / "ref", tmp_path / "run"
     _run(_deepalign(*args, "--out", str(ref)))
     checkpoints = run / "checkpoints"
@@ -81,14 +80,24 @@ def test_kill9_during_training_then_resume(world_dir, base_model_dir, tmp_path):
 
     _kill_when(_deepalign(*args, "--out", str(run)), two_checkpoints)
     assert not (run / "model.safetensors").exists()  # no half-written final model
-    _run(_deepalign(*args, "--out", str(run), "--resume"))
-    info = json.loads((run / "deepalign_train.json").read_text())
-    assert info["steps"] == 30
+    return ref, run
+
+
+def _same_final_weights(ref, run, steps: int) -> None:
+    assert json.loads((run / "deepalign_train.json").read_text())["steps"] == steps
     from safetensors.torch import load_file
 
     a, b = load_file(str(ref / "model.safetensors")), load_file(str(run / "model.safetensors"))
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4, msg=k)
+
+
+def test_kill9_during_training_then_resume(world_dir, base_model_dir, tmp_path):
+    args = ["train", "--recipe", "derta", "--world", str(world_dir), "--model", str(base_model_dir),
+            "--max-steps", "30", "--per_device_train_batch_size", "4", "--save-steps", "3", "--quiet"]
+    ref, run = _uninterrupted_and_killed(args, tmp_path)
+    _run(_deepalign(*args, "--out", str(run), "--resume"))
+    _same_final_weights(ref, run, 30)
 
 
 KILL_IN_FINAL_SAVE = """
@@ -174,21 +183,9 @@ def test_kill9_during_constrained_training_then_resume(world_dir, base_model_dir
     args = ["train", "--recipe", "sft", "--objective", "constrained", "--world", str(world_dir), "--model",
             str(base_model_dir), "--max-steps", "12", "--per_device_train_batch_size", "4", "--save-steps", "3",
             "--quiet"]
-    ref, run = tmp_path / "ref", tmp_path / "run"
-    _run(_deepalign(*args, "--out", str(ref)))
-    checkpoints = run / "checkpoints"
-
-    def two_checkpoints():
-        return checkpoints.is_dir() and len([d for d in checkpoints.iterdir() if d.name.startswith("checkpoint-")]) >= 2
-
-    _kill_when(_deepalign(*args, "--out", str(run)), two_checkpoints)
-    assert (checkpoints / "reference_logps.safetensors").is_file()
+    ref, run = _uninterrupted_and_killed(args, tmp_path)
+    assert (run / "checkpoints" / "reference_logps.safetensors").is_file()
     done = subprocess.run([sys.executable, "-c", RESUME_WITHOUT_RECOMPUTING, *args, "--out", str(run), "--resume"],
                           env=ENV, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads((run / "deepalign_train.json").read_text())["steps"] == 12
-    from safetensors.torch import load_file
-
-    a, b = load_file(str(ref / "model.safetensors")), load_file(str(run / "model.safetensors"))
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4, msg=k)
+    _same_final_weights(ref, run, 12)
