@@ -387,6 +387,9 @@ def test_world_specs_of_the_finetuning_data(world_dir):
     pairs = load_train_instructions("world:ft/harmful", world=world_dir)
     assert len(pairs) == 100 and Oracle().judge(pairs[0].response).harmful
     assert len(load_train_instructions("world:ft/benign", world=world_dir)) == 200
+    from deepalign.data.datasets import load_train_triples
+
+    assert len(load_train_triples("world:train/triples", world=world_dir)) == 120
     with pytest.raises(DeepAlignError, match="is training data"):
         load_dataset("world:ft/harmful", world=world_dir)
     with pytest.raises(DeepAlignError, match="no world training file"):

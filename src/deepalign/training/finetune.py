@@ -585,11 +585,11 @@ def _load_data(opts: TrainOptions, data_opts: DataOptions | None = None):
                              "run 'deepalign world' first or pass --triples and --helpful")
     t_src = opts.triples or str(world / "train" / "triples.jsonl")
     notes: list[str] = []
-    triples = load_train_triples(t_src, data_opts, notes)
+    triples = load_train_triples(t_src, data_opts, notes, world=opts.world)
     helpful, h_src = [], None
     if opts.recipe != "dpo" and opts.helpful_count != 0:
         h_src = opts.helpful or str(world / "train" / "helpful.jsonl")
-        helpful = load_train_instructions(h_src, data_opts)
+        helpful = load_train_instructions(h_src, data_opts, world=opts.world)
     manifest = {}
     if uses_world and (world / "manifest.json").exists():
         try:
