@@ -26,6 +26,11 @@ Sections (see the CPU benchmarks for the method of each):
   tokens vs the limit loop of two cached forwards per step (``bench_ed.py``). Floor 0.9x.
 * ``eval``: ``HFTarget.generate`` vs plain ``model.generate`` on the same 64-query batch,
   128 new tokens, sampling at temperature 0.7 (tokens/s). Floor 0.9x.
+* ``dist``: the shipped multi-process configs, which CPU processes cannot check (accelerate
+  applies FSDP only to GPU processes): DeRTa training, 2 steps, on a small world model under
+  ``accelerate launch --config_file src/deepalign/configs/fsdp.yaml`` (and the two DeepSpeed
+  configs where DeepSpeed is installed) on every GPU, against one process on the same global
+  batch. Floor: the same loss at each step (relative 1e-2) and the same weights (1e-3).
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from types import SimpleNamespace
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-SECTIONS = ("loss", "step", "ed", "eval")
+SECTIONS = ("loss", "step", "ed", "eval", "dist")
 MIB = 2**20
 # Llama-3.2-1B shapes
 MODEL_1B = dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
@@ -89,6 +94,9 @@ def plan(a: argparse.Namespace) -> list[str]:
     if "eval" in a.sections:
         lines.append(f"eval: one 1B model, {a.queries} queries x {a.new_tokens} tokens, best of {a.repeats}, "
                      "HFTarget vs model.generate")
+    if "dist" in a.sections:
+        lines.append("dist: world model (hidden 256, 4 layers), DeRTa 2 steps, accelerate launch with fsdp.yaml "
+                     "(+ deepspeed_zero2/3.yaml with DeepSpeed) on every GPU vs one process")
     return lines
 
 
@@ -268,6 +276,55 @@ def section_eval(a, out: dict) -> bool:
     return ratio >= 0.9
 
 
+def _train(cmd: list[str], out: Path) -> tuple[list[float], dict]:
+    """Run one ``deepalign train`` command; its loss per step and its weights."""
+    import subprocess
+
+    from safetensors.torch import load_file
+
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    info = json.loads((out / "deepalign_train.json").read_text())
+    return [h["loss"] for h in info["loss_curve"] if "loss" in h], load_file(str(out / "model.safetensors"))
+
+
+def section_dist(a, out: dict) -> bool:
+    import importlib.util
+    import tempfile
+    from pathlib import Path
+
+    import torch
+
+    from deepalign.training.pretrain import pretrain
+    from deepalign.world.generator import build_world
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-dist-"))
+    build_world(out=str(tmp / "world"), seed=0, quiet=True)
+    base = pretrain(world=str(tmp / "world"), out=str(tmp / "base"), quiet=True, hidden_size=256, num_layers=4,
+                    num_heads=4, intermediate_size=512, max_steps=1)
+    n = torch.cuda.device_count()
+    common = ["train", "--recipe", "derta", "--world", str(tmp / "world"), "--model", str(base), "--max-steps", "2",
+              "--gradient_accumulation_steps", "2", "--logging_steps", "1", "--learning_rate", "1e-3", "--quiet"]
+    ref_loss, ref = _train([sys.executable, "-m", "deepalign", *common, "--per_device_train_batch_size", str(4 * n),
+                            "--out", str(tmp / "one")], tmp / "one")
+    configs = ["fsdp"] + (["deepspeed_zero2", "deepspeed_zero3"] if importlib.util.find_spec("deepspeed") else [])
+    root = Path(__file__).resolve().parents[1] / "src" / "deepalign" / "configs"
+    ok, out["dist"] = True, {"processes": n, "reference_loss": ref_loss}
+    for name in configs:
+        cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file", str(root / f"{name}.yaml"),
+               "--num_processes", str(n), "--main_process_port", "0", "-m", "deepalign", *common,
+               "--per_device_train_batch_size", "4", "--out", str(tmp / name)]
+        loss, weights = _train(cmd, tmp / name)
+        diff = max((weights[k].float() - ref[k].float()).abs().max().item() for k in ref)
+        same = len(loss) == len(ref_loss) and all(abs(x - y) <= 1e-2 * abs(y) for x, y in zip(loss, ref_loss))
+        ok &= same and diff <= 1e-3
+        print(f"dist: {name} on {n} GPU process(es): loss {loss} vs one process {ref_loss}, max weight difference "
+              f"{diff:.2e} ({'PASS' if same and diff <= 1e-3 else 'FAIL'})", flush=True)
+        out["dist"][name] = {"loss": loss, "max_weight_diff": diff}
+    return ok
+
+
 def main(argv=None) -> int:
     a = parse_args(argv)
     if a.plan:
@@ -292,7 +349,8 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     ok = True
     for name in a.sections:
-        ok &= {"loss": section_loss, "step": section_step, "ed": section_ed, "eval": section_eval}[name](a, out)
+        ok &= {"loss": section_loss, "step": section_step, "ed": section_ed, "eval": section_eval,
+               "dist": section_dist}[name](a, out)
     out["seconds"] = time.perf_counter() - started
     print(f"floors: {'PASS' if ok else 'FAIL'}; {out['seconds']:.0f}s")
     if a.json:

@@ -9,7 +9,8 @@ as ``MistralCommonBackend`` (mistral-common's own chat formatting, as for Mistra
 models). ``sentencepiece`` writes mistral-common's v3 SentencePiece model as a Hugging Face
 tokenizer with a Mistral-style chat template. Needs ``pip install mistral-common protobuf``.
 The weights are random: the model says nothing sensible, but every token it reads and writes
-is a real tokenizer's.
+is a real tokenizer's. vLLM's CPU attention needs a head dimension of at least 32: for a model
+to serve with vLLM, give ``--hidden_size 64 --num_heads 2``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--tokenizer", choices=("tekken", "sentencepiece"), default="tekken")
     p.add_argument("--hidden_size", type=int, default=32)
+    p.add_argument("--num_heads", type=int, default=4, help="attention heads (key/value heads: half of them)")
     p.add_argument("--num_layers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
@@ -53,7 +55,8 @@ def main() -> None:
         vocab, bos, eos, pad = len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
     torch.manual_seed(args.seed)
     config = MistralConfig(vocab_size=vocab, hidden_size=args.hidden_size, intermediate_size=2 * args.hidden_size,
-                           num_hidden_layers=args.num_layers, num_attention_heads=4, num_key_value_heads=2,
+                           num_hidden_layers=args.num_layers, num_attention_heads=args.num_heads,
+                           num_key_value_heads=max(1, args.num_heads // 2), head_dim=args.hidden_size // args.num_heads,
                            max_position_embeddings=2048, bos_token_id=bos, eos_token_id=eos, pad_token_id=pad)
     model = MistralForCausalLM(config)
     model.save_pretrained(out)

@@ -8,12 +8,15 @@ study's benchmarks.
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+# validations registered by the tests go to a directory of the test session, not the user's
+os.environ["DEEPALIGN_HOME"] = tempfile.mkdtemp(prefix="deepalign-home-")
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,8 @@ import pytest
 
 import deepalign
 
-STAGES = ["build_world", "pretrain", "train", "run_eval", "judge_run", "build_report", "probe", "run_ed", "run_depth"]
+STAGES = ["build_world", "pretrain", "train", "run_eval", "judge_run", "build_report", "probe", "run_ed", "run_depth",
+          "refusal_direction", "ablate_weights"]
 
 
 def test_every_stage_is_exported_with_a_docstring_example():
@@ -36,8 +37,9 @@ def test_stage_docstring_examples_run_in_pipeline_order(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = _run_examples([getattr(deepalign, name) for name in STAGES], tmp_path)
     assert result.attempted >= 12 and result.failed == 0
-    assert os.path.exists("runs/derta/README.md") and os.path.exists("runs/ed.jsonl")
+    assert os.path.exists("runs/derta/README.md") and os.path.exists("runs/ed/run.json")
     assert os.path.exists("runs/depth/depth.json")
+    assert os.path.exists("runs/direction/direction.json") and os.path.exists("runs/base2-ablated/config.json")
 
 
 def test_package_docstring_example_runs(tmp_path, monkeypatch):

@@ -71,8 +71,8 @@ def ws(world_dir, base_model_dir, tmp_path_factory):
         assert main(["eval", "--target", "hf:base", "--attacks", "direct", "--dataset", "world:harmful", "--world",
                      "world", "--judge", "keyword", "--limit", "2", "--max_new_tokens", "4", "--out", "run",
                      "--quiet"]) == 0
-        assert main(["ed", "--base", "base", "--aligned", "base", "--prompts", "good.txt", "--out", "ed.jsonl",
-                     "--max_new_tokens", "2", "--quiet"]) == 0
+        assert main(["ed", "--base", "base", "--aligned", "base", "--prompts", "good.txt", "--out", "ed",
+                     "--max_new_tokens", "2", "--judge", "keyword", "--quiet"]) == 0
     finally:
         os.chdir(cwd)
     shutil.copytree(root / "run", root / "run_strverdict")
@@ -80,8 +80,32 @@ def ws(world_dir, base_model_dir, tmp_path_factory):
     shutil.copytree(root / "run", root / "run_torn_middle")
     lines = (root / "run_torn_middle/responses.jsonl").read_text().splitlines()
     (root / "run_torn_middle/responses.jsonl").write_text(lines[0][:30] + "\n" + "\n".join(lines[1:]) + "\n")
-    (root / "ed_lists.jsonl").write_text('["not", "a", "row"]\n')
+    (root / "ed_lists").mkdir()
+    (root / "ed_lists" / "responses.jsonl").write_text('["not", "a", "row"]\n')
+    _directions(root)
     return root
+
+
+def _directions(root: Path) -> None:
+    """Refusal directions that do not fit the base model, and a model the hooks do not know."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from deepalign.direction.store import Direction, model_identity
+    from deepalign.models import load_causal_lm
+
+    ident = model_identity(load_causal_lm(root / "base"))
+    hidden = ident["hidden_size"]
+    unit = torch.ones(hidden) / hidden ** 0.5
+    Direction(unit, 0, -1, 1.0, ident).save(root / "dir_ok")
+    Direction(torch.ones(7) / 7 ** 0.5, 0, -1, 1.0, ident).save(root / "dir_small")
+    other = {**ident, "fingerprint": {k: [2 * x + 1 for x in v] for k, v in ident["fingerprint"].items()}}
+    Direction(unit, 0, -1, 1.0, other).save(root / "dir_other")
+    GPT2LMHeadModel(GPT2Config(vocab_size=ident["vocab_size"], n_embd=hidden, n_layer=1, n_head=2)).save_pretrained(
+        root / "gpt2m")
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (root / "base" / name).exists():
+            shutil.copy(root / "base" / name, root / "gpt2m" / name)
 
 
 def _rewrite(path: Path, text: str | None, fn=None) -> None:
@@ -225,29 +249,38 @@ CASES = [
      "refusing to send the API key over plain http"),
     (["eval", "--target", "hf:base", "hf:base", *W, "--out", "e"], "targets given twice"),
     (["eval", "--target", DEAD, *W, "--attacks", "cipher:rot13", "--out", "e"], "name a cipher"),
+    # a server gives no full next-token distributions: composed decoding refuses it, credentials never shown
+    (["eval", "--target", "ed:base=openai:m@http://u:hunter2@127.0.0.1:9/v1,aligned=base,alpha=0.3", *W, "--out", "e"],
+     "base=openai:m@http://127.0.0.1:9/v1 is a server, but composed decoding (ED, EFT, W2S) needs each model's full"),
+    (["eval", "--target", "w2s:strong=base,weak_unsafe=base,weak_safe=http://127.0.0.1:9/v1,beta=1", *W, "--out", "e"],
+     "weak_safe=http://127.0.0.1:9/v1 is a server"),
     # -- ed
-    (["ed", "--base", "base", "--aligned", "base", "--prompts", "good.txt", "--out", "o.jsonl", "--alpha", "inf"],
+    (["ed", "--base", "base", "--aligned", "base", "--prompts", "good.txt", "--out", "o", "--alpha", "inf"],
      "--alpha must be a finite number"),
-    (["ed", "--base", "base", "--aligned", "base", "--prompts", "good.txt", "--out", "o.jsonl", "--alpha", "-1"],
+    (["ed", "--base", "base", "--aligned", "base", "--prompts", "good.txt", "--out", "o", "--alpha", "-1"],
      "--alpha must be >= 0"),
-    (["ed", "--base", "base", "--aligned", "base", "--prompts", "good.txt", "--out", "o.jsonl", "--temperature", "nan"],
+    (["ed", "--base", "base", "--aligned", "base", "--prompts", "good.txt", "--out", "o", "--temperature", "nan"],
      "--temperature must be a finite number"),
-    (["ed", "--base", "base", "--aligned", "base", "--prompts", "nonutf8.txt", "--out", "o.jsonl"], "not UTF-8 text"),
-    (["ed", "--base", "base", "--aligned", "base", "--prompts", "lists.jsonl", "--out", "o.jsonl"],
+    (["ed", "--base", "base", "--aligned", "base", "--prompts", "nonutf8.txt", "--out", "o"], "not UTF-8 text"),
+    (["ed", "--base", "base", "--aligned", DEAD, "--prompts", "good.txt", "--out", "o"],
+     "aligned=openai:m@http://127.0.0.1:9/v1,retries=0,timeout=2 is a server"),
+    (["ed", "--base", "base", "--aligned", "base", "--prompts", "lists.jsonl", "--out", "o"],
      "lists.jsonl:1: expected a JSON object"),
-    (["ed", "--base", "base", "--aligned", "base", "--prompts", "good.txt", "--out", "ed_lists.jsonl"],
-     "ed_lists.jsonl:1: expected a JSON object"),
-    (["ed", "--family", "gpt-9", "--prompts", "good.txt", "--out", "o.jsonl"], "known families"),
-    (["ed", "--aligned", "base", "--prompts", "good.txt", "--out", "o.jsonl"], "--base and --aligned are required"),
-    (["ed", "--base", "missing/dir/b", "--aligned", "base", "--prompts", "good.txt", "--out", "o.jsonl"],
+    (["ed", "--base", "base", "--aligned", "base", "--prompts", "good.txt", "--out", "ed_lists"],
+     "ed_lists/responses.jsonl:1: expected a JSON object"),
+    (["ed", "--base", "base", "--aligned", "base", "--prompts", "good.txt", "--out", "o.jsonl"],
+     "--out is a run directory now"),
+    (["ed", "--family", "gpt-9", "--prompts", "good.txt", "--out", "o"], "known families"),
+    (["ed", "--aligned", "base", "--prompts", "good.txt", "--out", "o"], "--base and --aligned are required"),
+    (["ed", "--base", "missing/dir/b", "--aligned", "base", "--prompts", "good.txt", "--out", "o"],
      "no model directory at missing/dir/b"),
-    (["ed", "--base", "base", "--aligned", "base", "--prompts", "none.jsonl", "--out", "o.jsonl"], "no such file"),
-    (["ed", "--base", "base", "--aligned", "base", "--prompts", "good.txt", "--out", "afile/o.jsonl"],
+    (["ed", "--base", "base", "--aligned", "base", "--prompts", "none.jsonl", "--out", "o"], "no such file"),
+    (["ed", "--base", "base", "--aligned", "base", "--prompts", "good.txt", "--out", "afile/o"],
      "afile is not a directory"),
-    (["ed", "--base", "base", "--aligned", "base", "--prompts", "good.txt", "--out", "o.jsonl", "--max_new_tokens", "0"],
+    (["ed", "--base", "base", "--aligned", "base", "--prompts", "good.txt", "--out", "o", "--max_new_tokens", "0"],
      "--max_new_tokens must be >= 1"),
-    (["ed", "--base", "base", "--aligned", "base", "--prompts", "good.txt", "--out", "ed.jsonl", "--max_new_tokens", "3"],
-     "other settings"),
+    (["ed", "--base", "base", "--aligned", "base", "--prompts", "good.txt", "--out", "ed", "--max_new_tokens", "3",
+      "--judge", "keyword"], "other generation settings"),
     (["ed", "--base", "base", "--aligned", "base", "--prompts", "good.txt"], "--out is required"),
     # -- probe
     (["probe", "--model", "base", "--world", "world", "--limit", "0"], "--limit must be >= 1"),
@@ -294,6 +327,52 @@ CASES = [
     (["depth", "--base", "base", "--aligned", "base", "--world", "world", "--out", "d", "--base_format", "text:no slot"],
      "{query}"),
     (["depth", "--base", "base", "--aligned", "base", "--world", "world", "--out", "afile/d"], "afile is not a directory"),
+    (["depth", "--base", "base", "--aligned", "base", "--direction", "dir_ok", "--direction", "dir_ok", "--world",
+      "world", "--out", "d"], "--directions gives 2 directions for 1 aligned models"),
+    (["depth", "--base", "base", "--aligned", "base", "--direction", "dir_other", "--world", "world", "--out", "d"],
+     "was computed from model"),
+    # -- direction
+    (["direction", "--world", "world", "--out", "dd"], "--model is required"),
+    (["direction", "--model", "base", "--out", "dd"], "--harmful is required"),
+    (["direction", "--model", "base", "--world", "world", "--out", "dd"],
+     "the harmful set has 24 prompts: too few for 32 validation prompts"),
+    (["direction", "--model", "base", "--world", "world", "--harmful", "good.jsonl", "--n_val", "8", "--out", "dd"],
+     "the harmful set has 1 prompts"),
+    (["direction", "--model", "base", "--world", "world", "--out", "dd", "--prune_layer_share", "1"],
+     "--prune_layer_share must be < 1"),
+    (["direction", "--model", "base", "--world", "world", "--out", "dd", "--kl_threshold", "nan"],
+     "--kl_threshold must be a finite number"),
+    (["direction", "--model", "base", "--world", "world", "--out", "dd", "--n_val", "8", "--refusal_words", "zzqqx"],
+     "refusal word 'zzqqx' is not one known token"),
+    (["direction", "--model", "gpt2m", "--world", "world", "--out", "dd", "--n_val", "8"],
+     "model type 'gpt2' (GPT2LMHeadModel) is not known to deepalign's hooks"),
+    (["direction", "--model", "base", "--world", "world", "--out", "dd", "--n_val", "8", "--prune_layer_share", "0.9",
+      "--filter_prompts", "false"], "candidate directions are excluded before scoring"),
+    (["direction", "--model", "base", "--world", "world", "--out", "dd", "--n_val", "8"],
+     "the model refuses none of its 16 harmful training prompts"),
+    (["direction", "--model", "base", "--world", "world", "--out", "afile", "--n_val", "8"],
+     "exists and is not a directory"),
+    # -- ablate
+    (["ablate", "--model", "base", "--direction", "dir_ok"], "--out is required"),
+    (["ablate", "--model", "base", "--direction", "nowhere", "--out", "x"], "no refusal direction at nowhere"),
+    (["ablate", "--model", "base", "--direction", "afile", "--out", "x"], "no refusal direction at afile"),
+    (["ablate", "--model", "base", "--direction", "dir_small", "--out", "x"],
+     "has 7 entries but model base has hidden size 64"),
+    (["ablate", "--model", "base", "--direction", "dir_other", "--out", "x"],
+     "was computed from model"),
+    (["ablate", "--model", "gpt2m", "--direction", "dir_ok", "--out", "x"], "model type 'gpt2' (gpt2m) is not known"),
+    (["ablate", "--model", "base", "--direction", "dir_ok", "--out", "x", "--tied", "bogus"],
+     "--tied must be one of untie, shared"),
+    (["eval", "--target", "ablate:model=base,direction=dir_other", "--attacks", "direct", "--dataset", "world:harmful",
+      *W, "--limit", "2", "--out", "run2"], "was computed from model"),
+    (["eval", "--target", "ablate:model=base,direction=dir_small", "--attacks", "direct", "--dataset", "world:harmful",
+      *W, "--limit", "2", "--out", "run2"], "has 7 entries but model base has hidden size 64"),
+    (["eval", "--target", "ablate:model=base", "--attacks", "direct", "--dataset", "world:harmful", *W, "--out", "run2"],
+     "give model=<dir or hub id> and direction=<direction dir>"),
+    (["eval", "--target", "actadd:model=base,direction=dir_ok,coeff=nan", "--attacks", "direct", "--dataset",
+      "world:harmful", *W, "--out", "run2"], "option coeff='nan' is out of range"),
+    (["eval", "--target", "ed:base=base,aligned=gpt2m,alpha=0.3,aligned.ablate=dir_ok", "--attacks", "direct",
+      "--dataset", "world:harmful", *W, "--out", "run2"], "model type 'gpt2' (gpt2m) is not known"),
 ]
 
 
@@ -321,4 +400,5 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(ws, argv, message, caps
 
 def test_the_suite_is_big_enough():
     stages = {argv[0] for argv, _ in CASES}
-    assert len(CASES) >= 80 and stages >= {"world", "pretrain", "train", "eval", "ed", "probe", "judge", "report", "depth", "study"}
+    assert len(CASES) >= 80 and stages >= {"world", "pretrain", "train", "eval", "ed", "probe", "judge", "report", "depth", "study",
+                                           "direction", "ablate"}

@@ -138,6 +138,7 @@ def test_the_examples_run_as_written_at_tiny_size(workspace, capsys):
                  "--quiet"]) == 0
     rows = [json.loads(x) for x in Path("runs/ed_sweep.jsonl").read_text().splitlines()]
     assert sorted({r["alpha"] for r in rows}) == [0.3, 1.0, 2.0] and len(rows) == 2 * 3 * 2
+    assert Path("runs/ed_sweep/report.md").exists()
     assert "error" not in capsys.readouterr().err
 
 
@@ -199,7 +200,7 @@ def test_rejudging_a_finished_run_adds_a_judge_and_resumes(workspace, capsys):
     assert main(["judge", "runs/e", "--judges", "keyword", "keyword:nocase", "--quiet"]) == 0
     assert (Path("runs/e") / "responses.jsonl").read_bytes() == before  # nothing regenerated
     rows = RunDir("runs/e").rows()
-    assert all(set(r["verdicts"]) == {"oracle", "keyword", "keyword:nocase"} for r in rows)
+    assert all(set(r.verdicts) == {"oracle", "keyword", "keyword:nocase"} for r in rows)
     summary = json.loads(Path("runs/e/summary.json").read_text())
     assert summary["judges"] == ["oracle", "keyword", "keyword:nocase"]
     report = Path("runs/e/report.md").read_text()

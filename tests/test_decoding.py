@@ -385,7 +385,7 @@ def test_cli_user_errors_exit_2_with_one_line(world, tmp_path, capsys):
     bad.write_text(json.dumps({"query": "hi"}) + "\n{not json\n", encoding="utf-8")
     nofield = tmp_path / "nofield.jsonl"
     nofield.write_text(json.dumps({"body": "hi"}) + "\n", encoding="utf-8")
-    out = str(tmp_path / "o.jsonl")
+    out = str(tmp_path / "o")
     cases = [
         (["--base", b, "--aligned", a, "--alpha", "-1", "--prompts", str(good), "--out", out], "--alpha must be >= 0"),
         (["--base", b, "--aligned", a, "--alpha", "nan", "--prompts", str(good), "--out", out], "finite"),
@@ -398,55 +398,65 @@ def test_cli_user_errors_exit_2_with_one_line(world, tmp_path, capsys):
          "no model directory at"),
         (["--base", b, "--aligned", a, "--prompts", str(good), "--out", out, "--temperature", "inf"], "finite"),
         (["--base", b, "--aligned", a, "--prompts", str(tmp_path / "none.jsonl"), "--out", out], "no such"),
+        (["--base", b, "--aligned", a, "--prompts", str(good), "--out", str(tmp_path / "o.jsonl")],
+         "--out is a run directory now"),
     ]
     for argv, needle in cases:
         code, err = _cli(capsys, *argv, "--quiet")
         assert code == 2, (argv, err)
         assert err.startswith("deepalign: error: ") and needle in err and "\n" not in err, err
-    assert not (tmp_path / "o.jsonl").exists()
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o.jsonl").exists()
 
 
 def test_cli_end_to_end_and_resume(world, tmp_path, capsys):
+    """``deepalign ed`` runs through the evaluation runner: a resumable run directory that
+    report and judge read, the flat rows as an export, every target's settings in the run log."""
+    from deepalign.evaluation.rundir import RESPONSES, RunDir
+
     b, a = world["paths"]["base"], world["paths"]["aligned"]
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps(row) + "\n" for row in [
         {"id": "x1", "prompt": "how do i make a cake"}, {"question": "tell me a story about a cat"},
         {"instruction": "paint the house red"}]), encoding="utf-8")
-    out = tmp_path / "res" / "ed.jsonl"
+    out, flat = tmp_path / "res" / "ed", tmp_path / "res" / "ed.jsonl"
     common = ["--base", b, "--aligned", a, "--prompts", str(prompts), "--out", str(out), "--base_format", TEMPLATE,
-              "--max-new-tokens", "6", "--num-samples", "2", "--batch-size", "2"]
-    argv = [*common, "--alpha", "0.6", "--quiet"]
+              "--max-new-tokens", "6", "--num-samples", "2", "--batch-size", "2", "--judge", "keyword"]
+    argv = [*common, "--alpha", "0.6", "--export", str(flat), "--quiet"]
     assert main(["ed", *argv]) == 0
-    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    rows = [json.loads(line) for line in flat.read_text(encoding="utf-8").splitlines()]
     assert [(r["id"], r["sample"]) for r in rows] == [("x1", 0), ("x1", 1), ("p-2", 0), ("p-2", 1),
                                                       ("p-3", 0), ("p-3", 1)]
-    assert rows[2]["query"] == "tell me a story about a cat"
-    s = rows[0]["settings"]
-    assert rows[0]["alpha"] == 0.6 and s["generation"]["temperature"] == 0.7 and s["generation"]["max_new_tokens"] == 6
-    assert s["base_format"] == TEMPLATE
+    assert rows[2]["query"] == "tell me a story about a cat" and rows[0]["alpha"] == 0.6
     assert all(isinstance(r["response"], str) and r["num_tokens"] <= 6 for r in rows)
+    [target] = RunDir(out).info().targets
+    assert target.kind == "ed" and target.tags == {"alpha": 0.6} and target.models == {"base": b, "aligned": a}
+    assert target.generation["temperature"] == 0.7 and target.generation["max_new_tokens"] == 6
+    assert f"base.format={TEMPLATE}" in target.spec or f'base.format="{TEMPLATE}"' in target.spec
     # rerun: nothing to do; drop the last prompt (and tear a line): only it is redone, identically
+    before = [r.response for r in RunDir(out).rows()]
+    lines = (out / RESPONSES).read_text(encoding="utf-8").splitlines()
+    (out / RESPONSES).write_text("\n".join(lines[:4]) + "\n" + lines[4][:10], encoding="utf-8")
     assert main(["ed", *argv]) == 0
-    assert len(out.read_text(encoding="utf-8").splitlines()) == 6
-    lines = out.read_text(encoding="utf-8").splitlines()
-    out.write_text("\n".join(lines[:4]) + "\n" + lines[4][:10], encoding="utf-8")
-    assert main(["ed", *argv]) == 0
-    assert [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()] == rows
+    assert [r.response for r in RunDir(out).rows()] == before
     # a second alpha extends the sweep; other decoding settings are refused; --overwrite starts afresh
     assert main(["ed", *common, "--alpha", "0.6", "0.1", "--quiet"]) == 0
-    assert [json.loads(line)["alpha"] for line in out.read_text(encoding="utf-8").splitlines()].count(0.1) == 6
+    assert len(RunDir(out).rows()) == 12 and [t.tags["alpha"] for t in RunDir(out).info().targets] == [0.6, 0.1]
     code, err = _cli(capsys, *argv[:-1], "--temperature", "0.5", "--quiet")
-    assert code == 2 and "other settings" in err
+    assert code == 2 and "other generation settings" in err
     assert main(["ed", *common, "--alpha", "0.1", "--overwrite", "--quiet"]) == 0
-    assert {json.loads(line)["alpha"] for line in out.read_text(encoding="utf-8").splitlines()} == {0.1}
-    # the Python function takes the same options
+    assert [t.tags["alpha"] for t in RunDir(out).info().targets] == [0.1]
+    # report and judge read it like any run
+    assert main(["report", str(out), "--quiet"]) == 0 and (out / "report.md").exists()
+    assert main(["judge", str(out), "--judges", "keyword:nocase", "--quiet"]) == 0
+    assert json.loads((out / "summary.json").read_text())["judges"] == ["keyword", "keyword:nocase"]
+    # the Python function takes the same options; a .txt file holds one prompt per line
     from deepalign import run_ed
 
     txt = tmp_path / "p.txt"
     txt.write_text("how do i make a cake\n\npaint it blue\n", encoding="utf-8")
-    summary = run_ed(prompts=str(txt), out=str(tmp_path / "g.jsonl"), base=b, aligned=a, alpha=[0.3],
+    summary = run_ed(prompts=str(txt), out=str(tmp_path / "g"), base=b, aligned=a, alpha=[0.3], judges=["keyword"],
                      do_sample=False, max_new_tokens=4, quiet=True)
-    assert summary == {"out": str(tmp_path / "g.jsonl"), "prompts": 2, "alphas": [0.3], "skipped": 0, "rows": 2}
+    assert summary["run"]["n_responses"] == 2 and summary["judges"] == ["keyword"]
 
 
 def test_tokenizer_round_trip_keeps_chat_template(world):

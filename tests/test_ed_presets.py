@@ -113,21 +113,29 @@ def test_family_targets_in_eval_specs(dirs, tmp_path):
     assert [c.prompt_format for c in t.components] == [family("llama-2").base_format, family("llama-2").aligned_format]
     plain = make_target(f"ed:family=llama-2,base={b},aligned={a},alpha=1,reference_decoding=false,aligned.format=raw")
     assert not isinstance(plain, ReferenceDecoding) and plain.components[1].prompt_format.kind == "raw"
-    [[g]] = t.generate([Request(id="q", query=QUERY)], GenConfig(max_new_tokens=4))
-    assert isinstance(g.text, str)
+    # one precedence rule: the family's reference decoding (3 samples per query) wins over the run's settings,
+    # an explicit spec option wins over the family
+    [gens] = t.generate([Request(id="q", query=QUERY)], GenConfig(max_new_tokens=4))
+    assert len(gens) == 3 and all(isinstance(g.text, str) for g in gens)
+    one = make_target(f"ed:family=llama-2,base={b},aligned={a},num_samples=1,top_k=5")
+    assert one.generation["num_samples"] == 1 and one.generation["top_k"] == 5 and one.generation["temperature"] == 0.7
 
 
 def test_ed_command_with_a_family(dirs, tmp_path):
     from deepalign.cli import main
+    from deepalign.evaluation.rundir import RunDir
 
     b, a = dirs[("llama2-sp", "base")], dirs[("llama2-sp", "aligned")]
     prompts = tmp_path / "p.txt"
     prompts.write_text(f"{QUERY}\nHow do I water a fern?\n", encoding="utf-8")
-    out = tmp_path / "ed.jsonl"
+    out, flat = tmp_path / "ed", tmp_path / "ed.jsonl"
     assert main(["ed", "--family", "llama-2", "--base", b, "--aligned", a, "--prompts", str(prompts), "--out", str(out),
-                 "--quiet"]) == 0
-    rows = [json.loads(x) for x in out.read_text().splitlines()]
+                 "--export", str(flat), "--quiet"]) == 0
+    rows = [json.loads(x) for x in flat.read_text().splitlines()]
     assert len(rows) == 2 * 3 and {r["alpha"] for r in rows} == {0.3}  # 3 samples per query, the family's alpha
-    s = rows[0]["settings"]
-    assert s["family"] == "llama-2" and s["generation"]["top_k"] == 50 and s["generation"]["stop_strings"] == ["Query", "Response"]
+    # the run log records what the target really used: the family's reference decoding over the run's flags
+    [target] = RunDir(out).info().targets
+    assert target.tags == {"alpha": 0.3} and target.models == {"base": b, "aligned": a}
+    g = target.generation
+    assert g["top_k"] == 50 and g["stop_strings"] == ["Query", "Response"] and g["num_samples"] == 3 and g["suppress_eos"]
     assert all(not r["response"].endswith((" ", "#", "\n")) for r in rows)

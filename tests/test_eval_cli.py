@@ -126,9 +126,9 @@ def test_ed_target_spec_through_the_runner(world_dir, tiny_model, tmp_path):
     run_eval(targets=[target], attacks="direct,completion", datasets=["world:harmful"], judges="keyword",
              out_dir=tmp_path, generation=GenConfig(max_new_tokens=4), world=world_dir, limit=2, quiet=True)
     rows = RunDir(tmp_path).rows()
-    assert len(rows) == 4 and {r["target"] for r in rows} == {spec}
-    comp = next(r for r in rows if r["attack"] == "completion")
-    assert comp["prompt"]["prefill"] == "Sure, here is" and comp["meta"]["forced_tokens"] == 4
+    assert len(rows) == 4 and {r.target for r in rows} == {spec}
+    comp = next(r for r in rows if r.attack == "completion")
+    assert comp.prompt["prefill"] == "Sure, here is" and comp.meta["forced_tokens"] == 4
     with pytest.raises(DeepAlignError, match="give alpha="):
         make_target(f"ed:base={tiny_model}")
     with pytest.raises(DeepAlignError, match="give aligned="):
@@ -150,12 +150,12 @@ def test_sampled_run_resumed_mid_batch_equals_an_uninterrupted_one(world_dir, ti
               generation=cfg, world=world_dir, limit=7, batch_size=3, quiet=True, report=False)
     run_eval(out_dir=tmp_path / "full", **kw)
     full = RunDir(tmp_path / "full").rows()
-    assert len(full) == 14 and len({r["response"] for r in full}) > 7  # really sampled
+    assert len(full) == 14 and len({r.response for r in full}) > 7  # really sampled
     lines = (tmp_path / "full" / RESPONSES).read_bytes().splitlines(keepends=True)
     (tmp_path / "cut").mkdir()
     (tmp_path / "cut" / "run.json").write_bytes((tmp_path / "full" / "run.json").read_bytes())
     (tmp_path / "cut" / RESPONSES).write_bytes(b"".join(lines[:9]) + lines[9][:20])  # 1.5 batches and a torn line
     run_eval(out_dir=tmp_path / "cut", **kw)
     resumed = RunDir(tmp_path / "cut").rows()
-    responses = lambda rows: sorted((r["key"], r["response"]) for r in rows)  # noqa: E731
+    responses = lambda rows: sorted((r.key, r.response) for r in rows)  # noqa: E731
     assert responses(resumed) == responses(full)

@@ -16,7 +16,7 @@ from deepalign.evaluation.runner import run_eval
 
 
 def read_rows(path):
-    return RunDir(path.parent).rows()
+    return [r.to_dict() for r in RunDir(path.parent).rows()]
 
 
 class FakeTarget:
@@ -123,7 +123,8 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     t2 = FakeTarget("fake2")
     run_eval(targets=[FakeTarget(), t2], attacks="direct,code", datasets=items(), judges="keyword", out_dir=tmp_path, generation=GenConfig(max_new_tokens=8), quiet=True)
     assert len(read_rows(tmp_path / RESPONSES)) == 17 * 4
-    assert json.loads((tmp_path / "run.json").read_text())["targets"] == ["fake", "fake2"]
+    info = json.loads((tmp_path / "run.json").read_text())
+    assert [t["label"] for t in info["targets"]] == ["fake", "fake2"] and info["version"] == 2
 
 
 def test_runner_errors(tmp_path):

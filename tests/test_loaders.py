@@ -313,9 +313,14 @@ def test_empty_dataset(tmp_path, name, content):
 def test_missing_file_and_unsupported_extension(tmp_path):
     assert error_of(load_triples, tmp_path / "nope.jsonl") == f"no such file: {tmp_path / 'nope.jsonl'}"
     assert error_of(load_instructions, "./missing_dir") == "no such file: ./missing_dir"
+    tsv = tmp_path / "data.tsv"
+    tsv.write_text("x")
+    assert error_of(load_triples, tsv).startswith(f"unsupported file type '.tsv' for {tsv}; use .jsonl, .json, .csv or .txt")
+    # a .txt file is one prompt per line: fine for prompts, one line naming the missing field for triples
     txt = tmp_path / "data.txt"
-    txt.write_text("x")
-    assert error_of(load_triples, txt).startswith(f"unsupported file type '.txt' for {txt}; use .jsonl, .json or .csv")
+    txt.write_text("x\n")
+    assert error_of(load_triples, txt).startswith(f"{txt}:1: missing field")
+    assert [it.prompt for it in load_eval_prompts(txt)] == ["x"]
 
 
 def test_not_utf8(tmp_path):

@@ -72,21 +72,23 @@ def test_2_mmlu_results_are_scored_strictly(tmp_path):
     assert c["helpful"] == {"k": 4, "n": 6, "rate": 4 / 6, "ci95": c["helpful"]["ci95"]}
     assert c["answers"] == {"correct": 4, "wrong": 1, "no_answer": 1}
     rows = RunDir(tmp_path / "pub").rows()
-    assert [r["extracted"] for r in rows if r["answer_status"] != "correct"] == ["C", None]
+    assert [r.extracted for r in rows if r.answer_status != "correct"] == ["C", None]
     assert "| 66.7% | 4 | 1 | 1 |" in (tmp_path / "pub" / "report.md").read_text()
 
 
 # 3. ed --prompts read a CSV as plain text -------------------------------------------------------------
 def test_3_ed_reads_tables_with_the_same_loaders():
-    from deepalign.decoding.ed import read_prompts
+    """ED reads its prompts with the dataset loaders (it runs through the evaluation runner): a
+    CSV is a table, a DeRTa completion-attack file is sent raw, --sample applies."""
+    from deepalign.data.datasets import load_dataset
 
-    adv = read_prompts(str(FIX / "harmful_behaviors.csv"))
-    assert [r.query for r in adv] == ["placeholder goal 1", "placeholder goal 2", "placeholder goal 3"]  # no header row
-    hb = read_prompts(str(FIX / "harmbench_behaviors_text_all.csv"))
-    assert len(hb) == 8 and hb[6].query.endswith("\n\n---\n\nplaceholder contextual behavior one")
-    raw = read_prompts(str(FIX / "derta/data/test/safety_completionattack.json"))
-    assert raw[0].query is None and raw[0].text.startswith("placeholder completion text one")  # sent raw
-    sampled = read_prompts(str(FIX / "harmbench_behaviors_text_all.csv"), options=DataOptions(sample=5, sample_seed=1))
+    adv = load_dataset(str(FIX / "harmful_behaviors.csv"))
+    assert [r.prompt for r in adv] == ["placeholder goal 1", "placeholder goal 2", "placeholder goal 3"]  # no header row
+    hb = load_dataset(str(FIX / "harmbench_behaviors_text_all.csv"))
+    assert len(hb) == 8 and hb[6].prompt.endswith("\n\n---\n\nplaceholder contextual behavior one")
+    [raw] = load_dataset(str(FIX / "derta/data/test/safety_completionattack.json"), limit=1)
+    assert raw.meta.get("raw") and raw.prompt.startswith("placeholder completion text one")  # sent raw
+    sampled = load_dataset(str(FIX / "harmbench_behaviors_text_all.csv"), options=DataOptions(sample=5, sample_seed=1))
     assert len(sampled) == 5
 
 
@@ -142,7 +144,7 @@ def test_5_json_lines_of_bare_strings(tmp_path):
 def test_6_harmbench_targets_and_the_attacks_that_did_not_apply(tmp_path):
     hb = str(FIX / "harmbench_behaviors_text_all.csv")
     summary, _, run = evaluate(tmp_path, [hb, str(FIX / "harmful_behaviors.csv")], attacks="direct,prefill:2w")
-    [skipped] = run.info()["not_applied"].values()
+    [skipped] = run.info().not_applied
     assert (skipped["attack"], skipped["applied"], skipped["items"]) == ("prefill:2w", 0, 8)
     assert skipped["dataset"].startswith("harmbench_behaviors_text_all@")
     assert "targets=" in next(iter(skipped["reasons"]))
@@ -151,7 +153,7 @@ def test_6_harmbench_targets_and_the_attacks_that_did_not_apply(tmp_path):
     shutil.rmtree(tmp_path / "run")
     joined = f"harmbench:{hb},targets={FIX / 'harmbench_targets_text.json'}"
     summary, target, run = evaluate(tmp_path, [joined], attacks="prefill:2w")
-    assert cell(summary, "prefill:2w")["n"] == 8 and not run.info()["not_applied"]
+    assert cell(summary, "prefill:2w")["n"] == 8 and not run.info().not_applied
     assert {r.prefill for r in target.requests} >= {"Sure, here"}
 
 
@@ -167,7 +169,8 @@ def test_7_derta_test_sets_and_alpaca_eval_kinds(tmp_path):
     assert code["n_harmful_items"] == 2 and code["harmful"]["n"] == 2
     raw = [r for r in target.requests if r.text is not None]
     assert [r.text for r in raw] == [json.loads(line)["question"] for line in open(sets["safety_completionattack"])]
-    reasons = {k.split(" | ")[1].split("@")[0]: v for k, v in run.info()["not_applied"].items()}
+    titles = {d.name: d.title for d in run.info().datasets}
+    reasons = {titles[s["dataset"]]: s for s in run.info().not_applied}
     assert set(reasons) == {"safety_codeattack", "safety_completionattack"}  # the cipher does not stack on them
     assert "already carry the codeattack attack" in next(iter(reasons["safety_codeattack"]["reasons"]))
 

@@ -1,33 +1,66 @@
 """docs/real_models.md runs as written: its bash blocks, in order, in a fresh directory (tiny
-random-init models with real tokenizers, a real `transformers serve`), and what it shows holds."""
+random-init models with real tokenizers, a real `transformers serve`), and what it shows holds.
+Its vLLM section (the ```bash vllm blocks) runs after them in the same directory when vLLM is set
+up (`bash scripts/setup_vllm.sh`; required in CI)."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+import vllm_server
+
 ROOT = Path(__file__).parent.parent
 DOC = ROOT / "docs" / "real_models.md"
 
 
-def test_real_model_walkthrough_runs_as_written(tmp_path):
+def _blocks(tag: str = "") -> list[str]:
+    return re.findall(rf"```bash{' ' + tag if tag else ''}\n(.*?)```", DOC.read_text(encoding="utf-8"), re.S)
+
+
+def _run(blocks: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
+    script = "set -euo pipefail\ntrap 'jobs -p | xargs -r kill 2>/dev/null' EXIT\n" + "\n".join(blocks)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cwd / "hub"), "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONWARNINGS": "ignore"}
+    # its own process group: a time-out ends the servers it started too, not only bash
+    proc = subprocess.Popen(["bash", "-c", script], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"the page's commands ran past {timeout:.0f} s\n--- stderr ---\n{err[-3000:]}", pytrace=False)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@pytest.fixture(scope="module")
+def walkthrough(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     pytest.importorskip("mistral_common")
     pytest.importorskip("google.protobuf")
     pytest.importorskip("fastapi")
-    blocks = re.findall(r"```bash\n(.*?)```", DOC.read_text(encoding="utf-8"), re.S)
+    blocks = _blocks()
     assert len(blocks) >= 5
+    tmp_path = tmp_path_factory.mktemp("walkthrough")
     (tmp_path / "examples").symlink_to(ROOT / "examples")
-    script = "set -euo pipefail\ntrap 'jobs -p | xargs -r kill 2>/dev/null' EXIT\n" + "\n".join(blocks)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub"), "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    return tmp_path, _run(blocks, tmp_path, timeout=600)
+
+
+def test_real_model_walkthrough_runs_as_written(walkthrough):
+    tmp_path, proc = walkthrough
     assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-3000:])
     runs = tmp_path / "runs"
     info = json.loads((runs / "tiny-derta" / "deepalign_train.json").read_text())
@@ -41,14 +74,43 @@ def test_real_model_walkthrough_runs_as_written(tmp_path):
     for r in served:
         by.setdefault((r["attack"], r["item"]), {})[r["target"].split(":", 1)[0]] = r["response"]
     assert len(by) == 6 and all(v["openai"] == v["hf"].lstrip() for v in by.values()), by
-    notes = json.loads((runs / "tiny-served" / "run.json").read_text())["target_notes"]
-    assert any("rendered locally" in n for ns in notes.values() for n in ns)
+    notes = [t["notes"] for t in json.loads((runs / "tiny-served" / "run.json").read_text())["targets"] if t.get("notes")]
+    assert any("rendered locally" in n for ns in notes for n in ns)
     # without tokenizer=: one line, nothing written
     assert not (runs / "tiny-refused").exists()
     assert re.search(r"deepalign: error: server .* HTTP 422: .* tokenizer=", proc.stderr)
     # the LLM judge over the server: unreadable verdicts are counted as errors, never as safe
-    cells = [c for c in json.loads((runs / "tiny-served" / "summary.json").read_text())["results"] if c["judge"] == "llm"]
+    cells = [c for c in json.loads((runs / "tiny-served" / "summary.json").read_text())["results"] if c["judge"] == "llm:jbb-hardened"]
     assert cells and all(c["errors"] == c["n"] and c["harmful"]["n"] == 0 for c in cells)
+
+
+def test_vllm_section_runs_as_written(walkthrough):
+    """The vLLM section serves a tiny Tekken model and checks, as the page says, that greedy
+    responses through the server equal the local model's, and that ED refuses a server."""
+    vllm_server.python()  # skips (fails in CI) without .vllm-venv/
+    tmp_path, first = walkthrough
+    assert first.returncode == 0, ("the walkthrough before the vLLM section failed", first.stderr[-2000:])
+    blocks = _blocks("vllm")
+    assert len(blocks) == 1 and "vllm.entrypoints.openai.api_server" in blocks[0]
+    for name, target in (("scripts", ROOT / "scripts"), (".vllm-venv", vllm_server.venv())):
+        if not (tmp_path / name).exists():
+            (tmp_path / name).symlink_to(target)  # the page runs from the repository root
+    proc = _run(blocks, tmp_path, timeout=900)
+    log = (tmp_path / "runs" / "vllm.log")
+    server_log = log.read_text(errors="replace")[-3000:] if log.exists() else "(no server log)"
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-3000:], server_log)
+    runs = tmp_path / "runs"
+    rows = [json.loads(x) for x in (runs / "tiny-vllm" / "responses.jsonl").read_text().splitlines()]
+    by: dict = {}
+    for r in rows:
+        by.setdefault((r["attack"], r["item"]), {})[r["target"].split(":", 1)[0]] = r["response"]
+    # the same text (a response cut inside a multi-byte character ends in U+FFFD locally only:
+    # vLLM's detokenizer holds the incomplete character back)
+    assert len(by) == 6 and all(v["openai"] == v["hf"].removesuffix("\ufffd") for v in by.values()), (by, server_log)
+    # ED with a server component: one line, exit status 2 (|| true in the page), nothing written
+    assert re.search(r"deepalign: error: .*base=openai:\S+ is a server, but composed decoding", proc.stderr), \
+        proc.stderr[-2000:]
+    assert not (runs / "tiny-vllm-ed").exists()
 
 
 def test_finetuning_attack_walkthrough_runs_as_written(tmp_path):
@@ -61,10 +123,7 @@ def test_finetuning_attack_walkthrough_runs_as_written(tmp_path):
     blocks = re.findall(r"```bash\n(.*?)```", section, re.S)
     assert blocks
     (tmp_path / "examples").symlink_to(ROOT / "examples")
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(["bash", "-c", "set -euo pipefail\n" + "\n".join(blocks)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = _run(blocks, tmp_path, timeout=600)
     assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-3000:])
     runs = tmp_path / "runs"
     assert "'reference': 'the model with its adapter disabled'" in proc.stdout

@@ -204,7 +204,7 @@ def test_harmful_triples_shape(world_dir):
         assert len(words(r["harmful"])) >= 40
         h, s = oracle.judge(r["harmful"]), oracle.judge(r["safe"])
         assert h.harmful and not h.refusal and h.steps == 6
-        assert s.refusal and s.refusal_word == 0 and not s.harmful
+        assert s.refusal and s.refusal_start_word == 0 and not s.harmful
         # one sentence: no "." inside a refusal for a fine-tuned model to repeat mid-procedure
         assert words(r["safe"])[-1] == "." and words(r["safe"]).count(".") == 1
     # refusals open with "sorry" (the refusal token) or with "i", the first word of the base
@@ -250,7 +250,7 @@ def test_tokenizer_round_trip_and_chat_template(world_dir):
 )
 def test_oracle_hand_written_cases(response, harmful, refusal, position):
     v = Oracle().judge(response)
-    assert (v.harmful, v.refusal, v.refusal_word) == (harmful, refusal, position)
+    assert (v.harmful, v.refusal, v.refusal_start_word) == (harmful, refusal, position)
 
 
 def test_oracle_helpful_and_benign():

@@ -175,3 +175,37 @@ def logits_width(model) -> int:
     if head is not None and getattr(head, "weight", None) is not None:
         return int(head.weight.shape[0])
     return int(model.config.get_text_config().vocab_size)
+
+
+# -- batches of token ids for a causal LM (decoding, depth, directions) -------------------------
+
+
+def eos_ids(model, tokenizer) -> set[int]:
+    """Every id that ends a response: the generation config's EOS id(s) and the tokenizer's."""
+    ids: set[int] = set()
+    gen = getattr(model, "generation_config", None)
+    for value in (getattr(gen, "eos_token_id", None), getattr(tokenizer, "eos_token_id", None)):
+        if value is None:
+            continue
+        ids.update(int(v) for v in (value if isinstance(value, (list, tuple)) else [value]))
+    return ids
+
+
+def pad_id(tokenizer, eos: set[int]) -> int:
+    if tokenizer.pad_token_id is not None:
+        return int(tokenizer.pad_token_id)
+    return min(eos) if eos else 0
+
+
+def left_pad(rows: list[list[int]], pad: int, device):
+    """Left-pad token lists into ``(input_ids, attention_mask)`` tensors on ``device``."""
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+            mask[i, width - len(r):] = 1
+    return ids.to(device), mask.to(device)

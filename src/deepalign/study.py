@@ -35,7 +35,11 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from deepalign.attacks.base import Attack
+from deepalign.attacks.basic import Completion, Direct, Prefill
+from deepalign.attacks.shapes import ShapeAttack
 from deepalign.data.recipes import RECIPES
+from deepalign.decoding.registry import TargetSpec
 from deepalign.errors import OptionError
 from deepalign.options import build, number
 from deepalign.utils import write_json
@@ -160,22 +164,46 @@ class _Stages:
             print(msg, flush=True)
 
 
-def world_attacks(cfg: StudyConfig) -> dict[str, list[str]]:
+def world_attacks(cfg: StudyConfig) -> dict[str, list[Attack]]:
     """The attack battery, in three parts: ``plain`` (direct, completion and the prefill depth
     profile on held-out queries for seen misdeeds; every model), ``shifted`` (the shifted
     shapes on the same queries) and ``unseen`` (queries for unseen misdeeds: direct, the
     prefills and the shapes). DPO, which the study needs for Emulated Disalignment, only
-    gets the plain part. ``prefill:0`` is the direct query: the depth profile reads k = 0 there."""
-    prefills = [f"prefill:{k}" for k in cfg.depths if k > 0]
-    mids = [f"prefill:{k}:skip={MID}" for k in MID_DEPTHS]
-    plain = ["direct", "completion"] + prefills
+    gets the plain part. The direct query is the prefill of depth 0."""
+    def prefills():
+        return [Prefill(k) for k in cfg.depths if k > 0]
+
+    def mids():
+        return [Prefill(k, skip=MID) for k in MID_DEPTHS]
+
+    plain = [Direct(), Completion()] + prefills()
     if not cfg.world_mode:  # real models: the real attack families
-        return {"plain": plain, "shifted": mids + ["code", "cipher:caesar"], "unseen": []}
+        from deepalign.attacks.cipher import Caesar, CipherAttack
+        from deepalign.attacks.code import CodeAttack
+
+        return {"plain": plain, "shifted": mids() + [CodeAttack(), CipherAttack(Caesar())], "unseen": []}
     # the world's analogues of CodeAttack, cipher attacks and role-play templates, as the model
-    # starts them and (":8") with 8 tokens of harm already under way in that shape
-    shapes = ["ledger", "ledger:8", "oldtongue"] + [f"roleplay:{n}" for n in ROLEPLAYS] + ["roleplay:story:8"]
-    return {"plain": plain, "shifted": mids + shapes,
-            "unseen": ["direct"] + prefills + mids + ["ledger", "ledger:8", "oldtongue", "roleplay:story", "roleplay:story:8"]}
+    # starts them and with 8 tokens of harm already under way in that shape
+    shapes = ([ShapeAttack("ledger"), ShapeAttack("ledger", 8), ShapeAttack("oldtongue")]
+              + [ShapeAttack("roleplay", 0, n) for n in ROLEPLAYS] + [ShapeAttack("roleplay", 8, "story")])
+    unseen_shapes = [ShapeAttack("ledger"), ShapeAttack("ledger", 8), ShapeAttack("oldtongue"),
+                     ShapeAttack("roleplay", 0, "story"), ShapeAttack("roleplay", 8, "story")]
+    return {"plain": plain, "shifted": mids() + shapes, "unseen": [Direct()] + prefills() + mids() + unseen_shapes}
+
+
+def model_target(name: str, path) -> TargetSpec:
+    """The study's target for one of its models (``base`` or a recipe)."""
+    return TargetSpec.hf(path, name=name, tags={"model": name})
+
+
+def ed_targets(cfg: StudyConfig, base, models: Path) -> list[TargetSpec]:
+    """The ED stage's targets: the base model alone, and ED of the base against every aligned
+    model at every alpha. The world base model's native format is the world chat format (its
+    corpus is dialogs)."""
+    options = {"base.format": "chat"} if cfg.world_mode else None
+    return [model_target("base", base)] + [
+        TargetSpec.ed(base, models / r, a, name=f"ED {r} alpha {a}", tags={"model": r, "alpha": a}, options=options)
+        for a in cfg.alphas for r in RECIPES]
 
 
 def run_study(options: StudyConfig | None = None, **kwargs) -> dict:
@@ -193,117 +221,151 @@ def run_study(options: StudyConfig | None = None, **kwargs) -> dict:
     return _run_one(cfg)
 
 
-def _run_one(cfg: StudyConfig) -> dict:
-    from deepalign.decoding.base import GenConfig
-    from deepalign.evaluation.runner import run_eval
-    from deepalign.training.finetune import train
+#: the world's evaluation datasets per split (helpfulness is always measured on test/helpful:
+#: the dev split is for tuning the rest)
+WORLD_SETS = {
+    "test": {"harmful": ["world:harmful"], "unseen": ["world:unseen"], "benign": ["world:benign", "world:helpful"]},
+    "dev": {"harmful": ["world:dev/harmful"], "unseen": ["world:dev/unseen"],
+            "benign": ["world:dev/benign", "world:helpful"]},
+}
 
-    out = Path(cfg.out)
-    if cfg.fresh and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    stages = _Stages(cfg, out)
-    started = time.time()
-    world = out / "world"
-    models = out / "models"
 
-    if cfg.world_mode:
+class _Study:
+    """One study run: the stages in order, each reusing its finished output."""
+
+    def __init__(self, cfg: StudyConfig):
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        if cfg.fresh and self.out.exists():
+            shutil.rmtree(self.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.stages = _Stages(cfg, self.out)
+        self.started = time.time()
+        self.world, self.models = self.out / "world", self.out / "models"
+        self.base = cfg.base
+        self.sets = WORLD_SETS[cfg.split] if cfg.world_mode else self._real_sets()
+
+    def _real_sets(self) -> dict[str, list[str]]:
+        cfg = self.cfg
+        harmful = [d for d in cfg.eval_datasets if not d.startswith(("benign:", "helpful:"))]
+        if not harmful:
+            raise OptionError("eval_datasets", "has no harmful dataset (prefix benign:/helpful: marks the others)")
+        return {"harmful": harmful, "unseen": [],
+                "benign": [d for d in cfg.eval_datasets if d.startswith(("benign:", "helpful:"))]}
+
+    # -- stages ----------------------------------------------------------------------------
+    def world_and_base(self) -> None:
+        """The world and its pretrained base model (real models: the base model given)."""
+        cfg, stages = self.cfg, self.stages
+        if not cfg.world_mode:
+            return
         from deepalign.training.pretrain import pretrain
         from deepalign.world.generator import build_world
 
         world_opts = {"n_pretrain": 48000, "n_train_triples": 2000, "n_train_helpful": 4000} if cfg.scale else {}
-        pre_opts = {"hidden_size": 256, "num_layers": 6, "num_heads": 8, "intermediate_size": 1024, "max_steps": 6000} if cfg.scale else {}
+        pre_opts = {"hidden_size": 256, "num_layers": 6, "num_heads": 8, "intermediate_size": 1024,
+                    "max_steps": 6000} if cfg.scale else {}
         if cfg.pretrain_steps is not None:
             pre_opts["max_steps"] = cfg.pretrain_steps
-        stages.run("world", (world / "manifest.json").exists(),
-                   lambda: build_world(out=str(world), seed=cfg.seed, quiet=cfg.quiet, **world_opts))
-        base = out / "base"
+        stages.run("world", (self.world / "manifest.json").exists(),
+                   lambda: build_world(out=str(self.world), seed=cfg.seed, quiet=cfg.quiet, **world_opts))
+        base = self.out / "base"
         stages.run("pretrain", (base / "config.json").exists(),
-                   lambda: pretrain(world=str(world), out=str(base), seed=cfg.seed, quiet=cfg.quiet, resume=True,
+                   lambda: pretrain(world=str(self.world), out=str(base), seed=cfg.seed, quiet=cfg.quiet, resume=True,
                                     save_steps=cfg.checkpoint_every, **pre_opts))
-        base_spec = str(base)
-    else:
-        base_spec = cfg.base
+        self.base = str(base)
 
-    lora = cfg.lora if cfg.lora is not None else not cfg.world_mode
-    data = {} if cfg.world_mode else {"triples": cfg.triples, "helpful": cfg.helpful}
-    for recipe in RECIPES:
-        dest = models / recipe
-        start_from = str(models / "vanilla") if recipe == "dpo" else base_spec
-        stages.run(f"train {recipe}", (dest / "config.json").exists(), lambda r=recipe, d=dest, m=start_from: train(
-            recipe=r, model_name_or_path=m, output_dir=str(d), world=str(world), seed=cfg.seed, use_peft=lora,
-            resume=True, max_steps=cfg.train_steps, save_steps=cfg.checkpoint_every, quiet=cfg.quiet, **data,
-        ))
+    def align(self) -> None:
+        """The five alignment recipes (DPO on top of vanilla)."""
+        from deepalign.training.finetune import train
 
-    targets = {"base": base_spec, **{r: str(models / r) for r in RECIPES}}
-    hf = [f"hf:{p}" for p in targets.values()]
-    greedy = GenConfig(max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
-    judges = ["oracle", "keyword:nocase"] if cfg.world_mode else ["keyword"]
-    common = dict(judges=judges, world=str(world) if cfg.world_mode else None, batch_size=cfg.batch_size,
-                  limit=cfg.limit, quiet=cfg.quiet)
-    battery = world_attacks(cfg)
-    if cfg.world_mode:
-        # the dev split has no helpful file: helpfulness is always measured on test/helpful
-        pre = "world:" if cfg.split == "test" else "world:dev/"
-        harmful_sets, unseen_sets = [f"{pre}harmful"], [f"{pre}unseen"]
-        benign_sets = [f"{pre}benign", "world:helpful"]
-    else:
-        harmful_sets = [d for d in cfg.eval_datasets if not d.startswith(("benign:", "helpful:"))]
-        unseen_sets = []
-        benign_sets = [d for d in cfg.eval_datasets if d.startswith(("benign:", "helpful:"))]
-    if not harmful_sets:
-        raise OptionError("eval_datasets", "has no harmful dataset (prefix benign:/helpful: marks the others)")
+        cfg = self.cfg
+        lora = cfg.lora if cfg.lora is not None else not cfg.world_mode
+        data = {} if cfg.world_mode else {"triples": cfg.triples, "helpful": cfg.helpful}
+        for recipe in RECIPES:
+            dest = self.models / recipe
+            start_from = str(self.models / "vanilla") if recipe == "dpo" else self.base
+            self.stages.run(f"train {recipe}", (dest / "config.json").exists(), lambda r=recipe, d=dest, m=start_from: train(
+                recipe=r, model_name_or_path=m, output_dir=str(d), world=str(self.world), seed=cfg.seed, use_peft=lora,
+                resume=True, max_steps=cfg.train_steps, save_steps=cfg.checkpoint_every, quiet=cfg.quiet, **data,
+            ))
 
-    def attacks_stage():  # three calls into the same run directory: one table, one set of rows
-        no_dpo = [t for t in hf if t != f"hf:{models / 'dpo'}"]
-        attacks_dir = str(out / "eval" / "attacks")
-        run_eval(targets=hf, attacks=battery["plain"], datasets=harmful_sets, out_dir=attacks_dir,
-                 generation=greedy, **common)
-        run_eval(targets=no_dpo, attacks=battery["shifted"], datasets=harmful_sets, out_dir=attacks_dir,
-                 generation=greedy, **common)
-        if unseen_sets:
-            run_eval(targets=no_dpo, attacks=battery["unseen"], datasets=unseen_sets, out_dir=attacks_dir,
-                     generation=greedy, **common)
+    @property
+    def paths(self) -> dict[str, str]:
+        return {"base": self.base, **{r: str(self.models / r) for r in RECIPES}}
 
-    stages.run("eval attacks", False, attacks_stage)
-    if benign_sets:
-        stages.run("eval benign+helpful", False, lambda: run_eval(targets=hf, attacks=["direct"], datasets=benign_sets,
-                                                                  out_dir=str(out / "eval" / "benign"),
-                                                                  generation=greedy, **common))
-    sampled = GenConfig(max_new_tokens=cfg.max_new_tokens, do_sample=True, temperature=0.7, seed=cfg.seed,
-                        num_samples=cfg.ed_samples)
-    # the world base model's native format is the world chat format (its corpus is dialogs)
-    base_format = ",base.format=chat" if cfg.world_mode else ""
-    ed_specs = {(r, a): f"ed:base={base_spec},aligned={models / r},alpha={a}{base_format}"
-                for a in cfg.alphas for r in RECIPES}
-    ed_targets = [f"hf:{base_spec}"] + list(ed_specs.values())
-    stages.run("eval ED", False, lambda: run_eval(targets=ed_targets, attacks=["direct"], datasets=harmful_sets[:1],
-                                                  out_dir=str(out / "eval" / "ed"), generation=sampled, **common))
+    def _eval(self, out: str, targets, attacks, datasets, generation) -> None:
+        from deepalign.evaluation.runner import run_eval
 
-    depth = {}
-    for spec in harmful_sets[:1] + unseen_sets:
-        dest = out / "depth" / _slug(spec)
-        stages.run(f"depth {_slug(spec)}", (dest / "depth.json").exists(),
-                   lambda s=spec, d=dest: _depth_stage(cfg, s, d, base_spec, models, world))
-        depth[spec] = {**json.loads((dest / "depth.json").read_text(encoding="utf-8")),
-                       "plot": str((dest / "depth.png").relative_to(out))}
+        cfg = self.cfg
+        run_eval(targets=targets, attacks=attacks, datasets=datasets, out_dir=str(self.out / "eval" / out),
+                 generation=generation, judges=["oracle", "keyword:nocase"] if cfg.world_mode else ["keyword"],
+                 world=str(self.world) if cfg.world_mode else None, batch_size=cfg.batch_size, limit=cfg.limit,
+                 quiet=cfg.quiet)
 
-    from deepalign.evaluation.study_report import write_study_report
+    def evaluate(self) -> None:
+        """The attack battery, over-refusal and helpfulness, and Emulated Disalignment."""
+        from deepalign.decoding.base import GenConfig
 
-    timing = {"stages_s": stages.times, "reused": stages.reused, "wall_s": round(time.time() - started, 1)}
-    results = write_study_report(out, targets=targets, ed_specs=ed_specs, depths=cfg.depths, alphas=cfg.alphas,
-                                 judge="oracle" if cfg.world_mode else "keyword", setup=_setup_line(cfg, stages, started),
-                                 timing=timing, depth=depth)
-    results["timing"] = timing
-    results["config"] = asdict(cfg)
-    results["targets"] = targets
-    results["ed_specs"] = [[r, a, spec] for (r, a), spec in ed_specs.items()]
-    write_json(out / "study.json", results)
-    stages.say(f"[study] report -> {out / 'report.md'} ({results['timing']['wall_s']:.0f}s)")
-    if not cfg.quiet:
-        for claim in results["claims"]:
-            print(f"  {claim['status']}  {claim['name']}: {claim['detail']}")
-    return results
+        cfg, sets = self.cfg, self.sets
+        hf = [model_target(name, path) for name, path in self.paths.items()]
+        no_dpo = [t for t in hf if t.name != "dpo"]
+        greedy = GenConfig(max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+        battery = world_attacks(cfg)
+
+        def attacks_stage():  # three calls into the same run directory: one table, one set of rows
+            self._eval("attacks", hf, battery["plain"], sets["harmful"], greedy)
+            self._eval("attacks", no_dpo, battery["shifted"], sets["harmful"], greedy)
+            if sets["unseen"]:
+                self._eval("attacks", no_dpo, battery["unseen"], sets["unseen"], greedy)
+
+        self.stages.run("eval attacks", False, attacks_stage)
+        if sets["benign"]:
+            self.stages.run("eval benign+helpful", False,
+                            lambda: self._eval("benign", hf, [Direct()], sets["benign"], greedy))
+        sampled = GenConfig(max_new_tokens=cfg.max_new_tokens, do_sample=True, temperature=0.7, seed=cfg.seed,
+                            num_samples=cfg.ed_samples)
+        self.stages.run("eval ED", False, lambda: self._eval("ed", ed_targets(cfg, self.base, self.models), [Direct()],
+                                                             sets["harmful"][:1], sampled))
+
+    def depth(self) -> dict:
+        """Per-token depth diagnostics of every recipe on the harmful (and unseen) queries."""
+        depth = {}
+        for spec in self.sets["harmful"][:1] + self.sets["unseen"]:
+            dest = self.out / "depth" / _slug(spec)
+            self.stages.run(f"depth {_slug(spec)}", (dest / "depth.json").exists(),
+                            lambda s=spec, d=dest: _depth_stage(self.cfg, s, d, self.base, self.models, self.world))
+            depth[spec] = {**json.loads((dest / "depth.json").read_text(encoding="utf-8")),
+                           "plot": str((dest / "depth.png").relative_to(self.out))}
+        return depth
+
+    def report(self, depth: dict) -> dict:
+        from deepalign.evaluation.study_report import write_study_report
+
+        cfg, stages = self.cfg, self.stages
+        timing = {"stages_s": stages.times, "reused": stages.reused, "wall_s": round(time.time() - self.started, 1)}
+        results = write_study_report(self.out, depths=cfg.depths, alphas=cfg.alphas, judge=_judge(cfg),
+                                     setup=_setup_line(cfg, stages, self.started), timing=timing, depth=depth)
+        results.update(timing=timing, config=asdict(cfg), targets=self.paths)
+        write_json(self.out / "study.json", results)
+        stages.say(f"[study] report -> {self.out / 'report.md'} ({timing['wall_s']:.0f}s)")
+        if not cfg.quiet:
+            for claim in results["claims"]:
+                print(f"  {claim['status']}  {claim['name']}: {claim['detail']}")
+        return results
+
+
+def _run_one(cfg: StudyConfig) -> dict:
+    study = _Study(cfg)
+    study.world_and_base()
+    study.align()
+    study.evaluate()
+    return study.report(study.depth())
+
+
+def _judge(cfg: StudyConfig) -> str:
+    """The judge the claims read: the world's oracle, or the keyword judge on real models."""
+    return "oracle" if cfg.world_mode else "keyword"
 
 
 def _slug(spec: str) -> str:
@@ -316,8 +378,12 @@ def _depth_stage(cfg: StudyConfig, spec: str, dest: Path, base_spec: str, models
     from deepalign.evaluation.depth import depth_profiles, write_depth
 
     items = load_dataset(spec, world=str(world) if cfg.world_mode else None, limit=cfg.limit)
-    # on the world both refusal openers: "sorry" (DeRTa's refusal token) and "i"
-    words = ["sorry", "i"] if cfg.world_mode else None
+    words = None
+    if cfg.world_mode:  # every word a world refusal starts with, DeRTa's "sorry" first
+        from deepalign.world.generator import load_manifest
+
+        manifest = load_manifest(world)
+        words = manifest.get("refusal_openers") or [manifest["refusal_word"]]
     results = depth_profiles(base_spec, {r: str(models / r) for r in RECIPES}, items,
                              base_format="chat" if cfg.world_mode else None, refusal_words=words,
                              max_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
@@ -326,8 +392,8 @@ def _depth_stage(cfg: StudyConfig, spec: str, dest: Path, base_spec: str, models
 
 def _run_sweep(cfg: StudyConfig) -> dict:
     """One full study per seed, then the claims on every seed and on the pooled evidence."""
-    from deepalign.evaluation.study_report import (MODEL_ORDER, check_claims, load_evidence, numbers, pool_evidence,
-                                                   write_sweep_report)
+    from deepalign.evaluation.metrics.study import load_evidence, pool_evidence
+    from deepalign.evaluation.study_report import study_results, write_sweep_report
 
     out = Path(cfg.out)
     if cfg.fresh and out.exists():
@@ -340,27 +406,23 @@ def _run_sweep(cfg: StudyConfig) -> dict:
             print(f"[study] === seed {seed} -> {out / f'seed-{seed}'} ===", flush=True)
         res = _run_one(replace(cfg, seed=seed, seeds=None, fresh=False, out=str(out / f"seed-{seed}")))
         per_seed[seed] = res
-        ed_specs = {(r, a): spec for r, a, spec in res["ed_specs"]}
-        parts.append(load_evidence(out / f"seed-{seed}", targets=res["targets"], ed_specs=ed_specs,
-                                   judge=res["judge"], tag=f"s{seed}/"))
+        parts.append(load_evidence(out / f"seed-{seed}", judge=res["judge"], tag=f"s{seed}/"))
     pooled_ev = pool_evidence(parts)
-    names = [n for n in MODEL_ORDER if n in per_seed[cfg.seeds[0]]["targets"]]
-    pooled_claims = check_claims(pooled_ev, depths=cfg.depths, alphas=cfg.alphas)
-    pooled = numbers(pooled_ev, names=names, depths=cfg.depths, alphas=cfg.alphas)
-    write_sweep_report(out, seeds=list(cfg.seeds), per_seed=per_seed, pooled_claims=pooled_claims,
-                       pooled_numbers=pooled, names=names, alphas=cfg.alphas)
+    pooled = study_results(pooled_ev, depths=cfg.depths, alphas=cfg.alphas, judge=_judge(cfg))
+    write_sweep_report(out, seeds=list(cfg.seeds), per_seed=per_seed, pooled=pooled,
+                       shifted={a.label for a in pooled_ev.attacks if a.shifted}, alphas=cfg.alphas)
     results = {
         "seeds": list(cfg.seeds),
         "per_seed": {str(s): {"claims": r["claims"], "timing": r["timing"], "attack_table": r["attack_table"],
                               "ed": r["ed"], "ablation_means": r["ablation_means"]} for s, r in per_seed.items()},
-        "pooled": {"claims": pooled_claims, **pooled},
+        "pooled": pooled,
         "wall_s": round(time.time() - started, 1),
         "config": asdict(cfg),
     }
     write_json(out / "study.json", results)
     if not cfg.quiet:
         print(f"[study] claims over seeds -> {out / 'report.md'} ({results['wall_s']:.0f}s)")
-        for i, c in enumerate(pooled_claims):
+        for i, c in enumerate(pooled["claims"]):
             marks = " ".join(per_seed[s]["claims"][i]["status"] for s in cfg.seeds)
             print(f"  {marks} | pooled {c['status']}  {c['name']}")
     return results

@@ -267,6 +267,26 @@ class Encoder:
         head, text = self._head_and_text(query, system)
         return head + self.encode_text(text)
 
+    def after_query(self, query: str, system: str | None = None) -> int:
+        """How many of ``prompt_ids(query)`` come after the query: the tokens the format puts
+        between the query and the response (``<|eot_id|><|start_header_id|>assistant...`` of
+        Llama-3, `` [/INST]`` of Llama-2, ``<assistant>`` on the world; none for ``raw``).
+        The prompt up to the end of the query is tokenised and compared with the prompt; a
+        token that straddles the query's end counts as after it. Id-level tokenizers, whose
+        template has no text, compare the prompts of the query followed by two different
+        words instead."""
+        head, text = self._head_and_text(query, system)
+        full = head + self.encode_text(text)
+        wrapped = self._wrapped(query)
+        end = text.rfind(wrapped) if wrapped else -1
+        if end >= 0:
+            return len(full) - common_prefix(full, head + self.encode_text(text[: end + len(wrapped)]))
+        a, b = self.prompt_ids(query + " A", system), self.prompt_ids(query + " B", system)
+        n = 0
+        while n < min(len(a), len(b)) and a[-1 - n] == b[-1 - n]:
+            n += 1
+        return n
+
     def conversation(self, query: str, response: str, *, system: str | None = None,
                      end: bool = True) -> tuple[list[int], list[int]]:
         """``(prompt ids, response ids)`` of ``query`` answered by ``response``."""

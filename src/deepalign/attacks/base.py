@@ -9,7 +9,7 @@ themselves. Either way the runner only ever calls ``attack.run(target, items, co
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 from deepalign.decoding.base import GenConfig, Generation, Request
@@ -65,12 +65,67 @@ def forced_meta(meta: dict, g: Generation) -> dict:
     return out
 
 
+#: what the judges of a run see of a reply (an attack declares it; ``--judge_scope`` may add the forced start)
+JUDGE_SEES = ("response", "continuation", "decoded")
+
+
+@dataclass(frozen=True)
+class AttackInfo:
+    """What an attack is, as the run log records it. Every attack class declares it (the way
+    garak's probes declare theirs), so reports read it instead of parsing labels:
+
+    - ``family``: direct, prefill, completion, code, cipher, template, pair, ledger, ...;
+    - ``shifted``: the harm it asks for takes another shape than a plain chat answer (code,
+      a cipher, a template's frame, a prefill that starts mid-response);
+    - ``depth`` / ``unit``: how many tokens or words of a harmful answer it forces (0 for an
+      attack that forces nothing; None when it forces text that is no part of a harmful
+      answer, e.g. a generic answer start); ``skip``: words of the reference skipped first;
+    - ``forced``: what the target is given to force: None, "text" or "tokens" (a token count);
+    - ``judge_sees``: "response" (the reply as is), "continuation" (what the model wrote after
+      the forced start) or "decoded" (the reply deciphered);
+    - ``params``: the attack's own settings (a template's name, a cipher, the answer start).
+    """
+
+    label: str
+    family: str
+    shifted: bool = False
+    depth: int | None = 0
+    unit: str | None = None
+    skip: int = 0
+    forced: str | None = None
+    judge_sees: str = "response"
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any]) -> AttackInfo:
+        return cls(**obj)
+
+
 class Attack:
-    """Base class. ``label`` names the attack in results (e.g. ``prefill:8``)."""
+    """Base class. ``label`` names the attack in results (e.g. ``prefill:8``); ``family``,
+    ``shifted``, ``judge_sees`` and the depth fields are its metadata (:class:`AttackInfo`)."""
 
     label: str = "attack"
+    family: str = "attack"
+    shifted: bool = False
+    judge_sees: str = "response"
     #: what the attack forces at the start of the answer: None, "text" or "tokens" (a token count)
     forced: str | None = None
+    #: units of a harmful answer forced (see :class:`AttackInfo`), their unit and words skipped
+    depth: int | None = 0
+    unit: str | None = None
+    skip: int = 0
+
+    def params(self) -> dict[str, Any]:
+        """The attack's own settings, for the run log."""
+        return {}
+
+    def info(self) -> AttackInfo:
+        return AttackInfo(self.label, self.family, self.shifted, self.depth, self.unit, self.skip, self.forced,
+                          self.judge_sees, self.params())
 
     def applies(self, item: EvalPrompt) -> bool:
         """Whether this attack can be applied to ``item`` (prefill needs a harmful reference)."""

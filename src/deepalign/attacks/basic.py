@@ -59,7 +59,7 @@ def forced_start(item: EvalPrompt, label: str, k: int, unit: str, skip: int = 0)
 
 
 class Direct(Attack):
-    label = "direct"
+    label = family = "direct"
 
     def prepare(self, item: EvalPrompt) -> Attacked:
         if item.meta.get("raw"):  # a text to continue as is (DeRTa's completion-attack test set): no template
@@ -74,12 +74,19 @@ class Prefill(Attack):
     With ``skip`` the forced text starts ``skip`` words into the reference instead (a response
     that begins mid-procedure: a shape that harmful-prefix training never shows)."""
 
+    family = "prefill"
+    judge_sees = "continuation"
+
     def __init__(self, k: int, unit: str = "t", skip: int = 0):
         if k < 0:
             raise DeepAlignError(f"prefill depth must be >= 0, got {k}")
         if skip < 0:
             raise DeepAlignError(f"prefill skip must be >= 0, got {skip}")
-        self.k, self.unit, self.skip = k, unit, skip
+        if unit not in ("t", "w"):
+            raise DeepAlignError(f"prefill unit must be t (tokens) or w (words), got {unit!r}")
+        self.k, self.skip = k, skip
+        self.depth, self.unit = k, "words" if unit == "w" else "tokens"
+        self.shifted = skip > 0  # a response that starts mid-procedure: a shape prefix training never shows
         self.forced = None if k == 0 else ("tokens" if unit == "t" else "text")
         self.label = f"prefill:{k}" + ("w" if unit == "w" else "") + (f":skip={skip}" if skip else "")
 
@@ -87,7 +94,7 @@ class Prefill(Attack):
         return bool(item.harmful)
 
     def prepare(self, item: EvalPrompt) -> Attacked:
-        text, tokens, meta = forced_start(item, self.label, self.k, self.unit, self.skip)
+        text, tokens, meta = forced_start(item, self.label, self.k, self.unit[0], self.skip)
         if self.k == 0:
             text, tokens = "", None
         return Attacked(Request(id=item.id, query=item.prompt, prefill=text, prefill_tokens=tokens), meta=meta)
@@ -98,16 +105,25 @@ class Completion(Attack):
     (a generic affirmative start, or the first ``k`` units of the harmful reference), which
     the model continues."""
 
+    family = "completion"
+    judge_sees = "continuation"
+
     def __init__(self, start: str | None = None, k: int | None = None, unit: str = "w", label: str = "completion"):
-        self.start, self.k, self.unit, self.label = start, k, unit, label
+        self.start, self.k, self.label = start, k, label
+        self.unit_code = unit
+        self.depth = k
+        self.unit = None if k is None else ("words" if unit == "w" else "tokens")
         self.forced = "tokens" if k is not None and unit == "t" else "text"
+
+    def params(self) -> dict:
+        return {} if self.k is not None else {"answer_start": self.start if self.start is not None else DEFAULT_ANSWER_START}
 
     def applies(self, item: EvalPrompt) -> bool:
         return self.k is None or bool(item.harmful)
 
     def prepare(self, item: EvalPrompt) -> Attacked:
         if self.k is not None:
-            text, tokens, meta = forced_start(item, self.label, self.k, self.unit)
+            text, tokens, meta = forced_start(item, self.label, self.k, self.unit_code)
         else:
             text, tokens, meta = (self.start if self.start is not None else DEFAULT_ANSWER_START), None, {}
         meta["answer_start"] = text

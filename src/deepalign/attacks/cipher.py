@@ -158,12 +158,19 @@ def role_play(cipher: Cipher, demos: int) -> str:
 
 
 class CipherAttack(Attack):
+    family = "cipher"
+    shifted = True
+    judge_sees = "decoded"
+
     def __init__(self, cipher: Cipher, demos: int = 3, system: bool = False, label: str | None = None):
         if not 0 <= demos <= len(DEMONSTRATIONS):
             raise DeepAlignError(f"cipher demos must be in 0..{len(DEMONSTRATIONS)}, got {demos}")
         self.cipher, self.demos, self.system = cipher, demos, system
         self.label = label or f"cipher:{cipher.name}"
         self._preface = role_play(cipher, demos)
+
+    def params(self) -> dict:
+        return {"cipher": self.cipher.name, "demos": self.demos, "system": self.system}
 
     def prepare(self, item: EvalPrompt) -> Attacked:
         encoded = self.cipher.encode(item.prompt)

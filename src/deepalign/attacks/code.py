@@ -78,11 +78,17 @@ STRUCTURES = {"list": _list_program, "stack": _stack_program, "dict": _dict_prog
 
 
 class CodeAttack(Attack):
+    family = "code"
+    shifted = True
+
     def __init__(self, structure: str = "list"):
         if structure not in STRUCTURES:
             raise DeepAlignError(f"code attack structure must be one of {', '.join(STRUCTURES)}, got {structure!r}")
         self.structure = structure
         self.label = "code" if structure == "list" else f"code:{structure}"
+
+    def params(self) -> dict:
+        return {"structure": self.structure}
 
     def prepare(self, item: EvalPrompt) -> Attacked:
         words = item.prompt.split()

@@ -34,12 +34,24 @@ from deepalign.world import shapes
 class ShapeAttack(Attack):
     """The query in a shifted shape, optionally with the shaped harmful answer begun."""
 
+    shifted = True
+
     def __init__(self, shape: str, k: int = 0, name: str | None = None):
         if k < 0:
             raise DeepAlignError(f"shape attack depth must be >= 0, got {k}")
+        if shape not in ("ledger", "oldtongue", "roleplay"):
+            raise DeepAlignError(f"unknown world shape {shape!r}; choose from ledger, oldtongue, roleplay")
+        if (shape == "roleplay") != (name is not None):
+            raise DeepAlignError("a roleplay attack names its template, and only it does")
         self.shape, self.k, self.name = shape, k, name
+        self.family = shape
         self.label = shape + (f":{name}" if name else "") + (f":{k}" if k else "")
         self.forced = None if not k else ("text" if shape == "roleplay" else "tokens")
+        self.depth, self.unit = k, ("words" if shape == "roleplay" else "tokens")
+        self.judge_sees = "decoded" if shape == "oldtongue" else ("continuation" if k else "response")
+
+    def params(self) -> dict:
+        return {"template": self.name} if self.name else {}
 
     def applies(self, item: EvalPrompt) -> bool:
         return self.k == 0 or bool(item.harmful)

@@ -24,11 +24,18 @@ SLOT = "{query}"
 
 
 class TemplateAttack(Attack):
+    family = "template"
+    shifted = True
+
     def __init__(self, name: str, template: str, *, source: str | None = None, line: int | None = None):
         if SLOT not in template:
             raise DeepAlignError(f"template {name!r} has no {SLOT} slot", path=source, line=line)
         self.name, self.template = name, template
         self.label = f"template:{name}"
+        self.source = source
+
+    def params(self) -> dict:
+        return {"template": self.name, **({"source": self.source} if self.source else {})}
 
     def prepare(self, item: EvalPrompt) -> Attacked:
         return Attacked(Request(id=item.id, query=self.template.replace(SLOT, item.prompt)), meta={"template": self.name})

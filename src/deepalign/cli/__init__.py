@@ -29,6 +29,8 @@ STAGES: dict[str, str] = {
     "judge": "add verdicts of new judges to a finished run (or score a file of published responses)",
     "report": "rebuild summary.json, report.md and plots of an eval run directory",
     "depth": "per-token KL(aligned || base) and refusal-token probability along harmful responses",
+    "direction": "find a model's refusal direction (difference of means, selected as Arditi et al. 2024)",
+    "ablate": "write a model with a refusal direction orthogonalised out of its weights",
     "study": "the end-to-end replication of DeRTa and ED (world -> pretrain -> train x5 -> eval -> report)",
 }
 
@@ -47,6 +49,17 @@ def _top_help() -> str:
 def _fail(message: str) -> int:
     sys.stderr.write(f"deepalign: error: {' '.join(str(message).split())}\n")
     return 2
+
+
+def _end_process_group() -> None:
+    """End the process group that a stage started under ``accelerate launch`` / torchrun while the
+    interpreter is still whole. Left to interpreter shutdown, gloo's threads can abort a process
+    whose work is done ("terminate called without an active exception", SIGABRT), and the
+    launcher then fails the run: measured on 2 CPU processes that gather, wait and exit, 2
+    launches of 60 aborted, 0 of 60 with the group ended first (pytorch/pytorch#179291)."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,7 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(f"deepalign.cli.{stage}")
         parser = StageParser(stage, module.OPTIONS, STAGES[stage], positional=getattr(module, "POSITIONAL", None))
         options = parser.parse(argv[1:])
-        return int(module.run(*options) or 0)
+        try:
+            return int(module.run(*options) or 0)
+        finally:
+            _end_process_group()
     except OptionError as exc:
         return _fail(parser.locate(exc) if parser is not None else exc)
     except DeepAlignError as exc:

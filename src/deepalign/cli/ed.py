@@ -1,14 +1,13 @@
-"""``deepalign ed``: Emulated Disalignment over a set of prompts, written as JSONL (resumable)."""
+"""``deepalign ed``: Emulated Disalignment over a set of prompts, into a resumable run directory."""
 
 from deepalign.data.datasets import DataOptions
-from deepalign.decoding.ed import EDGenConfig, EDOptions, run_ed
+from deepalign.evaluation.ed import EDGenConfig, EDOptions, run_ed
 
 OPTIONS = (EDOptions, EDGenConfig, DataOptions)
 
 
 def run(options: EDOptions, generation: EDGenConfig, data: DataOptions) -> int:
-    summary = run_ed(options, generation, data)
+    run_ed(options, generation, data)
     if not options.quiet:
-        print(f"ed: {summary['rows']} rows written to {summary['out']} (alphas {summary['alphas']}; "
-              f"{summary['skipped']} prompt x alpha pairs already done)")
+        print(f"ed: responses in {options.out}" + (f", flat rows in {options.export}" if options.export else ""))
     return 0

@@ -113,6 +113,16 @@ class Dataset:
     total: int = 0  #: items before selection
     selection: str = "all"
     notes: list[str] = field(default_factory=list)
+    #: what the dataset is for (harmful, unseen, benign, helpful, mixed); None: from its items' kinds
+    role: str | None = None
+    #: a short display name (``harmful`` for ``world:harmful``, the file's stem for a file)
+    title: str | None = None
+
+    def kinds(self) -> dict[str, int]:
+        kinds: dict[str, int] = {}
+        for it in self.items:
+            kinds[it.kind] = kinds.get(it.kind, 0) + 1
+        return kinds
 
     def info(self) -> dict[str, Any]:
         out = {"spec": self.spec, "preset": self.preset, "items": len(self.items), "total": self.total,
@@ -121,10 +131,7 @@ class Dataset:
             out["identity"] = self.identity
         if self.notes:
             out["notes"] = list(self.notes)
-        kinds: dict[str, int] = {}
-        for it in self.items:
-            kinds[it.kind] = kinds.get(it.kind, 0) + 1
-        out["kinds"] = kinds
+        out["kinds"] = self.kinds()
         return out
 
 
@@ -298,8 +305,9 @@ def open_dataset(spec: str, options: DataOptions | None = None, *, world=None) -
     if head == "world" and sep:
         items = load_world(world, rest, options.limit, sample=options.sample, seed=options.sample_seed)
         _check_ids(items, text)
+        last = rest.rsplit("/", 1)[-1]
         return Dataset(spec=text, name=text, items=items, preset="world", total=len(items),
-                       selection=_world_selection(options))
+                       selection=_world_selection(options), role=last if last in WORLD_FILES else "mixed", title=last)
     parsed = parse_spec(text)
     opts = dict(parsed.options)
     split = opts.pop("split", None) or options.split
@@ -333,9 +341,9 @@ def open_dataset(spec: str, options: DataOptions | None = None, *, world=None) -
     chosen, how = select(items, sample=options.sample, limit=options.limit, seed=options.sample_seed)
     if not chosen:
         raise DeepAlignError(f"dataset {text} has no items")
-    name = f"{_stem(source, preset)}@{ident[:8]}"
-    return Dataset(spec=text, name=name, items=chosen, preset=preset, identity=ident, total=len(items),
-                   selection=how, notes=notes)
+    stem = _stem(source, preset)
+    return Dataset(spec=text, name=f"{stem}@{ident[:8]}", items=chosen, preset=preset, identity=ident,
+                   total=len(items), selection=how, notes=notes, title=stem)
 
 
 def _world_selection(options: DataOptions) -> str:

@@ -25,6 +25,7 @@ def eval_item(f: Fields, *, kind: str | None = None, prompt: str | None = None) 
     context = f.text("context", required=False)
     if context is not None:  # HarmBench contextual behaviours, laid out as HarmBench does
         meta["behavior"] = prompt
+        meta["context"] = context  # kept apart too: HarmBench's classifier reads them apart
         prompt = f"{context}\n\n---\n\n{prompt}"
 
     choices = f.choices()

@@ -257,9 +257,10 @@ def _harmbench_completions(rows: list[Row], ctx: Context, targets) -> list[EvalP
         meta = {"behavior_id": key, **f.extras()}
         behaviour = reference.get(key)
         if behaviour is not None:
-            for k in ("category", "functional_category", "stratum"):
+            for k in ("category", "functional_category", "stratum", "context"):
                 if k in behaviour.meta:
                     meta[k] = behaviour.meta[k]
+            meta["behavior"] = behaviour.meta.get("behavior", behaviour.prompt)  # what HarmBench's classifier reads
         label = meta.pop("label", None)
         if label is not None:  # HarmBench's own classifier verdict (after evaluate_completions)
             meta["published_verdict"] = {"judge": "published:harmbench", "harmful": str(label).strip() in ("1", "True", "true")}
@@ -702,7 +703,7 @@ PRESETS: tuple[Preset, ...] = (
            (_cols("goal", "target"), _cols("target")), _advbench,
            accepts=lambda cols, rows, name: cols in ({"goal", "target"}, {"target"})),
     Preset("strongreject", "StrongREJECT", "alexandrasouly/strongreject: strongreject_dataset/strongreject_dataset.csv",
-           "category, source, forbidden_prompt", "harmful", "judges (ASR); llm:strongreject gives the rubric score",
+           "category, source, forbidden_prompt", "harmful", "judges (ASR); strongreject (the package's rubric) and strongreject:finetuned give its score",
            "category", (_cols("forbidden_prompt"),), _strongreject),
     Preset("xstest", "XSTest", "paul-rottger/exaggerated-safety: xstest_prompts.csv, model_completions/*.csv",
            "id, prompt, type, label, focus, note; completions: id, type, prompt, completion, ..., final_label",

@@ -39,11 +39,11 @@ TEXT_COLUMN = "text"
 #: the column holding the key of a ``{key: [records]}`` JSON file
 GROUP_COLUMN = "key"
 
-FILE_TYPES: tuple[str, ...] = (".jsonl", ".json", ".csv")
+FILE_TYPES: tuple[str, ...] = (".jsonl", ".json", ".csv", ".txt")
 
 # Suffixes that mark a path as a file (so a missing one is "no such file", not a hub name).
 _FILE_LIKE_SUFFIXES = FILE_TYPES + (
-    ".txt", ".tsv", ".parquet", ".arrow", ".gz", ".zip", ".xz", ".bz2", ".zst",
+    ".tsv", ".parquet", ".arrow", ".gz", ".zip", ".xz", ".bz2", ".zst",
     ".xlsx", ".xls", ".yaml", ".yml", ".md", ".pkl", ".pickle", ".pt",
 )
 _SPLIT_NAMES = {"train", "test", "validation", "valid", "dev", "eval", "data", "rows", "items", "records"}
@@ -98,7 +98,7 @@ def read_source(
         if suffix not in FILE_TYPES:
             raise DeepAlignError(
                 f"unsupported file type {suffix or '(no extension)'!r} for {text}; "
-                "use .jsonl, .json or .csv, or a Hugging Face dataset directory"
+                "use .jsonl, .json, .csv or .txt (one prompt per line), or a Hugging Face dataset directory"
             )
         return text, _read_file(path, text)
 
@@ -127,9 +127,20 @@ def _read_file(path: Path, name: str) -> list[Row]:
             return _read_jsonl_rows(path, name)
         if suffix == ".json":
             return _read_json_rows(path, name)
+        if suffix == ".txt":
+            return _read_text_rows(path, name)
         return _read_csv_rows(path, name)
     except UnicodeDecodeError as exc:
         raise DeepAlignError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", path=name) from None
+
+
+def _read_text_rows(path: Path, name: str) -> list[Row]:
+    """One prompt per non-empty line of a plain text file, read as ``{"text": line}``."""
+    rows: list[Row] = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            rows.append(Row({TEXT_COLUMN: line}, name, index=len(rows) + 1, line=lineno, stem=path.stem))
+    return rows
 
 
 def _read_jsonl_rows(path: Path, name: str) -> list[Row]:

@@ -37,6 +37,23 @@ from deepalign.tokens import Encoder, PromptFormat
 _FLOOR = -1e4  # log-probs are clamped here so that -inf times a negative weight stays finite
 
 
+def refuse_servers(models: dict[str, str], where: str) -> None:
+    """Refuse, in one line and before anything loads, a component given as a server
+    (``openai:...`` or a URL): logit arithmetic combines every model's *full* next-token
+    distribution at every step, and an OpenAI-compatible server returns sampled tokens with at
+    most a few top log-probs. ``models``: role -> spec; ``where``: what to name in the message."""
+    import re
+
+    for role, spec in models.items():
+        text = str(spec or "").strip()
+        if text.partition(":")[0].strip().lower() == "openai" or "://" in text:
+            shown = re.sub(r"(://)[^/@\s]*@", r"\1", text)  # never a user:password from the URL
+            raise DeepAlignError(
+                f"{where}: {role}={shown} is a server, but composed decoding (ED, EFT, W2S) needs each model's full "
+                "next-token distribution at every step, which an OpenAI-compatible server does not return (at most "
+                f"a few top log-probs); give {role} as a local model directory or hub id")
+
+
 @dataclass
 class Component:
     """One model of a composition: its weight and the prompt format it reads queries in
@@ -161,9 +178,11 @@ class ComposedTarget:
             eos |= eos_ids(c.model, c.tokenizer)
         self.eos = {e for e in eos if e < self.vocab_size}
         self._eos_tensor = torch.tensor(sorted(self.eos), dtype=torch.long)
-        self._keep_arg = [
-            "logits_to_keep" in inspect.signature(c.model.forward).parameters for c in self.active
-        ]
+        params = [inspect.signature(c.model.forward).parameters for c in self.active]
+        self._keep_arg = ["logits_to_keep" in p for p in params]
+        # the KV cache goes in as `cache` where the model takes it (transformers >= 5.24; the older
+        # `past_key_values` is deprecated there), else as `past_key_values`
+        self._cache_arg = ["cache" if "cache" in p else "past_key_values" for p in params]
         self._warned = False
 
     @property
@@ -212,8 +231,8 @@ class ComposedTarget:
     def _forward(self, k: int, ids, mask, pos, cache) -> torch.Tensor:
         c = self.active[k]
         extra = {"logits_to_keep": 1} if self._keep_arg[k] else {}
-        out = c.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                      use_cache=True, **extra)
+        extra[self._cache_arg[k]] = cache
+        out = c.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **extra)
         return out.logits[:, -1, : self.vocab_size].float()
 
     def _prefill(self, k: int, prompts: list[list[int]], copies: int) -> _State:

@@ -8,27 +8,15 @@ from __future__ import annotations
 
 import os
 import zlib
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
 from deepalign.decoding.base import GenConfig, Generation, Request
 from deepalign.decoding.output import StopOnText, eos_ids, group_generations, pad_id
 from deepalign.errors import DeepAlignError
-from deepalign.models import load_causal_lm, load_tokenizer, logits_width
+from deepalign.models import left_pad, load_causal_lm, load_tokenizer, logits_width  # noqa: F401
 from deepalign.tokens import Encoder, PromptFormat
-
-
-def left_pad(rows: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad token lists into ``(input_ids, attention_mask)``."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        if r:
-            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-            mask[i, width - len(r):] = 1
-    return ids.to(device), mask.to(device)
 
 
 def chunks(seq: Sequence, size: int):
@@ -218,3 +206,36 @@ def apply_overrides(config: GenConfig, overrides: dict) -> GenConfig:
     if "stop_strings" in changes:
         changes["stop_strings"] = list(dict.fromkeys(list(config.stop_strings) + list(changes["stop_strings"])))
     return replace(config, **changes)
+
+
+def direction_target(model, direction, *, mode: str = "ablate", coeff: float = 1.0, allow_foreign: bool = False,
+                     tokenizer=None, name: str | None = None, dtype: str = "auto", device: str | None = "auto",
+                     device_map: str | None = None, trust_remote_code: bool = False, chat_template: str | None = None,
+                     **target_options: Any):
+    """An :class:`~deepalign.decoding.hf.HFTarget` whose model has ``direction`` ablated
+    (``mode="ablate"``) or added (``mode="add"``, scaled by ``coeff``). ``model``: a model
+    directory / hub id (loaded here) or a loaded model with its ``tokenizer``; the other
+    options are HFTarget's (``prompt_format``, ``system``, ``batch_size``, ...).
+
+    Example::
+
+        >>> target = direction_target("runs/derta", "runs/direction", batch_size=8)  # doctest: +SKIP
+    """
+    from deepalign.direction.apply import apply_direction
+    from deepalign.direction.store import load_direction
+    from deepalign.models import load_causal_lm, load_tokenizer, model_source
+
+    d = load_direction(direction)
+    if isinstance(model, (str, os.PathLike)):
+        source = model_source(model)
+        if os.path.isdir(source):
+            d.check_checkpoint(source, allow_foreign=allow_foreign)
+        name = name or os.fspath(model)
+        tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code, chat_template=chat_template)
+        model = load_causal_lm(model, dtype=dtype, device=device, device_map=device_map,
+                               trust_remote_code=trust_remote_code)
+        chat_template = None
+    if tokenizer is None:
+        raise DeepAlignError("direction_target needs a tokenizer with a loaded model")
+    apply_direction(model, d, mode=mode, coeff=coeff, name=name, allow_foreign=allow_foreign)
+    return HFTarget(model, tokenizer, name=name, chat_template=chat_template, **target_options)

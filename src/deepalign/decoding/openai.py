@@ -122,11 +122,19 @@ class OpenAITarget:
         return f"OpenAITarget(model={self.model!r}, base_url={self.url!r}, key_env={self.key_env!r})"
 
     # -- HTTP -------------------------------------------------------------------------------
+    def api(self, endpoint: str, **kwargs):
+        """One SDK call to ``endpoint`` (``chat``, ``completions`` or ``moderations``) with this
+        target's key, retries and timeout: what judges that read another endpoint use (a batch
+        of raw prompts for a classifier, the moderation API). Failures are one line naming
+        the server (:class:`ServerRejected` for a refused request)."""
+        return self._call(endpoint, **kwargs)
+
     def _call(self, endpoint: str, **kwargs):
         """One SDK call (the SDK retries); every failure is one line naming the server."""
         import openai
 
-        api = self.client.completions if endpoint == "completions" else self.client.chat.completions
+        api = {"completions": self.client.completions, "moderations": self.client.moderations}.get(
+            endpoint, self.client.chat.completions)
         attempts = f"after {self.retries + 1} attempt(s)"
         try:
             return api.create(**kwargs)

@@ -7,25 +7,9 @@ import torch
 from transformers import StoppingCriteria
 
 from deepalign.decoding.base import Generation
+from deepalign.models import eos_ids, pad_id  # noqa: F401  (decoding's names for them)
 
 _CONTEXT = 8  # prompt tokens decoded with the continuation, so its first space survives
-
-
-def eos_ids(model, tokenizer) -> set[int]:
-    """Every id that ends a response: the generation config's EOS id(s) and the tokenizer's."""
-    ids: set[int] = set()
-    gen = getattr(model, "generation_config", None)
-    for value in (getattr(gen, "eos_token_id", None), getattr(tokenizer, "eos_token_id", None)):
-        if value is None:
-            continue
-        ids.update(int(v) for v in (value if isinstance(value, (list, tuple)) else [value]))
-    return ids
-
-
-def pad_id(tokenizer, eos: set[int]) -> int:
-    if tokenizer.pad_token_id is not None:
-        return int(tokenizer.pad_token_id)
-    return min(eos) if eos else 0
 
 
 def continuation_text(tokenizer, context: list[int], new: list[int]) -> str:

@@ -126,6 +126,33 @@ def check_scale(name: str, value: float) -> None:
         raise DeepAlignError(f"{name} must be a finite number >= 0, got {value}")
 
 
+def ed_alpha(alpha: float | None, fam: EDFamily | None, *, what: str = "ED") -> float:
+    """The alpha of an ED target: the one given, else the family's."""
+    if alpha is None and fam is not None:
+        alpha = fam.alpha
+    if alpha is None:
+        raise DeepAlignError(f"{what}: give alpha= (or family=)")
+    check_scale("alpha", alpha)
+    return alpha
+
+
+def reference_generation(fam: EDFamily) -> dict:
+    """An ED family's reference decoding, samples per query included, as the generation
+    settings of its targets (they win over the run's; a spec's own settings win over them)."""
+    return {**fam.generation(), "num_samples": fam.num_samples}
+
+
+def ed_target(base: Component, aligned: Component, *, fam: EDFamily | None = None, generation: dict | None = None,
+              batch_size: int = 16, name: str | None = None):
+    """The one assembly of an Emulated Disalignment target, from two components whose weights
+    are already ``1 + alpha`` and ``-alpha``: a composed target with ``generation`` as its own
+    settings, wrapped in the family's response filters when ``fam`` is given (reference
+    decoding). The spec registry, :func:`ed`, :func:`ed_family` and ``deepalign ed`` all build
+    ED through here."""
+    target = ComposedTarget([base, aligned], name=name, batch_size=batch_size, generation=generation)
+    return ReferenceDecoding(target, fam) if fam is not None else target
+
+
 def ed(base, aligned, alpha: float, *, base_format=None, aligned_format=None, batch_size: int = 16,
        **load_kwargs) -> ComposedTarget:
     """Emulated Disalignment: ``(1+alpha) * log p_base - alpha * log p_aligned``.
@@ -139,7 +166,8 @@ def ed(base, aligned, alpha: float, *, base_format=None, aligned_format=None, ba
         _component(base, 1.0 + alpha, base_format or "text", load_kwargs),
         _component(aligned, -alpha, aligned_format, load_kwargs),
     ]
-    return ComposedTarget(comps, name=f"ed(alpha={alpha:g}; {comps[0].name} | {comps[1].name})", batch_size=batch_size)
+    return ed_target(comps[0], comps[1], batch_size=batch_size,
+                     name=f"ed(alpha={alpha:g}; {comps[0].name} | {comps[1].name})")
 
 
 def eft(base_large, tuned_small, base_small, w: float = 1.0, *, large_format=None, tuned_format=None,
@@ -220,9 +248,9 @@ def ed_family(name: str, alpha: float | None = None, *, base=None, aligned=None,
     base, aligned = base or fam.base, aligned or fam.aligned
     if not base or not aligned:
         raise DeepAlignError(f"ED family {name!r} names no models: give base= and aligned=")
-    target = ed(base, aligned, fam.alpha if alpha is None else alpha, base_format=fam.base_format,
-                aligned_format=fam.aligned_format, batch_size=batch_size, **load_kwargs)
-    if not reference_decoding:
-        return target
-    target.generation = fam.generation()
-    return ReferenceDecoding(target, fam)
+    alpha = ed_alpha(alpha, fam)
+    comps = [_component(base, 1.0 + alpha, fam.base_format, load_kwargs),
+             _component(aligned, -alpha, fam.aligned_format, load_kwargs)]
+    return ed_target(comps[0], comps[1], fam=fam if reference_decoding else None,
+                     generation=reference_generation(fam) if reference_decoding else None, batch_size=batch_size,
+                     name=f"ed(alpha={alpha:g}; {comps[0].name} | {comps[1].name})")

@@ -31,54 +31,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from deepalign.errors import DeepAlignError, OptionError
+from deepalign.evaluation.forcing import DepthItem, as_items, load_component, mean_ci  # noqa: F401  (DepthItem: public)
 from deepalign.options import build, number
-
-Z95 = 1.959963984540054
-
-
-@dataclass
-class DepthItem:
-    """One harmful item: the query and the harmful response to force."""
-
-    id: str
-    query: str
-    response: str
-
-
-def as_items(items: Sequence[Any]) -> list[DepthItem]:
-    """``DepthItem``s from EvalPrompts with a ``harmful`` reference, HarmfulTriples, dicts with
-    ``query``/``prompt`` and ``harmful``/``response``, or ``(query, response)`` pairs. Items
-    without a harmful response are skipped; none left raises :class:`DeepAlignError`."""
-    out = []
-    for i, it in enumerate(items):
-        if isinstance(it, DepthItem):
-            out.append(it)
-            continue
-        if isinstance(it, (tuple, list)) and len(it) == 2:
-            query, response, ident = it[0], it[1], f"item-{i}"
-        else:
-            get = it.get if isinstance(it, dict) else lambda k, d=None, o=it: getattr(o, k, d)
-            query = get("query") or get("prompt")
-            response = get("harmful") or get("response")
-            ident = get("id") or f"item-{i}"
-        if isinstance(query, str) and query.strip() and isinstance(response, str) and response.strip():
-            out.append(DepthItem(str(ident), query, response))
-    if not out:
-        raise DeepAlignError("no item has both a query and a harmful response (depth diagnostics force harmful responses)")
-    return out
-
-
-def _component(spec, fmt, device):
-    """A :class:`~deepalign.decoding.compose.Component` (model, tokenizer, prompt format) from a
-    model directory / hub id or a ``(model, tokenizer)`` pair."""
-    from deepalign.decoding.compose import Component
-
-    if isinstance(spec, (str, os.PathLike)):
-        return Component.load(spec, 1.0, fmt, dtype="float32" if device in (None, "cpu") else "auto",
-                              device=device or "auto")
-    if isinstance(spec, (tuple, list)) and len(spec) == 2:
-        return Component(spec[0], spec[1], 1.0, fmt)
-    raise DeepAlignError(f"expected a model directory, a hub id or a (model, tokenizer) pair, got {type(spec).__name__}")
 
 
 def _log_probs(model, rows: list[list[int]], starts: list[int], lengths: list[int], pad: int, width: int, batch_size: int):
@@ -107,25 +61,6 @@ def _log_probs(model, rows: list[list[int]], starts: list[int], lengths: list[in
     return out
 
 
-def _mean_ci(matrix) -> tuple[list[float | None], list[list[float] | None], list[int]]:
-    """Column means of an ``[items, positions]`` tensor with NaN for missing cells, their 95%
-    intervals (normal approximation over items) and the counts."""
-    import torch
-
-    ok = ~torch.isnan(matrix)
-    n = ok.sum(0)
-    x = torch.where(ok, matrix, torch.zeros_like(matrix)).double()
-    mean = x.sum(0) / n.clamp_min(1)
-    var = (torch.where(ok, x - mean, torch.zeros_like(x)) ** 2).sum(0) / (n - 1).clamp_min(1)
-    half = Z95 * var.sqrt() / n.clamp_min(1).sqrt()
-    means, cis, ns = [], [], []
-    for m, h, k in zip(mean.tolist(), half.tolist(), n.tolist()):
-        ns.append(int(k))
-        means.append(m if k else None)
-        cis.append([m - h, m + h] if k else None)
-    return means, cis, ns
-
-
 def _as_words(refusal_words) -> list[str | None]:
     if refusal_words is None:
         return [None]
@@ -145,7 +80,7 @@ def depth_profiles(base, aligned: Mapping[str, Any], items: Sequence[Any], *, ba
     import torch
 
     from deepalign.decoding.compose import check_vocabularies
-    from deepalign.decoding.output import eos_ids, pad_id
+    from deepalign.models import eos_ids, pad_id
     from deepalign.training.refusal import find_refusal_token
 
     if max_tokens < 1:
@@ -156,13 +91,13 @@ def depth_profiles(base, aligned: Mapping[str, Any], items: Sequence[Any], *, ba
         raise DeepAlignError("give at least one aligned model")
     data = as_items(items)
     words = _as_words(refusal_words)
-    b = _component(base, base_format, device)
+    b = load_component(base, base_format, device)
     b_prompts = [b.encoder.prompt_ids(it.query) for it in data]
     b_pad = pad_id(b.tokenizer, eos_ids(b.model, b.tokenizer))
     base_cache: tuple[list, list] | None = None  # (response ids, base log-probs) of the last run
     results = {}
     for label, spec in aligned.items():
-        a = _component(spec, aligned_format, device)
+        a = load_component(spec, aligned_format, device)
         width = check_vocabularies([b, a])
         refusal = [find_refusal_token(a.tokenizer, w) for w in words]
         for rid, piece in refusal:
@@ -206,10 +141,10 @@ def depth_profiles(base, aligned: Mapping[str, Any], items: Sequence[Any], *, ba
                 col = torch.full((len(data), horizon), float("nan"))
                 for i, la in enumerate(lp_a):
                     col[i, : la.shape[0]] = la[:, rid].exp()
-                by_token[piece] = _mean_ci(col)[0]
-        kl_mean, kl_ci, ns = _mean_ci(kl_m)
-        ref_mean, ref_ci, _ = _mean_ci(ref_m)
-        bref_mean, _, _ = _mean_ci(bref_m)
+                by_token[piece] = mean_ci(col)[0]
+        kl_mean, kl_ci, ns = mean_ci(kl_m)
+        ref_mean, ref_ci, _ = mean_ci(ref_m)
+        bref_mean, _, _ = mean_ci(bref_m)
         result = {
             "base": b.name,
             "aligned": a_name,
@@ -261,10 +196,10 @@ def shallowness(result: dict, head: int = 5) -> float | None:
     return None if total <= 0 else sum(kl[:head]) / total
 
 
-def plot_depth(results: dict[str, dict], path: str | os.PathLike, *, title: str | None = None) -> None:
+def plot_token_profile(results: dict[str, dict], path: str | os.PathLike, *, title: str | None = None) -> None:
     """One figure, two panels: per-token KL(aligned || base) and the refusal-token probability
     at each forced depth, one line per aligned model (``results``: label -> result)."""
-    from deepalign.evaluation.report import pyplot, save_figure
+    from deepalign.evaluation.plots import pyplot, save_figure
 
     plt = pyplot()
     first = next(iter(results.values()))
@@ -330,22 +265,31 @@ def depth_markdown(results: dict[str, dict], positions: Sequence[int] = TABLE_PO
     return lines
 
 
-def write_depth(out: str | os.PathLike, results: dict[str, dict], *, dataset: str | None = None) -> Path:
-    """Write ``depth.json``, ``depth.png`` and ``depth.md`` into ``out`` (atomically)."""
+def write_depth(out: str | os.PathLike, results: dict[str, dict], *, dataset: str | None = None,
+                projections: dict[str, dict] | None = None) -> Path:
+    """Write ``depth.json``, ``depth.png`` and ``depth.md`` into ``out`` (atomically); with
+    ``projections`` (:func:`deepalign.evaluation.projection.projection_profiles`) also
+    ``projection.json`` and ``projection.png`` (projection next to KL and refusal)."""
     from deepalign.utils import atomic_dir, write_json
 
     out = Path(out)
     with atomic_dir(out) as tmp:
         write_json(tmp / "depth.json", {"dataset": dataset, "models": results})
-        plot_depth(results, tmp / "depth.png", title=dataset)
+        plot_token_profile(results, tmp / "depth.png", title=dataset)
+        if projections:
+            from deepalign.evaluation.projection import plot_refusal_projection
+
+            write_json(tmp / "projection.json", {"dataset": dataset, "models": projections})
+            plot_refusal_projection(projections, tmp / "projection.png", depth=results, title=dataset)
         first = next(iter(results.values()))
         head = [f"# Depth diagnostics{f' on {dataset}' if dataset else ''}", "",
                 f"Base `{first['base']}` ({first['base_format']}); refusal token(s) "
                 f"{', '.join(repr(t['piece']) for t in first['refusal_tokens'])}; "
                 f"{first['items']} harmful responses teacher-forced through both models. KL(aligned‖base) at "
                 "response position t, and P(refusal token) after t forced tokens (means over items).", ""]
-        (tmp / "depth.md").write_text("\n".join(head + depth_markdown(results) + ["", "![depth](depth.png)", ""]),
-                                      encoding="utf-8")
+        tail = ["", "![depth](depth.png)", ""] + (["![projection on the refusal direction](projection.png)", ""]
+                                                 if projections else [])
+        (tmp / "depth.md").write_text("\n".join(head + depth_markdown(results) + tail), encoding="utf-8")
     return out
 
 
@@ -367,10 +311,15 @@ class DepthOptions:
                 "(default: its chat template when it has one, else the default text template)"})
     aligned_format: str | None = field(default=None, metadata={
         "help": "prompt format of the aligned models (default: each one's chat template, as for --base_format)"})
-    refusal_word: str | None = field(default=None, metadata={
-        "help": "word whose token is the refusal token, or several comma-separated (their probabilities add up); "
-                "default Sorry (sorry for lower-case vocabularies)"})
+    refusal_words: list[str] | None = field(default=None, metadata={
+        "aliases": ["--refusal_word"],
+        "help": "words whose tokens start a refusal (their probabilities add up; the first is also plotted alone); "
+                "default: the world's refusal openers (its manifest) on world: datasets, else Sorry (sorry for "
+                "lower-case vocabularies)"})
     max_tokens: int = field(default=64, metadata={"help": "response positions measured"})
+    directions: list[str] = field(default_factory=list, metadata={
+        "aliases": ["--direction"], "help": "refusal direction of each aligned model (deepalign direction), in --aligned order: adds the "
+                "projection on it along the harmful responses (projection.json, projection.png)"})
     batch_size: int = 32
     device: str | None = field(default=None, metadata={"help": "device (default: cuda when available)"})
     quiet: bool = False
@@ -378,6 +327,8 @@ class DepthOptions:
     def __post_init__(self):
         if isinstance(self.aligned, str):
             self.aligned = [self.aligned]
+        if isinstance(self.directions, str):
+            self.directions = [self.directions]
         number("max_tokens", self.max_tokens, low=1, integer=True)
         number("batch_size", self.batch_size, low=1, integer=True)
 
@@ -391,6 +342,22 @@ class DepthOptions:
             raise OptionError("out", "is required (the output directory)")
         if self.dataset is None and self.world is None:
             raise OptionError("dataset", "is required (or --world DIR to use world:harmful)")
+        if self.directions and len(self.directions) != len(self.aligned):
+            raise OptionError("directions", f"gives {len(self.directions)} directions for {len(self.aligned)} aligned "
+                                            "models (one per --aligned, in order)")
+
+
+def _refusal_words(opts: DepthOptions, spec: str) -> list[str] | None:
+    """The refusal words asked for, else the world manifest's refusal openers for a world
+    dataset (None: the tokenizer's default, ``Sorry``)."""
+    if opts.refusal_words:
+        return [w.strip() for item in opts.refusal_words for w in item.split(",") if w.strip()]
+    if spec.startswith("world:") and opts.world:
+        from deepalign.world.generator import load_manifest
+
+        manifest = load_manifest(opts.world)
+        return manifest.get("refusal_openers") or [manifest.get("refusal_word", "sorry")]
+    return None
 
 
 def run_depth(options: DepthOptions | None = None, data=None, **kwargs) -> dict[str, dict]:
@@ -414,6 +381,10 @@ def run_depth(options: DepthOptions | None = None, data=None, **kwargs) -> dict[
     opts.check()
     for spec in (opts.base, *opts.aligned):  # every model path checked before any work
         model_source(spec)
+    for spec, direction in zip(opts.aligned, opts.directions):
+        from deepalign.decoding.registry import _check_model
+
+        _check_model(spec, {"direction": direction, "allow_foreign": False})
     for fmt in (opts.base_format, opts.aligned_format):
         if fmt:
             PromptFormat.parse(fmt)
@@ -425,9 +396,16 @@ def run_depth(options: DepthOptions | None = None, data=None, **kwargs) -> dict[
         labels = list(opts.aligned)
     with quiet_libraries(opts.quiet):
         results = depth_profiles(opts.base, dict(zip(labels, opts.aligned)), items, base_format=opts.base_format,
-                                 aligned_format=opts.aligned_format, refusal_words=opts.refusal_word,
+                                 aligned_format=opts.aligned_format, refusal_words=_refusal_words(opts, spec),
                                  max_tokens=opts.max_tokens, batch_size=opts.batch_size, device=opts.device)
-        write_depth(opts.out, results, dataset=spec)
+        projections = None
+        if opts.directions:
+            from deepalign.evaluation.projection import projection_profiles
+
+            projections = projection_profiles(dict(zip(labels, opts.aligned)), dict(zip(labels, opts.directions)), items,
+                                              prompt_format=opts.aligned_format, max_tokens=opts.max_tokens,
+                                              batch_size=opts.batch_size, device=opts.device)
+        write_depth(opts.out, results, dataset=spec, projections=projections)
     if not opts.quiet:
         for label, r in results.items():
             share = shallowness(r)

@@ -7,6 +7,10 @@
 * On a file of published responses (JSONL / JSON / CSV with a prompt and a response column:
   a paper's result file, another tool's completions), it first imports the file into a new
   run directory (``out_dir``) and then judges it like any run.
+* Model judges' verdicts go through a cache (:mod:`deepalign.judges.cache`, ``cache_dir``):
+  re-judging, or judging another run of the same responses, scores only what is new.
+* With ``validate=LABELS`` (``--validate``) the judges are scored against a human-labelled
+  file instead (:mod:`deepalign.evaluation.validation`).
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ from pathlib import Path
 
 from deepalign.errors import DeepAlignError, OptionError
 from deepalign.evaluation.rundir import RunDir, row_key
+from deepalign.evaluation.runlog import ResponseRow, RunRecord, TargetRecord
 from deepalign.options import build, number
-from deepalign.records import EvalPrompt
+from deepalign.records import EvalPrompt, Verdict, error_verdict
 
 #: columns that hold a published response, in order of preference
 RESPONSE_FIELDS = ("response", "completion", "generation", "output", "model_output", "answer_text")
@@ -29,15 +34,25 @@ class JudgeOptions:
         "help": "a run directory of 'deepalign eval', or a file of published responses (with --out; "
                 "[kind:][preset:]FILE as for datasets, e.g. harmbench:completions.json)"})
     judges: list[str] | None = field(default=None, metadata={
-        "aliases": ["--judge"], "help": "judges to add: keyword, keyword:nocase, llm[:strongreject], classifier:<model>, "
-                                        "oracle (for a file of published responses they may be left out: answers are "
-                                        "still scored)"})
+        "aliases": ["--judge"], "help": "judges to add: keyword, keyword:nocase, harmbench:<model>, strongreject[:rubric], "
+                                        "strongreject:finetuned:<model>, moderation[:model], llm:jbb-hardened, "
+                                        "llm:strongreject-hardened, classifier:<model>, oracle (for a file of published "
+                                        "responses they may be left out: answers are still scored)"})
     out_dir: str | None = field(default=None, metadata={
         "aliases": ["--out"], "help": "for a file of published responses: the run directory to create"})
     prompts: str | None = field(default=None, metadata={
         "help": "for a file of published responses: the dataset they answer (joined by id, or by the question a "
                 "response starts with for DeRTa's completion-attack strings; HarmBench: its behaviours CSV for "
                 "categories)"})
+    validate: str | None = field(default=None, metadata={
+        "help": "score the judges against a human-labelled file instead of a run: [preset:]FILE or a preset with a "
+                "hub copy (jbb-judges, harmbench-val:FILE, xstest-completions); writes validation.json and "
+                "validation.md into --out"})
+    cache: bool = field(default=True, metadata={
+        "help": "keep model judges' verdicts in a cache (RUN_DIR/judge_cache, or OUT/judge_cache with --validate) "
+                "so that re-judging scores only what is new"})
+    cache_dir: str | None = field(default=None, metadata={
+        "help": "the verdict cache directory (default: judge_cache in the run directory; several runs may share one)"})
     world: str | None = field(default=None, metadata={"help": "the embedded world directory (oracle judge)"})
     judge_model: str | None = field(default=None, metadata={"help": "target spec of the model behind llm judges"})
     device: str | None = field(default=None, metadata={"help": "device for local judge models"})
@@ -49,13 +64,11 @@ class JudgeOptions:
         number("batch_size", self.batch_size, low=1, integer=True)
 
 
-def _item_of(row: dict, items: dict) -> EvalPrompt:
-    item = items.get((row.get("dataset"), row.get("item")))
+def _item_of(row: ResponseRow, items: dict) -> EvalPrompt:
+    item = items.get((row.dataset, row.item))
     if item is not None:
         return item
-    prompt = row.get("prompt") or {}
-    return EvalPrompt(id=str(row.get("item", "")), prompt=prompt.get("query") or prompt.get("text") or "",
-                      kind=row.get("kind", "unknown"))
+    return EvalPrompt(id=row.item, prompt=row.prompt.get("query") or row.prompt.get("text") or "", kind=row.kind)
 
 
 def _published_file(source: str) -> tuple[str, object] | None:
@@ -119,7 +132,7 @@ def import_responses(path: str, out_dir: str, *, kind: str | None = None, preset
         verdicts = {}
         pv = it.meta.pop("published_verdict", None)
         if isinstance(pv, dict):
-            verdicts[pv["judge"]] = {k: v for k, v in pv.items() if k != "judge"}
+            verdicts[pv["judge"]] = Verdict.coerce({k: v for k, v in pv.items() if k != "judge"})
             if pv["judge"] not in published_judges:
                 published_judges.append(pv["judge"])
         rows.append((it, response, no_response, verdicts))
@@ -127,27 +140,54 @@ def import_responses(path: str, out_dir: str, *, kind: str | None = None, preset
     label = f"published:{stem}"
     out_rows = []
     for it, response, no_response, verdicts in rows:
-        row = {"key": row_key(label, "published", name, it.id, 0), "target": label, "attack": "published",
-               "dataset": name, "item": it.id, "kind": it.kind, "sample": 0, "prompt": {"query": it.prompt},
-               "response": response or "", "num_tokens": len((response or "").split()), "finish_reason": "unknown",
-               "meta": {}, "verdicts": verdicts}
-        if it.meta.get("category") is not None:
-            row["category"] = str(it.meta["category"])
-        if no_response:
-            row["no_response"] = no_response
-        row.update(answer_fields(it, response or "") if response is not None else {"correct": None})
-        out_rows.append(row)
+        out_rows.append(ResponseRow(
+            key=row_key(label, "published", name, it.id, 0), target=label, attack="published", dataset=name,
+            item=it.id, kind=it.kind, sample=0, prompt={"query": it.prompt}, response=response or "",
+            num_tokens=len((response or "").split()), finish_reason="unknown", verdicts=verdicts,
+            category=str(it.meta["category"]) if it.meta.get("category") is not None else None,
+            no_response=no_response or None,
+            **(answer_fields(it, response or "") if response is not None else {})))
+    from deepalign.attacks.base import AttackInfo
     from deepalign.data.datasets import Dataset
+    from deepalign.evaluation.runner import dataset_record
 
     ds = Dataset(spec=str(path), name=name, items=items, preset=preset_name, identity=identity(items),
-                 total=len(items), notes=notes)
+                 total=len(items), notes=notes, title=stem)
     run.create()
     with run.lock():
         run.add_items({name: items})
-        run.write_info({"gen_config": None, "judges": published_judges, "targets": [label], "attacks": ["published"],
-                        "datasets": [name], "source": str(path), "dataset_info": {name: ds.info()}})
+        run.write_info(RunRecord(judges=published_judges, targets=[TargetRecord(label, label, "published")],
+                                 attacks=[AttackInfo("published", "published", depth=None)],
+                                 datasets=[dataset_record(ds)], source=str(path)))
         run.append_rows(out_rows)
     return run
+
+
+def _cached(judge, opts: JudgeOptions, run_path: Path):
+    """``judge`` behind the verdict cache (:mod:`deepalign.judges.cache`) when it is worth one."""
+    if not opts.cache or not judge.cacheable:
+        return judge
+    from deepalign.judges.cache import CachedJudge, cache_file
+
+    return CachedJudge(judge, cache_file(Path(opts.cache_dir) if opts.cache_dir else run_path / "judge_cache", judge))
+
+
+def _validate(opts: JudgeOptions) -> dict:
+    """``--validate``: the judges against a labelled file (:mod:`deepalign.evaluation.validation`)."""
+    from deepalign.evaluation.validation import validate_judges
+    from deepalign.utils import quiet_libraries
+
+    if opts.run_dir:
+        raise OptionError("validate", f"scores a labels file, not a run directory ({opts.run_dir}): give one or the other")
+    if opts.prompts:
+        raise OptionError("prompts", "is for a file of published responses, not for --validate")
+    if not opts.out_dir:
+        raise OptionError("out_dir", "is required with --validate: the directory for validation.json and validation.md")
+    if opts.cache_dir:
+        raise OptionError("cache_dir", "with --validate the cache lives in OUT/judge_cache")
+    with quiet_libraries(opts.quiet):
+        return validate_judges(opts.validate, opts.judges, opts.out_dir, world=opts.world, judge_model=opts.judge_model,
+                               device=opts.device, batch_size=opts.batch_size, cache=opts.cache, quiet=opts.quiet)
 
 
 def _with_kind(item: EvalPrompt, kind: str) -> EvalPrompt:
@@ -158,7 +198,10 @@ def _with_kind(item: EvalPrompt, kind: str) -> EvalPrompt:
 
 def judge_run(options: JudgeOptions | None = None, **kwargs) -> dict:
     """Add the verdicts of ``judges`` to a run (or to an imported file of responses) and
-    rebuild its report; returns the summary.
+    rebuild its report; returns the summary. Model judges' verdicts go through a cache
+    (``cache_dir``), so re-judging scores only what is new. With ``validate=LABELS`` the judges
+    are scored against a human-labelled file instead (:mod:`deepalign.evaluation.validation`)
+    and the validation result is returned.
 
     Example (adding a case-insensitive keyword judge to a finished run)::
 
@@ -166,11 +209,13 @@ def judge_run(options: JudgeOptions | None = None, **kwargs) -> dict:
         >>> summary["judges"]
         ['oracle', 'keyword', 'keyword:nocase']
     """
-    from deepalign.evaluation.runner import judge_outputs
+    from deepalign.evaluation.runner import judge_outputs, judged_text
     from deepalign.judges import make_judges
     from deepalign.utils import progress, quiet_libraries
 
     (opts,) = build(kwargs, options=(JudgeOptions, options))
+    if opts.validate:
+        return _validate(opts)
     if not opts.run_dir:
         raise OptionError("run_dir", "is required: give a run directory (or a file of responses with --out)")
     published = _published_file(opts.run_dir)
@@ -194,7 +239,7 @@ def judge_run(options: JudgeOptions | None = None, **kwargs) -> dict:
             raise OptionError("prompts", "is for a file of published responses, not a run directory")
         if not source.exists():
             raise DeepAlignError(f"no such run directory or file: {source}")
-        run = RunDir(source).require()
+        run = RunDir(source).require().require_current()
     run.rows()  # a malformed run is refused before anything is touched
     with quiet_libraries(opts.quiet):
         judges = make_judges(opts.judges, world=opts.world, judge_target=opts.judge_model,
@@ -202,27 +247,27 @@ def judge_run(options: JudgeOptions | None = None, **kwargs) -> dict:
         with run.lock():
             rows = run.rows(repair=True)
             items = run.items()
-            todo = {j.name: [r for r in rows if j.name not in (r.get("verdicts") or {})] for j in judges}
+            info = run.info()
+            todo = {j.name: [r for r in rows if j.name not in r.verdicts] for j in judges}
             with progress(total=sum(len(v) for v in todo.values()), quiet=opts.quiet, desc="judge", unit="resp") as bar:
                 for j in judges:
-                    pending = [r for r in todo[j.name] if not r.get("no_response")]
-                    missing = [r for r in todo[j.name] if r.get("no_response")]
+                    pending = [r for r in todo[j.name] if not r.no_response]
+                    scorer = _cached(j, opts, run.path) if pending else j
+                    missing = [r for r in todo[j.name] if r.no_response]
                     if missing:  # nothing to judge: an error verdict, never "safe"
-                        run.append_verdicts({"key": r["key"], "judge": j.name, "verdict": {
-                            "harmful": None, "refusal": None, "error": r["no_response"]}} for r in missing)
+                        run.append_verdicts((r.key, j.name, error_verdict(r.no_response)) for r in missing)
                         bar.update(len(missing))
                     for start in range(0, len(pending), opts.batch_size):
                         batch = pending[start:start + opts.batch_size]
-                        verdicts, _ = judge_outputs([j], [r.get("response", "") for r in batch],
+                        verdicts, _ = judge_outputs([scorer], [judged_text(r.response, r.prompt, info.judge_scope)
+                                                               for r in batch],
                                                     [_item_of(r, items) for r in batch])
-                        run.append_verdicts({"key": r["key"], "judge": j.name, "verdict": v}
-                                            for r, v in zip(batch, verdicts[j.name]))
+                        run.append_verdicts((r.key, j.name, v) for r, v in zip(batch, verdicts[j.name]))
                         bar.update(len(batch))
-            info = run.info()
-            info["judges"] = list(info.get("judges") or []) + [j.name for j in judges if j.name not in (info.get("judges") or [])]
+            info.judges = list(info.judges) + [j.name for j in judges if j.name not in info.judges]
             run.write_info(info)
     if not opts.report:
-        return {"judges": info["judges"]}
+        return {"judges": info.judges}
     from deepalign.evaluation.report import build_report
 
     return build_report(run.path, quiet=opts.quiet)

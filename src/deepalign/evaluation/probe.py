@@ -1,19 +1,25 @@
 """A quick health check of a model on the world's held-out splits: :func:`probe`.
 
 Greedy-decodes the model on the held-out harmful queries, benign look-alikes and helpful
-tasks, judges each response with the world oracle and prints the rates. It is what
-``deepalign pretrain`` reports at the end; the full battery lives in ``deepalign eval``.
+tasks through the evaluation runner, judged by the world oracle, and prints the rates. It is
+what ``deepalign pretrain`` reports at the end; the full battery lives in ``deepalign eval``.
+With ``--out RUN_DIR`` the responses stay in a run directory (resumable, and read by
+``deepalign report`` and ``deepalign judge`` like any other); without it they go to a
+temporary one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 import time
 from dataclasses import dataclass, field
 
-from deepalign.data.datasets import load_world
-from deepalign.decoding.base import GenConfig, Request
 from deepalign.options import build, number
-from deepalign.utils import check_writable_file, quiet_libraries, write_json
+from deepalign.utils import check_writable_dir
+
+#: the world datasets a probe reads: held-out harmful queries, benign look-alikes, helpful tasks
+DATASETS = ("world:harmful", "world:benign", "world:helpful")
 
 
 @dataclass
@@ -23,13 +29,24 @@ class ProbeOptions:
     max_new_tokens: int = 64
     batch_size: int = 64
     limit: int | None = field(default=None, metadata={"help": "items per split (default: all)"})
-    out: str | None = field(default=None, metadata={"help": "also write the rates to this JSON file"})
+    out: str | None = field(default=None, metadata={
+        "help": "keep the responses in this run directory (deepalign report / judge read it; rerun to resume)"})
     quiet: bool = False
 
     def __post_init__(self):
         number("max_new_tokens", self.max_new_tokens, low=1, integer=True)
         number("batch_size", self.batch_size, low=1, integer=True)
         number("limit", self.limit, low=1, integer=True, optional=True)
+
+
+def rates(summary: dict) -> dict[str, float | int]:
+    """The probe's rates from a run summary (oracle cells of the direct query per split)."""
+    cells = {c["dataset"]: c for c in summary["results"] if c["judge"] == "oracle" and c["attack"] == "direct"}
+    harmful, benign, helpful = (cells[d] for d in DATASETS)
+    return {"harmful_rate": harmful["harmful"]["rate"], "harmful_refusal_rate": harmful["refusal"]["rate"],
+            "n_harmful": harmful["n"], "benign_answer_rate": benign["answered"]["rate"],
+            "benign_refusal_rate": benign["over_refusal"]["rate"], "n_benign": benign["n"],
+            "helpful_accuracy": helpful["helpful"]["rate"], "n_helpful": helpful["n"]}
 
 
 def probe(options: ProbeOptions | None = None, **kwargs) -> dict:
@@ -42,39 +59,26 @@ def probe(options: ProbeOptions | None = None, **kwargs) -> dict:
         >>> sorted(rates)[:3]
         ['benign_answer_rate', 'benign_refusal_rate', 'harmful_rate']
     """
-    from deepalign.decoding.hf import HFTarget
-    from deepalign.world.oracle import Oracle
+    from deepalign.decoding.base import GenConfig
+    from deepalign.decoding.registry import TargetSpec
+    from deepalign.evaluation.runner import run_eval
+    from deepalign.world.generator import load_manifest
 
     (opts,) = build(kwargs, options=(ProbeOptions, options))
-    model, world, limit, quiet, out = opts.model, opts.world, opts.limit, opts.quiet, opts.out
-    if out is not None:
-        check_writable_file(out)
-    oracle = Oracle(world)
-    with quiet_libraries(quiet):
-        target = HFTarget(str(model), batch_size=opts.batch_size)
-    config = GenConfig(max_new_tokens=opts.max_new_tokens)
+    load_manifest(opts.world)
+    if opts.out is not None:
+        check_writable_dir(opts.out)
     start = time.time()
-    results: dict[str, float | int] = {}
-    for split in ("harmful", "benign", "helpful"):
-        items = load_world(world, split, limit)
-        requests = [Request(id=it.id, query=it.prompt) for it in items]
-        gens = target.generate(requests, config)
-        verdicts = [oracle.judge(g[0].text, it) for g, it in zip(gens, items)]
-        n = len(verdicts)
-        if split == "harmful":
-            results["harmful_rate"] = sum(v.harmful for v in verdicts) / n
-            results["harmful_refusal_rate"] = sum(v.refusal for v in verdicts) / n
-        elif split == "benign":
-            results["benign_answer_rate"] = sum(v.benign_answer for v in verdicts) / n
-            results["benign_refusal_rate"] = sum(v.refusal for v in verdicts) / n
-        else:
-            results["helpful_accuracy"] = sum(bool(v.correct) for v in verdicts) / n
-        results[f"n_{split}"] = n
-    results["seconds"] = round(time.time() - start, 1)
-    if out is not None:
-        write_json(out, results)
-    if not quiet:
-        print(f"held-out probe of {model} (greedy, oracle): helpful accuracy {results['helpful_accuracy']:.1%}, "
+    with contextlib.ExitStack() as stack:
+        out = opts.out or stack.enter_context(tempfile.TemporaryDirectory(prefix="deepalign-probe-")) + "/run"
+        summary = run_eval(targets=[TargetSpec.hf(opts.model)], attacks=["direct"],
+                           datasets=list(DATASETS), judges=["oracle"], world=opts.world,
+                           out_dir=out, batch_size=opts.batch_size, limit=opts.limit, quiet=True,
+                           generation=GenConfig(max_new_tokens=opts.max_new_tokens))
+    results = {**rates(summary), "seconds": round(time.time() - start, 1)}
+    if not opts.quiet:
+        print(f"held-out probe of {opts.model} (greedy, oracle): helpful accuracy {results['helpful_accuracy']:.1%}, "
               f"harmful answered harmfully {results['harmful_rate']:.1%} (refused {results['harmful_refusal_rate']:.1%}), "
-              f"benign answered benignly {results['benign_answer_rate']:.1%}")
+              f"benign answered benignly {results['benign_answer_rate']:.1%}"
+              + (f"; responses in {opts.out}" if opts.out else ""))
     return results

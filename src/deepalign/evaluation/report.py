@@ -1,21 +1,23 @@
-"""Summaries, a Markdown report and plots of a run directory (``deepalign report RUN_DIR``).
+"""The report of a run directory (``deepalign report RUN_DIR``): it only formats.
 
-Reads ``responses.jsonl`` and ``run.json``, writes ``summary.json`` (metrics only: it depends
-on nothing but the rows), ``report.md`` and PNG plots: ``asr.png`` (ASR by target and attack,
-95% Wilson intervals), ``refusal_position.png`` (where refusals start) and ``depth.png``
-(harmful / refusal rate against the prefill depth), each drawn for the first judge of the run
-that gave verdicts. Plots that have no data are not drawn.
+Reads the run log (``run.json`` and ``responses.jsonl``), has :mod:`deepalign.evaluation.metrics`
+compute every cell, and writes ``summary.json`` (those metrics: it depends on nothing but the
+rows and the run log), ``report.md`` and PNG plots (:mod:`deepalign.evaluation.plots`):
+``asr.png`` (ASR by target and attack, 95% Wilson intervals), ``refusal_position.png`` (where
+refusals start) and ``depth.png`` (harmful / refusal rate against the prefill depth), each
+drawn for the first judge of the run that gave verdicts. Plots that have no data are not drawn.
 """
 
 from __future__ import annotations
 
-import io
 import os
 from collections import defaultdict
 from pathlib import Path
 
 from deepalign.evaluation.metrics import summarize
+from deepalign.evaluation.plots import Panel, Series, plot_prefill_profile, plot_rate_bars, plot_refusal_positions
 from deepalign.evaluation.rundir import REPORT, SUMMARY, RunDir
+from deepalign.evaluation.runlog import ResponseRow, RunRecord
 from deepalign.utils import atomic_write, write_json
 
 
@@ -39,131 +41,143 @@ def _primary_judge(summary: dict) -> str | None:
     return summary["judges"][0] if summary["judges"] else None
 
 
-def pyplot():
-    """matplotlib's pyplot on the file-only Agg backend (imported on first use)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_figure(fig, path: Path) -> None:
-    """Lay out, write atomically and close a figure."""
-    import warnings
-
-    with warnings.catch_warnings():  # tight_layout cannot always fit long tick labels: fine
-        warnings.simplefilter("ignore", UserWarning)
-        fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    pyplot().close(fig)
-    atomic_write(path, buf.getvalue())
-
-
-def plot_asr(summary: dict, judge: str, path: Path) -> bool:
-    plt = pyplot()
-
+def asr_panels(summary: dict, judge: str, names: dict[str, str] | None = None) -> list[Panel]:
+    """ASR of every target x attack, one panel per dataset (rates and Wilson intervals from
+    the summary)."""
+    names = names or {}
     cells = [r for r in summary["results"] if r["judge"] == judge and r["harmful"]["n"]]
-    datasets = [d for d in summary["datasets"] if any(r["dataset"] == d for r in cells)]
-    if not cells:
-        return False
-    targets, attacks = summary["targets"], [a for a in summary["attacks"] if any(r["attack"] == a for r in cells)]
-    fig, axes = plt.subplots(len(datasets), 1, figsize=(max(6, 1.1 * len(attacks) * max(1, len(targets)) ** 0.5 + 3), 3.6 * len(datasets)), squeeze=False)
-    width = 0.8 / max(1, len(targets))
-    for ax, d in zip(axes[:, 0], datasets):
-        for ti, t in enumerate(targets):
-            xs, ys, err = [], [], [[], []]
-            for ai, a in enumerate(attacks):
-                c = next((r for r in cells if r["target"] == t and r["attack"] == a and r["dataset"] == d), None)
-                if c is None:
-                    continue
-                rate, (lo, hi) = c["harmful"]["rate"], c["harmful"]["ci95"]
-                xs.append(ai - 0.4 + width * (ti + 0.5))
-                ys.append(100 * rate)
-                err[0].append(max(0.0, 100 * (rate - lo)))
-                err[1].append(max(0.0, 100 * (hi - rate)))
-            if xs:
-                ax.bar(xs, ys, width, yerr=err, capsize=3, label=t)
-        ax.set_xticks(range(len(attacks)), attacks, rotation=30, ha="right")
-        ax.set_ylim(0, 105)
-        ax.set_ylabel(f"ASR % ({judge})")
-        ax.set_title(d)
-        ax.legend(fontsize="small")
-    save_figure(fig, path)
-    return True
+    panels = []
+    for d in summary["datasets"]:
+        attacks = [a for a in summary["attacks"] if any(r["attack"] == a and r["dataset"] == d for r in cells)]
+        series = []
+        for t in summary["targets"]:
+            by_attack = {r["attack"]: r["harmful"] for r in cells if r["target"] == t and r["dataset"] == d}
+            if by_attack:
+                series.append(Series(names.get(t, t), [by_attack.get(a, {}).get("rate") for a in attacks],
+                                     [by_attack.get(a, {}).get("ci95") for a in attacks]))
+        panels.append(Panel(d, attacks, series))
+    return panels
 
 
-def plot_refusal_position(summary: dict, judge: str, path: Path) -> bool:
-    plt = pyplot()
+def profile_panels(summary: dict, judge: str) -> tuple[list[Panel], str]:
+    """Harmful and refusal rate against the prefill depth, one curve per target x attack
+    family x dataset (from the summary's depth profiles)."""
+    curves = [c for c in summary["depth"] if c["judge"] == judge and c["points"]]
+    ks = sorted({p["k"] for c in curves for p in c["points"]})
+    panels = []
+    for field in ("harmful", "refusal"):
+        series = []
+        for c in curves:
+            by_k = {p["k"]: p[field]["rate"] for p in c["points"]}
+            series.append(Series(f"{c['target']} · {c['attack']} · {c['dataset']}", [by_k.get(k) for k in ks]))
+        panels.append(Panel(f"{field} rate % ({judge})", ks, series))
+    return panels, (curves[0]["unit"] if curves else "tokens")
 
+
+def refusal_histograms(summary: dict, judge: str) -> tuple[dict[str, dict[int, int]], str]:
+    """Where refusals start, per target, over every attack (tokens when the judge gives them)."""
     per_target: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
     unit = None
     for r in summary["results"]:
         if r["judge"] != judge:
             continue
         pos = r["refusal_position"]
-        use = "token" if pos["token"] else ("word" if pos["word"] else None)
+        use = unit or ("token" if pos["token"] else ("word" if pos["word"] else None))
         if use is None:
             continue
-        unit = unit or use
+        unit = use
         for k, v in pos[unit].items():
             per_target[r["target"]][int(k)] += v
-    if not per_target:
-        return False
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    for t, hist in per_target.items():
-        xs = sorted(hist)
-        total = sum(hist.values())
-        ax.step(xs, [100 * hist[x] / total for x in xs], where="mid", label=t)
-    ax.set_xlabel(f"refusal starts at {unit} index")
-    ax.set_ylabel("% of refusals")
-    ax.set_title(f"refusal position ({judge}, harmful items, all attacks)")
-    ax.legend(fontsize="small")
-    save_figure(fig, path)
-    return True
+    return {t: dict(h) for t, h in per_target.items()}, unit or "token"
 
 
-def plot_depth(summary: dict, judge: str, path: Path) -> bool:
-    plt = pyplot()
-
-    curves = [c for c in summary["depth"] if c["judge"] == judge and len(c["points"]) >= 1]
-    if not curves:
-        return False
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for c in curves:
-        label = f"{c['target']} · {c['attack']} · {c['dataset']}"
-        ks = [p["k"] for p in c["points"]]
-        for ax, field in zip(axes, ("harmful", "refusal")):
-            ys = [None if p[field]["rate"] is None else 100 * p[field]["rate"] for p in c["points"]]
-            ax.plot(ks, ys, marker="o", label=label)
-    for ax, field in zip(axes, ("harmful", "refusal")):
-        ax.set_xlabel(f"prefill depth k ({curves[0]['unit']})")
-        ax.set_ylabel(f"{field} rate % ({judge})")
-        ax.set_ylim(-3, 103)
-    axes[0].legend(fontsize="small")
-    save_figure(fig, path)
-    return True
+def draw_plots(summary: dict, out: Path) -> list[str]:
+    """The report's plots for the first judge that gave verdicts; returns the files drawn."""
+    judge = _primary_judge(summary)
+    if judge is None:
+        return []
+    made = []
+    if plot_rate_bars(asr_panels(summary, judge), out / "asr.png", ylabel=f"ASR % ({judge})"):
+        made.append("asr.png")
+    hists, unit = refusal_histograms(summary, judge)
+    if plot_refusal_positions(hists, out / "refusal_position.png", unit=unit,
+                              title=f"refusal position ({judge}, harmful items, all attacks)"):
+        made.append("refusal_position.png")
+    panels, unit = profile_panels(summary, judge)
+    if plot_prefill_profile(panels, out / "depth.png", xlabel=f"prefill depth k ({unit})", ylabel="rate %"):
+        made.append("depth.png")
+    return made
 
 
-def render_markdown(summary: dict, info: dict, rows: list[dict], plots: list[str]) -> str:
-    lines = ["# Evaluation report", ""]
-    gc = info.get("gen_config") or {}
-    lines.append(
-        f"{len(rows)} responses · targets: {', '.join(summary['targets'])} · judges: {', '.join(summary['judges'])}  "
-    )
-    if gc:
-        lines.append(
-            f"generation: max_new_tokens={gc.get('max_new_tokens')}, "
+def _score(s: dict | None) -> str:
+    if not s or s.get("mean") is None:
+        return "–"
+    return f"{s['mean']:.3f}" + (f" [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]" if s.get("ci95") else "")
+
+
+def _stat(stats: dict, key: str) -> str:
+    value, ci = stats.get(key), stats.get(f"{key}_ci95")
+    if value is None:
+        return "–"
+    return f"{value:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+
+def validation_line(judge: str, stats: dict | None) -> str:
+    """What a judge's agreement with human labels is (or that it has not been measured)."""
+    if not stats:
+        return (f"Not validated against human labels: `deepalign judge --validate LABELS --judges {judge} --out DIR` "
+                "measures it (docs/evaluation.md).")
+    return (f"Validated against human labels (`{stats.get('labels')}`, the `{stats.get('field')}` verdict, n = "
+            f"{stats.get('n')}): agreement {_stat(stats, 'agreement')}, Cohen's kappa {_stat(stats, 'kappa')}, "
+            f"precision {_stat(stats, 'precision')}, recall {_stat(stats, 'recall')}, F1 {_stat(stats, 'f1')} "
+            f"(`{stats.get('path')}`).")
+
+
+def agreement_lines(pairs: list[dict]) -> list[str]:
+    """The agreement between every two judges of a run, with a few rows where they differ."""
+    if not pairs:
+        return []
+    lines = ["", "## Agreement between judges", "",
+             "Rows where both judges gave the verdict; Cohen's kappa, and the share of those rows where they "
+             "disagree (95% Wilson interval).", "",
+             "| judge A | judge B | verdict | n | kappa | disagree |", "|---|---|---|---:|---:|---|"]
+    for p in pairs:
+        kappa = "–" if p["kappa"] is None else f"{p['kappa']:.2f}"
+        lines.append(f"| {p['a']} | {p['b']} | {p['field']} | {p['n']} | {kappa} | "
+                     f"{p['disagree']} ({percent(p['disagree_share'], sign=False)}%) |")
+    quoted = [(p, e) for p in pairs for e in p["examples"]]
+    if quoted:
+        lines += ["", "Rows where they disagree (first few):", ""]
+        for p, e in quoted:
+            lines.append(f"- `{e['item']}` ({p['field']}: {p['a']} {e[p['a']]}, {p['b']} {e[p['b']]}): "
+                         f"{e['response'].replace('|', '/')}")
+    return lines
+
+
+def _generation_line(gc: dict) -> str:
+    return (f"max_new_tokens={gc.get('max_new_tokens')}, "
             + (f"sampling T={gc.get('temperature')} top_p={gc.get('top_p')} top_k={gc.get('top_k')}"
                if gc.get("do_sample") else "greedy")
             + f", samples={gc.get('num_samples')}, seed={gc.get('seed')}"
             + (f", stop={gc.get('stop_strings')}" if gc.get("stop_strings") else "")
-            + (", EOS suppressed" if gc.get("suppress_eos") else "")
-        )
-    elif info.get("source"):
-        lines.append(f"responses imported from `{info['source']}` (not generated by deepalign)")
+            + (", EOS suppressed" if gc.get("suppress_eos") else ""))
+
+
+def render_markdown(summary: dict, info: RunRecord, rows: list[ResponseRow], plots: list[str]) -> str:
+    lines = ["# Evaluation report", ""]
+    gc = info.generation or {}
+    lines.append(
+        f"{len(rows)} responses · targets: {', '.join(summary['targets'])} · judges: {', '.join(summary['judges'])}"
+        f" (judges see the {'forced start and the continuation' if info.judge_scope == 'full' else 'continuation'})  "
+    )
+    if gc:
+        lines.append(f"generation: {_generation_line(gc)}")
+    elif info.source:
+        lines.append(f"responses imported from `{info.source}` (not generated by deepalign)")
+    own = [t for t in info.targets if t.generation and t.generation != gc]
+    if own:
+        lines += ["", "Targets that decoded with their own settings (an ED family's reference decoding, spec options):"]
+        lines += [f"- `{t.label}`: {_generation_line(t.generation)}" for t in own]
     lines.append("")
     lines.append("ASR: share of harmful items judged harmful, over the items the judge could judge (95% Wilson "
                  "interval); refusal: on harmful items; over-refusal: refusals on benign/helpful items; helpful: answer "
@@ -173,19 +187,24 @@ def render_markdown(summary: dict, info: dict, rows: list[dict], plots: list[str
         cells = [r for r in summary["results"] if r["judge"] == j]
         if not cells:
             continue
-        lines += ["", f"## Judge: {j}", "", "| target | attack | dataset | n | ASR [95% CI] (judged) | refusal | over-refusal | helpful | errors |",
-                  "|---|---|---|---:|---|---:|---:|---:|---:|"]
+        graded = any(c.get("score") for c in cells)
+        lines += ["", f"## Judge: {j}", "", validation_line(j, summary.get("validation", {}).get(j)), "",
+                  "| target | attack | dataset | n | ASR [95% CI] (judged) |" + (" mean score [95% CI] |" if graded else "")
+                  + " refusal | over-refusal | helpful | errors |",
+                  "|---|---|---|---:|---|" + ("---|" if graded else "") + "---:|---:|---:|---:|"]
         for c in cells:
             flag = " (!)" if c["errors"] else ""
             judged = f" ({c['harmful']['n']} judged)" if c["errors"] else ""
+            score = f" {_score(c.get('score'))} |" if graded else ""
             lines.append(
-                f"| {c['target']} | {c['attack']} | {c['dataset']} | {c['n']} | {percent(c['harmful'], ci=True)}{judged}{flag} "
-                f"| {percent(c['refusal'])}{flag} | {percent(c['over_refusal'])}{flag} | {percent(c['helpful'])} | {c['errors']} |"
+                f"| {c['target']} | {c['attack']} | {c['dataset']} | {c['n']} | {percent(c['harmful'], ci=True)}{judged}{flag} |"
+                f"{score} {percent(c['refusal'])}{flag} | {percent(c['over_refusal'])}{flag} | {percent(c['helpful'])} | {c['errors']} |"
             )
         erred = sum(c["errors"] for c in cells)
         if erred:
             lines += ["", f"(!) {erred} verdict(s) of {j} are errors: see the `error` field of those rows in "
                           "responses.jsonl; `deepalign judge RUN_DIR --judges ...` can add another judge."]
+    lines += agreement_lines(summary.get("agreement") or [])
     depth = summary["depth"]
     if depth:
         lines += ["", "## Depth profile", "", "harmful / refusal rate of the continuation after forcing the first k units of a harmful response.", ""]
@@ -209,18 +228,18 @@ def render_markdown(summary: dict, info: dict, rows: list[dict], plots: list[str
     lines += data_sections(summary, info)
     timing: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0])
     for r in rows:
-        t = timing[r["target"]]
+        t = timing[r.target]
         t[0] += 1
-        t[1] += float((r.get("timing") or {}).get("generate_s", 0.0))
-        t[2] += int(r.get("num_tokens") or 0)
+        t[1] += float(r.timing.get("generate_s", 0.0))
+        t[2] += int(r.num_tokens or 0)
     lines += ["", "## Generation time", "", "| target | responses | generate s | new tokens | tokens/s |", "|---|---:|---:|---:|---:|"]
     for t, (n, s, toks) in timing.items():
         lines.append(f"| {t} | {n} | {s:.1f} | {toks} | {toks / s if s > 0 else 0:.1f} |")
-    notes = info.get("target_notes") or {}
+    notes = {t.label: t.notes for t in info.targets if t.notes}
     if notes:
         lines += ["", "## Servers", "", "What the probe before the run found out about each server (see docs/evaluation.md):", ""]
         lines += [f"- `{t}`: {'; '.join(n)}" for t, n in notes.items()]
-    examples = {k: v for k, v in (info.get("examples") or {}).items() if v}
+    examples = {k: v for k, v in info.examples.items() if v}
     if examples:
         lines += ["", "## What the models read", "",
                   "The prompt of the first item of each target x attack x dataset, as the target rendered it "
@@ -232,7 +251,7 @@ def render_markdown(summary: dict, info: dict, rows: list[dict], plots: list[str
     return "\n".join(lines) + "\n"
 
 
-def data_sections(summary: dict, info: dict) -> list[str]:
+def data_sections(summary: dict, info: RunRecord) -> list[str]:
     """The report's sections about the data: answers (correct / wrong / no extractable answer),
     results by category, attack x dataset pairs that did not (fully) apply, and the datasets."""
     lines: list[str] = []
@@ -259,7 +278,7 @@ def data_sections(summary: dict, info: dict) -> list[str]:
             lines.append(f"| {c['target']} | {c['attack']} | {c['dataset']} | {c['category']} | {c['n']} | "
                          f"{percent(c['harmful'])} | {percent(c['refusal'])} | {percent(c['over_refusal'])} | "
                          f"{percent(c['helpful'])} |")
-    skipped = list((info.get("not_applied") or {}).values())
+    skipped = info.not_applied
     if skipped:
         lines += ["", "## Attacks that did not apply", "",
                   ("Attack x dataset pairs with items the attack could not run on (they are left out of that cell, "
@@ -268,19 +287,17 @@ def data_sections(summary: dict, info: dict) -> list[str]:
         for sk in skipped:
             why = "; ".join(f"{r} ({n})" for r, n in sk["reasons"].items())
             lines.append(f"| {sk['attack']} | {sk['dataset']} | {sk['applied']} of {sk['items']} | {sk['skipped']} | {why} |")
-    datasets = info.get("dataset_info") or {}
-    if datasets:
-        lines += ["", "## Datasets", "", "| dataset | spec | preset | items | kinds | selection | notes |",
-                  "|---|---|---|---:|---|---|---|"]
-        for name, d in datasets.items():
-            kinds = ", ".join(f"{k} {v}" for k, v in sorted((d.get("kinds") or {}).items()))
-            notes = "; ".join(d.get("notes") or [])
-            lines.append(f"| {name} | `{d.get('spec')}` | {d.get('preset') or 'generic'} | {d.get('items')} | {kinds} | "
-                         f"{d.get('selection')} | {notes} |")
+    if info.datasets:
+        lines += ["", "## Datasets", "", "| dataset | role | spec | preset | items | kinds | selection | notes |",
+                  "|---|---|---|---|---:|---|---|---|"]
+        for d in info.datasets:
+            kinds = ", ".join(f"{k} {v}" for k, v in sorted(d.kinds.items()))
+            lines.append(f"| {d.name} | {d.role} | `{d.spec}` | {d.preset or 'generic'} | {d.items} | {kinds} | "
+                         f"{d.selection} | {'; '.join(d.notes)} |")
     return lines
 
 
-def build_report(run_dir: str | os.PathLike, *, quiet: bool = True) -> dict:
+def build_report(run_dir: str | os.PathLike, *, quiet: bool = True, validations=()) -> dict:
     """(Re)build ``summary.json``, ``report.md`` and the plots of ``run_dir``; returns the summary.
 
     Example::
@@ -290,21 +307,21 @@ def build_report(run_dir: str | os.PathLike, *, quiet: bool = True) -> dict:
     """
     run = RunDir(run_dir).require()
     out = run.path
-    info = run.info()
+    info = run.info() or RunRecord()
     rows = run.rows()
-    judges = info.get("judges") or sorted({j for r in rows for j in (r.get("verdicts") or {})})
-    summary = summarize(rows, judges, order={k: info.get(k, []) for k in ("targets", "attacks", "datasets")})
-    summary = {"run": {"gen_config": info.get("gen_config"), "n_responses": len(rows)}, **summary}
+    judges = info.judges or sorted({j for r in rows for j in r.verdicts})
+    summary = summarize(rows, judges, info)
+    from deepalign.evaluation.validation import known_validations
+
+    summary["validation"] = known_validations(judges, validations)
+    summary = {"run": {"format_version": run.version, "generation": info.generation, "judge_scope": info.judge_scope,
+                       "n_responses": len(rows)}, **summary}
     write_json(out / SUMMARY, summary)
-    plots = []
-    judge = _primary_judge(summary)
-    if judge is not None:
-        for name, fn in (("asr.png", plot_asr), ("refusal_position.png", plot_refusal_position), ("depth.png", plot_depth)):
-            if fn(summary, judge, out / name):
-                plots.append(name)
+    plots = draw_plots(summary, out)
     atomic_write(out / REPORT, render_markdown(summary, info, rows, plots))
     if not quiet:
         print(f"wrote {out / SUMMARY}, {out / REPORT}" + (f" and {', '.join(plots)}" if plots else ""))
+        judge = _primary_judge(summary)
         if judge is not None:
             for c in summary["results"]:
                 if c["judge"] == judge and c["harmful"]["n"]:

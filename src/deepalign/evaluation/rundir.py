@@ -3,12 +3,16 @@
 ::
 
     RUN_DIR/
-      run.json          what was run: generation settings, judges, targets, attacks, datasets
-                        (lists grow as a run is extended), example prompts per cell
+      run.json          what was run (a :class:`~deepalign.evaluation.runlog.RunRecord`, with the
+                        format version): generation settings, judges, every target with the
+                        settings it really used, attacks with their metadata, datasets with
+                        their role and identity (lists grow as a run is extended), example
+                        prompts per cell
       items.jsonl       the evaluation items, one line per dataset x item: a run can be re-judged
                         and reported without its data files
-      responses.jsonl   one row per target x attack x dataset x item x sample, keyed by ``key``
-                        (append-only; each row holds its response and the verdicts of the run's judges)
+      responses.jsonl   one :class:`~deepalign.evaluation.runlog.ResponseRow` per target x attack x
+                        dataset x item x sample, keyed by ``key`` (append-only; each row holds its
+                        response and the verdicts of the run's judges)
       responses.shard-R.jsonl
                         rows written by process R of an ``accelerate launch`` run while it runs;
                         folded into responses.jsonl, in the one-process order, when the run ends
@@ -33,8 +37,10 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from deepalign.errors import DeepAlignError
-from deepalign.records import EvalPrompt, from_dict, to_dict
-from deepalign.utils import append_jsonl, os_error, read_log, write_json
+from deepalign.evaluation.runlog import (FORMAT_VERSION, ResponseRow, RunRecord, format_version, upgrade_info,
+                                         upgrade_row)
+from deepalign.records import EvalPrompt, Verdict, from_dict, to_dict
+from deepalign.utils import append_jsonl, os_error, read_log, write_json, write_jsonl
 
 RESPONSES = "responses.jsonl"
 SHARD_GLOB = "responses.shard-*.jsonl"
@@ -44,9 +50,6 @@ RUN_INFO = "run.json"
 SUMMARY = "summary.json"
 REPORT = "report.md"
 LOCK = ".lock"
-#: run.json fields that a resumed run must repeat exactly, and those that may grow
-FIXED = ("gen_config", "judges")
-GROWING = ("targets", "attacks", "datasets")
 
 
 def row_key(target: str, attack: str, dataset: str, item_id: str, sample: int) -> str:
@@ -74,6 +77,13 @@ def check_row(row: dict, path, line: int) -> None:
             raise bad(f'the verdict of judge "{judge}" must be an object')
 
 
+def _typed(row: dict, current: bool, path, line: int) -> ResponseRow:
+    try:
+        return ResponseRow.from_dict(row) if current else upgrade_row(row)
+    except (TypeError, ValueError) as exc:
+        raise DeepAlignError(f"{exc}; not a deepalign responses row", path=path, line=line) from None
+
+
 class RunDir:
     """One run directory (which may not exist yet)."""
 
@@ -91,7 +101,7 @@ class RunDir:
         return self
 
     # -- run.json ----------------------------------------------------------------------------
-    def info(self) -> dict:
+    def _raw_info(self) -> dict:
         path = self.file(RUN_INFO)
         if not path.exists():
             return {}
@@ -103,26 +113,57 @@ class RunDir:
             raise DeepAlignError(f"{path} is not a run description (expected a JSON object)")
         return info
 
-    def merge_info(self, new: dict) -> dict:
+    @property
+    def version(self) -> int:
+        """The format of this run directory (:data:`FORMAT_VERSION` for a new one)."""
+        version = format_version(self._raw_info())
+        if version < 1 or version > FORMAT_VERSION:
+            raise DeepAlignError(f"{self.file(RUN_INFO)} is not a run description this deepalign can read "
+                                 f"(format {version}; it reads 1 to {FORMAT_VERSION})")
+        return version
+
+    def info(self) -> RunRecord | None:
+        """The run's :class:`RunRecord` (None before the run exists); an older format is read
+        through the converter."""
+        raw = self._raw_info()
+        if not raw:
+            return None
+        if self.version < FORMAT_VERSION:
+            return upgrade_info(raw)
+        try:
+            return RunRecord.from_dict(raw)
+        except (TypeError, ValueError, KeyError) as exc:
+            raise DeepAlignError(f"{self.file(RUN_INFO)} is not a valid run description ({exc})") from None
+
+    def require_current(self) -> RunDir:
+        """Refuse to write to a run directory of an older format (reading it is fine)."""
+        if self.is_run() and self.version < FORMAT_VERSION:
+            raise DeepAlignError(f"{self.path} was written by an older deepalign (run format {self.version}); "
+                                 f"upgrade it first with 'deepalign report {self.path} --upgrade'")
+        return self
+
+    def merge_info(self, new: RunRecord) -> RunRecord:
         """``new`` checked against the existing run: fixed settings must match, lists grow."""
         old = self.info()
-        if not old:
-            return dict(new)
-        for name, what in (("gen_config", "generation settings"), ("judges", "judges")):
-            if name in old and old[name] != new.get(name):
-                hint = " (add judges to a finished run with 'deepalign judge RUN_DIR --judges ...')" if name == "judges" else ""
-                raise DeepAlignError(f"{self.path} holds a run with other {what} ({json.dumps(old[name])}); resume it "
-                                     f"with the same ones or use a new --out{hint}")
-        merged = dict(old)
-        for name in GROWING:
-            merged[name] = list(old.get(name, [])) + [x for x in new.get(name, []) if x not in old.get(name, [])]
-        for name, value in new.items():
-            if name not in FIXED and name not in GROWING:
-                merged[name] = {**old.get(name, {}), **value} if isinstance(value, dict) else value
-        return merged
+        return new if old is None else old.merge(new, str(self.path))
 
-    def write_info(self, info: dict) -> None:
-        write_json(self.file(RUN_INFO), info)
+    def write_info(self, info: RunRecord) -> None:
+        write_json(self.file(RUN_INFO), info.to_dict())
+
+    def upgrade(self) -> int:
+        """Rewrite a run directory of an older format in the current one (run.json, every
+        response row and added verdict); returns the rows rewritten (0: already current)."""
+        self.require()
+        if self.version == FORMAT_VERSION:
+            return 0
+        with self.lock():
+            info = self.info()
+            rows = self.rows(repair=True)  # shards and added verdicts folded in
+            write_jsonl(self.file(RESPONSES), [r.to_dict() for r in rows])
+            for path in (*self.shards(), self.file(VERDICTS)):
+                path.unlink(missing_ok=True)
+            self.write_info(info)
+        return len(rows)
 
     # -- rows --------------------------------------------------------------------------------
     def shard(self, rank: int) -> Path:
@@ -136,31 +177,35 @@ class RunDir:
             for line, row in read_log(path, repair=repair and path.name == RESPONSES):
                 yield path, line, row
 
-    def rows(self, *, repair: bool = False) -> list[dict]:
+    def rows(self, *, repair: bool = False) -> list[ResponseRow]:
         """The response rows (shard files of an unfinished multi-process run included, each
         key once), with the verdicts of ``verdicts.jsonl`` merged in."""
+        current = self.version == FORMAT_VERSION
         rows, seen = [], set()
         for path, line, row in self._logs(repair=repair):
             check_row(row, path, line)
             if row["key"] not in seen:
                 seen.add(row["key"])
-                rows.append(row)
+                rows.append(_typed(row, current, path, line))
         added = self.added_verdicts(repair=repair)
         if added:
             for row in rows:
-                extra = added.get(row["key"])
-                if extra:
-                    row["verdicts"] = {**(row.get("verdicts") or {}), **extra}
+                row.verdicts.update(added.get(row.key) or {})
         return rows
 
-    def added_verdicts(self, *, repair: bool = False) -> dict[str, dict[str, dict]]:
-        out: dict[str, dict[str, dict]] = {}
+    def added_verdicts(self, *, repair: bool = False) -> dict[str, dict[str, Verdict]]:
+        out: dict[str, dict[str, Verdict]] = {}
+        current = self.version == FORMAT_VERSION
         for line, entry in read_log(self.file(VERDICTS), repair=repair):
             if not isinstance(entry.get("key"), str) or not isinstance(entry.get("judge"), str) \
                     or not isinstance(entry.get("verdict"), dict):
                 raise DeepAlignError("not a verdict entry (needs key, judge, verdict)", path=self.file(VERDICTS),
                                      line=line)
-            out.setdefault(entry["key"], {})[entry["judge"]] = entry["verdict"]
+            try:
+                verdict = Verdict.from_dict(entry["verdict"]) if current else Verdict.coerce(entry["verdict"])
+            except (TypeError, ValueError) as exc:
+                raise DeepAlignError(f"not a verdict ({exc})", path=self.file(VERDICTS), line=line) from None
+            out.setdefault(entry["key"], {})[entry["judge"]] = verdict
         return out
 
     def done_keys(self, *, repair: bool = False) -> set[str]:
@@ -169,11 +214,11 @@ class RunDir:
     def is_run(self) -> bool:
         return self.file(RESPONSES).exists() or bool(self.shards())
 
-    def append_shard(self, rank: int, rows: Iterable[dict], *, repair: bool = False) -> int:
+    def append_shard(self, rank: int, rows: Iterable[ResponseRow], *, repair: bool = False) -> int:
         """Append rows to process ``rank``'s shard (``repair`` cuts a torn last line first)."""
         if repair:
             read_log(self.shard(rank), repair=True)
-        return append_jsonl(self.shard(rank), rows)
+        return append_jsonl(self.shard(rank), (r.to_dict() for r in rows))
 
     def fold_shards(self, order: Iterable[str] = ()) -> int:
         """Move the rows of every shard file into responses.jsonl: rows whose key is in
@@ -206,11 +251,12 @@ class RunDir:
         except OSError as exc:
             raise os_error(exc, self.path) from None
 
-    def append_rows(self, rows: Iterable[dict]) -> int:
-        return append_jsonl(self.file(RESPONSES), rows)
+    def append_rows(self, rows: Iterable[ResponseRow]) -> int:
+        return append_jsonl(self.file(RESPONSES), (r.to_dict() for r in rows))
 
-    def append_verdicts(self, entries: Iterable[dict]) -> int:
-        return append_jsonl(self.file(VERDICTS), entries)
+    def append_verdicts(self, entries: Iterable[tuple[str, str, Verdict]]) -> int:
+        """Append ``(key, judge, verdict)`` entries to ``verdicts.jsonl``."""
+        return append_jsonl(self.file(VERDICTS), ({"key": k, "judge": j, "verdict": v.to_dict()} for k, j, v in entries))
 
     # -- items -------------------------------------------------------------------------------
     def items(self) -> dict[tuple[str, str], EvalPrompt]:

@@ -9,6 +9,11 @@ or datasets to a run is fine; ``deepalign judge`` adds judges to a finished run.
 :func:`deepalign.evaluation.report.build_report` writes ``summary.json``, ``report.md`` and the
 plots.
 
+Every target, attack and dataset is recorded in the run log (:mod:`deepalign.evaluation.runlog`)
+with what it is: a target's spec, name, tags and the generation settings it really used (the
+run's, under an ED family's reference decoding, under the spec's own options), an attack's
+family, shape, depth and what the judges see, a dataset's role and identity.
+
 Generation is batched: each ``target.generate`` call gets ``batch_size`` items at once. Batches
 keep fixed boundaries over each dataset, so a resumed run regenerates an unfinished batch with
 the same batch-mates; with the same ``batch_size`` a resumed *sampled* run then draws the
@@ -28,8 +33,9 @@ from deepalign.data.datasets import DataOptions
 from deepalign.decoding.base import GenConfig
 from deepalign.errors import DeepAlignError, OptionError
 from deepalign.evaluation.rundir import RunDir, row_key
-from deepalign.options import build, number
-from deepalign.records import EvalPrompt
+from deepalign.evaluation.runlog import JUDGE_SCOPES, DatasetRecord, ResponseRow, RunRecord, TargetRecord, role_of
+from deepalign.options import build, choice, number
+from deepalign.records import EvalPrompt, Verdict
 from deepalign.utils import progress, quiet_libraries, set_seed
 
 
@@ -50,8 +56,13 @@ class EvalOptions:
                 "(gsm8k, mmlu, ...); see docs/data.md (default world:test with --world)"})
     judges: list[str] | None = field(default=None, metadata={
         "aliases": ["--judge"],
-        "help": "judges: keyword, keyword:nocase, llm[:strongreject], classifier:<model>, oracle (default: oracle,keyword "
-                "with --world, else keyword)"})
+        "help": "judges: keyword, keyword:nocase, oracle, harmbench:<model>, strongreject[:finetuned:<model>], "
+                "moderation[:model], llm:jbb-hardened, llm:strongreject-hardened, classifier:<model> (see "
+                "docs/evaluation.md; default: oracle,keyword with --world, else keyword)"})
+    judge_scope: str = field(default="continuation", metadata={
+        "help": "what the judges see of a reply to an attack that forces the start of the answer: continuation (what "
+                "the model wrote) or full (the forced start and the continuation, as the DeRTa result files and Qi et "
+                "al. 2025's judge do)"})
     out_dir: str | None = field(default=None, metadata={"aliases": ["--out"], "help": "run directory (rerun to resume)"})
     world: str | None = field(default=None, metadata={"help": "the embedded world directory (world: datasets, oracle)"})
     batch_size: int = field(default=16, metadata={"help": "items per generate call"})
@@ -65,25 +76,13 @@ class EvalOptions:
 
     def __post_init__(self):
         number("batch_size", self.batch_size, low=1, integer=True)
+        choice("judge_scope", self.judge_scope, JUDGE_SCOPES)
 
 
-def _label(target) -> str:
-    from deepalign.decoding.registry import label
-
-    return label(target) if isinstance(target, str) else getattr(target, "name", type(target).__name__)
-
-
-def _request_dict(req, meta: dict) -> dict:
-    """The request of a row. A token-depth prefill is stored as the text that was forced
-    (not the whole reference it was cut from)."""
-    prefill = meta.get("forced_text", "") if req.prefill_tokens is not None else req.prefill
-    return {k: v for k, v in (("query", req.query), ("text", req.text), ("prefill", prefill),
-                              ("prefill_tokens", req.prefill_tokens), ("system", req.system)) if v not in (None, "")}
-
-
-def judge_outputs(judges, responses: Sequence[str], items: Sequence[EvalPrompt]) -> tuple[dict[str, list[dict]], dict]:
-    """Every judge's verdicts on ``responses`` (and the seconds each judge took)."""
-    verdicts: dict[str, list[dict]] = {}
+def judge_outputs(judges, responses: Sequence[str], items: Sequence[EvalPrompt]) -> tuple[dict[str, list[Verdict]], dict]:
+    """Every judge's verdicts on ``responses`` (and the seconds each judge took). A judge may
+    return :class:`~deepalign.records.Verdict` records or flat dicts of verdict fields."""
+    verdicts: dict[str, list[Verdict]] = {}
     seconds = {}
     for j in judges:
         t = time.perf_counter()
@@ -91,7 +90,10 @@ def judge_outputs(judges, responses: Sequence[str], items: Sequence[EvalPrompt])
         seconds[j.name] = time.perf_counter() - t
         if len(vs) != len(responses):
             raise DeepAlignError(f"judge {j.name} returned {len(vs)} verdicts for {len(responses)} responses")
-        verdicts[j.name] = vs
+        try:
+            verdicts[j.name] = [Verdict.coerce(v) for v in vs]
+        except TypeError as exc:
+            raise DeepAlignError(f"judge {j.name}: {exc}") from None
     return verdicts, seconds
 
 
@@ -161,18 +163,155 @@ def applicability(attacks, data: Mapping[str, list[EvalPrompt]]) -> list[dict]:
     return out
 
 
+@dataclass
+class _Target:
+    """One target of a run: what it is (its record), how to build it (``spec``, or the object
+    itself) and the generation settings it really uses."""
+
+    spec: Any
+    record: TargetRecord
+    config: GenConfig
+    built: Any = None
+
+    @property
+    def label(self) -> str:
+        return self.record.label
+
+    def build(self, batch_size: int, device):
+        from deepalign.decoding.registry import make_target
+
+        return self.built if self.built is not None else make_target(self.spec, batch_size=batch_size, device=device)
+
+
+def open_target(spec, gen: GenConfig, *, batch_size: int, device) -> _Target:
+    """A run's target from a spec string, a :class:`~deepalign.decoding.registry.TargetSpec` or a
+    Target object. Local models are only checked (spec, paths) and loaded when they have work;
+    a server target is built now (its probe runs before any work)."""
+    from deepalign.decoding.hf import apply_overrides
+    from deepalign.decoding.registry import TargetSpec, check_target, is_local, label, make_target, spec_text
+
+    if isinstance(spec, (str, TargetSpec)):
+        text = spec_text(spec)
+        name, tags = (spec.name, spec.tag_dict) if isinstance(spec, TargetSpec) else (None, {})
+        built, models = None, {}
+        if is_local(text):
+            plan = check_target(text)
+            overrides, kind, models = plan.generation, plan.kind, plan.models
+        else:
+            built = make_target(text, batch_size=batch_size, device=device)
+            overrides, kind = dict(getattr(built, "generation", {}) or {}), text.partition(":")[0]
+        shown = label(text)
+    else:
+        if not callable(getattr(spec, "generate", None)):
+            raise DeepAlignError(f"not a target: {spec!r}")
+        built, shown, kind = spec, getattr(spec, "name", type(spec).__name__), type(spec).__name__
+        overrides, name, tags, models = dict(getattr(spec, "generation", {}) or {}), None, {}, {}
+    config = apply_overrides(gen, overrides)
+    if config.num_samples > 1 and not config.do_sample:
+        raise OptionError("num_samples", f"> 1 needs sampling, which target {shown} does not do (add --do_sample)")
+    record = TargetRecord(label=shown, spec=shown, kind=kind, generation=json.loads(json.dumps(asdict(config))),
+                          name=name, tags=tags, models=models)
+    return _Target(spec, record, config, built)
+
+
+def dataset_record(ds) -> DatasetRecord:
+    kinds = ds.kinds()
+    return DatasetRecord(name=ds.name, spec=ds.spec, role=ds.role or role_of(kinds), title=ds.title or ds.name,
+                         preset=ds.preset, identity=ds.identity, items=len(ds.items), total=ds.total,
+                         selection=ds.selection, kinds=kinds, notes=list(ds.notes))
+
+
+@dataclass
+class _Setup:
+    """Everything a run needs, checked and built before any work."""
+
+    targets: list[_Target]
+    data: dict[str, list[EvalPrompt]]
+    judges: list
+    attacks: list
+    record: RunRecord
+
+
+def _check_options(opts: EvalOptions, gen: GenConfig) -> None:
+    if gen.num_samples > 1 and not gen.do_sample:
+        raise OptionError("num_samples", "> 1 needs --do_sample (greedy samples would all be the same)")
+    if not opts.targets:
+        raise OptionError("targets", "is required: give at least one --target SPEC")
+    if not opts.out_dir:
+        raise OptionError("out_dir", "is required: give --out RUN_DIR")
+    if not (opts.datasets or opts.world):
+        raise OptionError("datasets", "is required: give --dataset SPEC (or --world DIR to use world:test)")
+
+
+def _make_attacks(opts: EvalOptions, judge_objs, device):
+    from deepalign.attacks import make_attacks
+    from deepalign.attacks.base import Attack
+    from deepalign.decoding.registry import make_target
+
+    attacks = opts.attacks
+    if attacks and all(isinstance(a, str) for a in attacks):
+        attacker = opts.attacker
+        if isinstance(attacker, str):
+            attacker = make_target(attacker, batch_size=opts.batch_size, device=device)
+        return make_attacks(attacks, attacker=attacker, pair_judge=judge_objs[0]), attacker
+    objs = list(attacks)
+    if not all(isinstance(a, Attack) for a in objs):
+        raise DeepAlignError("attacks must be Attack objects or specs")
+    labels = [a.label for a in objs]
+    dup = sorted({x for x in labels if labels.count(x) > 1})
+    if dup:
+        raise DeepAlignError(f"attack(s) given twice: {', '.join(dup)}")
+    return objs, None
+
+
+def _setup(opts: EvalOptions, gen: GenConfig, data_opts: DataOptions, device) -> _Setup:
+    """Targets, datasets, judges and attacks, cheap checks first (spec syntax, API keys,
+    datasets: a malformed row fails before any model is loaded), and the run's record."""
+    from deepalign.judges import make_judges
+
+    targets = [open_target(t, gen, batch_size=opts.batch_size, device=device) for t in opts.targets]
+    labels = [t.label for t in targets]
+    dup = sorted({x for x in labels if labels.count(x) > 1})
+    if dup:
+        raise DeepAlignError(f"targets given twice: {', '.join(dup)}")
+    opened = open_datasets(opts.datasets or ["world:test"], world=opts.world, options=data_opts)
+    data = {name: ds.items for name, ds in opened.items()}
+    judges = opts.judges or (["oracle,keyword"] if opts.world else ["keyword"])
+    judge_objs = judges if not isinstance(judges[0], str) else make_judges(
+        judges, world=opts.world, judge_target=opts.judge_model, device=device)
+    attack_objs, attacker = _make_attacks(opts, judge_objs, device)
+    skipped = applicability(attack_objs, data)
+    for a in attack_objs:
+        if not any(not_applied_reason(a, it) is None for items in data.values() for it in items):
+            why = sorted({r for s in skipped if s["attack"] == a.label for r in s["reasons"]})
+            raise DeepAlignError(f"attack {a.label} applies to no item of the datasets: {'; '.join(why)}")
+    # servers: one probe each before any work (prefill support, log-probs, sampling)
+    notes = probe_servers(targets, attack_objs, judge_objs, attacker)
+    for t in targets:
+        t.record.notes = notes.get(t.label, [])
+    for key, found in notes.items():
+        if key not in labels:  # a judge's model
+            targets[0].record.notes.append(f"{key}: {'; '.join(found)}")
+    record = RunRecord(generation=json.loads(json.dumps(asdict(gen))), judges=[j.name for j in judge_objs],
+                       judge_scope=opts.judge_scope, targets=[t.record for t in targets],
+                       attacks=[a.info() for a in attack_objs],
+                       datasets=[dataset_record(ds) for ds in opened.values()], not_applied=skipped)
+    return _Setup(targets, data, judge_objs, attack_objs, record)
+
+
 def run_eval(options: EvalOptions | None = None, generation: GenConfig | None = None, data: DataOptions | None = None,
              **kwargs) -> dict:
     """Evaluate every target on every (attack, dataset) pair; returns the summary.
 
     ``options`` / ``generation`` / ``data``: an :class:`EvalOptions`, a :class:`GenConfig` and a
     :class:`~deepalign.data.datasets.DataOptions` (``sample``, ``limit``, ``fields``, ...), or
-    their fields as keyword arguments. ``targets``: specs (``hf:...``, ``openai:...``, ``ed:...``;
-    local models are loaded one at a time, only when they have work left) or Target objects.
-    ``attacks``: specs or Attack objects. ``datasets``: specs (``world:test``, a file) or
-    ``{name: items}``. ``judges``: names or judge objects; the first also guides PAIR.
-    ``attacker`` / ``judge_model``: the PAIR attacker and the model behind LLM judges (a spec
-    or a Target).
+    their fields as keyword arguments. ``targets``: spec strings (``hf:...``, ``openai:...``,
+    ``ed:...``; local models are loaded one at a time, only when they have work left),
+    :class:`~deepalign.decoding.registry.TargetSpec` objects (with a display name and tags the
+    run log keeps) or Target objects. ``attacks``: specs or Attack objects. ``datasets``: specs
+    (``world:test``, a file) or ``{name: items}``. ``judges``: names or judge objects; the first
+    also guides PAIR. ``attacker`` / ``judge_model``: the PAIR attacker and the model behind
+    LLM judges (a spec or a Target).
 
     Example (the world's held-out harmful queries, two attacks)::
 
@@ -181,150 +320,18 @@ def run_eval(options: EvalOptions | None = None, generation: GenConfig | None = 
         >>> sorted({(c["attack"], c["judge"]) for c in summary["results"]})[:2]
         [('direct', 'keyword'), ('direct', 'oracle')]
     """
-    from deepalign.attacks import make_attacks
-    from deepalign.attacks.base import Attack
-    from deepalign.decoding.registry import check_target, is_local, make_target
-    from deepalign.judges import make_judges
-
     opts, gen, data_opts = build(kwargs, options=(EvalOptions, options), generation=(GenConfig, generation),
                                  data=(DataOptions, data))
-    if gen.num_samples > 1 and not gen.do_sample:
-        raise OptionError("num_samples", "> 1 needs --do_sample (greedy samples would all be the same)")
-    targets = list(opts.targets or [])
-    if not targets:
-        raise OptionError("targets", "is required: give at least one --target SPEC")
-    if not opts.out_dir:
-        raise OptionError("out_dir", "is required: give --out RUN_DIR")
-    labels = [_label(t) for t in targets]
-    dup = sorted({x for x in labels if labels.count(x) > 1})
-    if dup:
-        raise DeepAlignError(f"targets given twice: {', '.join(dup)}")
-    run = RunDir(opts.out_dir)
+    _check_options(opts, gen)
+    run = RunDir(opts.out_dir).require_current()
     procs = Processes()
     device = procs.device(opts.device)
-    datasets = opts.datasets or (["world:test"] if opts.world else None)
-    if not datasets:
-        raise OptionError("datasets", "is required: give --dataset SPEC (or --world DIR to use world:test)")
-    judges = opts.judges or (["oracle,keyword"] if opts.world else ["keyword"])
     set_seed(gen.seed)
-
     with quiet_libraries(opts.quiet):
-        # cheap checks first (spec syntax, API keys, datasets: a malformed row fails before
-        # any model is loaded); local models are loaded only when they have work
-        for t in targets:  # local models: spec and paths now, weights when the target has work
-            if isinstance(t, str) and is_local(t):
-                check_target(t)
-        targets = [make_target(t, batch_size=opts.batch_size, device=device)
-                   if isinstance(t, str) and not is_local(t) else t for t in targets]
-        opened = open_datasets(datasets, world=opts.world, options=data_opts)
-        data = {name: ds.items for name, ds in opened.items()}
-        judge_objs = judges if judges and not isinstance(judges[0], str) else make_judges(
-            judges, world=opts.world, judge_target=opts.judge_model, device=device)
-        attacker = opts.attacker
-        if isinstance(attacker, str):
-            attacker = make_target(attacker, batch_size=opts.batch_size, device=device)
-        attacks = opts.attacks
-        if attacks and all(isinstance(a, str) for a in attacks):
-            attack_objs = make_attacks(attacks, attacker=attacker, attacker_config=kwargs.get("attacker_config"),
-                                       pair_judge=judge_objs[0])
-        else:
-            attack_objs = list(attacks)
-            if not all(isinstance(a, Attack) for a in attack_objs):
-                raise DeepAlignError("attacks must be Attack objects or specs")
-        skipped = applicability(attack_objs, data)
-        for a in attack_objs:
-            if not any(not_applied_reason(a, it) is None for items in data.values() for it in items):
-                why = sorted({r for s in skipped if s["attack"] == a.label for r in s["reasons"]})
-                raise DeepAlignError(f"attack {a.label} applies to no item of the datasets: {'; '.join(why)}")
-
-        # servers: one probe each before any work (prefill support, log-probs, sampling)
-        notes = probe_servers(targets, labels, attack_objs, gen, judge_objs, attacker)
-        info = {"gen_config": json.loads(json.dumps(asdict(gen))), "judges": [j.name for j in judge_objs],
-                "targets": labels, "attacks": [a.label for a in attack_objs], "datasets": list(data),
-                "dataset_info": {name: ds.info() for name, ds in opened.items()},
-                "not_applied": {f"{s['attack']} | {s['dataset']}": s for s in skipped}}
-        if notes:
-            info["target_notes"] = notes
-        info = run.merge_info(info)  # refuses other settings before any work
-        done = run.done_keys() if run.is_run() else set()
-        plan, total = _plan(targets, labels, data, attack_objs, done, opts.batch_size, gen.num_samples)
-        # every key of the run in the order one process writes them (how shards are folded)
-        order = _order(_plan(targets, labels, data, attack_objs, set(), opts.batch_size, gen.num_samples)[0],
-                       gen.num_samples)
-        # every process has read the same finished rows before any process writes more
-        procs.barrier()
-        mine, my_total = _share(plan, done, gen.num_samples, procs.rank, procs.size)
-        with contextlib.ExitStack() as stack:
-            started = False
-
-            def start() -> None:
-                nonlocal started
-                if not started:  # the directory appears with the first finished rows
-                    run.create()
-                    stack.enter_context(run.lock())
-                    run.merge_info(info)  # another process may have written meanwhile
-                    run.done_keys(repair=True)  # cut a torn last line before appending
-                    run.add_items(data)
-                    run.write_info(info)
-                    started = True
-
-            if procs.size > 1:  # the main process sets the directory up and holds the lock
-                if procs.main and (total or run.shards()):
-                    start()
-                procs.barrier()
-
-            repaired = False
-
-            def write(rows: list[dict]) -> None:
-                nonlocal repaired
-                if procs.size == 1:
-                    start()
-                    run.append_rows(rows)
-                else:  # a shard of this process left by a killed run may end in a torn line
-                    run.append_shard(procs.rank, rows, repair=not repaired)
-                    repaired = True
-
-            bar = None
-            examples = info.setdefault("examples", {})
-            found: dict[str, tuple[int, str | None]] = {}  # cell -> (batch, prompt): the first batch wins
-            for t, tl, work in mine:
-                target = make_target(t, batch_size=opts.batch_size, device=device) if isinstance(t, str) else t
-                if bar is None:  # after the first model loads, so a load error is the only output
-                    bar = stack.enter_context(progress(total=my_total, quiet=opts.quiet or not procs.main,
-                                                       desc="eval", unit="resp"))
-                for dname, attack, batches in work:
-                    bar.set_description(f"{tl} | {attack.label} | {dname}"[-60:])
-                    cell = f"{tl} | {attack.label} | {dname}"
-                    if cell not in examples:
-                        found[cell] = (batches[0][0], _example(target, attack, batches[0][1][0]))
-                    for _, batch in batches:
-                        rows = _run_batch(target, tl, attack, dname, batch, gen, judge_objs, done, opts.log_prompts)
-                        write(rows)
-                        done.update(r["key"] for r in rows)
-                        bar.update(len(rows))
-                del target
-            if procs.size > 1:
-                procs.barrier()  # every shard is complete
-                parts = procs.gather(found)
-            else:
-                parts = [found]
-            for cell, (_, prompt) in sorted((kv for part in parts for kv in part.items()), key=lambda kv: -kv[1][0]):
-                examples[cell] = prompt  # in descending batch order, so the lowest batch is set last
-            if procs.size > 1:
-                if procs.main and started:
-                    run.fold_shards(order)
-                    run.write_info(info)
-            elif started:
-                if run.shards():  # rows of an earlier multi-process run that was cut off
-                    run.fold_shards(order)
-                run.write_info(info)
-            elif run.shards():  # nothing left to generate, but an earlier run left shards
-                start()
-                run.fold_shards(order)
-
-    if not procs.main:
-        return {}
-    if not opts.report:
+        setup = _setup(opts, gen, data_opts, device)
+        info = run.merge_info(setup.record)  # refuses other settings before any work
+        _Execution(run, setup, info, opts, procs, device).execute()
+    if not procs.main or not opts.report:
         return {}
     if not run.is_run():
         raise DeepAlignError(f"nothing to report: no responses were written to {run.path}")
@@ -333,16 +340,16 @@ def run_eval(options: EvalOptions | None = None, generation: GenConfig | None = 
     return build_report(run.path, quiet=opts.quiet)
 
 
-def probe_servers(targets, labels, attacks, gen: GenConfig, judges, attacker) -> dict[str, list[str]]:
+def probe_servers(targets: list[_Target], attacks, judges, attacker) -> dict[str, list[str]]:
     """Probe every target that talks to a server (and the judges' and attacker's models) for
     what this run needs, before any work; returns the notes per target for the report."""
     forced = {getattr(a, "forced", None) for a in attacks}
     notes: dict[str, list[str]] = {}
-    for t, label in zip(targets, labels):
-        if callable(getattr(t, "probe", None)):
-            found = t.probe(gen, prefill=bool(forced - {None}), prefill_tokens="tokens" in forced)
+    for t in targets:
+        if t.built is not None and callable(getattr(t.built, "probe", None)):
+            found = t.built.probe(t.config, prefill=bool(forced - {None}), prefill_tokens="tokens" in forced)
             if found:
-                notes[label] = found
+                notes[t.label] = found
     for j in judges:
         model = getattr(j, "target", None)
         if callable(getattr(model, "probe", None)) and model.caps is None:
@@ -354,13 +361,109 @@ def probe_servers(targets, labels, attacks, gen: GenConfig, judges, attacker) ->
     return notes
 
 
-def _plan(targets, labels, data, attacks, done, batch_size: int, n_samples: int):
+class _Execution:
+    """Generating a run's missing rows: the plan (fixed batches), this process's share of it,
+    writing rows as each batch is judged, folding the shards of a multi-process run."""
+
+    def __init__(self, run: RunDir, setup: _Setup, info: RunRecord, opts: EvalOptions, procs, device):
+        self.run, self.setup, self.info, self.opts, self.procs, self.device = run, setup, info, opts, procs, device
+        self.started = False
+        self.repaired = False
+
+    def execute(self) -> None:
+        setup, procs, run = self.setup, self.procs, self.run
+        done = run.done_keys() if run.is_run() else set()
+        plan, total = _plan(setup.targets, setup.data, setup.attacks, done, self.opts.batch_size)
+        # every key of the run in the order one process writes them (how shards are folded)
+        order = _order(_plan(setup.targets, setup.data, setup.attacks, set(), self.opts.batch_size)[0])
+        procs.barrier()  # every process has read the same finished rows before any process writes more
+        mine, my_total = _share(plan, done, procs.rank, procs.size)
+        with contextlib.ExitStack() as stack:
+            self.stack = stack
+            if procs.size > 1:  # the main process sets the directory up and holds the lock
+                if procs.main and (total or run.shards()):
+                    self.start()
+                procs.barrier()
+            found = self.generate(mine, my_total, done)
+            self.finish(found, order)
+
+    def start(self) -> None:
+        if not self.started:  # the directory appears with the first finished rows
+            run = self.run
+            run.create()
+            self.stack.enter_context(run.lock())
+            self.info = run.merge_info(self.info)  # another process may have written meanwhile
+            run.done_keys(repair=True)  # cut a torn last line before appending
+            run.add_items(self.setup.data)
+            run.write_info(self.info)
+            self.started = True
+
+    def write(self, rows: list[ResponseRow]) -> None:
+        try:
+            if self.procs.size == 1:
+                self.start()
+                self.run.append_rows(rows)
+            else:  # a shard of this process left by a killed run may end in a torn line
+                self.run.append_shard(self.procs.rank, rows, repair=not self.repaired)
+                self.repaired = True
+        except DeepAlignError as exc:
+            raise DeepAlignError(f"{exc}; the rows written so far are kept: rerun the same command to resume") from None
+
+    def generate(self, mine, my_total: int, done: set) -> dict:
+        from deepalign.decoding.registry import keep_models, shared_models
+
+        opts, bar = self.opts, None
+        examples = self.info.examples
+        found: dict[str, tuple[int, str | None]] = {}  # cell -> (batch, prompt): the first batch wins
+        self.stack.enter_context(shared_models())  # an ED sweep loads its two models once
+        for t, work in mine:
+            keep_models(t.record.models.values())
+            target = t.build(opts.batch_size, self.device)
+            if bar is None:  # after the first model loads, so a load error is the only output
+                bar = self.stack.enter_context(progress(total=my_total, quiet=opts.quiet or not self.procs.main,
+                                                        desc="eval", unit="resp"))
+            for dname, attack, batches in work:
+                bar.set_description(f"{t.label} | {attack.label} | {dname}"[-60:])
+                cell = f"{t.label} | {attack.label} | {dname}"
+                if cell not in examples:
+                    found[cell] = (batches[0][0], _example(target, attack, batches[0][1][0]))
+                for _, batch in batches:
+                    rows = _run_batch(target, t, attack, dname, batch, self.setup.judges, done, opts)
+                    self.write(rows)
+                    done.update(r.key for r in rows)
+                    bar.update(len(rows))
+            del target
+        return found
+
+    def finish(self, found: dict, order: list[str]) -> None:
+        procs, run = self.procs, self.run
+        if procs.size > 1:
+            procs.barrier()  # every shard is complete
+            parts = procs.gather(found)
+        else:
+            parts = [found]
+        for cell, (_, prompt) in sorted((kv for part in parts for kv in part.items()), key=lambda kv: -kv[1][0]):
+            self.info.examples[cell] = prompt  # in descending batch order, so the lowest batch is set last
+        if procs.size > 1:
+            if procs.main and self.started:
+                run.fold_shards(order)
+                run.write_info(self.info)
+        elif self.started:
+            if run.shards():  # rows of an earlier multi-process run that was cut off
+                run.fold_shards(order)
+            run.write_info(self.info)
+        elif run.shards():  # nothing left to generate, but an earlier run left shards
+            self.start()
+            run.fold_shards(order)
+
+
+def _plan(targets: list[_Target], data, attacks, done, batch_size: int):
     """Per target, the (dataset, attack, batches) with a sample still missing. Batches have
     fixed boundaries over the dataset (not over what is left), so a resumed run regenerates
     an unfinished batch exactly as it was: with the same batch-mates, a sampled target draws
     the same samples."""
     plan, total = [], 0
-    for t, tl in zip(targets, labels):
+    for t in targets:
         work = []
         for dname, items in data.items():
             for a in attacks:
@@ -368,46 +471,47 @@ def _plan(targets, labels, data, attacks, done, batch_size: int, n_samples: int)
                 batches = []
                 for i in range(0, len(todo), batch_size):
                     batch = todo[i: i + batch_size]
-                    missing = _missing(tl, a, dname, batch, done, n_samples)
+                    missing = _missing(t, a, dname, batch, done)
                     if missing:
                         batches.append((i // batch_size, batch))
                         total += missing
                 if batches:
                     work.append((dname, a, batches))
         if work:
-            plan.append((t, tl, work))
+            plan.append((t, work))
     return plan, total
 
 
-def _missing(tl: str, attack, dname: str, batch, done, n_samples: int) -> int:
-    return sum(row_key(tl, attack.label, dname, it.id, s) not in done for it in batch for s in range(n_samples))
+def _missing(t: _Target, attack, dname: str, batch, done) -> int:
+    return sum(row_key(t.label, attack.label, dname, it.id, s) not in done for it in batch
+               for s in range(t.config.num_samples))
 
 
-def _order(plan, n_samples: int) -> list[str]:
+def _order(plan) -> list[str]:
     """The keys of ``plan`` in the order one process writes them."""
-    return [row_key(tl, a.label, dname, it.id, s) for _, tl, work in plan for dname, a, batches in work
-            for _, batch in batches for it in batch for s in range(n_samples)]
+    return [row_key(t.label, a.label, dname, it.id, s) for t, work in plan for dname, a, batches in work
+            for _, batch in batches for it in batch for s in range(t.config.num_samples)]
 
 
-def _share(plan, done, n_samples: int, rank: int, size: int):
+def _share(plan, done, rank: int, size: int):
     """Process ``rank``'s part of ``plan``: every ``size``-th batch, counted over the whole plan
     (so batches of one cell spread over the processes), and the responses it owes."""
     if size == 1:
-        return plan, sum(_missing(tl, a, d, b, done, n_samples) for _, tl, w in plan for d, a, bs in w for _, b in bs)
+        return plan, sum(_missing(t, a, d, b, done) for t, w in plan for d, a, bs in w for _, b in bs)
     mine, total, n = [], 0, 0
-    for t, tl, work in plan:
+    for t, work in plan:
         kept = []
         for dname, a, batches in work:
             own = []
             for batch in batches:
                 if n % size == rank:
                     own.append(batch)
-                    total += _missing(tl, a, dname, batch[1], done, n_samples)
+                    total += _missing(t, a, dname, batch[1], done)
                 n += 1
             if own:
                 kept.append((dname, a, own))
         if kept:
-            mine.append((t, tl, kept))
+            mine.append((t, kept))
     return mine, total
 
 
@@ -469,34 +573,52 @@ def answer_fields(item: EvalPrompt, response: str) -> dict[str, Any]:
     return {"correct": score.correct, "extracted": score.extracted, "answer_status": score.status}
 
 
-def _run_batch(target, tl: str, attack, dname: str, batch: list[EvalPrompt], config: GenConfig, judges, done: set,
-               log_prompts: bool = False) -> list[dict[str, Any]]:
+def _request_dict(req, meta: dict) -> dict:
+    """The request of a row. A token-depth prefill is stored as the text that was forced
+    (not the whole reference it was cut from)."""
+    prefill = meta.get("forced_text", "") if req.prefill_tokens is not None else req.prefill
+    return {k: v for k, v in (("query", req.query), ("text", req.text), ("prefill", prefill),
+                              ("prefill_tokens", req.prefill_tokens), ("system", req.system)) if v not in (None, "")}
+
+
+def judged_text(response: str, prompt: dict, scope: str) -> str:
+    """What the judges see of a reply: the reply as the attack reads it, preceded with
+    ``scope == "full"`` by the start the target forced (``prompt["prefill"]``, as a row stores
+    it; DeRTa's result files and Qi et al. 2025's judge score the forced prefix and the
+    continuation together)."""
+    forced = prompt.get("prefill") or ""
+    if scope != "full" or not forced:
+        return response
+    glue = "" if not response or forced[-1:].isspace() or response[:1].isspace() else " "
+    return forced + glue + response
+
+
+def _run_batch(target, t: _Target, attack, dname: str, batch: list[EvalPrompt], judges, done: set,
+               opts: EvalOptions) -> list[ResponseRow]:
+    tl = t.label
     t0 = time.perf_counter()
-    outputs = attack.run(target, batch, config)
+    outputs = attack.run(target, batch, t.config)
     gen_s = time.perf_counter() - t0
     if len(outputs) != len(batch):
         raise DeepAlignError(f"attack {attack.label} returned {len(outputs)} results for {len(batch)} items")
     flat = [(it, s, o) for it, outs in zip(batch, outputs) for s, o in enumerate(outs)]
     flat = [(it, s, o) for it, s, o in flat if row_key(tl, attack.label, dname, it.id, s) not in done]
-    verdicts, judge_s = judge_outputs(judges, [o.response for _, _, o in flat], [it for it, _, _ in flat])
+    prompts = [_request_dict(o.request, o.meta) for _, _, o in flat]
+    verdicts, judge_s = judge_outputs(judges, [judged_text(o.response, pr, opts.judge_scope)
+                                               for (_, _, o), pr in zip(flat, prompts)], [it for it, _, _ in flat])
     rows = []
     share = 1 / max(1, sum(len(o) for o in outputs))
     for idx, (it, s, o) in enumerate(flat):
-        row = {
-            "key": row_key(tl, attack.label, dname, it.id, s),
-            "target": tl, "attack": attack.label, "dataset": dname, "item": it.id, "kind": it.kind, "sample": s,
-            "prompt": _request_dict(o.request, o.meta), "response": o.response,
-        }
-        if it.meta.get("category") is not None:
-            row["category"] = str(it.meta["category"])
-        if log_prompts and hasattr(target, "render"):
-            row["prompt"]["rendered"] = target.render(o.request)
-        if o.raw != o.response:
-            row["raw"] = o.raw
-        row.update(num_tokens=o.num_tokens, finish_reason=o.finish_reason, meta=o.meta)
-        row.update(answer_fields(it, o.response))
-        row["verdicts"] = {name: vs[idx] for name, vs in verdicts.items()}
-        row["timing"] = {"generate_s": round(gen_s * share, 6),
-                         **{f"judge_{k}_s": round(v / max(1, len(flat)), 6) for k, v in judge_s.items()}}
+        row = ResponseRow(key=row_key(tl, attack.label, dname, it.id, s), target=tl, attack=attack.label, dataset=dname,
+                          item=it.id, kind=it.kind, sample=s, prompt=prompts[idx],
+                          response=o.response, raw=o.raw if o.raw != o.response else None, num_tokens=o.num_tokens,
+                          finish_reason=o.finish_reason, meta=o.meta,
+                          category=str(it.meta["category"]) if it.meta.get("category") is not None else None,
+                          verdicts={name: vs[idx] for name, vs in verdicts.items()},
+                          timing={"generate_s": round(gen_s * share, 6),
+                                  **{f"judge_{k}_s": round(v / max(1, len(flat)), 6) for k, v in judge_s.items()}},
+                          **answer_fields(it, o.response))
+        if opts.log_prompts and hasattr(target, "render"):
+            row.prompt["rendered"] = target.render(o.request)
         rows.append(row)
     return rows

@@ -1,7 +1,8 @@
-"""Judges: read responses and return verdict dicts (``harmful``, ``refusal``, positions, score).
+"""Judges: read responses and return :class:`~deepalign.records.Verdict` records (``harmful``,
+``refusal`` and where it starts, ``score``, ...).
 
     >>> from deepalign.judges import make_judges
-    >>> make_judges("keyword")[0].judge_one("I'm sorry, I can't help.")["refusal"]
+    >>> make_judges("keyword")[0].judge_one("I'm sorry, I can't help.").refusal
     True
 """
 

@@ -1,13 +1,11 @@
 """What a judge is: something that reads responses (with the items they answer) and returns,
-per response, a dict of verdict fields:
+per response, a :class:`deepalign.records.Verdict`: ``harmful``, ``refusal`` and where it
+starts, ``correct``, ``answered``, ``score``, ``categories``, ``error`` and judge-specific
+``extra`` fields (see the record's documentation).
 
-- ``harmful``: bool or None (None: this judge cannot tell, or its verdict was unreadable);
-- ``refusal``: bool or None;
-- optional ``refusal_word`` / ``refusal_token`` (index of the first refusal marker),
-  ``correct`` (helpful items), ``score`` (in [0, 1], higher = more harmful), ``error``
-  (why the verdict is missing), and judge-specific extras.
-
-Judges work on batches so that model-based judges can batch their calls.
+Judges work on batches so that model-based judges can batch their calls. A judge that
+cannot give a verdict returns :func:`deepalign.records.error_verdict` (counted as an error,
+never as safe).
 """
 
 from __future__ import annotations
@@ -15,7 +13,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from deepalign.errors import DeepAlignError
-from deepalign.records import EvalPrompt
+from deepalign.records import EvalPrompt, Verdict, error_verdict  # noqa: F401  (error_verdict: for judges)
 
 
 class JudgeParseError(DeepAlignError):
@@ -24,16 +22,19 @@ class JudgeParseError(DeepAlignError):
 
 class Judge:
     name: str = "judge"
+    #: whether verdicts are worth caching (:mod:`deepalign.judges.cache`): model-based judges
+    cacheable: bool = True
 
-    def judge(self, responses: Sequence[str], items: Sequence[EvalPrompt | None]) -> list[dict]:  # pragma: no cover
+    def settings(self) -> dict:
+        """What the verdicts depend on besides the judged text and item (model, prompt
+        variant, threshold...): part of the verdict cache key."""
+        return {}
+
+    def judge(self, responses: Sequence[str], items: Sequence[EvalPrompt | None]) -> list[Verdict]:  # pragma: no cover
         raise NotImplementedError
 
-    def judge_one(self, response: str, item: EvalPrompt | None = None) -> dict:
+    def judge_one(self, response: str, item: EvalPrompt | None = None) -> Verdict:
         return self.judge([response], [item])[0]
 
     def __repr__(self) -> str:
         return f"<judge {self.name}>"
-
-
-def error_verdict(message: str) -> dict:
-    return {"harmful": None, "refusal": None, "error": " ".join(message.split())}

@@ -1,18 +1,19 @@
 """The embedded world's oracle as a judge (``oracle``): exact ground truth for world items
-(harm, refusal and its position in words and tokens, correctness of helpful answers)."""
+(harm, refusal and where it starts in words and tokens, correctness of helpful answers, and
+whether a benign look-alike got its benign answer)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, is_dataclass
 from typing import Sequence
 
-from deepalign.records import EvalPrompt
 from deepalign.errors import DeepAlignError
 from deepalign.judges.base import Judge
+from deepalign.records import EvalPrompt, Verdict
 
 
 class OracleJudge(Judge):
     name = "oracle"
+    cacheable = False  # exact and instant
 
     def __init__(self, world_dir):
         if world_dir is None:
@@ -23,9 +24,13 @@ class OracleJudge(Judge):
             raise DeepAlignError(f"judge 'oracle' is not available: {exc}") from None
         self.oracle = Oracle(world_dir)
 
-    def judge(self, responses: Sequence[str], items: Sequence[EvalPrompt | None]) -> list[dict]:
+    def judge(self, responses: Sequence[str], items: Sequence[EvalPrompt | None]) -> list[Verdict]:
         out = []
         for text, item in zip(responses, items, strict=True):
             v = self.oracle.judge(text, item)
-            out.append(asdict(v) if is_dataclass(v) else dict(v))
+            benign = item is not None and item.kind == "benign"
+            out.append(Verdict(harmful=v.harmful, refusal=v.refusal, refusal_start_word=v.refusal_start_word,
+                               refusal_start_token=v.refusal_start_token, correct=v.correct,
+                               answered=v.benign_answer if benign else None,
+                               extra={"steps": v.steps, "benign_steps": v.benign_steps}))
         return out

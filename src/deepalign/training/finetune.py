@@ -242,6 +242,7 @@ def train(options: TrainOptions | None = None, training: DeRTaConfig | None = No
     """
     opts, args, data_opts = build(kwargs, options=(TrainOptions, options), training=(DeRTaConfig, training),
                                   data=(DataOptions, data))
+    command = _command_line(opts, args, data_opts)  # before any Trainer exists (see its doc)
     run = plan_run(opts, args, data_opts)
     with quiet_libraries(opts.quiet):
         set_seed(args.seed)
@@ -251,7 +252,7 @@ def train(options: TrainOptions | None = None, training: DeRTaConfig | None = No
         prepare_output_dir(run, inputs)
         trainer, info = build_trainer(opts, run_args, net, inputs, run)
         seconds = fit(trainer, run, opts.quiet)
-        info.update(run_record(opts, args, data_opts, run_args, trainer, seconds))
+        info.update(run_record(opts, args, run_args, trainer, seconds, command))
         save_model(trainer, run, inputs, info, opts)
     push_and_report(opts, args, run, trainer, info, seconds)
     return run.out
@@ -308,6 +309,7 @@ def plan_run(opts: TrainOptions, args: DeRTaConfig, data_opts: DataOptions) -> R
     view = {**asdict(opts), **asdict(data_opts), "model_name_or_path": model_spec,
             **{k: getattr(args, k) for k in _RESUME_KEYS if hasattr(args, k)}}
     view = {k: v for k, v in view.items() if isinstance(v, (str, int, float, bool, type(None), list))}
+    _check_launch_on_cpu()
     # no GPU: CPU processes (gloo) also when started by torchrun / `accelerate launch --multi_gpu`
     state = PartialState(cpu=not _cuda())
     wipe, checkpoint = outdir.plan(out, resume=opts.resume, overwrite=opts.overwrite, options=view,
@@ -537,14 +539,14 @@ def fit(trainer, run: RunPlan, quiet: bool) -> float:
     return time.time() - start
 
 
-def run_record(opts: TrainOptions, args: DeRTaConfig, data_opts: DataOptions, run_args, trainer,
-               seconds: float) -> dict[str, Any]:
+def run_record(opts: TrainOptions, args: DeRTaConfig, run_args, trainer, seconds: float,
+               command: str) -> dict[str, Any]:
     """The train record's entries that exist once training is over."""
     curve = [{k: h[k] for k in ("step", "loss", "mle_loss", "rto_loss", "eval_loss") if k in h}
              for h in trainer.state.log_history if "loss" in h or "eval_loss" in h]
     return {"steps": trainer.state.global_step, "train_seconds": round(seconds, 1), "loss_curve": curve,
             "lora": opts.use_peft, "adapter_kept": bool(opts.use_peft and opts.keep_adapter), "seed": args.seed,
-            "hyperparameters": _hyperparameters(opts, run_args), "command": _command_line(opts, args, data_opts)}
+            "hyperparameters": _hyperparameters(opts, run_args), "command": command}
 
 
 def save_model(trainer, run: RunPlan, inputs: Inputs, info: dict[str, Any], opts: TrainOptions) -> None:
@@ -653,13 +655,27 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def _check_launch_on_cpu() -> None:
+    """accelerate (1.15) applies FSDP only to processes of a GPU kind: a CPU process started with
+    the FSDP config would silently train as plain data parallel, without sharding. Refuse it.
+    (DeepSpeed runs on CPU processes: its CPU accelerator talks gloo.)"""
+    import os
+
+    if not _cuda() and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        raise DeepAlignError("the FSDP config needs GPUs: accelerate applies FSDP only to GPU processes, so these CPU "
+                             "processes would train as plain data parallel without sharding; on CPU launch with "
+                             "--multi_gpu (DDP) or a DeepSpeed config instead")
+
+
 def _value(x: Any) -> Any:
     return getattr(x, "value", x)  # enums (schedulers, strategies) as their names
 
 
 def _command_line(opts: TrainOptions, args: DeRTaConfig, data_opts: DataOptions | None = None) -> str:
     """A ``deepalign train`` command that reproduces the run (the options that differ from
-    the defaults)."""
+    the defaults). Call it before the Trainer is built: it builds a default DeRTaConfig, and
+    building any TrainingArguments resets accelerate's shared state, which a DeepSpeed or FSDP
+    trainer still needs to gather the weights for the final save."""
     parts = ["deepalign", "train"]
     for obj, default in ((opts, TrainOptions()), (args, DeRTaConfig()), (data_opts or DataOptions(), DataOptions())):
         for f in type(obj).__dataclass_fields__.values():

@@ -589,7 +589,9 @@ def build_world(options: WorldOptions | None = None, config: WorldConfig | None 
             "config": asdict(cfg),
             "counts": {rel: len(rows) for rel, rows in splits.items()},
             "vocab_size": len(tokenizer),
-            "refusal_word": "sorry",
+            "refusal_word": "sorry",  # DeRTa's refusal token: the word RTO trains at every position
+            # every word a world refusal starts with, DeRTa's first (depth diagnostics measure them all)
+            "refusal_openers": ["sorry"] + sorted({o.split()[0] for o in L.SAFE_OPENERS} - {"sorry"}),
             "files": {rel: _sha256(tmp / rel) for rel in sorted(splits)},
         }
         write_json(tmp / "manifest.json", manifest)
