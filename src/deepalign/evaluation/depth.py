@@ -17,7 +17,7 @@ score the **same** response ids: those the aligned model's format places after i
 (``Encoder.response_ids(..., end=False)``: the conversation rendered with the assistant turn
 and split at the prompt boundary, without the end of turn). The two models must therefore
 share a vocabulary, as for Emulated Disalignment. The refusal token is the
-tokenizer's own (``training.refusal.refusal_token``), never a hard-coded id.
+tokenizer's own (``training.refusal.find_refusal_token``), never a hard-coded id.
 
 Means over items come with a 95% interval (normal approximation over items) at every position;
 positions past the end of a shorter response count only the items that reach them (``n``).
