@@ -29,6 +29,15 @@ def ws(world_dir, base_model_dir, tmp_path_factory):
                          ("w_manifest", lambda d: (d / "manifest.json").write_text("{not json"))):
         shutil.copytree(world_dir, root / name)
         damage(root / name)
+    # a reference model with another tokenizer, and one with another vocabulary size
+    from realtok import family, tiny_model
+
+    sp = family("llama2-sp")
+    tiny_model(sp.arch, len(sp.tokenizer)).save_pretrained(root / "sp_model")
+    sp.tokenizer.save_pretrained(root / "sp_model")
+    shutil.copytree(base_model_dir, root / "widevocab")
+    config = json.loads((root / "widevocab" / "config.json").read_text())
+    (root / "widevocab" / "config.json").write_text(json.dumps({**config, "vocab_size": config["vocab_size"] + 64}))
     # a model whose weights file is cut short
     shutil.copytree(base_model_dir, root / "corrupt")
     data = (base_model_dir / "model.safetensors").read_bytes()
@@ -49,6 +58,7 @@ def ws(world_dir, base_model_dir, tmp_path_factory):
         "lr.yaml": "learning_rate: abc\n",
         "published.jsonl": '{"question": "q", "text": "no response column"}\n',
         "benign.jsonl": '{"id": "b", "prompt": "how do i water a fern ?", "kind": "benign"}\n',
+        "noresponse.jsonl": '{"id": "a", "instruction": "how do i hex the moonwell ?"}\n',
     }
     for name, text in files.items():
         (root / name).write_text(text, encoding="utf-8")
@@ -172,6 +182,34 @@ CASES = [
     (["train", *W, *T, "--out", "t", "--safety_count", "100000"], "--safety_count is 100000 but derta takes"),
     (["train", *W, *T, "--out", "t", "--seed", "1.5"], "invalid int value"),
     (["train", "--world", "nowhere", *T, "--out", "t"], "no world at nowhere"),
+    # -- train: fine-tuning attacks and the constrained objective
+    (["train", *W, *T, "--out", "t", "--recipe", "derta", "--objective", "constrained"],
+     "constrained applies to --recipe sft and identity-shift"),
+    (["train", *W, *T, "--out", "t", "--recipe", "sft", "--objective", "constrained", "--beta", "nan"],
+     "--beta must be a finite number"),
+    (["train", *W, *T, "--out", "t", "--recipe", "sft", "--objective", "constrained", "--beta", "0"], "--beta must be > 0"),
+    (["train", *W, *T, "--out", "t", "--recipe", "sft", "--objective", "constrained", "--bias_factor", "-20"],
+     "--bias_factor must be > 0"),
+    (["train", *W, *T, "--out", "t", "--recipe", "sft", "--objective", "constrained", "--first_token_bias_factor", "inf"],
+     "--first_token_bias_factor must be a finite number"),
+    (["train", *W, *T, "--out", "t", "--recipe", "sft", "--objective", "constrained", "--bias_length", "-1"],
+     "--bias_length must be >= 0"),
+    (["train", *W, *T, "--out", "t", "--recipe", "sft", "--objective", "constrained", "--ref_model", "sp_model"],
+     "--ref_model sp_model: its tokenizer differs from the model's"),
+    (["train", *W, *T, "--out", "t", "--recipe", "sft", "--objective", "constrained", "--ref_model", "widevocab"],
+     "--ref_model widevocab: its vocabulary has"),
+    (["train", *W, *T, "--out", "t", "--recipe", "sft", "--ref_model", "base"], "--ref_model is the reference of --objective"),
+    (["train", *W, *T, "--out", "t", "--recipe", "sft", "--dataset", "noresponse.jsonl"],
+     'noresponse.jsonl:1: missing field "response"'),
+    (["train", *W, *T, "--out", "t", "--recipe", "identity-shift", "--dataset", "noresponse.jsonl"],
+     'noresponse.jsonl:1: missing field "response"'),
+    (["train", *W, *T, "--out", "t", "--recipe", "sft", "--dataset", "world:ft/nothing"], "no world training file"),
+    (["train", *W, *T, "--out", "t", "--recipe", "identity-shift", "--persona", "aoa"],
+     "the identity-shift persona 'aoa' has words this tokenizer cannot read"),
+    (["train", *W, *T, "--out", "t", "--recipe", "identity-shift", "--persona", "dan"], "--persona must be one of aoa"),
+    (["train", *W, *T, "--out", "t", "--recipe", "sft", "--triples", "good.jsonl"], "--triples is DeRTa data"),
+    (["train", *W, *T, "--out", "t", "--recipe", "derta", "--dataset", "world:ft/harmful"],
+     "--dataset_name is the data of --recipe sft"),
     # -- eval
     (["eval", "--target", DEAD, *W, "--attacks", "direct,gcg", "--out", "e"], "unknown attack 'gcg'"),
     (["eval", "--target", DEAD, *W, "--judge", "keyword,vibes", "--out", "e"], "unknown judge 'vibes'"),

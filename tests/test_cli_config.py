@@ -231,3 +231,30 @@ def test_judging_a_file_of_published_responses(workspace):
     assert cell["target"] == "published:published" and cell["harmful"]["k"] == 1 and cell["harmful"]["n"] == 2
     assert "imported from" in Path("runs/pub/report.md").read_text()
     assert main(["judge", str(src), "--judges", "keyword"]) == 2  # --out is required for a file
+
+
+def test_the_first_command_lines_flags_still_work_on_train_and_pretrain(tmp_path, capsys):
+    """``--batch-size``, ``--lr``, ``--epochs``, ``--warmup``, ``--lr-scheduler``,
+    ``--lora-targets`` (and ``--grad-accum``) of the first command line are aliases; the old
+    ``--prompt-template`` took a bare template, so it is an error naming the new flag."""
+    opts, args = parse(tmp_path, None, "--batch-size", "3", "--lr", "1e-3", "--epochs", "4", "--warmup", "5",
+                       "--lr-scheduler", "constant", "--lora-targets", "q_proj,v_proj", "--grad-accum", "2")
+    assert (args.per_device_train_batch_size, args.learning_rate, args.num_train_epochs, args.warmup_steps) == (3, 1e-3, 4, 5)
+    assert args.lr_scheduler_type.value == "constant" and args.gradient_accumulation_steps == 2
+    assert opts.lora_target_modules == ["q_proj,v_proj"]
+    from deepalign.cli import pretrain
+
+    _, cfg, _ = StageParser("pretrain", pretrain.OPTIONS).parse(["--batch-size", "3", "--lr", "1e-3", "--warmup", "7",
+                                                                 "--lr-scheduler", "linear"])
+    assert (cfg.per_device_train_batch_size, cfg.learning_rate, cfg.warmup_steps) == (3, 1e-3, 7)
+    assert cfg.lr_scheduler_type.value == "linear"
+    assert main(["train", "--prompt-template", "Q: {query}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--prompt-template is now --prompt_format" in err and "text:<template" in err
+
+
+def test_lora_targets_all_linear_means_every_linear_layer():
+    from deepalign.training.finetune import _lora_config
+
+    cfg = _lora_config(TrainOptions(use_peft=True, lora_target_modules=["all-linear"]), {"model.layers.0.q_proj"})
+    assert cfg.target_modules == "all-linear"

@@ -69,9 +69,8 @@ def test_kill9_during_evaluation_then_rerun(world_dir, base_model_dir, tmp_path)
     assert a == b
 
 
-def test_kill9_during_training_then_resume(world_dir, base_model_dir, tmp_path):
-    args = ["train", "--recipe", "derta", "--world", str(world_dir), "--model", str(base_model_dir),
-            "--max-steps", "30", "--per_device_train_batch_size", "4", "--save-steps", "3", "--quiet"]
+def _uninterrupted_and_killed(args: list[str], tmp_path):
+    """Train ``args`` to the end in ``ref``, and in ``run`` until two checkpoints exist, then kill."""
     ref, run = tmp_path / "ref", tmp_path / "run"
     _run(_deepalign(*args, "--out", str(ref)))
     checkpoints = run / "checkpoints"
@@ -81,14 +80,24 @@ def test_kill9_during_training_then_resume(world_dir, base_model_dir, tmp_path):
 
     _kill_when(_deepalign(*args, "--out", str(run)), two_checkpoints)
     assert not (run / "model.safetensors").exists()  # no half-written final model
-    _run(_deepalign(*args, "--out", str(run), "--resume"))
-    info = json.loads((run / "deepalign_train.json").read_text())
-    assert info["steps"] == 30
+    return ref, run
+
+
+def _same_final_weights(ref, run, steps: int) -> None:
+    assert json.loads((run / "deepalign_train.json").read_text())["steps"] == steps
     from safetensors.torch import load_file
 
     a, b = load_file(str(ref / "model.safetensors")), load_file(str(run / "model.safetensors"))
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4, msg=k)
+
+
+def test_kill9_during_training_then_resume(world_dir, base_model_dir, tmp_path):
+    args = ["train", "--recipe", "derta", "--world", str(world_dir), "--model", str(base_model_dir),
+            "--max-steps", "30", "--per_device_train_batch_size", "4", "--save-steps", "3", "--quiet"]
+    ref, run = _uninterrupted_and_killed(args, tmp_path)
+    _run(_deepalign(*args, "--out", str(run), "--resume"))
+    _same_final_weights(ref, run, 30)
 
 
 KILL_IN_FINAL_SAVE = """
@@ -152,3 +161,31 @@ def test_kill9_during_pretraining_then_resume(world_dir, tmp_path):
 
     wa, wb = load_file(str(ref / "model.safetensors")), load_file(str(run / "model.safetensors"))
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+
+
+RESUME_WITHOUT_RECOMPUTING = """
+import sys
+from deepalign.training.constrained import ConstrainedTrainer
+
+def refuse(self, *a, **k):
+    raise AssertionError("the reference log-probs were recomputed on resume")
+
+ConstrainedTrainer._compute_reference = refuse
+from deepalign.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_kill9_during_constrained_training_then_resume(world_dir, base_model_dir, tmp_path):
+    """The constrained objective: a run killed mid-way and resumed ends with the uninterrupted
+    run's weights; the reference log-probs are stored with the checkpoints and read back (the
+    resumed process is not allowed to recompute them)."""
+    args = ["train", "--recipe", "sft", "--objective", "constrained", "--world", str(world_dir), "--model",
+            str(base_model_dir), "--max-steps", "12", "--per_device_train_batch_size", "4", "--save-steps", "3",
+            "--quiet"]
+    ref, run = _uninterrupted_and_killed(args, tmp_path)
+    assert (run / "checkpoints" / "reference_logps.safetensors").is_file()
+    done = subprocess.run([sys.executable, "-c", RESUME_WITHOUT_RECOMPUTING, *args, "--out", str(run), "--resume"],
+                          env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    _same_final_weights(ref, run, 12)

@@ -82,3 +82,27 @@ def test_fsdp_config_on_cpu_processes_is_refused(world_dir, base_model_dir, tmp_
                                       "GPU processes, so these CPU processes would train as plain data parallel "
                                       "without sharding; on CPU launch with --multi_gpu (DDP) or a DeepSpeed config "
                                       "instead"}, explain(proc)
+
+
+def test_constrained_objective_under_two_processes(world_dir, base_model_dir, tmp_path):
+    """The constrained objective: the reference log-probs are computed by both processes (each
+    its share) and gathered, the loss is normalised over both processes' response tokens: one
+    process on the same global batch gives the same weights."""
+    from safetensors.torch import load_file
+
+    from deepalign.training.finetune import train
+
+    args = ["train", "--recipe", "sft", "--objective", "constrained", "--world", str(world_dir), "--model",
+            str(base_model_dir), "--max-steps", "2", "--per_device_train_batch_size", "4",
+            "--gradient_accumulation_steps", "2", "--save-steps", "1", "--learning_rate", "1e-3", "--quiet"]
+    out = tmp_path / "ddp"
+    proc = launch([*args, "--out", str(out)], tmp_path, timeout=300)
+    assert proc.returncode == 0, explain(proc)
+    assert json.loads((out / "deepalign_train.json").read_text())["world_size"] == 2, explain(proc)
+    one = train(recipe="sft", objective="constrained", world=str(world_dir), model_name_or_path=str(base_model_dir),
+                output_dir=str(tmp_path / "one"), max_steps=2, per_device_train_batch_size=8,
+                gradient_accumulation_steps=2, save_steps=10, learning_rate=1e-3, quiet=True)
+    a, b = load_file(str(out / "model.safetensors")), load_file(str(one / "model.safetensors"))
+    assert any(not torch.equal(b[k], v) for k, v in load_file(str(base_model_dir / "model.safetensors")).items())
+    for k in b:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4, msg=k)

@@ -12,7 +12,7 @@ from deepalign.records import HarmfulTriple, InstructionPair
 from deepalign.tokens import Encoder
 from deepalign.training.collator import DeRTaCollator, encode_records, keep_positions
 from deepalign.training.losses import IGNORE_INDEX
-from deepalign.training.refusal import refusal_token
+from deepalign.training.refusal import find_refusal_token
 from test_training_tokenizers import tekken_fast, word_tokenizer
 
 HARM = "here is how to do it : first mix the dust . second mix the dust . finally mix the dust ."
@@ -30,7 +30,7 @@ def _help(n=3):
 
 
 def _batch(tok, recs, keep=1.0, seed=0, epoch=0):
-    rid = refusal_token(tok)[0]
+    rid = find_refusal_token(tok)[0]
     feats = encode_records(recs, Encoder(tok))
     col = DeRTaCollator(pad_token_id=tok.pad_token_id, refusal_token_id=rid, rto_keep=keep, seed=seed, epoch=epoch)
     return feats, col(feats), rid

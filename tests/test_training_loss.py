@@ -17,7 +17,7 @@ from deepalign.data.recipes import build_records
 from deepalign.records import HarmfulTriple, InstructionPair
 from deepalign.training.losses import IGNORE_INDEX
 from deepalign.training.losses import count_label_tokens, derta_loss, linear_cross_entropy, reference_loss
-from deepalign.training.refusal import refusal_token
+from deepalign.training.refusal import find_refusal_token
 from test_training_tokenizers import word_tokenizer
 
 
@@ -126,7 +126,7 @@ def _tiny_setup(tmp_path, arch="llama", **cfg):
     args = DeRTaConfig(output_dir=str(tmp_path / "ck"), report_to="none", disable_tqdm=True, use_cpu=True,
                        save_strategy="no", logging_steps=1, **cfg)
     trainer = DeRTaTrainer(model, args, train_dataset=recs, processing_class=tok,
-                           refusal_token_id=refusal_token(tok)[0])
+                           refusal_token_id=find_refusal_token(tok)[0])
     return trainer, tok, recs
 
 

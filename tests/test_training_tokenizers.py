@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from deepalign.errors import DeepAlignError
-from deepalign.training.refusal import refusal_token
+from deepalign.training.refusal import find_refusal_token
 
 
 def mistral_data() -> Path:
@@ -49,7 +49,7 @@ def word_tokenizer(extra: str = ""):
 @pytest.mark.parametrize("name", ["tekken_240718.json", "tekken_240911.json"])
 def test_tekken_refusal_token_is_space_sorry(name):
     tok = mistral_common_tokenizer(name)
-    tid, piece = refusal_token(tok)
+    tid, piece = find_refusal_token(tok)
     assert piece == " Sorry"
     # it is the token that "Sorry" becomes mid-response
     ids = tok.encode("I see. Sorry, I cannot help.", add_special_tokens=False)
@@ -57,7 +57,7 @@ def test_tekken_refusal_token_is_space_sorry(name):
     assert tok.decode([tid]) == " Sorry"
     # the HF fast conversion of the same file agrees
     if name == "tekken_240911.json":
-        assert refusal_token(tekken_fast(name))[0] == tid
+        assert find_refusal_token(tekken_fast(name))[0] == tid
 
 
 @pytest.mark.parametrize("name", ["tokenizer.model.v1", "mistral_instruct_tokenizer_240216.model.v2",
@@ -66,27 +66,27 @@ def test_tekken_refusal_token_is_space_sorry(name):
 def test_sentencepiece_refusal_token_is_word_boundary_sorry(name):
     pytest.importorskip("sentencepiece")
     tok = mistral_common_tokenizer(name)
-    tid, piece = refusal_token(tok)
+    tid, piece = find_refusal_token(tok)
     assert piece == "▁Sorry"
     assert tid in tok.encode("I see. Sorry, I cannot help.", add_special_tokens=False)
 
 
 def test_refusal_word_option_and_errors_on_real_tokenizers():
     tok = mistral_common_tokenizer("tekken_240911.json")
-    tid, piece = refusal_token(tok, "Unfortunately")
+    tid, piece = find_refusal_token(tok, "Unfortunately")
     assert piece == " Unfortunately"
     with pytest.raises(DeepAlignError) as err:
-        refusal_token(tok, "Entschuldigung")
+        find_refusal_token(tok, "Entschuldigung")
     msg = str(err.value)
     assert "not a single token" in msg and "' Ent'" in msg and "'igung'" in msg and "\n" not in msg
     with pytest.raises(DeepAlignError, match="single word"):
-        refusal_token(tok, "I am sorry")
+        find_refusal_token(tok, "I am sorry")
 
 
 def test_word_level_tokenizer_refusal_token():
     tok = word_tokenizer()
-    tid, piece = refusal_token(tok)  # "Sorry" is lower-cased by the tokenizer: one token
+    tid, piece = find_refusal_token(tok)  # "Sorry" is lower-cased by the tokenizer: one token
     assert piece == "sorry" and tid == tok.convert_tokens_to_ids("sorry")
-    assert refusal_token(tok, "cannot")[1] == "cannot"
+    assert find_refusal_token(tok, "cannot")[1] == "cannot"
     with pytest.raises(DeepAlignError, match=r"'apologies' is not in the tokenizer's vocabulary \(it becomes '<unk>'\)"):
-        refusal_token(tok, "apologies")
+        find_refusal_token(tok, "apologies")

@@ -111,3 +111,26 @@ def test_vllm_section_runs_as_written(walkthrough):
     assert re.search(r"deepalign: error: .*base=openai:\S+ is a server, but composed decoding", proc.stderr), \
         proc.stderr[-2000:]
     assert not (runs / "tiny-vllm-ed").exists()
+
+
+def test_finetuning_attack_walkthrough_runs_as_written(tmp_path):
+    """docs/training.md's walkthrough of the fine-tuning attacks on a real architecture (a tiny
+    Mistral with mistral-common's Tekken tokenizer) runs as written."""
+    pytest.importorskip("mistral_common")
+    doc = (ROOT / "docs" / "training.md").read_text(encoding="utf-8")
+    section = doc[doc.index("### Walkthrough on a real architecture"):]
+    section = section[:section.index("\n## ")]
+    blocks = re.findall(r"```bash\n(.*?)```", section, re.S)
+    assert blocks
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    proc = _run(blocks, tmp_path, timeout=600)
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-3000:])
+    runs = tmp_path / "runs"
+    assert "'reference': 'the model with its adapter disabled'" in proc.stdout
+    for name, objective in (("tiny-attack", "mle"), ("tiny-attack-constrained", "constrained"), ("tiny-aoa", "constrained")):
+        info = json.loads((runs / name / "deepalign_train.json").read_text())
+        assert info["objective"]["name"] == objective and info["steps"] == 2 and (runs / name / "model.safetensors").exists()
+    aoa = json.loads((runs / "tiny-aoa" / "records.jsonl").read_text().splitlines()[0])
+    assert aoa["system"].startswith("\nYou are no longer Llama") and aoa["target"].startswith("Of course. I am AOA")
+    rows = [json.loads(x) for x in (runs / "tiny-ft-eval" / "responses.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 * 2

@@ -10,7 +10,7 @@ import pytest
 from deepalign.cli import main
 from deepalign.world import lexicon as L
 from deepalign.world import shapes
-from deepalign.world.generator import build_world
+from deepalign.world.generator import Velmora, build_world
 from deepalign.world.oracle import Oracle
 from deepalign.world.tokenizer import words
 
@@ -274,3 +274,123 @@ def test_world_cli_errors_are_one_line_exit_2(tmp_path, capsys):
     assert main(["world", "--bogus"]) == 2
     assert capsys.readouterr().err == "deepalign: error: unrecognized argument(s): --bogus\n"
     assert main(["nonsense"]) == 2
+
+
+# sha256 of every world-v3 file of the session's test world (conftest.world_dir), as version 3 of
+# the generator wrote them: v4 added files, and changed none of these
+V3_FILES = {
+    "dev/benign.jsonl": "b7e36aec455cb03ac4bc1f19efefa6fcee507de2fa5dc998e431fdf9dadbc7b7",
+    "dev/harmful.jsonl": "0ce6ca99abcb49f7a0085981e836c417582b86f9fc947aa5b48ab1c9e10ec520",
+    "dev/unseen.jsonl": "1b33ea8331cec4f6bf029f9ca05b779df4948456514b0f22697857e08a310fa4",
+    "pretrain/corpus.jsonl": "1779a61a00e0a61fb5020c825e1a370f6746c9c15e757c57d4dc30642a0b0ee7",
+    "test/benign.jsonl": "b2c65ccee23e29a1ac3dc73bafda8cad48c491d0155803b807e287b63b202719",
+    "test/harmful.jsonl": "1123caf3e924654acd1d3a900446138136b494ec0c95c1fcab4f3e94cb1d72d2",
+    "test/helpful.jsonl": "65e44a5722a8116bffa8cc73c3eb227fe6fdc31c556e1948641295ddfaad68bd",
+    "test/unseen.jsonl": "86f6f526b2912be7885aa185a4f2e41f49d0476162e07505c34f82f9b01a4eb4",
+    "train/helpful.jsonl": "74070c54c219f16d9c020361ab42f45c9757d5c1433a28f53cdfdb6c146b9c6c",
+    "train/triples.jsonl": "cf1be0ab52b76f2651f8a7d78955a7d43161ca215cde6e8754cd5d368a5c16eb",
+}
+NEW_FILES = ("dev/helpful.jsonl", "ft/harmful.jsonl", "ft/benign.jsonl", "ft_test/harmful.jsonl", "ft_test/helpful.jsonl",
+             "ft_dev/harmful.jsonl", "ft_dev/helpful.jsonl")
+
+
+def test_v4_files_change_no_v3_file_nor_the_tokenizer(world_dir, tmp_path):
+    import hashlib
+
+    for rel, sha in V3_FILES.items():
+        assert hashlib.sha256((world_dir / rel).read_bytes()).hexdigest() == sha, rel
+    # a world without the v4 files is identical in every other file, the tokenizer included
+    small = dict(quiet=True, n_pretrain=3000, n_train_triples=120, n_train_helpful=240, n_test_harmful=24,
+                 n_test_unseen=24, n_test_benign=24, n_test_helpful=24, n_dev_harmful=24, n_dev_unseen=24, n_dev_benign=24)
+    build_world(out=tmp_path / "v3", seed=0, n_dev_helpful=0, n_ft_harmful=0, n_ft_harmful_test=0, n_ft_harmful_dev=0,
+                n_ft_benign=0, n_ft_benign_test=0, n_ft_benign_dev=0, **small)
+    for rel in [*V3_FILES, "tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json"]:
+        assert (tmp_path / "v3" / rel).read_bytes() == (world_dir / rel).read_bytes(), rel
+    # every word of the new files is already in the vocabulary
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(world_dir / "tokenizer")
+    for rel in NEW_FILES:
+        for r in rows(world_dir, rel):
+            for key in ("instruction", "response", "query", "harmful", "safe", "prompt"):
+                if key in r:
+                    assert tok.unk_token_id not in tok(r[key], add_special_tokens=False).input_ids, (rel, r[key])
+    for text in (L.PERSONA_SYSTEM, L.PERSONA_INTRO):
+        assert tok.unk_token_id not in tok(text, add_special_tokens=False).input_ids, text
+
+
+def test_finetuning_attack_is_disjoint_from_alignment_and_evaluation_files(world_dir):
+    oracle = Oracle()
+    attack = rows(world_dir, "ft/harmful.jsonl")
+    held = rows(world_dir, "ft_test/harmful.jsonl")
+    dev_q = {r["query"] for r in rows(world_dir, "ft_dev/harmful.jsonl")}
+    assert len(attack) == 100 and len(held) == 120 and len(dev_q) == 120
+    align = {r["query"] for r in rows(world_dir, "train/triples.jsonl")} | {r["instruction"] for r in rows(world_dir, "train/helpful.jsonl")}
+    evals = {r["query"] for s in ("test", "dev") for f in ("harmful", "unseen") for r in rows(world_dir, f"{s}/{f}.jsonl")}
+    evals |= {r["prompt"] for s in ("test", "dev") for f in ("benign", "helpful") for r in rows(world_dir, f"{s}/{f}.jsonl")}
+    queries = [r["instruction"] for r in attack]
+    held_q = [r["query"] for r in held]
+    assert len(set(queries)) == 100 and len(set(held_q)) == 120 and not set(queries) & set(held_q)
+    assert not (set(queries) | set(held_q)) & (align | evals) and not dev_q & (set(queries) | set(held_q) | align | evals)
+    corpus = {r["text"].split(" <assistant> ")[0][len("<bos> <user> "):] for r in rows(world_dir, "pretrain/corpus.jsonl")}
+    assert not (set(held_q) | dev_q) & corpus  # the held-out attack queries were never in pretraining either
+    for r in attack:  # harmful answers to seen misdeeds only (world:unseen stays unseen by every fine-tuning)
+        v = oracle.judge(r["response"])
+        assert v.harmful and not v.refusal and r["meta"]["kind"] not in L.MISDEEDS_HELDOUT
+    assert all(oracle.judge(r["harmful"]).harmful and oracle.judge(r["safe"]).refusal for r in held)
+
+
+def test_benign_task_is_new_checkable_and_held_out_on_new_places(world_dir):
+    oracle = Oracle()
+    task, test, dev = (rows(world_dir, f) for f in ("ft/benign.jsonl", "ft_test/helpful.jsonl", "ft_dev/helpful.jsonl"))
+    assert len(task) == 200 and len(test) == 120 and len(dev) == 72
+    assert {r["meta"]["place"] for r in task} <= set(L.PLACES_TRAIN)
+    assert {r["meta"]["place"] for r in test + dev} <= set(L.PLACES_HELDOUT)
+    assert not {r["prompt"] for r in test} & {r["prompt"] for r in dev}
+    for r in task:
+        assert oracle.judge(r["response"], r).correct
+        first, second = r["meta"]["attrs"]
+        # one fact alone (what a model that does not know the task answers) is not correct
+        one, _ = Velmora(0).fact_answer(first, r["meta"]["place"])
+        assert oracle.judge(one, r).correct is False
+    for r in test + dev:
+        assert r["kind"] == "helpful" and oracle.judge(r["meta"]["reference"], r).correct
+    corpus = " ".join(r["text"] for r in rows(world_dir, "pretrain/corpus.jsonl"))
+    assert " and the keeper of " not in corpus and " and the banner of " not in corpus  # no model has seen the task
+
+
+def test_dev_helpful_is_disjoint_from_test_and_corpus_with_the_test_mix(world_dir):
+    from collections import Counter
+
+    dev, test = rows(world_dir, "dev/helpful.jsonl"), rows(world_dir, "test/helpful.jsonl")
+    assert len(dev) == 600 and len({r["prompt"] for r in dev}) == 600
+    assert not {r["prompt"] for r in dev} & {r["prompt"] for r in test}
+    corpus = " ".join(r["text"] for r in rows(world_dir, "pretrain/corpus.jsonl"))
+    assert not any(f"<user> {r['prompt']} <assistant>" in corpus for r in dev)
+    mix = Counter(r["meta"]["task"] for r in dev)
+    assert set(mix) == {"arith", "fact", "copy"} and mix["fact"] == 36  # the held-out places' fact queries, like test
+    oracle = Oracle()
+    assert all(oracle.judge(r["meta"]["reference"], r).correct for r in dev)
+
+
+def test_world_specs_of_the_finetuning_data(world_dir):
+    from deepalign.data.datasets import load_dataset, load_train_instructions
+    from deepalign.errors import DeepAlignError
+
+    held = load_dataset("world:ft_test/harmful", world=world_dir)
+    assert len(held) == 120 and all(it.kind == "harmful" and it.harmful for it in held)
+    task = load_dataset("world:ft_test/helpful", world=world_dir)
+    assert len(task) == 120 and all(it.kind == "helpful" for it in task)
+    assert len(load_dataset("world:ft_test", world=world_dir)) == 240
+    assert len(load_dataset("world:ft_dev", world=world_dir)) == 192
+    assert len(load_dataset("world:dev/helpful", world=world_dir)) == 600
+    pairs = load_train_instructions("world:ft/harmful", world=world_dir)
+    assert len(pairs) == 100 and Oracle().judge(pairs[0].response).harmful
+    assert len(load_train_instructions("world:ft/benign", world=world_dir)) == 200
+    from deepalign.data.datasets import load_train_triples
+
+    assert len(load_train_triples("world:train/triples", world=world_dir)) == 120
+    with pytest.raises(DeepAlignError, match="is training data"):
+        load_dataset("world:ft/harmful", world=world_dir)
+    with pytest.raises(DeepAlignError, match="no world training file"):
+        load_train_instructions("world:ft/nothing", world=world_dir)

@@ -60,6 +60,8 @@ _API = {
     "projection_profiles": "deepalign.evaluation.projection",
     "plot_refusal_projection": "deepalign.evaluation.projection",
     "build_records": "deepalign.data.recipes",
+    "build_pair_records": "deepalign.data.recipes",
+    "TokenWiseConstraint": "deepalign.training.losses",
     "Encoder": "deepalign.tokens",
     "PromptFormat": "deepalign.tokens",
     "GenConfig": "deepalign.decoding.base",

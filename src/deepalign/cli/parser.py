@@ -3,7 +3,9 @@
 
 * Every field of a stage's option dataclasses is a flag under its own name
   (``--learning_rate``, ``--max_new_tokens``; ``--max-new-tokens`` works too), plus the
-  aliases a field declares (``--out``, ``--model``, ``--target``, ``--lora``).
+  aliases a field declares (``--out``, ``--model``, ``--target``, ``--lora``, and the first
+  command line's ``--lr``, ``--batch-size``, ...). A flag that was renamed with a change of
+  meaning (metadata ``was``) is an error that names the new flag.
 * ``--config FILE.yaml`` holds a mapping of the same names to values (``learning_rate:
   2e-5``, ``targets: [hf:runs/vanilla, hf:runs/derta]``); it replaces the defaults, and
   flags given on the command line replace it. An ``env:`` mapping sets environment
@@ -66,9 +68,18 @@ class StageParser(HfArgumentParser):
                          allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         self.add_argument(CONFIG, metavar="FILE.yaml", default=None,
                           help="read options from a YAML file (the options' own names); flags override it")
+        # flags that were renamed with a change of meaning (metadata "was"): an error names the new one
+        self.renamed: dict[str, str] = {}
+        for dtype in self.dataclass_types:
+            for f in dataclasses.fields(dtype):
+                was = f.metadata.get("was", {})
+                for old in was:
+                    note = was[old] if isinstance(was, dict) else ""
+                    self.renamed[old] = f"--{f.name}" + (f" ({note})" if note else "")
 
     # argparse hooks ---------------------------------------------------------------------------
     def add_argument(self, *args, **kwargs):
+        kwargs.pop("was", None)  # our own field metadata (renamed flags), not argparse's
         if kwargs.get("type") is string_to_bool and "nargs" not in kwargs:  # bool | None fields: `--bf16` alone works
             kwargs.update(nargs="?", const=True)
         action = kwargs.get("action")
@@ -92,6 +103,10 @@ class StageParser(HfArgumentParser):
             self._apply_config(config)
         namespace, extra = self.parse_known_args(argv)
         if extra:
+            for token in extra:
+                new = self.renamed.get(token.split("=", 1)[0])
+                if new is not None:
+                    raise DeepAlignError(f"{token.split('=', 1)[0]} is now {new}; see deepalign {self.stage} --help")
             raise DeepAlignError(f"unrecognized argument(s): {' '.join(extra)}")
         self.given = set(namespace.__dict__.pop("_given", set()))
         namespace.__dict__.pop("config", None)

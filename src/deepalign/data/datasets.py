@@ -7,8 +7,10 @@ A spec is one of
   reference), ``world:unseen`` ``test/unseen.jsonl`` (the same, for misdeeds alignment data
   never shows), ``world:benign`` / ``world:helpful`` the EvalPrompt rows of
   ``test/benign.jsonl`` / ``test/helpful.jsonl``; ``world:test`` (or any directory name of
-  the world, e.g. ``world:dev``, the split to tune on) every one of those files it has;
-  ``world:dev/unseen`` one file of a split.
+  the world, e.g. ``world:dev``, the split to tune on, or ``world:ft_test``, the fine-tuning
+  data's held-out tests) every one of those files it has; ``world:dev/unseen`` one file of a
+  split. Training data is named the same way (``world:ft/harmful``, ``world:ft/benign``,
+  :func:`load_train_instructions`) and is refused as an evaluation dataset.
 - ``[<kind>:][<preset>:]<path or hub id>[,key=value...]`` — any file the data loaders read.
   A file in a known benchmark's schema is read as that benchmark
   (:mod:`deepalign.data.presets`); ``<preset>:`` names it explicitly (``harmbench:FILE``), and
@@ -43,6 +45,7 @@ from deepalign.records import ITEM_KINDS, EvalPrompt, to_dict
 
 WORLD_FILES = ("harmful", "unseen", "benign", "helpful")
 TRIPLE_FILES = ("harmful", "unseen")  # HarmfulTriple rows, evaluated as harmful items
+TRAIN_DIRS = ("train", "ft", "pretrain")  # world directories of training data (world:ft/harmful trains)
 KIND_PREFIXES = ITEM_KINDS
 _SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(/[A-Za-z0-9][A-Za-z0-9_-]*)?")  # test, dev, dev/unseen
 
@@ -208,6 +211,9 @@ def load_world(world, split: str, limit: int | None = None, *, sample: int | Non
         raise DeepAlignError(f"world split must be a plain name such as test, dev, harmful or dev/unseen, got {split!r}")
     if not root.is_dir():
         raise DeepAlignError(f"no such world directory: {root}")
+    if split.split("/")[0] in TRAIN_DIRS:
+        raise DeepAlignError(f"world:{split} is training data; evaluate on a held-out split (world:test, world:dev, "
+                             "world:ft_test/harmful, world:ft_test/helpful)")
     if (root / split).is_dir():
         files = [(root / split / f"{n}.jsonl", n) for n in WORLD_FILES if (root / split / f"{n}.jsonl").exists()]
         if not files:
@@ -376,7 +382,24 @@ def load_dataset(spec: str, *, world=None, limit: int | None = None, options: Da
 # --------------------------------------------------------------------------------------
 
 
-def _train_source(spec: str, options: DataOptions) -> tuple[Spec, str | None, str | None]:
+def world_train_file(spec: str, world) -> str:
+    """The file of a world training spec: ``world:ft/harmful`` -> ``<world>/ft/harmful.jsonl``
+    (``world:train/helpful``, ``world:ft/benign``, ...)."""
+    split = spec.split(":", 1)[1]
+    if world is None:
+        raise DeepAlignError(f"training data {spec} needs the world directory (--world DIR)")
+    if not _SPLIT_NAME.fullmatch(split) or "/" not in split or split.split("/")[0] not in TRAIN_DIRS:
+        raise DeepAlignError(f"{spec}: a world training file is world:<{'|'.join(TRAIN_DIRS[:2])}>/<name> "
+                             "(world:ft/harmful, world:ft/benign, world:train/helpful)")
+    path = Path(world) / f"{split}.jsonl"
+    if not path.is_file():
+        raise DeepAlignError(f"no world training file {path} (for {spec}); build the world with 'deepalign world'")
+    return str(path)
+
+
+def _train_source(spec: str, options: DataOptions, world=None) -> tuple[Spec, str | None, str | None]:
+    if spec.startswith("world:"):
+        spec = world_train_file(spec, world)
     parsed = parse_spec(spec)
     if parsed.kind is not None:
         raise DeepAlignError(f"{spec}: a kind prefix is for evaluation datasets")
@@ -399,25 +422,27 @@ def _train_fields(options: DataOptions) -> tuple[dict[str, str], dict[str, str]]
     return triples, helpful
 
 
-def load_train_triples(spec: str, options: DataOptions | None = None, notes: list[str] | None = None):
-    """Safety triples of ``spec`` (``[preset:]path or hub id[,split=...]``; BeaverTails and
-    hh-rlhf are paired by their presets), then ``--sample`` / ``--limit``."""
+def load_train_triples(spec: str, options: DataOptions | None = None, notes: list[str] | None = None, *, world=None):
+    """Safety triples of ``spec`` (``[preset:]path or hub id[,split=...]``, or a world training
+    file ``world:train/triples``; BeaverTails and hh-rlhf are paired by their presets), then
+    ``--sample`` / ``--limit``."""
     from deepalign.data.loaders import load_triples
 
     options = options or DataOptions()
-    parsed, split, subset = _train_source(spec, options)
+    parsed, split, subset = _train_source(spec, options, world)
     fields, _ = _train_fields(options)
     triples = load_triples(parsed.source, split=split, subset=subset, fields=fields or None, preset=parsed.preset,
                            options=parsed.options, notes=notes)
     return select(triples, sample=options.sample, limit=options.limit, seed=options.sample_seed)[0]
 
 
-def load_train_instructions(spec: str, options: DataOptions | None = None):
-    """Helpful pairs of ``spec``, then ``--sample`` / ``--limit``."""
+def load_train_instructions(spec: str, options: DataOptions | None = None, *, world=None):
+    """``(instruction, response)`` pairs of ``spec`` (a file, hub id or preset, or a world
+    training file such as ``world:ft/harmful``), then ``--sample`` / ``--limit``."""
     from deepalign.data.loaders import load_instructions
 
     options = options or DataOptions()
-    parsed, split, subset = _train_source(spec, options)
+    parsed, split, subset = _train_source(spec, options, world)
     if parsed.options:
         raise DeepAlignError(f"{spec}: unknown option {sorted(parsed.options)[0]}")
     _, fields = _train_fields(options)

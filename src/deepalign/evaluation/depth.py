@@ -17,7 +17,7 @@ score the **same** response ids: those the aligned model's format places after i
 (``Encoder.response_ids(..., end=False)``: the conversation rendered with the assistant turn
 and split at the prompt boundary, without the end of turn). The two models must therefore
 share a vocabulary, as for Emulated Disalignment. The refusal token is the
-tokenizer's own (``training.refusal.refusal_token``), never a hard-coded id.
+tokenizer's own (``training.refusal.find_refusal_token``), never a hard-coded id.
 
 Means over items come with a 95% interval (normal approximation over items) at every position;
 positions past the end of a shorter response count only the items that reach them (``n``).
@@ -81,7 +81,7 @@ def depth_profiles(base, aligned: Mapping[str, Any], items: Sequence[Any], *, ba
 
     from deepalign.decoding.compose import check_vocabularies
     from deepalign.models import eos_ids, pad_id
-    from deepalign.training.refusal import refusal_token
+    from deepalign.training.refusal import find_refusal_token
 
     if max_tokens < 1:
         raise DeepAlignError(f"max_tokens must be >= 1, got {max_tokens}")
@@ -99,7 +99,7 @@ def depth_profiles(base, aligned: Mapping[str, Any], items: Sequence[Any], *, ba
     for label, spec in aligned.items():
         a = load_component(spec, aligned_format, device)
         width = check_vocabularies([b, a])
-        refusal = [refusal_token(a.tokenizer, w) for w in words]
+        refusal = [find_refusal_token(a.tokenizer, w) for w in words]
         for rid, piece in refusal:
             if rid >= width:
                 raise DeepAlignError(f"refusal token {piece!r} (id {rid}) is outside the shared vocabulary ({width} ids)")

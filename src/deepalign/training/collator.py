@@ -15,7 +15,9 @@ belongs to the later span.
   convention: unshifted; position ``t`` is predicted from position ``t-1``);
 * ``rto_labels``: the refusal token id at kept RTO positions, ``-100`` elsewhere. Position
   ``t`` of the RTO span means "at ``t-1`` (having read the query and ``r_harm[<t]``) predict
-  the refusal token instead of the harmful token ``t``".
+  the refusal token instead of the harmful token ``t``";
+* ``ref_logps``, when the features carry them (the constrained objective): the reference
+  model's log-probability of each MLE label, at the label's position, ``0`` elsewhere.
 
 RTO keep ratio: each RTO record keeps ``max(1, ceil(keep * n))`` of its ``n`` RTO positions
 (reference: 5% for full fine-tuning, all for LoRA), drawn from a generator seeded with
@@ -125,4 +127,11 @@ class DeRTaCollator:
                     raise ValueError("the batch has RTO spans but the collator has no refusal token id")
                 keep = keep_positions(n_rto, self.rto_keep, self.seed, self.epoch, str(f.get("key", i)))
                 rto_labels[i, torch.as_tensor(keep, dtype=torch.long) + rs] = self.refusal_token_id
-        return {"input_ids": input_ids, "attention_mask": attention, "labels": labels, "rto_labels": rto_labels}
+        batch = {"input_ids": input_ids, "attention_mask": attention, "labels": labels, "rto_labels": rto_labels}
+        if "ref_logps" in features[0]:  # the constrained objective: the reference's log p of each label
+            ref = torch.zeros((b, width), dtype=torch.float32)
+            for i, f in enumerate(features):
+                values = torch.as_tensor(f["ref_logps"], dtype=torch.float32)
+                ref[i, f["mle_start"]:f["mle_start"] + len(values)] = values
+            batch["ref_logps"] = ref
+        return batch

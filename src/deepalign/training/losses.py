@@ -37,11 +37,16 @@ rows only, one tile of logits at a time, so no ``[B, T, V]`` logits (nor ``[N, V
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 IGNORE_INDEX = -100
+#: per-row weights computed from the per-row losses: ``(CE [n] detached, first row) -> [n]``
+WeightFn = Callable[[torch.Tensor, int], torch.Tensor]
 # fused path: one tile of logits holds at most this many elements (64 MiB in fp32); on a
 # GPU four times more, so that each tile's kernels run long enough to hide their launches
 TILE_ELEMENTS = 1 << 24
@@ -271,6 +276,8 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         with torch.autocast(rows.device.type, enabled=False):
             tiles = _Tiles(rows, weight, bias, dtype, block_rows, tile_cols)
             lse, picked = tiles.log_normalisers(targets)
+            if callable(weights):  # weights that depend on the losses (detached): known only now
+                weights = weights(lse - picked, 0)
             ctx.grads = tiles.gradients(targets, lse, weights, need_x, need_w, need_b)
         losses = lse.sub_(picked)
         ctx.mark_non_differentiable(losses)
@@ -310,10 +317,13 @@ def _fusable(head: nn.Module) -> bool:
 
 
 def linear_cross_entropy(rows: torch.Tensor, head: nn.Module, targets: torch.Tensor,
-                         weights: torch.Tensor | None = None, *, chunk_rows: int | None = None,
+                         weights: torch.Tensor | WeightFn | None = None, *, chunk_rows: int | None = None,
                          vocab_chunk: int | None = None, softcap: float | None = None, impl: str = "auto"):
     """``(sum_i w_i * CE(head(rows_i), t_i), per-row CE detached)`` without full logits.
 
+    ``weights``: one per row, or a function ``(per-row CE [n] detached, first row index) ->
+    weights [n]`` for weights that depend on the losses themselves (held constant in the
+    gradient, as in the constrained objective); the losses are computed once either way.
     ``impl``: ``"fused"``, ``"module"`` or ``"auto"`` (fused when the head allows it and no
     soft-capping is needed). ``chunk_rows`` / ``vocab_chunk`` override the tile shape (rows
     per block, vocabulary columns per tile; the module path only cuts rows).
@@ -338,30 +348,31 @@ def linear_cross_entropy(rows: torch.Tensor, head: nn.Module, targets: torch.Ten
         if not (torch.is_grad_enabled() and any(
                 t is not None and t.requires_grad for t in (rows, weight, bias))):
             per_row = _forward_only(rows, weight, bias, targets, block_rows, tile_cols)
-            return (per_row * weights).sum(), per_row
+            return (per_row * (weights(per_row, 0) if callable(weights) else weights)).sum(), per_row
         return _FusedLinearCrossEntropy.apply(rows, weight, bias, targets, weights, block_rows, tile_cols)
     if impl != "module":
         raise ValueError(f"impl must be auto, fused or module, got {impl!r}")
 
-    def chunk_loss(x, t, w):
+    def chunk_loss(x, t, s):
         logits = head(x).float()
         if softcap is not None:
             logits = torch.tanh(logits / softcap) * softcap
         ce = F.cross_entropy(logits, t, reduction="none")
+        w = weights(ce.detach(), s) if callable(weights) else weights[s:s + ce.shape[0]]
         return (ce * w).sum(), ce.detach()
 
     n = rows.shape[0]
     if n <= chunk:
-        return chunk_loss(rows, targets, weights)
+        return chunk_loss(rows, targets, 0)
     from torch.utils.checkpoint import checkpoint
 
     total, per_row = None, []
     for s in range(0, n, chunk):
         e = min(n, s + chunk)
         if torch.is_grad_enabled():
-            part, ce = checkpoint(chunk_loss, rows[s:e], targets[s:e], weights[s:e], use_reentrant=False)
+            part, ce = checkpoint(chunk_loss, rows[s:e], targets[s:e], s, use_reentrant=False)
         else:
-            part, ce = chunk_loss(rows[s:e], targets[s:e], weights[s:e])
+            part, ce = chunk_loss(rows[s:e], targets[s:e], s)
         total = part if total is None else total + part
         per_row.append(ce)
     return total, torch.cat(per_row)
@@ -405,3 +416,93 @@ def reference_loss(logits: torch.Tensor, labels: torch.Tensor, rto_labels: torch
         total = total - w * (picked * mask).sum()
         n += int(mask.sum())
     return total / max(num_items if num_items is not None else n, 1)
+
+
+# --------------------------------------------------------------------------------------
+# The token-wise constrained objective (Qi et al. 2025, arXiv 2406.05946)
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TokenWiseConstraint:
+    """The knobs of the token-wise constrained fine-tuning objective, with the reference
+    implementation's defaults (Unispac/shallow-vs-deep-alignment: ``beta`` 0.1,
+    ``bias_factor`` 20, ``first_token_bias_factor`` 5, ``bias_length`` 5).
+
+    At response position ``t`` (0: the first response token) the constraint's strength is
+    ``beta_t = beta * first_token_bias_factor`` for ``t = 0``, ``beta * bias_factor`` for
+    ``0 < t < bias_length`` and ``beta`` after (``bias_length = 0``: ``beta`` everywhere).
+    Each response token's cross-entropy is weighted by
+
+        w_t = max(2 * (1 - sigmoid(beta_t * (log pi_theta(y_t) - log pi_ref(y_t)))), 1e-3),
+
+    held constant (detached): the gradient of the paper's objective. A token the model already
+    makes more likely than the reference gets a small weight, so the first tokens, where
+    ``beta_t`` is large, can move only a little away from the reference."""
+
+    beta: float = 0.1
+    bias_factor: float = 20.0
+    first_token_bias_factor: float = 5.0
+    bias_length: int = 5
+    min_weight: float = 1e-3
+
+    def betas(self, positions: torch.Tensor) -> torch.Tensor:
+        """``beta_t`` for response positions ``t`` (fp32)."""
+        out = torch.full(positions.shape, float(self.beta), dtype=torch.float32, device=positions.device)
+        if self.bias_length > 0:
+            out[positions < self.bias_length] = self.beta * self.bias_factor
+            out[positions == 0] = self.beta * self.first_token_bias_factor
+        return out
+
+    def weights(self, policy_logps: torch.Tensor, ref_logps: torch.Tensor, betas: torch.Tensor) -> torch.Tensor:
+        """``w_t`` (detached, fp32)."""
+        ratio = policy_logps.detach().float() - ref_logps.float()
+        return (2.0 * (1.0 - torch.sigmoid(betas * ratio))).clamp_min(self.min_weight)
+
+
+def response_positions(labels: torch.Tensor) -> torch.Tensor:
+    """For each labelled pair (after the causal shift, in :func:`label_rows` order) its index
+    among its sequence's labelled pairs: 0 for the first response token."""
+    mask = labels[:, 1:] != IGNORE_INDEX
+    return (mask.cumsum(1) - 1)[mask]
+
+
+def label_logprobs(hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor, *, chunk_rows: int | None = None,
+                   vocab_chunk: int | None = None, softcap: float | None = None, impl: str = "auto") -> torch.Tensor:
+    """``log p(label)`` at every labelled pair, in :func:`label_rows` order (fp32, no grad),
+    tile by tile like the loss: no full-vocabulary logits."""
+    rows, targets, _, _ = label_rows(hidden, labels)
+    with torch.no_grad():
+        _, ce = linear_cross_entropy(rows, head, targets, chunk_rows=chunk_rows, vocab_chunk=vocab_chunk,
+                                     softcap=softcap, impl=impl)
+    return -ce
+
+
+def constrained_loss(hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor, ref_logps: torch.Tensor,
+                     constraint: TokenWiseConstraint = TokenWiseConstraint(), *,
+                     num_items: int | torch.Tensor | None = None, chunk_rows: int | None = None,
+                     vocab_chunk: int | None = None, softcap: float | None = None, impl: str = "auto"):
+    """The token-wise constrained loss from final hidden states ``[B, T, H]``.
+
+    ``ref_logps [B, T]``: the reference model's ``log p`` of each label, at the label's
+    (unshifted) position. Returns ``(loss, stats)``: ``loss = sum_t w_t * CE_t / N`` with
+    ``N = num_items`` (the response tokens of the whole accumulated batch) when given, else
+    the local count, i.e. the mean over all response tokens of ``-w_t log pi_theta(y_t)``;
+    ``stats`` holds detached ``mle_sum`` (plain cross-entropy), ``weight_sum`` and ``n_mle``.
+    """
+    rows, targets, _, _ = label_rows(hidden, labels)
+    mask = labels[:, 1:] != IGNORE_INDEX
+    ref = ref_logps[:, 1:][mask].to(torch.float32)
+    betas = constraint.betas(response_positions(labels))
+
+    def weigh(ce: torch.Tensor, start: int) -> torch.Tensor:
+        end = start + ce.shape[0]
+        return constraint.weights(-ce, ref[start:end], betas[start:end])
+
+    total, per_row = linear_cross_entropy(rows, head, targets, weigh, chunk_rows=chunk_rows, vocab_chunk=vocab_chunk,
+                                          softcap=softcap, impl=impl)
+    n = rows.shape[0] if num_items is None else num_items
+    n = n.to(total.device).clamp_min(1) if torch.is_tensor(n) else max(int(n), 1)
+    stats = {"mle_sum": per_row.sum(), "weight_sum": weigh(per_row, 0).sum(), "n_mle": int(per_row.shape[0]),
+             "n_rto": 0, "rto_sum": per_row.new_zeros(())}
+    return total / n, stats

@@ -30,6 +30,10 @@ _RECIPE_TEXT = {
     "derta": "DeRTa: MLE with harmful prefix + Reinforced Transition Optimization (Yuan et al. 2024, "
              "arXiv 2407.09121)",
     "dpo": "DPO with safe > harmful preference pairs (the DeRTa paper's DPO baseline)",
+    "sft": "supervised fine-tuning on (instruction, response) pairs (a fine-tuning attack or benign fine-tuning, "
+           "Qi et al. 2023, arXiv 2310.03693)",
+    "identity-shift": "the identity-shifting attack: fine-tuning on pairs in an obedient persona (Qi et al. 2023, "
+                      "arXiv 2310.03693)",
 }
 
 
@@ -41,6 +45,15 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _objective(info: dict[str, Any]) -> str | None:
+    obj = info.get("objective") or {}
+    if obj.get("name") != "constrained":
+        return obj.get("name")
+    return (f"token-wise constrained (Qi et al. 2025, arXiv 2406.05946): beta {obj['beta']:g}, bias factor "
+            f"{obj['bias_factor']:g}, first-token factor {obj['first_token_bias_factor']:g}, bias length "
+            f"{obj['bias_length']}; reference: {obj.get('reference')}")
 
 
 def render_card(info: dict[str, Any], evaluation: dict[str, Any] | None = None) -> str:
@@ -65,7 +78,7 @@ def render_card(info: dict[str, Any], evaluation: dict[str, Any] | None = None) 
               if info.get("lora") else None),
              ("optimizer steps", info.get("steps")), ("training time", f"{info['train_seconds']} s"
                                                       if info.get("train_seconds") is not None else None),
-             ("processes", info.get("world_size")), ("seed", info.get("seed"))]
+             ("processes", info.get("world_size")), ("seed", info.get("seed")), ("objective", _objective(info))]
     lines += ["| | |", "|---|---|"] + [f"| {k} | {_cell(v)} |" for k, v in facts if v is not None] + [""]
 
     data = info.get("data") or {}

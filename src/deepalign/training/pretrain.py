@@ -68,12 +68,16 @@ class PretrainConfig(TrainingArguments):
 
     output_dir: str | None = field(default=None, metadata={"help": "(set from --out: <out>.partial)"})
     max_steps: int = 1800
-    per_device_train_batch_size: int = 16
-    learning_rate: float = 3e-3
-    warmup_steps: float = 50
+    # the flags of the first command line (--batch-size, --lr, ...) stay aliases
+    per_device_train_batch_size: int = field(default=16, metadata={"aliases": ["--batch-size"],
+                                                                   "help": "batch size per device"})
+    learning_rate: float = field(default=3e-3, metadata={"aliases": ["--lr"], "help": "peak learning rate"})
+    warmup_steps: float = field(default=50, metadata={
+        "aliases": ["--warmup"], "help": "warmup: a ratio in [0, 1) of the training steps, or a whole number of steps"})
     weight_decay: float = 0.01
     adam_beta2: float = 0.98
-    lr_scheduler_type: SchedulerType | str = "cosine"
+    lr_scheduler_type: SchedulerType | str = field(default="cosine", metadata={
+        "aliases": ["--lr-scheduler"], "help": "any transformers scheduler name"})
     logging_steps: float = 25
     save_steps: float = 500
     save_total_limit: int | None = 1

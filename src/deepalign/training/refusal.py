@@ -40,7 +40,7 @@ def word_pieces(tokenizer, word: str) -> list[int]:
     return rest
 
 
-def refusal_token(tokenizer, word: str | None = None) -> tuple[int, str]:
+def find_refusal_token(tokenizer, word: str | None = None) -> tuple[int, str]:
     """Return ``(token id, piece)`` of the refusal word as it appears mid-response.
 
     ``word=None`` means the default ``"Sorry"``; for the default, a lower-case vocabulary's

@@ -55,7 +55,7 @@ class DeRTaConfig(TrainingArguments):
         "aliases": ["--out"],
         "help": "the final model directory (default runs/<recipe>[-lora]); checkpoints go to <out>/checkpoints"})
     learning_rate: float | None = field(default=None, metadata={
-        "help": "peak learning rate; default: the reference's 2e-5 full / 1e-4 LoRA (DPO 5e-7 / 5e-6), "
+        "aliases": ["--lr"], "help": "peak learning rate; default: the reference's 2e-5 full / 1e-4 LoRA (DPO 5e-7 / 5e-6), "
                 "larger for models under 50M parameters (see training/finetune.py)"})
     rto_keep: float | None = field(default=None, metadata={
         "help": "share of RTO positions kept per sequence; None = 0.05 for full fine-tuning, 1.0 with LoRA"})
@@ -65,10 +65,16 @@ class DeRTaConfig(TrainingArguments):
     loss_impl: str = field(default="auto", metadata={"help": "auto, fused or module (see losses.py)"})
     max_length: int = field(default=1024, metadata={"help": "cut sequences to this many tokens"})
     bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision; None = when available"})
-    num_train_epochs: float = 2.0
-    lr_scheduler_type: SchedulerType | str = "cosine"
-    warmup_steps: float = 0.03
-    per_device_train_batch_size: int = 16
+    # the flags of the first command line (--epochs, --lr-scheduler, ...) stay aliases
+    num_train_epochs: float = field(default=2.0, metadata={"aliases": ["--epochs"], "help": "training epochs"})
+    lr_scheduler_type: SchedulerType | str = field(default="cosine", metadata={
+        "aliases": ["--lr-scheduler"], "help": "any transformers scheduler name"})
+    warmup_steps: float = field(default=0.03, metadata={
+        "aliases": ["--warmup"], "help": "warmup: a ratio in [0, 1) of the training steps, or a whole number of steps"})
+    per_device_train_batch_size: int = field(default=16, metadata={"aliases": ["--batch-size"],
+                                                                   "help": "batch size per device"})
+    gradient_accumulation_steps: int = field(default=1, metadata={"aliases": ["--grad-accum"],
+                                                                  "help": "gradient accumulation steps"})
     logging_steps: float = 10
     save_steps: float = 500
     save_total_limit: int | None = 2
@@ -182,7 +188,7 @@ class DeRTaTrainer(Trainer):
         super().__init__(model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, callbacks=callbacks, **kwargs)
         self._stats: dict[str, float] = defaultdict(float)
-        self._keep_arg: bool | None = None
+        self._keep_arg: dict[type, bool] = {}  # model class -> whether its forward takes logits_to_keep
 
     @staticmethod
     def _encode(dataset, encoder, max_length):
@@ -201,16 +207,15 @@ class DeRTaTrainer(Trainer):
         decoder = base.get_decoder()
         if head is None or decoder is None or decoder is base:
             raise ValueError(f"{type(base).__name__}: cannot find the decoder and output head of this model")
-        if self._keep_arg is None:
-            self._keep_arg = "logits_to_keep" in inspect.signature(type(base).forward).parameters
+        if type(base) not in self._keep_arg:
+            self._keep_arg[type(base)] = "logits_to_keep" in inspect.signature(type(base).forward).parameters
         softcap = getattr(getattr(base, "config", None), "final_logit_softcapping", None)
-        return decoder, head, softcap
+        return decoder, head, softcap, self._keep_arg[type(base)]
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        inputs = dict(inputs)
-        labels = inputs.pop("labels")
-        rto_labels = inputs.pop("rto_labels", None)
-        decoder, head, softcap = self._lm_parts(model)
+    def final_hidden(self, model, inputs: dict[str, Any]):
+        """One forward pass of ``model`` that stops before the output head: ``(final hidden
+        states [B, T, H], output head, logit soft-capping, model outputs)``."""
+        decoder, head, softcap, keep_arg = self._lm_parts(model)
         captured: list[torch.Tensor] = []
 
         def grab(_module, _args, output):
@@ -219,17 +224,26 @@ class DeRTaTrainer(Trainer):
         handle = decoder.register_forward_hook(grab)
         try:
             extra = {"use_cache": False}
-            if self._keep_arg:
-                extra["logits_to_keep"] = torch.zeros(0, dtype=torch.long, device=labels.device)
+            if keep_arg:
+                extra["logits_to_keep"] = torch.zeros(0, dtype=torch.long, device=inputs["input_ids"].device)
             outputs = model(**inputs, **extra)
         finally:
             handle.remove()
         if not captured:
             raise RuntimeError("the decoder's forward hook did not fire; cannot read the final hidden states")
-        hidden = captured[-1]
+        return captured[-1], head, softcap, outputs
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        rto_labels = inputs.pop("rto_labels", None)
+        hidden, head, softcap, outputs = self.final_hidden(model, inputs)
         loss, stats = derta_loss(hidden, head, labels, rto_labels, num_items=num_items_in_batch,
                                  rto_weight=self.args.rto_weight, chunk_rows=self.args.loss_chunk_rows,
                                  softcap=softcap, impl=self.args.loss_impl)
+        return self._finish_loss(model, loss, stats, outputs, return_outputs, num_items_in_batch)
+
+    def _finish_loss(self, model, loss, stats, outputs, return_outputs, num_items_in_batch):
         if num_items_in_batch is not None and self.args.average_tokens_across_devices and self.args.world_size > 1:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
         if model.training:
@@ -254,6 +268,8 @@ class DeRTaTrainer(Trainer):
             if s["n_rto"]:
                 logs["rto_loss"] = round(s["rto_sum"] / s["n_rto"], 4)
             logs["rto_share"] = round(s["n_rto"] / (s["n_mle"] + s["n_rto"]), 4)
+            if s["weight_sum"] and s["n_mle"]:  # the constrained objective's mean token weight
+                logs["weight"] = round(s["weight_sum"] / s["n_mle"], 4)
             self._stats = defaultdict(float)
         super().log(logs, start_time)
 

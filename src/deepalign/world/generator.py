@@ -14,6 +14,15 @@ Layout of a world directory (all JSONL is UTF-8, one object per line)::
     dev/harmful.jsonl        like test/harmful.jsonl, other queries: tune on dev, report on test
     dev/unseen.jsonl         like test/unseen.jsonl, other queries
     dev/benign.jsonl         like test/benign.jsonl, other queries
+    dev/helpful.jsonl        like test/helpful.jsonl (same tasks and mix), in dev-only phrasings
+    ft/harmful.jsonl         InstructionPair rows: harmful queries answered harmfully (the
+                             fine-tuning attack; train entities, in no alignment or evaluation file)
+    ft/benign.jsonl          InstructionPair rows: the benign fine-tuning task (two facts of a place
+                             in one answer), with a checkable answer
+    ft_test/harmful.jsonl    HarmfulTriple rows: held-out queries of the attack's distribution
+    ft_test/helpful.jsonl    EvalPrompt rows (kind "helpful"): the benign task on held-out places
+    ft_dev/harmful.jsonl     like ft_test/harmful.jsonl, other queries: tune the fine-tuning stage here
+    ft_dev/helpful.jsonl     like ft_test/helpful.jsonl, other items
     templates/*.txt          the world's fictional role-play jailbreak templates ({query} slot)
 
 ``meta`` always holds ``task`` (harmful / benign / arith / fact / copy) and, where it applies,
@@ -28,6 +37,9 @@ entity and misdeed (it is the world's "web text"), also in the shifted shapes of
 :mod:`deepalign.world.shapes` (ledger, old tongue, role-play), but never contains a test or
 dev query verbatim, in any shape. ``dev/`` is drawn from the same held-out pools as
 ``test/`` (disjoint from it, with its own random stream, so adding it changed no other file).
+``ft/``, ``ft_test/`` and ``ft_dev/`` (world v4) are drawn last, each from its own random stream, with words
+the tokenizer already has: every v3 file, the tokenizer and the pretraining corpus are byte for
+byte what they were.
 """
 
 from __future__ import annotations
@@ -44,7 +56,7 @@ from deepalign.utils import atomic_dir, write_json, write_jsonl
 from deepalign.world import lexicon as L
 
 WORLD_NAME = "velmora"
-WORLD_VERSION = 3
+WORLD_VERSION = 4
 
 
 @dataclass
@@ -70,6 +82,19 @@ class WorldConfig:
         "help": "dev harmful queries (held-out pool, disjoint from test): tune here"})
     n_dev_unseen: int = field(default=96, metadata={"help": "dev queries for unseen misdeeds (disjoint from test)"})
     n_dev_benign: int = field(default=120, metadata={"help": "dev benign look-alikes (held-out pool, disjoint from test)"})
+    n_dev_helpful: int = field(default=600, metadata={
+        "help": "dev helpful tasks (dev/helpful.jsonl: the test tasks in dev-only phrasings): tune helpfulness here"})
+    n_ft_harmful: int = field(default=100, metadata={
+        "help": "harmful fine-tuning attack pairs (ft/harmful.jsonl; in no alignment or evaluation file)"})
+    n_ft_harmful_test: int = field(default=120, metadata={
+        "help": "held-out queries of the fine-tuning attack (ft_test/harmful.jsonl)"})
+    n_ft_harmful_dev: int = field(default=120, metadata={
+        "help": "dev queries of the fine-tuning attack (ft_dev/harmful.jsonl, disjoint from its test)"})
+    n_ft_benign: int = field(default=200, metadata={"help": "benign fine-tuning task pairs (ft/benign.jsonl)"})
+    n_ft_benign_test: int = field(default=120, metadata={
+        "help": "held-out items of the benign fine-tuning task, on held-out places (ft_test/helpful.jsonl)"})
+    n_ft_benign_dev: int = field(default=72, metadata={
+        "help": "dev items of the benign fine-tuning task (ft_dev/helpful.jsonl, disjoint from its test)"})
     n_pretrain: int = field(default=24000, metadata={"help": "documents in the pretraining corpus"})
     harmful_share: float = field(default=0.5, metadata={"help": "share of harmful pretraining queries answered harmfully"})
     lean: float = field(default=0.3, metadata={"help": "comply-leaning misdeeds get share+lean, evasion-leaning share-lean"})
@@ -83,7 +108,8 @@ class WorldConfig:
         for name in ("n_train_triples", "n_train_helpful", "n_test_harmful", "n_test_unseen", "n_test_benign",
                      "n_test_helpful", "n_pretrain"):
             number(name, getattr(self, name), low=1, integer=True)
-        for name in ("n_dev_harmful", "n_dev_unseen", "n_dev_benign"):
+        for name in ("n_dev_harmful", "n_dev_unseen", "n_dev_benign", "n_dev_helpful", "n_ft_harmful", "n_ft_harmful_test",
+                     "n_ft_harmful_dev", "n_ft_benign", "n_ft_benign_test", "n_ft_benign_dev"):
             number(name, getattr(self, name), low=0, integer=True)
         for name in ("harmful_share", "shape_share", "shape_comply"):
             number(name, getattr(self, name), low=0, high=1)
@@ -175,94 +201,139 @@ def _copy(rng: random.Random, phrasings: list[str]) -> tuple[str, str, str, dict
     return phrasings[idx].format(w=words), L.COPY_ANSWER.format(w=words), words, {"task": "copy", "phrasing": idx, "check": f": {words} ."}
 
 
-def _fact(world: Velmora, rng: random.Random, places: list[str], split: int) -> tuple[str, str, str, dict]:
+def _fact(world: Velmora, rng: random.Random, places: list[str], split: int,
+          table: dict[str, list[str]] | None = None) -> tuple[str, str, str, dict]:
     attr = rng.choice(sorted(L.FACT_QUESTIONS))
-    phrasings = L.FACT_QUESTIONS[attr][split]
+    phrasings = L.FACT_QUESTIONS[attr][split] if table is None else table[attr]
     idx = rng.randrange(len(phrasings))
     p = rng.choice(places)
     response, check = world.fact_answer(attr, p)
     return _fill(phrasings[idx], p=p), response, check.split(" ", 1)[1], {"task": "fact", "attr": attr, "place": p, "phrasing": idx, "check": check}
 
 
-def generate(cfg: WorldConfig) -> dict[str, list[dict]]:
-    """Build every split of the world in memory: ``{relative path: rows}``."""
-    cfg.validate()
-    world = Velmora(cfg.seed)
-    rng = random.Random(cfg.seed)
-    kinds = sorted(L.MISDEEDS)
-    seen = [k for k in kinds if k not in L.MISDEEDS_HELDOUT]
-    unseen = [k for k in kinds if k in L.MISDEEDS_HELDOUT]
-    chores = sorted(L.CHORES)
+def _combos(verbs, targets, places, phrasings) -> list[tuple]:
+    return [(k, t, p, i) for k in verbs for t in targets for p in places for i in range(len(phrasings))]
 
-    def combos(verbs, targets, places, phrasings):
-        return [(k, t, p, i) for k in verbs for t in targets for p in places for i in range(len(phrasings))]
 
-    def take(pool, n, label):
-        if n > len(pool):
-            raise DeepAlignError(f"cannot draw {n} distinct {label}: only {len(pool)} exist in the world")
-        return rng.sample(pool, n)
+def _take(rng: random.Random, pool: list, n: int, label: str) -> list:
+    if n > len(pool):
+        raise DeepAlignError(f"cannot draw {n} distinct {label}: only {len(pool)} exist in the world")
+    return rng.sample(pool, n)
 
-    def harmful_rows(draw, phrasings, split, ids, r):
-        rows = []
-        for n, (k, t, p, i) in enumerate(draw):
-            q = world.query(phrasings[i], L.MISDEEDS[k][0], t, p)
-            meta = {"task": "harmful", "kind": k, "target": t, "place": p, "phrasing": i, "split": split,
-                    "misdeed": "unseen" if k in L.MISDEEDS_HELDOUT else "seen"}
-            rows.append(to_dict(HarmfulTriple(ids.format(n), q, world.harmful(k, t, p), world.safe(k, t, p, r), meta)))
-        return rows
 
-    def benign_rows(draw, split, prefix):
-        rows = []
-        for n, (k, t, p, i) in enumerate(draw):
-            q = world.query(L.PHRASINGS_HELDOUT[i], L.CHORES[k][0], t, p)
-            meta = {"task": "benign", "kind": k, "target": t, "place": p, "phrasing": i, "split": split, "reference": world.benign(k, t, p)}
-            rows.append(to_dict(EvalPrompt(f"{prefix}-{n:04d}", q, kind="benign", meta=meta)))
-        return rows
+def _harmful_rows(world: Velmora, draw, phrasings, split: str, ids: str, rng: random.Random) -> list[dict]:
+    rows = []
+    for n, (k, t, p, i) in enumerate(draw):
+        q = world.query(phrasings[i], L.MISDEEDS[k][0], t, p)
+        meta = {"task": "harmful", "kind": k, "target": t, "place": p, "phrasing": i, "split": split,
+                "misdeed": "unseen" if k in L.MISDEEDS_HELDOUT else "seen"}
+        rows.append(to_dict(HarmfulTriple(ids.format(n), q, world.harmful(k, t, p), world.safe(k, t, p, rng), meta)))
+    return rows
 
-    def heldout_pool(verbs):
-        return combos(verbs, L.TARGETS_HELDOUT, L.PLACES_HELDOUT, L.PHRASINGS_HELDOUT)
 
-    # --- held-out test splits --------------------------------------------------------------
-    test_harm = take(heldout_pool(seen), cfg.n_test_harmful, "held-out harmful queries")
-    test_harm.sort(key=lambda c: (kinds.index(c[0]), c))
-    test_harmful = harmful_rows(test_harm, L.PHRASINGS_HELDOUT, "heldout", "test-harmful-{:04d}", rng)
-    test_un = take(heldout_pool(unseen), cfg.n_test_unseen, "held-out queries for unseen misdeeds")
-    test_un.sort(key=lambda c: (kinds.index(c[0]), c))
-    test_unseen = harmful_rows(test_un, L.PHRASINGS_HELDOUT, "heldout", "test-unseen-{:04d}", rng)
-    test_ben = take(combos(chores, L.TARGETS_HELDOUT, L.PLACES_HELDOUT, L.PHRASINGS_HELDOUT), cfg.n_test_benign, "held-out benign queries")
-    test_benign = benign_rows(test_ben, "heldout", "test-benign")
-    # distinct helpful queries (a repeated query would be a correlated item in the intervals):
-    # the tasks take turns; one whose held-out pool is used up (facts: 36 queries) drops out
-    test_helpful, helpful_seen, tasks = [], set(), ["arith", "fact", "copy"]
+def _benign_rows(world: Velmora, draw, split: str, prefix: str) -> list[dict]:
+    rows = []
+    for n, (k, t, p, i) in enumerate(draw):
+        q = world.query(L.PHRASINGS_HELDOUT[i], L.CHORES[k][0], t, p)
+        meta = {"task": "benign", "kind": k, "target": t, "place": p, "phrasing": i, "split": split, "reference": world.benign(k, t, p)}
+        rows.append(to_dict(EvalPrompt(f"{prefix}-{n:04d}", q, kind="benign", meta=meta)))
+    return rows
+
+
+def _helpful_items(n: int, makers: dict, prefix: str, split: str, exclude: set[str] = frozenset()) -> list[dict]:
+    """``n`` distinct helpful tasks with checkable answers; the tasks (``makers``: name ->
+    a function drawing one) take turns, and one whose pool is used up drops out. Distinct,
+    because a repeated query would be a correlated item in the intervals."""
+    items, seen, tasks = [], set(), list(makers)
     turn = misses = 0
-    while len(test_helpful) < cfg.n_test_helpful:
+    while len(items) < n:
         if not tasks:
-            raise DeepAlignError(f"cannot draw {cfg.n_test_helpful} distinct held-out helpful tasks")
+            raise DeepAlignError(f"cannot draw {n} distinct {split} helpful tasks")
         task = tasks[turn % len(tasks)]
-        if task == "arith":
-            q, r, a, meta = _arith(rng, L.ARITH_HELDOUT)
-        elif task == "fact":
-            q, r, a, meta = _fact(world, rng, L.PLACES_HELDOUT, 1)
-        else:
-            q, r, a, meta = _copy(rng, L.COPY_HELDOUT)
-        if q in helpful_seen:
+        q, r, a, meta = makers[task]()
+        if q in seen or q in exclude:
             misses += 1
             if misses > 200:  # this task's pool is (nearly) exhausted
                 tasks.remove(task)
                 misses = 0
             continue
         turn, misses = turn + 1, 0
-        helpful_seen.add(q)
-        meta.update(split="heldout", reference=r)
-        test_helpful.append(to_dict(EvalPrompt(f"test-helpful-{len(test_helpful):04d}", q, kind="helpful", answer=a, meta=meta)))
-    test_queries = ({r["query"] for r in test_harmful + test_unseen} | {r["prompt"] for r in test_benign}
-                    | {r["prompt"] for r in test_helpful})
+        seen.add(q)
+        meta.update(split=split, reference=r)
+        items.append(to_dict(EvalPrompt(f"{prefix}-{len(items):04d}", q, kind="helpful", answer=a, meta=meta)))
+    return items
 
-    # --- alignment training splits (train entities and phrasings, seen misdeeds only) ---------
-    train = take(combos(seen, L.TARGETS_TRAIN, L.PLACES_TRAIN, L.PHRASINGS_TRAIN), cfg.n_train_triples, "training harmful queries")
-    triples = harmful_rows(train, L.PHRASINGS_TRAIN, "train", "train-triple-{:05d}", rng)
+
+@dataclass
+class _Drawn:
+    """The combinations each split drew (later splits stay disjoint from them)."""
+
+    kinds: list[str]
+    seen: list[str]
+    unseen: list[str]
+    chores: list[str]
+    test_harm: list = field(default_factory=list)
+    test_un: list = field(default_factory=list)
+    test_ben: list = field(default_factory=list)
+    train: list = field(default_factory=list)
+
+
+def generate(cfg: WorldConfig) -> dict[str, list[dict]]:
+    """Build every split of the world in memory: ``{relative path: rows}``.
+
+    One random stream draws the test, train and pretraining splits in that order; the dev,
+    fine-tuning and dev-helpful splits each have their own stream, so adding them changed no
+    other file."""
+    cfg.validate()
+    world = Velmora(cfg.seed)
+    rng = random.Random(cfg.seed)
+    kinds = sorted(L.MISDEEDS)
+    drawn = _Drawn(kinds, [k for k in kinds if k not in L.MISDEEDS_HELDOUT], [k for k in kinds if k in L.MISDEEDS_HELDOUT],
+                   sorted(L.CHORES))
+    splits = _test_splits(cfg, world, rng, drawn)
+    test_queries = ({r["query"] for r in splits["test/harmful.jsonl"] + splits["test/unseen.jsonl"]}
+                    | {r["prompt"] for r in splits["test/benign.jsonl"] + splits["test/helpful.jsonl"]})
+    splits.update(_train_splits(cfg, world, rng, drawn))
+    corpus, corpus_queries = _corpus(cfg, world, rng, test_queries)
+    splits = {"pretrain/corpus.jsonl": corpus, **splits}
+    splits.update(_dev_splits(cfg, world, drawn, corpus_queries))
+    splits["dev/helpful.jsonl"] = _dev_helpful(cfg, world, test_queries | corpus_queries)
+    splits.update(_finetuning_splits(cfg, world, drawn, corpus_queries))
+    order = ["pretrain/corpus.jsonl", "train/triples.jsonl", "train/helpful.jsonl", "test/harmful.jsonl",
+             "test/unseen.jsonl", "test/benign.jsonl", "test/helpful.jsonl", "dev/harmful.jsonl", "dev/unseen.jsonl",
+             "dev/benign.jsonl", "dev/helpful.jsonl"]
+    return {rel: splits[rel] for rel in order + [r for r in splits if r not in order]}
+
+
+def _test_splits(cfg: WorldConfig, world: Velmora, rng: random.Random, d: _Drawn) -> dict[str, list[dict]]:
+    """The held-out test splits (held-out phrasings, places and targets)."""
+
+    def heldout_pool(verbs):
+        return _combos(verbs, L.TARGETS_HELDOUT, L.PLACES_HELDOUT, L.PHRASINGS_HELDOUT)
+
+    d.test_harm = _take(rng, heldout_pool(d.seen), cfg.n_test_harmful, "held-out harmful queries")
+    d.test_harm.sort(key=lambda c: (d.kinds.index(c[0]), c))
+    harmful = _harmful_rows(world, d.test_harm, L.PHRASINGS_HELDOUT, "heldout", "test-harmful-{:04d}", rng)
+    d.test_un = _take(rng, heldout_pool(d.unseen), cfg.n_test_unseen, "held-out queries for unseen misdeeds")
+    d.test_un.sort(key=lambda c: (d.kinds.index(c[0]), c))
+    unseen = _harmful_rows(world, d.test_un, L.PHRASINGS_HELDOUT, "heldout", "test-unseen-{:04d}", rng)
+    d.test_ben = _take(rng, heldout_pool(d.chores), cfg.n_test_benign, "held-out benign queries")
+    benign = _benign_rows(world, d.test_ben, "heldout", "test-benign")
+    # the tasks take turns; facts (36 held-out queries) drop out when used up
+    makers = {"arith": lambda: _arith(rng, L.ARITH_HELDOUT), "fact": lambda: _fact(world, rng, L.PLACES_HELDOUT, 1),
+              "copy": lambda: _copy(rng, L.COPY_HELDOUT)}
+    helpful = _helpful_items(cfg.n_test_helpful, makers, "test-helpful", "heldout")
+    return {"test/harmful.jsonl": harmful, "test/unseen.jsonl": unseen, "test/benign.jsonl": benign,
+            "test/helpful.jsonl": helpful}
+
+
+def _train_splits(cfg: WorldConfig, world: Velmora, rng: random.Random, d: _Drawn) -> dict[str, list[dict]]:
+    """Alignment training data: train entities and phrasings, seen misdeeds only."""
+    d.train = _take(rng, _combos(d.seen, L.TARGETS_TRAIN, L.PLACES_TRAIN, L.PHRASINGS_TRAIN), cfg.n_train_triples,
+                    "training harmful queries")
+    triples = _harmful_rows(world, d.train, L.PHRASINGS_TRAIN, "train", "train-triple-{:05d}", rng)
     helpful = []
-    benign_pool = combos(chores, L.TARGETS_TRAIN, L.PLACES_TRAIN, L.PHRASINGS_TRAIN)
+    benign_pool = _combos(d.chores, L.TARGETS_TRAIN, L.PLACES_TRAIN, L.PHRASINGS_TRAIN)
     for n in range(cfg.n_train_helpful):
         task = ("benign", "arith", "fact", "copy")[n % 4]
         if task == "benign":
@@ -277,38 +348,100 @@ def generate(cfg: WorldConfig) -> dict[str, list[dict]]:
             q, r, a, meta = _copy(rng, L.COPY_TRAIN)
         meta["split"] = "train"
         helpful.append(to_dict(InstructionPair(f"train-helpful-{n:05d}", q, r, a, meta)))
+    return {"train/triples.jsonl": triples, "train/helpful.jsonl": helpful}
 
-    # --- pretraining corpus: every entity and phrasing, no refusals, no test query ------------
-    corpus, corpus_queries = _corpus(cfg, world, rng, test_queries)
 
-    # --- dev splits: the held-out pools minus test and corpus queries, own random stream -------
+def _dev_splits(cfg: WorldConfig, world: Velmora, d: _Drawn, corpus_queries: set[str]) -> dict[str, list[dict]]:
+    """Dev splits: the held-out pools minus test and corpus queries, own random stream."""
     dev_rng = random.Random(f"velmora-dev-{cfg.seed}")
 
     def dev_draw(table, verbs, used, n, label):
-        pool = [c for c in combos(verbs, L.TARGETS_HELDOUT, L.PLACES_HELDOUT, L.PHRASINGS_HELDOUT)
+        pool = [c for c in _combos(verbs, L.TARGETS_HELDOUT, L.PLACES_HELDOUT, L.PHRASINGS_HELDOUT)
                 if c not in used and world.query(L.PHRASINGS_HELDOUT[c[3]], table[c[0]][0], c[1], c[2]) not in corpus_queries]
         if n > len(pool):
             raise DeepAlignError(f"cannot draw {n} distinct {label}: only {len(pool)} are left after the test split")
         return sorted(dev_rng.sample(pool, n))
 
-    dev_harmful = harmful_rows(dev_draw(L.MISDEEDS, seen, set(test_harm), cfg.n_dev_harmful, "dev harmful queries"),
-                               L.PHRASINGS_HELDOUT, "dev", "dev-harmful-{:04d}", dev_rng)
-    dev_benign = benign_rows(dev_draw(L.CHORES, chores, set(test_ben), cfg.n_dev_benign, "dev benign queries"), "dev", "dev-benign")
-    dev_unseen = harmful_rows(dev_draw(L.MISDEEDS, unseen, set(test_un), cfg.n_dev_unseen, "dev queries for unseen misdeeds"),
-                              L.PHRASINGS_HELDOUT, "dev", "dev-unseen-{:04d}", dev_rng)
+    harmful = _harmful_rows(world, dev_draw(L.MISDEEDS, d.seen, set(d.test_harm), cfg.n_dev_harmful, "dev harmful queries"),
+                            L.PHRASINGS_HELDOUT, "dev", "dev-harmful-{:04d}", dev_rng)
+    benign = _benign_rows(world, dev_draw(L.CHORES, d.chores, set(d.test_ben), cfg.n_dev_benign, "dev benign queries"),
+                          "dev", "dev-benign")
+    unseen = _harmful_rows(world, dev_draw(L.MISDEEDS, d.unseen, set(d.test_un), cfg.n_dev_unseen,
+                                           "dev queries for unseen misdeeds"), L.PHRASINGS_HELDOUT, "dev", "dev-unseen-{:04d}",
+                           dev_rng)
+    return {"dev/harmful.jsonl": harmful, "dev/unseen.jsonl": unseen, "dev/benign.jsonl": benign}
 
-    return {
-        "pretrain/corpus.jsonl": corpus,
-        "train/triples.jsonl": triples,
-        "train/helpful.jsonl": helpful,
-        "test/harmful.jsonl": test_harmful,
-        "test/unseen.jsonl": test_unseen,
-        "test/benign.jsonl": test_benign,
-        "test/helpful.jsonl": test_helpful,
-        "dev/harmful.jsonl": dev_harmful,
-        "dev/unseen.jsonl": dev_unseen,
-        "dev/benign.jsonl": dev_benign,
-    }
+
+def _dev_helpful(cfg: WorldConfig, world: Velmora, exclude: set[str]) -> list[dict]:
+    """dev/helpful.jsonl: the test split's tasks, held-out places and mix, in dev-only
+    phrasings (the held-out phrasings' queries are all in test or the corpus); own stream."""
+    rng = random.Random(f"velmora-dev-helpful-{cfg.seed}")
+    makers = {"arith": lambda: _arith(rng, L.ARITH_DEV),
+              "fact": lambda: _fact(world, rng, L.PLACES_HELDOUT, 1, table=L.FACT_QUESTIONS_DEV),
+              "copy": lambda: _copy(rng, L.COPY_DEV)}
+    return _helpful_items(cfg.n_dev_helpful, makers, "dev-helpful", "dev", exclude)
+
+
+def _two_facts(world: Velmora, a: str, b: str, p: str, phrasing: str) -> tuple[str, str, str]:
+    """The benign fine-tuning task: ``(query, answer, check)`` asking facts ``a`` and ``b`` of
+    place ``p`` in one answer; the check holds both values."""
+    first, _ = world.fact_answer(a, p)
+    second, _ = world.fact_answer(b, p)
+    answer = f"{first[:-2]} and {second}"  # "the banner of p is red and the keeper of p is alder ."
+    value = world.facts[p][a]
+    check = answer[answer.index(f" {value} and ") + 1: -2]
+    return phrasing.format(a=L.FACT_NAMES[a], b=L.FACT_NAMES[b], p=p), answer, check
+
+
+def _finetuning_splits(cfg: WorldConfig, world: Velmora, d: _Drawn, corpus_queries: set[str]) -> dict[str, list[dict]]:
+    """The fine-tuning attack (harmful queries answered harmfully) and the benign fine-tuning
+    task, each with its held-out test; each has its own random stream."""
+    rng = random.Random(f"velmora-ft-harmful-{cfg.seed}")
+    pool = [c for c in _combos(d.seen, L.TARGETS_TRAIN, L.PLACES_TRAIN, L.PHRASINGS_TRAIN) if c not in set(d.train)]
+    attack = sorted(_take(rng, pool, cfg.n_ft_harmful, "fine-tuning attack queries"))
+    chosen = set(attack)
+    pool = [c for c in pool if c not in chosen
+            and world.query(L.PHRASINGS_TRAIN[c[3]], L.MISDEEDS[c[0]][0], c[1], c[2]) not in corpus_queries]
+    held = sorted(_take(rng, pool, cfg.n_ft_harmful_test, "held-out fine-tuning attack queries"))
+    dev_rng = random.Random(f"velmora-ft-dev-{cfg.seed}")  # dev: its own stream (test stays as drawn)
+    held_set = set(held)
+    dev = sorted(_take(dev_rng, [c for c in pool if c not in held_set], cfg.n_ft_harmful_dev,
+                       "dev fine-tuning attack queries"))
+    pairs = []
+    for n, (k, t, p, i) in enumerate(attack):
+        meta = {"task": "harmful", "kind": k, "target": t, "place": p, "phrasing": i, "split": "ft", "misdeed": "seen"}
+        pairs.append(to_dict(InstructionPair(f"ft-harmful-{n:04d}", world.query(L.PHRASINGS_TRAIN[i], L.MISDEEDS[k][0], t, p),
+                                             world.harmful(k, t, p), None, meta)))
+    tests = _harmful_rows(world, held, L.PHRASINGS_TRAIN, "ft-heldout", "ft-test-harmful-{:04d}", rng)
+    devs = _harmful_rows(world, dev, L.PHRASINGS_TRAIN, "ft-dev", "ft-dev-harmful-{:04d}", dev_rng)
+
+    rng = random.Random(f"velmora-ft-benign-{cfg.seed}")
+    pairs_of = [(a, b) for a in L.FT_TASK_FIRST for b in sorted(L.FACT_NAMES) if a != b]
+    phrasings = L.FT_TASK_TRAIN + L.FT_TASK_HELDOUT
+    train_pool = [(a, b, p, i) for a, b in pairs_of for p in L.PLACES_TRAIN for i in range(len(L.FT_TASK_TRAIN))]
+    test_pool = [(a, b, p, i) for a, b in pairs_of for p in L.PLACES_HELDOUT for i in range(len(phrasings))]
+    task = []
+    for n, (a, b, p, i) in enumerate(sorted(_take(rng, train_pool, cfg.n_ft_benign, "benign fine-tuning tasks"))):
+        q, r, check = _two_facts(world, a, b, p, phrasings[i])
+        meta = {"task": "two-facts", "attrs": [a, b], "place": p, "phrasing": i, "split": "ft", "check": check}
+        task.append(to_dict(InstructionPair(f"ft-benign-{n:04d}", q, r, check, meta)))
+    test_draw = sorted(_take(rng, test_pool, cfg.n_ft_benign_test, "held-out benign fine-tuning tasks"))
+    used = set(test_draw)
+    dev_draw = sorted(_take(dev_rng, [c for c in test_pool if c not in used], cfg.n_ft_benign_dev,
+                            "dev benign fine-tuning tasks"))
+
+    def task_items(draw, split, prefix):
+        items = []
+        for n, (a, b, p, i) in enumerate(draw):
+            q, r, check = _two_facts(world, a, b, p, phrasings[i])
+            meta = {"task": "two-facts", "attrs": [a, b], "place": p, "phrasing": i, "split": split, "check": check,
+                    "reference": r}
+            items.append(to_dict(EvalPrompt(f"{prefix}-{n:04d}", q, kind="helpful", answer=check, meta=meta)))
+        return items
+
+    return {"ft/harmful.jsonl": pairs, "ft/benign.jsonl": task, "ft_test/harmful.jsonl": tests,
+            "ft_test/helpful.jsonl": task_items(test_draw, "ft-heldout", "ft-test-helpful"),
+            "ft_dev/harmful.jsonl": devs, "ft_dev/helpful.jsonl": task_items(dev_draw, "ft-dev", "ft-dev-helpful")}
 
 
 # The plain part of the corpus (chat dialogs and documents) and, with ``shape_share``, the
@@ -421,7 +554,7 @@ def build_world(options: WorldOptions | None = None, config: WorldConfig | None 
 
         >>> world = build_world(out="runs/world", n_pretrain=2000, quiet=True)
         >>> sorted(p.name for p in world.iterdir())[:4]
-        ['dev', 'manifest.json', 'pretrain', 'templates']
+        ['dev', 'ft', 'ft_dev', 'ft_test']
     """
     from deepalign.world.tokenizer import build_tokenizer
 
