@@ -35,13 +35,16 @@ def tiny_model(world_dir, tmp_path_factory):
 def test_eval_and_report_on_the_world(world_dir, tiny_model, tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["eval", "--target", f"hf:{tiny_model}", "--attacks", "direct,prefill:4,completion:3w,cipher:atbash",
-            "--world", str(world_dir), "--limit", "3", "--max-new-tokens", "6", "--out", str(out), "--quiet"]
+            "--allow_unknown_tokens", "--world", str(world_dir), "--limit", "3", "--max-new-tokens", "6", "--out", str(out), "--quiet"]
     assert main(argv) == 0
     rows = [json.loads(line) for line in (out / "responses.jsonl").read_text().splitlines()]
     # world:test with --limit 3: 3 harmful + 3 unseen-misdeed + 3 benign + 3 helpful; prefill and
     # completion:3w only on the 6 harmful-kind items
     assert len(rows) == 12 + 6 + 6 + 12
     assert {tuple(r["verdicts"]) for r in rows} == {("oracle", "keyword")}
+    # the cipher's English frame is not world vocabulary: kept (--allow_unknown_tokens), flagged per row
+    assert all(r["meta"].get("unknown_words") for r in rows if r["attack"] == "cipher:atbash")
+    assert not any(r.get("meta", {}).get("unknown_words") for r in rows if r["attack"] != "cipher:atbash")
     pre = next(r for r in rows if r["attack"] == "prefill:4")
     assert pre["meta"]["depth_unit"] == "tokens" and len(pre["prompt"]["prefill"].split()) == 4  # one world token = one word
     assert pre["meta"]["forced_tokens"] == 4 and pre["meta"]["prefill_len"] == 4
@@ -128,7 +131,9 @@ def test_ed_target_spec_through_the_runner(world_dir, tiny_model, tmp_path):
     rows = RunDir(tmp_path).rows()
     assert len(rows) == 4 and {r.target for r in rows} == {spec}
     comp = next(r for r in rows if r.attack == "completion")
-    assert comp.prompt["prefill"] == "Sure, here is" and comp.meta["forced_tokens"] == 4
+    # the world's own answer start (manifest answer_start), one world token per word
+    start = json.loads((Path(world_dir) / "manifest.json").read_text())["answer_start"]
+    assert comp.prompt["prefill"] == start and comp.meta["forced_tokens"] == len(start.split())
     with pytest.raises(DeepAlignError, match="give alpha="):
         make_target(f"ed:base={tiny_model}")
     with pytest.raises(DeepAlignError, match="give aligned="):
