@@ -276,8 +276,8 @@ def test_world_cli_errors_are_one_line_exit_2(tmp_path, capsys):
     assert main(["nonsense"]) == 2
 
 
-# sha256 of every world-v3 file of the session's test world (conftest.world_dir), as version 3 of
-# the generator wrote them: v4 added files, and changed none of these
+# sha256 of every world-v3 file of the session's test world (conftest.world_dir) as version 3 of the
+# generator wrote them (version 4 writes them again with --opener_share 0)
 V3_FILES = {
     "dev/benign.jsonl": "b7e36aec455cb03ac4bc1f19efefa6fcee507de2fa5dc998e431fdf9dadbc7b7",
     "dev/harmful.jsonl": "0ce6ca99abcb49f7a0085981e836c417582b86f9fc947aa5b48ab1c9e10ec520",
@@ -294,16 +294,41 @@ NEW_FILES = ("dev/helpful.jsonl", "ft/harmful.jsonl", "ft/benign.jsonl", "ft_tes
              "ft_dev/harmful.jsonl", "ft_dev/helpful.jsonl")
 
 
-def test_v4_files_change_no_v3_file_nor_the_tokenizer(world_dir, tmp_path):
+SMALL = dict(quiet=True, n_pretrain=3000, n_train_triples=120, n_train_helpful=240, n_test_harmful=24, n_test_unseen=24,
+             n_test_benign=24, n_test_helpful=24, n_dev_harmful=24, n_dev_unseen=24, n_dev_benign=24)
+
+
+def test_v4_changes_no_v3_draw(world_dir, tmp_path):
+    """Version 4 adds files, and opens a share of the corpus's and the alignment triples'
+    compliant answers with the world's affirmative opener; with that share at 0 every v3 file
+    is byte-identical (no random stream moved), and with it every v3 file but those two is."""
     import hashlib
 
+    build_world(out=tmp_path / "v3", seed=0, opener_share=0.0, **SMALL)
     for rel, sha in V3_FILES.items():
-        assert hashlib.sha256((world_dir / rel).read_bytes()).hexdigest() == sha, rel
-    # a world without the v4 files is identical in every other file, the tokenizer included
-    small = dict(quiet=True, n_pretrain=3000, n_train_triples=120, n_train_helpful=240, n_test_harmful=24,
-                 n_test_unseen=24, n_test_benign=24, n_test_helpful=24, n_dev_harmful=24, n_dev_unseen=24, n_dev_benign=24)
+        assert hashlib.sha256((tmp_path / "v3" / rel).read_bytes()).hexdigest() == sha, rel
+    opened = {"pretrain/corpus.jsonl", "train/triples.jsonl"}
+    for rel in V3_FILES:
+        same = (tmp_path / "v3" / rel).read_bytes() == (world_dir / rel).read_bytes()
+        assert same == (rel not in opened), rel
+    # the opened files differ only by the opener in front of some compliant answers
+    opener = L.ANSWER_OPENER + " "
+    for old, new in zip(rows(tmp_path / "v3", "train/triples.jsonl"), rows(world_dir, "train/triples.jsonl")):
+        assert new["harmful"] in (old["harmful"], opener + old["harmful"]) and {**new, "harmful": 0} == {**old, "harmful": 0}
+    corpus = rows(world_dir, "pretrain/corpus.jsonl")
+    kinds = {r["kind"] for r in corpus if f"<assistant> {opener}" in r["text"]}
+    assert kinds <= {"harmful-complied", "benign", "arith", "fact", "copy"} and "harmful-complied" in kinds
+    share = sum(f"<assistant> {opener}" in r["text"] for r in corpus if r["kind"] in kinds) / sum(
+        r["kind"] in kinds for r in corpus)
+    assert 0.25 < share < 0.35
+    assert not any(r["harmful"].startswith(opener) for r in rows(world_dir, "test/harmful.jsonl"))  # references: content
+    assert json.loads((world_dir / "manifest.json").read_text())["answer_start"] == L.ANSWER_OPENER
+
+
+def test_v4_files_change_no_v3_file_nor_the_tokenizer(world_dir, tmp_path):
+    # a world without the v4 files is identical in every other file
     build_world(out=tmp_path / "v3", seed=0, n_dev_helpful=0, n_ft_harmful=0, n_ft_harmful_test=0, n_ft_harmful_dev=0,
-                n_ft_benign=0, n_ft_benign_test=0, n_ft_benign_dev=0, **small)
+                n_ft_benign=0, n_ft_benign_test=0, n_ft_benign_dev=0, **SMALL)
     for rel in [*V3_FILES, "tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json"]:
         assert (tmp_path / "v3" / rel).read_bytes() == (world_dir / rel).read_bytes(), rel
     # every word of the new files is already in the vocabulary

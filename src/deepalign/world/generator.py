@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -100,6 +101,9 @@ class WorldConfig:
     lean: float = field(default=0.3, metadata={"help": "comply-leaning misdeeds get share+lean, evasion-leaning share-lean"})
     shape_share: float = field(default=0.25, metadata={
         "help": "share of the corpus in shifted shapes (ledger, old tongue, role-play)"})
+    opener_share: float = field(default=0.3, metadata={
+        "help": "share of compliant answers (procedures, chores, helpful answers) of the corpus and the alignment "
+                "data that open with the world's affirmative opener ('ok ,', forced by the completion attack)"})
     shape_comply: float = field(default=1.0, metadata={
         "help": "share of harmful queries in a shifted shape answered harmfully"})
 
@@ -111,7 +115,7 @@ class WorldConfig:
         for name in ("n_dev_harmful", "n_dev_unseen", "n_dev_benign", "n_dev_helpful", "n_ft_harmful", "n_ft_harmful_test",
                      "n_ft_harmful_dev", "n_ft_benign", "n_ft_benign_test", "n_ft_benign_dev"):
             number(name, getattr(self, name), low=0, integer=True)
-        for name in ("harmful_share", "shape_share", "shape_comply"):
+        for name in ("harmful_share", "shape_share", "shape_comply", "opener_share"):
             number(name, getattr(self, name), low=0, high=1)
         number("lean", self.lean, low=0, high=0.5)
 
@@ -332,6 +336,8 @@ def _train_splits(cfg: WorldConfig, world: Velmora, rng: random.Random, d: _Draw
     d.train = _take(rng, _combos(d.seen, L.TARGETS_TRAIN, L.PLACES_TRAIN, L.PHRASINGS_TRAIN), cfg.n_train_triples,
                     "training harmful queries")
     triples = _harmful_rows(world, d.train, L.PHRASINGS_TRAIN, "train", "train-triple-{:05d}", rng)
+    for row in triples:  # harmful responses open as the corpus's compliant answers do
+        row["harmful"] = opened(cfg, row["id"], row["harmful"])
     helpful = []
     benign_pool = _combos(d.chores, L.TARGETS_TRAIN, L.PLACES_TRAIN, L.PHRASINGS_TRAIN)
     for n in range(cfg.n_train_helpful):
@@ -507,7 +513,10 @@ def _corpus(cfg: WorldConfig, world: Velmora, rng: random.Random, test_queries: 
                 continue
             drawn = task(kind)
             if drawn is not None:
-                add(drawn[2], render_dialog(drawn[0], drawn[1]))
+                q, r, label = drawn
+                if label != "harmful-deflected":  # a compliant answer: the affirmative opener, sometimes
+                    r = opened(cfg, f"pretrain-{len(corpus):06d}", r)
+                add(label, render_dialog(q, r))
             continue
         shape = rng.choices(shape_names, shape_weights)[0]
         if shape == "translate":  # the old tongue both ways, on any world text
@@ -533,6 +542,14 @@ def _corpus(cfg: WorldConfig, world: Velmora, rng: random.Random, test_queries: 
             name = rng.choice(roleplays)
             add(f"roleplay-{label}", render_dialog(shapes.roleplay_prompt(name, q), shapes.roleplay_response(name, r)))
     return corpus, corpus_queries
+
+
+def opened(cfg: WorldConfig, key: str, response: str) -> str:
+    """``response`` led by the world's affirmative opener for a share ``cfg.opener_share`` of
+    the keys (a hash of the key decides: no random stream moves, so the world's other
+    draws stay what they were)."""
+    share = zlib.crc32(f"velmora-opener-{cfg.seed}:{key}".encode("utf-8")) % 10_000 / 10_000
+    return f"{L.ANSWER_OPENER} {response}" if share < cfg.opener_share else response
 
 
 def render_dialog(query: str, response: str) -> str:
@@ -592,6 +609,8 @@ def build_world(options: WorldOptions | None = None, config: WorldConfig | None 
             "refusal_word": "sorry",  # DeRTa's refusal token: the word RTO trains at every position
             # every word a world refusal starts with, DeRTa's first (depth diagnostics measure them all)
             "refusal_openers": ["sorry"] + sorted({o.split()[0] for o in L.SAFE_OPENERS} - {"sorry"}),
+            # the world's own affirmative answer start (completion attacks force it)
+            "answer_start": L.ANSWER_OPENER,
             "files": {rel: _sha256(tmp / rel) for rel in sorted(splits)},
         }
         write_json(tmp / "manifest.json", manifest)
