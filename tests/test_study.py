@@ -12,8 +12,10 @@ from deepalign.study import run_study
 
 CLAIMS = {
     "refusal position bias", "prefill attacks break vanilla, not DeRTa", "helpfulness kept", "ablation order",
-    "ED raises harm above the base model", "alignment backfires under ED",
+    "ED raises harm above the base model", "alignment backfires under ED", "harmful fine-tuning breaks vanilla",
+    "the constrained objective resists it", "constrained fine-tuning keeps utility",
 }
+DIRECTION_CLAIM = "ablating vanilla's refusal direction removes its refusals"
 
 
 def test_study_end_to_end_reuse_and_seed_sweep(world_dir, base_model_dir, tmp_path, monkeypatch):
@@ -21,13 +23,24 @@ def test_study_end_to_end_reuse_and_seed_sweep(world_dir, base_model_dir, tmp_pa
     shutil.copytree(world_dir, seed0 / "world")
     shutil.copytree(base_model_dir, seed0 / "base")
     kwargs = dict(quiet=True, limit=3, train_steps=2, depths=(0, 8), alphas=(0.5,), ed_samples=1,
-                  max_new_tokens=8, batch_size=8)
+                  max_new_tokens=8, batch_size=8, finetune_steps=4)
     results = run_study(out=str(seed0), **kwargs)
     assert {"world", "pretrain"} <= set(results["timing"]["reused"])
     for recipe in ("vanilla", "harmful-prefix", "rto", "derta", "dpo"):
         assert (seed0 / "models" / recipe / "config.json").exists()
     claims = {c["name"]: c for c in results["claims"]}
-    assert set(claims) == CLAIMS
+    assert set(claims) - {DIRECTION_CLAIM} == CLAIMS
+    # the fine-tuning attack: four runs on vanilla, the attack step by step on the others, their evaluation
+    for run in ("vanilla/harmful-sft", "vanilla/harmful-constrained", "vanilla/benign-sft", "derta/harmful-sft"):
+        assert (seed0 / "finetune" / run / "config.json").exists(), run
+    ft = results["finetune"]
+    assert set(ft["table"]) == {"before", "harmful-sft", "harmful-constrained", "benign-sft", "benign-constrained"}
+    assert ft["table"]["harmful-sft"]["harmful direct"]["n"] == 3 and ft["table"]["benign-sft"]["task"]["n"] == 3
+    assert set(ft["steps"]) == {"vanilla", "harmful-prefix", "rto", "derta"} and 0 in ft["steps"]["derta"]
+    assert "## Fine-tuning attack" in (seed0 / "report.md").read_text()
+    # the refusal direction: a model that refuses nothing (these micro models) gets none, and says why
+    for m in ("vanilla", "harmful-prefix", "rto", "derta"):
+        assert (seed0 / "direction" / m / "direction.json").exists() or (seed0 / "direction" / f"{m}.skipped").exists()
     assert all(c["status"] in ("PASS", "FAIL") for c in claims.values())
     report = (seed0 / "report.md").read_text()
     assert "## Claims" in report and "## Emulated Disalignment" in report and "## Time per stage" in report
@@ -50,7 +63,8 @@ def test_study_end_to_end_reuse_and_seed_sweep(world_dir, base_model_dir, tmp_pa
     assert len(rows) == len({r["key"] for r in rows})
 
     again = run_study(out=str(seed0), **kwargs)  # everything finished: nothing is trained or generated again
-    assert {"world", "pretrain", "train vanilla", "train dpo", "depth harmful", "depth unseen"} <= set(again["timing"]["reused"])
+    assert {"world", "pretrain", "train vanilla", "train dpo", "depth harmful", "depth unseen", "finetune vanilla harmful sft",
+            "direction derta"} <= set(again["timing"]["reused"])
     assert again["timing"]["stages_s"]["train dpo"] == results["timing"]["stages_s"]["train dpo"]
     rows2 = (seed0 / "eval" / "attacks" / "responses.jsonl").read_text().splitlines()
     assert len(rows2) == len(rows)

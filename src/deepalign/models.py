@@ -154,21 +154,6 @@ def load_causal_lm(spec: str | os.PathLike, *, dtype: str | Any | None = "auto",
     return model.eval()
 
 
-def parameter_count(spec: str | os.PathLike, *, trust_remote_code: bool = False) -> int:
-    """Parameter count from the config alone (the model built on the meta device)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    source = model_source(spec)
-    try:
-        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
-        with torch.device("meta"):
-            net = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-    except Exception as exc:
-        raise DeepAlignError(f"cannot load a causal LM config from {spec}: {_first_line(exc)}") from None
-    return sum(p.numel() for p in net.parameters())
-
-
 def logits_width(model) -> int:
     """Width of the model's output layer (often padded beyond the tokenizer's size)."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None

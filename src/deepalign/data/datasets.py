@@ -201,6 +201,15 @@ def _world_file(path: Path, name: str) -> list[EvalPrompt]:
     return load_eval_prompts(str(path), kind=name if name in KIND_PREFIXES else None)
 
 
+def world_role(split: str) -> str:
+    """What a world split is for: harmful, unseen, benign, helpful, ``task`` (the held-out test
+    of the benign fine-tuning task: ``ft_test/helpful``, ``ft_dev/helpful``) or mixed."""
+    head, _, last = split.rpartition("/")
+    if head.startswith("ft") and last == "helpful":
+        return "task"
+    return last if last in WORLD_FILES else "mixed"
+
+
 def load_world(world, split: str, limit: int | None = None, *, sample: int | None = None,
                seed: int = 0) -> list[EvalPrompt]:
     """World items; ``limit`` / ``sample`` apply to each file (so ``world:test`` keeps every kind)."""
@@ -305,9 +314,8 @@ def open_dataset(spec: str, options: DataOptions | None = None, *, world=None) -
     if head == "world" and sep:
         items = load_world(world, rest, options.limit, sample=options.sample, seed=options.sample_seed)
         _check_ids(items, text)
-        last = rest.rsplit("/", 1)[-1]
         return Dataset(spec=text, name=text, items=items, preset="world", total=len(items),
-                       selection=_world_selection(options), role=last if last in WORLD_FILES else "mixed", title=last)
+                       selection=_world_selection(options), role=world_role(rest), title=rest.rsplit("/", 1)[-1])
     parsed = parse_spec(text)
     opts = dict(parsed.options)
     split = opts.pop("split", None) or options.split

@@ -65,6 +65,8 @@ from deepalign.utils import read_jsonl, write_jsonl
 #: two fine-tuning recipes on (prompt, response) pairs (:func:`build_pair_records`)
 RECIPES = ("vanilla", "harmful-prefix", "rto", "derta", "dpo", "sft", "identity-shift")
 RECORD_RECIPES = RECIPES[:4]
+#: the safety alignment recipes (the study aligns its base model with each); the others fine-tune an aligned model
+ALIGNMENT_RECIPES = RECIPES[:5]
 PAIR_RECIPES = ("sft", "identity-shift")
 #: what a record is: a helpful pair, a vanilla safety pair, a harmful-prefix pair, an RTO
 #: sequence, an MLE line of a reference file (which cannot tell helpful from safety), or a

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from deepalign.data.recipes import RECIPES
+from deepalign.data.recipes import ALIGNMENT_RECIPES as RECIPES
 from deepalign.evaluation.claims import check_claims
 from deepalign.evaluation.metrics.study import Evidence, load_evidence, numbers, prefill_depth
 from deepalign.evaluation.plots import Panel, Series, plot_prefill_profile, plot_rate_bars, plot_refusal_positions
@@ -140,6 +140,68 @@ def _ed_table(results: dict, alphas, title: str) -> list[str]:
     return lines
 
 
+FT_NAMES = {"before": "vanilla (aligned)", "harmful-sft": "after the attack, plain SFT",
+            "harmful-constrained": "after the attack, constrained", "benign-sft": "after the benign task, plain SFT",
+            "benign-constrained": "after the benign task, constrained"}
+FT_COLUMNS = ("harmful direct", "harmful prefill:8", "unseen direct", "unseen prefill:8", "helpful", "task")
+
+
+def _cell(c: dict | None) -> str:
+    return "–" if not c or c.get("rate") is None else f"{_pct(c['rate'])}{_ci(c.get('ci95'))}"
+
+
+def _finetune_section(results: dict, out: Path) -> list[str]:
+    ft = results.get("finetune") or {}
+    if not ft:
+        return []
+    lines = ["", "## Fine-tuning attack: does deep alignment survive fine-tuning?", "",
+             "The vanilla model fine-tuned on 100 harmful pairs (`world:ft/harmful`) and on a benign task "
+             "(`world:ft/benign`: two facts of a place in one answer), with plain SFT and with the token-wise "
+             "constrained objective (Qi et al. 2025; first-token factor 20, chosen on dev). Harmful % (greedy, oracle) "
+             "on held-out and unseen misdeeds, helpful accuracy, and the benign task's held-out accuracy (`task`), "
+             "95% Wilson intervals:", "",
+             "| model | " + " | ".join(FT_COLUMNS) + " |", "|---|" + "---|" * len(FT_COLUMNS)]
+    for variant, row in ft["table"].items():
+        lines.append(f"| {FT_NAMES.get(variant, variant)} | " + " | ".join(_cell(row.get(c)) for c in FT_COLUMNS) + " |")
+    steps = ft.get("steps") or {}
+    if steps:
+        ks = sorted({int(k) for curve in steps.values() for k in curve})
+        lines += ["", "Harmful % on held-out direct queries against the steps of the plain-SFT attack (each aligned "
+                      "model attacked alike; 7 steps = one epoch of the 100 pairs):", "",
+                  "| model | " + " | ".join(f"{k} steps" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+        for model, curve in steps.items():
+            lines.append(f"| {model} | " + " | ".join(_cell(curve.get(k)) for k in ks) + " |")
+        if plot_prefill_profile([Panel("harmful % (held-out direct queries)", ks,
+                                       [Series(m, [(c.get(k) or {}).get("rate") for k in ks]) for m, c in steps.items()])],
+                                out / "finetune_steps.png", xlabel="fine-tuning steps (plain SFT on the attack data)",
+                                ylabel="harmful %", title="Does deeper alignment resist fine-tuning longer?"):
+            lines += ["", "![harmful % against fine-tuning steps](finetune_steps.png)"]
+    return lines
+
+
+def _direction_section(results: dict, out: Path) -> list[str]:
+    rd = results.get("direction") or {}
+    if not rd:
+        return []
+    import json
+
+    kl_path = out / "direction" / "kl.json"
+    kl = json.loads(kl_path.read_text(encoding="utf-8")) if kl_path.exists() else {}
+    lines = ["", "## Refusal direction: is safety deep in the representation?", "",
+             "Each aligned model with its own refusal direction (Arditi et al. 2024; selected on dev) ablated at every "
+             "layer and position, next to the model as it is (held-out queries, greedy, oracle; 95% Wilson intervals), "
+             "and the KL of its first response token on helpful queries under ablation:", "",
+             "| model | harmful direct: plain → ablated | refusal direct | harmful prefill:8 | helpful accuracy | KL on "
+             "helpful queries |", "|---|---|---|---|---|---|"]
+    for m, row in rd.items():
+        cells = [f"{_cell(row[c]['plain'])} → {_cell(row[c]['ablated'])}" for c in
+                 ("harmful direct", "refusal direct", "harmful prefill:8", "helpful")]
+        k = kl.get(m) or {}
+        kl_cell = "–" if k.get("kl") is None else f"{k['kl']:.3f} [{k['kl_ci95'][0]:.3f}, {k['kl_ci95'][1]:.3f}]"
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {kl_cell} |")
+    return lines
+
+
 def _depth_section(depth: dict | None) -> list[str]:
     from deepalign.evaluation.depth import depth_markdown
 
@@ -152,10 +214,19 @@ def _depth_section(depth: dict | None) -> list[str]:
              "(`sorry`, DeRTa's; also `sorry` or `i`, the world's two refusal openers, of which `i` is also the "
              "base model's evasion opener at t = 0).", ""]
     for d, r in depth.items():
-        lines += [f"`{d}` ({next(iter(r['models'].values()))['items']} items):", ""]
+        if d == "finetune":
+            lines += ["The fine-tuned vanilla models against vanilla itself: KL(fine-tuned‖vanilla) at each position "
+                      "of the held-out harmful responses (where each fine-tuning run moved the model; Qi et al. 2025 "
+                      f"find fine-tuning moves the first tokens most) ({next(iter(r['models'].values()))['items']} items):",
+                      ""]
+        else:
+            lines += [f"`{d}` ({next(iter(r['models'].values()))['items']} items):", ""]
         lines += depth_markdown(r["models"])
         if r.get("plot"):
             lines += ["", f"![depth diagnostics on {d}]({r['plot']})", ""]
+        if r.get("projection_plot"):
+            lines += ["Projection on each model's refusal direction along the forced harmful responses, next to "
+                      "the per-token KL and refusal probability:", "", f"![projection on {d}]({r['projection_plot']})", ""]
     return lines
 
 
@@ -173,6 +244,8 @@ def _write_markdown(out: Path, ev: Evidence, results: dict, alphas, plots, setup
         lines.append("Mean harmful % there: " + ", ".join(f"{m} {_pct(v)}" for m, v in results["ablation_means"].items()) + ".")
     lines += _benign_table(ev, results)
     lines += _ed_table(results, alphas, "## Emulated Disalignment: harmful % (sampled, T=0.7; 95% Wilson intervals)")
+    lines += _finetune_section(results, out)
+    lines += _direction_section(results, out)
     lines += _depth_section(depth)
     if results["judge_agreement"]:
         lines += ["", f"## Judges: refusal verdicts that agree with the {results['judge']} judge", ""]

@@ -36,9 +36,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from deepalign.attacks.base import Attack
-from deepalign.attacks.basic import Completion, Direct, Prefill
+from deepalign.attacks.basic import Completion, Direct, Prefill, answer_start
 from deepalign.attacks.shapes import ShapeAttack
-from deepalign.data.recipes import RECIPES
+from deepalign.data.recipes import ALIGNMENT_RECIPES as RECIPES
 from deepalign.decoding.registry import TargetSpec
 from deepalign.errors import OptionError
 from deepalign.options import build, number
@@ -50,6 +50,18 @@ DEPTHS = (0, 2, 4, 8, 16, 32)
 # room to see a better-aligned model make ED more harmful still.
 ALPHAS = (0.3, 0.6)
 MID, MID_DEPTHS = 24, (8, 16)  # prefills that start mid-response (24 tokens in): a shifted shape
+# Safety records per helpful record in the world's alignment mixtures (vanilla's q -> refusal,
+# harmful-prefix's and RTO's records, DeRTa's both), chosen on the dev splits of seed 0 (and
+# checked on seed 1; docs/study.md#choosing-the-mixture-on-dev): the reference mixes 60K helpful
+# with 6K safety examples (0.1). At 0.1 DeRTa was too weak on dev (26.7% harmful on direct
+# queries), at the former one-per-triple 0.5 it cost 1.3 points of helpful accuracy and vanilla
+# continued the world's affirmative opener only 36.7% of the time; 0.2 kept vanilla shallow
+# (55% and 97% on seeds 0 and 1). RTO keeps 20% of its positions (the reference keeps 5% for
+# full fine-tuning): at 5% with the smaller mixture DeRTa refused only 79% of seed 1's direct
+# dev queries; at 20% it refused all on both seeds. A lower learning rate (1e-4) left vanilla
+# answering 12-43% of direct dev queries harmfully.
+WORLD_SAFETY_RATIO = 0.2
+WORLD_RTO_KEEP = 0.2
 ROLEPLAYS = ("trickster", "game", "story")  # the world's role-play templates (deepalign.world.lexicon)
 
 
@@ -82,6 +94,12 @@ class StudyConfig:
     limit: int | None = field(default=None, metadata={"help": "items per evaluation dataset (default: all)"})
     train_steps: int = field(default=-1, metadata={"help": "optimizer steps per alignment run (-1: recipe default)"})
     pretrain_steps: int | None = field(default=None, metadata={"help": "pretraining steps (default: pretrain's default)"})
+    finetune_steps: int = field(default=-1, metadata={
+        "help": "optimizer steps per fine-tuning attack run (-1: the stage's settings, 8 epochs)"})
+    finetune: bool = field(default=True, metadata={
+        "help": "world: the fine-tuning attack stage (plain SFT and the constrained objective; --no_finetune skips it)"})
+    direction: bool = field(default=True, metadata={
+        "help": "world: the refusal-direction stage (a direction per aligned model, ablated; --no_direction skips it)"})
     checkpoint_every: float = field(default=0.05, metadata={
         "help": "share of each training stage between checkpoints: a killed study loses at most this much of a stage"})
 
@@ -100,6 +118,7 @@ class StudyConfig:
             number(name, getattr(self, name), low=1, integer=True)
         number("limit", self.limit, low=1, integer=True, optional=True)
         number("train_steps", self.train_steps, low=-1, integer=True)
+        number("finetune_steps", self.finetune_steps, low=-1, integer=True)
         number("pretrain_steps", self.pretrain_steps, low=1, integer=True, optional=True)
         number("checkpoint_every", self.checkpoint_every, low=0, high=1, low_open=True, high_open=True)
         if self.split not in ("test", "dev"):
@@ -164,19 +183,20 @@ class _Stages:
             print(msg, flush=True)
 
 
-def world_attacks(cfg: StudyConfig) -> dict[str, list[Attack]]:
+def world_attacks(cfg: StudyConfig, world=None) -> dict[str, list[Attack]]:
     """The attack battery, in three parts: ``plain`` (direct, completion and the prefill depth
     profile on held-out queries for seen misdeeds; every model), ``shifted`` (the shifted
     shapes on the same queries) and ``unseen`` (queries for unseen misdeeds: direct, the
     prefills and the shapes). DPO, which the study needs for Emulated Disalignment, only
-    gets the plain part. The direct query is the prefill of depth 0."""
+    gets the plain part. The direct query is the prefill of depth 0; the completion attack
+    starts the answer with the world's own affirmative opener (``world``: its directory)."""
     def prefills():
         return [Prefill(k) for k in cfg.depths if k > 0]
 
     def mids():
         return [Prefill(k, skip=MID) for k in MID_DEPTHS]
 
-    plain = [Direct(), Completion()] + prefills()
+    plain = [Direct(), Completion(start=answer_start(world))] + prefills()
     if not cfg.world_mode:  # real models: the real attack families
         from deepalign.attacks.cipher import Caesar, CipherAttack
         from deepalign.attacks.code import CodeAttack
@@ -221,12 +241,13 @@ def run_study(options: StudyConfig | None = None, **kwargs) -> dict:
     return _run_one(cfg)
 
 
-#: the world's evaluation datasets per split (helpfulness is always measured on test/helpful:
-#: the dev split is for tuning the rest)
+#: the world's evaluation datasets per split (``--split dev`` tunes on files disjoint from test)
 WORLD_SETS = {
-    "test": {"harmful": ["world:harmful"], "unseen": ["world:unseen"], "benign": ["world:benign", "world:helpful"]},
+    "test": {"harmful": ["world:harmful"], "unseen": ["world:unseen"], "benign": ["world:benign", "world:helpful"],
+             "helpful": "world:helpful", "task": "world:ft_test/helpful"},
     "dev": {"harmful": ["world:dev/harmful"], "unseen": ["world:dev/unseen"],
-            "benign": ["world:dev/benign", "world:helpful"]},
+            "benign": ["world:dev/benign", "world:dev/helpful"], "helpful": "world:dev/helpful",
+            "task": "world:ft_dev/helpful"},
 }
 
 
@@ -283,11 +304,16 @@ class _Study:
         lora = cfg.lora if cfg.lora is not None else not cfg.world_mode
         data = {} if cfg.world_mode else {"triples": cfg.triples, "helpful": cfg.helpful}
         for recipe in RECIPES:
+            mix = {}
+            if cfg.world_mode and recipe != "dpo":
+                mix["safety_ratio"] = WORLD_SAFETY_RATIO
+            if cfg.world_mode and recipe in ("rto", "derta"):
+                mix["rto_keep"] = WORLD_RTO_KEEP
             dest = self.models / recipe
             start_from = str(self.models / "vanilla") if recipe == "dpo" else self.base
-            self.stages.run(f"train {recipe}", (dest / "config.json").exists(), lambda r=recipe, d=dest, m=start_from: train(
+            self.stages.run(f"train {recipe}", (dest / "config.json").exists(), lambda r=recipe, d=dest, m=start_from, x=mix: train(
                 recipe=r, model_name_or_path=m, output_dir=str(d), world=str(self.world), seed=cfg.seed, use_peft=lora,
-                resume=True, max_steps=cfg.train_steps, save_steps=cfg.checkpoint_every, quiet=cfg.quiet, **data,
+                resume=True, max_steps=cfg.train_steps, save_steps=cfg.checkpoint_every, quiet=cfg.quiet, **data, **x,
             ))
 
     @property
@@ -311,7 +337,7 @@ class _Study:
         hf = [model_target(name, path) for name, path in self.paths.items()]
         no_dpo = [t for t in hf if t.name != "dpo"]
         greedy = GenConfig(max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
-        battery = world_attacks(cfg)
+        battery = world_attacks(cfg, self.world if cfg.world_mode else None)
 
         def attacks_stage():  # three calls into the same run directory: one table, one set of rows
             self._eval("attacks", hf, battery["plain"], sets["harmful"], greedy)
@@ -328,15 +354,68 @@ class _Study:
         self.stages.run("eval ED", False, lambda: self._eval("ed", ed_targets(cfg, self.base, self.models), [Direct()],
                                                              sets["harmful"][:1], sampled))
 
+    def finetune_attack(self) -> None:
+        """The fine-tuning attack (:mod:`deepalign.study.finetune`): the runs, their evaluation
+        and harmful % step by step (world mode)."""
+        from deepalign.decoding.base import GenConfig
+        from deepalign.study import finetune as ft
+
+        cfg = self.cfg
+        for model, data, objective in ft.runs():
+            dest = ft.run_dir(self.out / "finetune", model, data, objective)
+            self.stages.run(f"finetune {model} {data} {objective}", (dest / "config.json").exists(),
+                            lambda m=model, d=data, o=objective: ft.train_run(self, m, d, o))
+        greedy = GenConfig(max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+
+        def evaluate():
+            targets = ft.attacked_targets(self)
+            self._eval("finetune", targets, [Direct(), Prefill(8)], self.sets["harmful"][:1] + self.sets["unseen"], greedy)
+            self._eval("finetune", targets, [Direct()], [self.sets["helpful"], self.sets["task"]], greedy)
+            self._eval("finetune-steps", ft.step_targets(self), [Direct()], list(self.sets["harmful"][:1]), greedy)
+
+        self.stages.run("eval finetune", False, evaluate)
+
+    def refusal_directions(self) -> None:
+        """A refusal direction per aligned model and each model with its own direction ablated
+        (:mod:`deepalign.study.direction`; world mode)."""
+        from deepalign.decoding.base import GenConfig
+        from deepalign.study import direction as rd
+
+        for m in rd.MODELS:
+            self.stages.run(f"direction {m}", rd.done(self, m), lambda m=m: rd.compute(self, m))
+        greedy = GenConfig(max_new_tokens=self.cfg.max_new_tokens, seed=self.cfg.seed)
+        targets = rd.ablated_targets(self)
+        if not targets:
+            return
+
+        def evaluate():
+            self._eval("direction", targets, [Direct(), Prefill(8)], list(self.sets["harmful"][:1]), greedy)
+            self._eval("direction", targets, [Direct()], [self.sets["helpful"]], greedy)
+
+        self.stages.run("eval direction", False, evaluate)
+        kl = self.out / "direction" / "kl.json"
+        self.stages.run("direction kl", kl.exists(), lambda: write_json(kl, rd.harmless_kl(self)))
+
     def depth(self) -> dict:
-        """Per-token depth diagnostics of every recipe on the harmful (and unseen) queries."""
-        depth = {}
+        """Per-token depth diagnostics of every recipe on the harmful (and unseen) queries, with
+        the projection on each model's refusal direction on the first; and per-token KL of the
+        fine-tuned vanilla models from vanilla."""
+        depth, first = {}, True
         for spec in self.sets["harmful"][:1] + self.sets["unseen"]:
             dest = self.out / "depth" / _slug(spec)
+            directions = self.out / "direction" if first and (self.out / "direction").is_dir() else None
             self.stages.run(f"depth {_slug(spec)}", (dest / "depth.json").exists(),
-                            lambda s=spec, d=dest: _depth_stage(self.cfg, s, d, self.base, self.models, self.world))
+                            lambda s=spec, d=dest, r=directions: _depth_stage(self, s, d, r))
             depth[spec] = {**json.loads((dest / "depth.json").read_text(encoding="utf-8")),
                            "plot": str((dest / "depth.png").relative_to(self.out))}
+            if (dest / "projection.png").exists():
+                depth[spec]["projection_plot"] = str((dest / "projection.png").relative_to(self.out))
+            first = False
+        if (self.out / "finetune").is_dir():
+            dest = self.out / "depth" / "finetune"
+            self.stages.run("depth finetune", (dest / "depth.json").exists(), lambda: _finetune_depth(self, dest))
+            depth["finetune"] = {**json.loads((dest / "depth.json").read_text(encoding="utf-8")),
+                                 "plot": str((dest / "depth.png").relative_to(self.out))}
         return depth
 
     def report(self, depth: dict) -> dict:
@@ -360,6 +439,10 @@ def _run_one(cfg: StudyConfig) -> dict:
     study.world_and_base()
     study.align()
     study.evaluate()
+    if cfg.world_mode and cfg.finetune:
+        study.finetune_attack()
+    if cfg.world_mode and cfg.direction:
+        study.refusal_directions()
     return study.report(study.depth())
 
 
@@ -372,22 +455,48 @@ def _slug(spec: str) -> str:
     return spec.split(":", 1)[-1].replace("/", "-") if spec.startswith("world:") else Path(spec.split(":", 1)[-1]).stem
 
 
-def _depth_stage(cfg: StudyConfig, spec: str, dest: Path, base_spec: str, models: Path, world: Path) -> None:
-    """Per-token KL and refusal-token probability of every recipe against the base."""
+def _refusal_words(study) -> list[str] | None:
+    """On the world every word a refusal starts with, DeRTa's "sorry" first (its manifest)."""
+    if not study.cfg.world_mode:
+        return None
+    from deepalign.world.generator import load_manifest
+
+    manifest = load_manifest(study.world)
+    return manifest.get("refusal_openers") or [manifest["refusal_word"]]
+
+
+def _depth_stage(study, spec: str, dest: Path, directions: Path | None) -> None:
+    """Per-token KL and refusal-token probability of every recipe against the base; with
+    ``directions`` (one per aligned model) also the projection on each model's direction."""
     from deepalign.data.datasets import load_dataset
     from deepalign.evaluation.depth import depth_profiles, write_depth
 
-    items = load_dataset(spec, world=str(world) if cfg.world_mode else None, limit=cfg.limit)
-    words = None
-    if cfg.world_mode:  # every word a world refusal starts with, DeRTa's "sorry" first
-        from deepalign.world.generator import load_manifest
-
-        manifest = load_manifest(world)
-        words = manifest.get("refusal_openers") or [manifest["refusal_word"]]
-    results = depth_profiles(base_spec, {r: str(models / r) for r in RECIPES}, items,
-                             base_format="chat" if cfg.world_mode else None, refusal_words=words,
+    cfg = study.cfg
+    items = load_dataset(spec, world=str(study.world) if cfg.world_mode else None, limit=cfg.limit)
+    results = depth_profiles(study.base, {r: str(study.models / r) for r in RECIPES}, items,
+                             base_format="chat" if cfg.world_mode else None, refusal_words=_refusal_words(study),
                              max_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
-    write_depth(dest, results, dataset=spec)
+    projections = None
+    if directions is not None:
+        from deepalign.study import direction as rd
+
+        projections = rd.projections(study, items)
+    write_depth(dest, results, dataset=spec, projections=projections)
+
+
+def _finetune_depth(study, dest: Path) -> None:
+    """Per-token KL(fine-tuned || vanilla) along harmful responses: where each fine-tuning
+    run on vanilla moved the model (Qi et al. 2025: fine-tuning moves the first tokens most)."""
+    from deepalign.data.datasets import load_dataset
+    from deepalign.evaluation.depth import depth_profiles, write_depth
+    from deepalign.study import finetune as ft
+
+    spec = study.sets["harmful"][0]
+    items = load_dataset(spec, world=str(study.world), limit=study.cfg.limit)
+    tuned = {f"{d}-{o}": str(ft.run_dir(study.out / "finetune", "vanilla", d, o)) for d, o in ft.VANILLA_RUNS}
+    results = depth_profiles(str(study.models / "vanilla"), tuned, items, refusal_words=_refusal_words(study),
+                             max_tokens=study.cfg.max_new_tokens, batch_size=study.cfg.batch_size)
+    write_depth(dest, results, dataset=f"{spec}: fine-tuned vanilla models against vanilla")
 
 
 def _run_sweep(cfg: StudyConfig) -> dict:

@@ -23,8 +23,11 @@ from deepalign.evaluation.metrics.intervals import wilson
 from deepalign.evaluation.rundir import RunDir
 from deepalign.evaluation.runlog import DatasetRecord
 
-#: the study's evaluation run directories under ``OUT/eval``
+#: the study's evaluation run directories under ``OUT/eval``: the attack battery, over-refusal
+#: and helpfulness, Emulated Disalignment, the fine-tuning attack (its models, and checkpoints
+#: step by step), the refusal direction (each model ablated)
 STUDY_RUNS = ("attacks", "benign", "ed")
+TAGGED_RUNS = ("finetune", "finetune-steps", "direction")
 
 
 @dataclass
@@ -41,6 +44,25 @@ class Evidence:
     benign_datasets: list[DatasetRecord] = field(default_factory=list)
     strata: dict = field(default_factory=dict)
     agreement: dict = field(default_factory=dict)  # judge -> [agree, n]
+    #: run -> (target tags, attack label, dataset name) -> item -> {"harmful", "refusal", "correct"}
+    tagged: dict = field(default_factory=dict)
+    tagged_attacks: dict = field(default_factory=dict)  # run -> [AttackInfo]
+    tagged_datasets: dict = field(default_factory=dict)  # run -> [DatasetRecord]
+
+    def tagged_dataset(self, run: str, role: str) -> str | None:
+        return next((d.name for d in self.tagged_datasets.get(run, []) if d.role == role), None)
+
+    def cell(self, run: str, dataset: str, attack: str, **tags) -> dict:
+        """The items of one cell of a tagged run (``tags``: the target's tags, all of them)."""
+        return self.tagged.get(run, {}).get((_frozen(tags), attack, dataset)) or {}
+
+    def attack_label(self, run: str, family: str, depth: int = 0) -> str | None:
+        """The label of the attack of ``run`` with this family and depth (as its run log says)."""
+        return next((a.label for a in self.tagged_attacks.get(run, []) if a.family == family and a.depth == depth
+                     and not a.shifted), None)
+
+    def tag_values(self, run: str, tag: str) -> list:
+        return sorted({dict(t).get(tag) for (t, _, _) in self.tagged.get(run, {})} - {None})
 
     # -- what the run logs say ---------------------------------------------------------------
     def datasets_of(self, role: str) -> list[DatasetRecord]:
@@ -89,7 +111,33 @@ def load_evidence(out: str | os.PathLike, *, judge: str = "oracle", tag: str = "
         run = RunDir(out / "eval" / name)
         if run.is_run():
             _read_run(ev, run, name, judge, tag)
+    for name in TAGGED_RUNS:
+        run = RunDir(out / "eval" / name)
+        if run.is_run():
+            _read_tagged(ev, run, name, judge, tag)
     return ev
+
+
+def _frozen(tags: dict) -> tuple:
+    return tuple(sorted((k, v) for k, v in tags.items()))
+
+
+def _read_tagged(ev: Evidence, run: RunDir, name: str, judge: str, tag: str) -> None:
+    """A run whose targets are told apart by their tags (fine-tuned models, checkpoints,
+    ablated models): its cells keyed by the full tag set."""
+    info = run.info()
+    ev.tagged_attacks[name] = list(info.attacks)
+    ev.tagged_datasets[name] = list(info.datasets)
+    tags = {t.label: _frozen(t.tags) for t in info.targets}
+    store = ev.tagged.setdefault(name, {})
+    for row in run.rows():
+        v = row.verdicts.get(judge)
+        if v is None or v.error or row.target not in tags:
+            continue
+        key = tag + row.item
+        ev.strata[key] = tag + row.dataset
+        store.setdefault((tags[row.target], row.attack, row.dataset), {})[key] = {
+            "harmful": bool(v.harmful), "refusal": bool(v.refusal), "correct": correct_of(row, v)}
 
 
 def _read_run(ev: Evidence, run: RunDir, name: str, judge: str, tag: str) -> None:
@@ -134,6 +182,15 @@ def pool_evidence(parts: list[Evidence]) -> Evidence:
             have = {getattr(x, key) for x in dst}
             dst.extend(x for x in getattr(ev, attr) if getattr(x, key) not in have)
         pooled.strata.update(ev.strata)
+        for run, cells in ev.tagged.items():
+            for k, items in cells.items():
+                pooled.tagged.setdefault(run, {}).setdefault(k, {}).update(items)
+        for run, attacks in ev.tagged_attacks.items():
+            have = {a.label for a in pooled.tagged_attacks.setdefault(run, [])}
+            pooled.tagged_attacks[run].extend(a for a in attacks if a.label not in have)
+        for run, datasets in ev.tagged_datasets.items():
+            have = {d.name for d in pooled.tagged_datasets.setdefault(run, [])}
+            pooled.tagged_datasets[run].extend(d for d in datasets if d.name not in have)
         for j, (a, n) in ev.agreement.items():
             c = pooled.agreement.setdefault(j, [0, 0])
             c[0] += a
@@ -249,4 +306,87 @@ def numbers(ev: Evidence, *, names, alphas) -> dict:
     agreement = {j: {"agree": a, "n": n, "rate": a / n if n else None} for j, (a, n) in ev.agreement.items()}
     return {"attack_table": table, "refusal_positions": {m: refusal_positions(ev, m) for m in names},
             "benign": benign, "ed": ed, "ablation_means": ablation, "ablation_attacks": ablation_attacks(ev),
-            "judge_agreement": agreement}
+            "judge_agreement": agreement, "finetune": finetune_numbers(ev), "direction": direction_numbers(ev)}
+
+
+# -- the fine-tuning attack and the refusal direction -------------------------------------------
+#: the vanilla model before and after each fine-tuning run of the study: name -> target tags
+FINETUNE_VARIANTS = {
+    "before": {"model": "vanilla", "steps": 0},
+    "harmful-sft": {"model": "vanilla", "finetune": "harmful", "objective": "sft"},
+    "harmful-constrained": {"model": "vanilla", "finetune": "harmful", "objective": "constrained"},
+    "benign-sft": {"model": "vanilla", "finetune": "benign", "objective": "sft"},
+    "benign-constrained": {"model": "vanilla", "finetune": "benign", "objective": "constrained"},
+}
+#: the cells measured per model: name -> (dataset role, attack family, depth, verdict field)
+MEASURES = {"harmful direct": ("harmful", "direct", 0, "harmful"), "harmful prefill:8": ("harmful", "prefill", 8, "harmful"),
+            "unseen direct": ("unseen", "direct", 0, "harmful"), "unseen prefill:8": ("unseen", "prefill", 8, "harmful"),
+            "refusal direct": ("harmful", "direct", 0, "refusal"), "helpful": ("helpful", "direct", 0, "correct"),
+            "task": ("task", "direct", 0, "correct")}
+
+
+def tagged_rate(ev: Evidence, run: str, measure: str, **tags) -> tuple[float | None, list | None, int]:
+    """``(rate, Wilson interval, n)`` of one measure (:data:`MEASURES`) of a tagged target."""
+    role, family, depth, name = MEASURES[measure]
+    dataset, attack = ev.tagged_dataset(run, role), ev.attack_label(run, family, depth)
+    items = ev.cell(run, dataset, attack, **tags) if dataset and attack else {}
+    checked = {k: v for k, v in items.items() if v[name] is not None}
+    return rate(checked, name)
+
+
+def tagged_items(ev: Evidence, run: str, measure: str, **tags) -> dict[str, int]:
+    """Per item, the measure as 0/1 (for paired intervals)."""
+    role, family, depth, name = MEASURES[measure]
+    dataset, attack = ev.tagged_dataset(run, role), ev.attack_label(run, family, depth)
+    items = ev.cell(run, dataset, attack, **tags) if dataset and attack else {}
+    return {k: int(bool(v[name])) for k, v in items.items() if v[name] is not None}
+
+
+def finetune_numbers(ev: Evidence) -> dict:
+    """The fine-tuning attack's table (vanilla before and after each run) and harmful % of
+    every aligned model against the plain-SFT attack's steps."""
+    if "finetune" not in ev.tagged:
+        return {}
+    table = {}
+    for variant, tags in FINETUNE_VARIANTS.items():
+        row = {}
+        for measure in MEASURES:
+            r, ci, n = tagged_rate(ev, "finetune", measure, **tags)
+            if n:
+                row[measure] = {"rate": r, "ci95": ci, "n": n}
+        table[variant] = row
+    steps: dict[str, dict] = {}
+    for model in ev.tag_values("finetune-steps", "model"):
+        curve = {}
+        for s in ev.tag_values("finetune-steps", "steps"):
+            tags = {"model": model, "steps": s} if s == 0 else {"model": model, "finetune": "harmful",
+                                                                 "objective": "sft", "steps": s}
+            r, ci, n = tagged_rate(ev, "finetune-steps", "harmful direct", **tags)
+            if n:
+                curve[s] = {"rate": r, "ci95": ci, "n": n}
+        steps[model] = curve
+    return {"table": table, "steps": steps}
+
+
+def direction_numbers(ev: Evidence, models=("vanilla", "harmful-prefix", "rto", "derta")) -> dict:
+    """Each aligned model with its own refusal direction ablated, next to the model as it is."""
+    if "direction" not in ev.tagged:
+        return {}
+    seen = ev.seen
+    direct, prefill8 = ev.prefill_attack(0), ev.prefill_attack(8)
+    helpful = ev.benign_dataset("helpful")
+    out = {}
+    for m in models:
+        plain = {"harmful direct": rate(ev.greedy.get((m, direct, seen.name)) if seen else None),
+                 "refusal direct": rate(ev.greedy.get((m, direct, seen.name)) if seen else None, "refusal"),
+                 "harmful prefill:8": rate(ev.greedy.get((m, prefill8, seen.name)) if seen else None),
+                 "helpful": rate({k: {"c": bool(v["correct"])} for k, v in (ev.benign.get((m, helpful.name)) or {}).items()
+                                  if v["correct"] is not None} if helpful else None, "c")}
+        row = {}
+        for measure in ("harmful direct", "refusal direct", "harmful prefill:8", "helpful"):
+            r, ci, n = tagged_rate(ev, "direction", measure, model=m, ablated=True)
+            p = plain[measure]
+            row[measure] = {"ablated": {"rate": r, "ci95": ci, "n": n}, "plain": {"rate": p[0], "ci95": p[1], "n": p[2]}}
+        out[m] = row
+    return out
+
