@@ -29,7 +29,7 @@ def test_study_end_to_end_reuse_and_seed_sweep(world_dir, base_model_dir, tmp_pa
     for recipe in ("vanilla", "harmful-prefix", "rto", "derta", "dpo"):
         assert (seed0 / "models" / recipe / "config.json").exists()
     claims = {c["name"]: c for c in results["claims"]}
-    assert set(claims) - {DIRECTION_CLAIM} == CLAIMS
+    assert set(claims) == CLAIMS | {DIRECTION_CLAIM}
     # the fine-tuning attack: four runs on vanilla, the attack step by step on the others, their evaluation
     for run in ("vanilla/harmful-sft", "vanilla/harmful-constrained", "vanilla/benign-sft", "derta/harmful-sft"):
         assert (seed0 / "finetune" / run / "config.json").exists(), run
@@ -38,11 +38,21 @@ def test_study_end_to_end_reuse_and_seed_sweep(world_dir, base_model_dir, tmp_pa
     assert ft["table"]["harmful-sft"]["harmful direct"]["n"] == 3 and ft["table"]["benign-sft"]["task"]["n"] == 3
     assert set(ft["steps"]) == {"vanilla", "harmful-prefix", "rto", "derta"} and 0 in ft["steps"]["derta"]
     assert "## Fine-tuning attack" in (seed0 / "report.md").read_text()
-    # the refusal direction: a model that refuses nothing (these micro models) gets none, and says why
-    for m in ("vanilla", "harmful-prefix", "rto", "derta"):
-        assert (seed0 / "direction" / m / "direction.json").exists() or (seed0 / "direction" / f"{m}.skipped").exists()
-    assert all(c["status"] in ("PASS", "FAIL") for c in claims.values())
+    # the refusal direction: a model that refuses nothing (these micro models) gets none, and the
+    # claim and the report say why instead of leaving the stage out
     report = (seed0 / "report.md").read_text()
+    for m in ("vanilla", "harmful-prefix", "rto", "derta"):
+        note = seed0 / "direction" / f"{m}.skipped"
+        assert (seed0 / "direction" / m / "direction.json").exists() or note.exists()
+        if note.exists():
+            assert f"| {m} | no direction: {note.read_text().strip()}" in report
+    direction = claims.pop(DIRECTION_CLAIM)
+    assert f"**{direction['status']}** {DIRECTION_CLAIM}" in report
+    if (seed0 / "direction" / "vanilla.skipped").exists():
+        assert direction["status"] == "N/A" and "no refusal direction of vanilla passed the selection" in direction["detail"]
+    else:
+        assert direction["status"] in ("PASS", "FAIL")
+    assert all(c["status"] in ("PASS", "FAIL") for c in claims.values())
     assert "## Claims" in report and "## Emulated Disalignment" in report and "## Time per stage" in report
     for c in claims.values():
         assert f"**{c['status']}** {c['name']}" in report

@@ -236,6 +236,9 @@ def direction_ablation(ev: Evidence) -> dict:
     """Ablating vanilla's refusal direction removes its refusals and keeps its helpfulness."""
     name = "ablating vanilla's refusal direction removes its refusals"
     harm = tagged_rate(ev, "direction", "harmful direct", model="vanilla", ablated=True)
+    if not harm[2] and ev.skipped_directions.get("vanilla"):
+        return claim(name, None, "no refusal direction of vanilla passed the selection: "
+                     + "; ".join(ev.skipped_directions["vanilla"]))
     if not harm[2] or ev.seen is None:
         return claim(name, None, "no refusal-direction evaluation")
     refusal = tagged_rate(ev, "direction", "refusal direct", model="vanilla", ablated=True)
@@ -267,6 +270,6 @@ def check_claims(ev: Evidence, *, depths, alphas) -> list[dict]:
            backfire(ev, alphas)]
     if "finetune" in ev.tagged:
         out += [finetune_breaks(ev), finetune_constrained(ev), finetune_utility(ev)]
-    if "direction" in ev.tagged:
+    if "direction" in ev.tagged or ev.skipped_directions:
         out.append(direction_ablation(ev))
     return out

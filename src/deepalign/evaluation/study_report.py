@@ -9,6 +9,7 @@ number in it can be traced to rows.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -150,6 +151,19 @@ def _cell(c: dict | None) -> str:
     return "–" if not c or c.get("rate") is None else f"{_pct(c['rate'])}{_ci(c.get('ci95'))}"
 
 
+def _constrained_knobs(out: Path) -> str:
+    """The constrained run's strengths, from its own train record (the study writes it at
+    ``finetune/vanilla/harmful-constrained``)."""
+    record = out / "finetune" / "vanilla" / "harmful-constrained" / "deepalign_train.json"
+    try:
+        obj = json.loads(record.read_text())["objective"]
+        beta, first, bias, length = obj["beta"], obj["first_token_bias_factor"], obj["bias_factor"], obj["bias_length"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    return (f"; per-token beta {beta * first:g} at the first response token, {beta * bias:g} at the next "
+            f"{max(length - 1, 0)}, {beta:g} after, chosen on dev")
+
+
 def _finetune_section(results: dict, out: Path) -> list[str]:
     ft = results.get("finetune") or {}
     if not ft:
@@ -157,7 +171,7 @@ def _finetune_section(results: dict, out: Path) -> list[str]:
     lines = ["", "## Fine-tuning attack: does deep alignment survive fine-tuning?", "",
              "The vanilla model fine-tuned on 100 harmful pairs (`world:ft/harmful`) and on a benign task "
              "(`world:ft/benign`: two facts of a place in one answer), with plain SFT and with the token-wise "
-             "constrained objective (Qi et al. 2025; first-token factor 20, chosen on dev). Harmful % (greedy, oracle) "
+             f"constrained objective (Qi et al. 2025{_constrained_knobs(out)}). Harmful % (greedy, oracle) "
              "on held-out and unseen misdeeds, helpful accuracy, and the benign task's held-out accuracy (`task`), "
              "95% Wilson intervals:", "",
              "| model | " + " | ".join(FT_COLUMNS) + " |", "|---|" + "---|" * len(FT_COLUMNS)]
@@ -194,6 +208,9 @@ def _direction_section(results: dict, out: Path) -> list[str]:
              "| model | harmful direct: plain → ablated | refusal direct | harmful prefill:8 | helpful accuracy | KL on "
              "helpful queries |", "|---|---|---|---|---|---|"]
     for m, row in rd.items():
+        if "skipped" in row:
+            lines.append(f"| {m} | no direction: " + "; ".join(row["skipped"]).replace("|", "/") + " | | | | |")
+            continue
         cells = [f"{_cell(row[c]['plain'])} → {_cell(row[c]['ablated'])}" for c in
                  ("harmful direct", "refusal direct", "harmful prefill:8", "helpful")]
         k = kl.get(m) or {}
@@ -288,8 +305,9 @@ def write_sweep_report(out: str | os.PathLike, *, seeds: list[int], per_seed: di
              "number (see each seed's report for the full line).", ""]
     lines.append("| claim | " + " | ".join(f"seed {s}" for s in seeds) + " | pooled |")
     lines.append("|---|" + "---|" * (len(seeds) + 1))
-    for i, c in enumerate(pooled["claims"]):
-        cells = [per_seed[s]["claims"][i]["status"] for s in seeds] + [c["status"]]
+    status = {s: {c["name"]: c["status"] for c in per_seed[s]["claims"]} for s in seeds}
+    for c in pooled["claims"]:  # by name: a seed may lack a claim whose stage had nothing to measure
+        cells = [status[s].get(c["name"], "–") for s in seeds] + [c["status"]]
         lines.append(f"| {c['name']} | " + " | ".join(cells) + " |")
     lines += ["", "## Pooled claims", ""] + claims_lines(pooled["claims"])
     for s in seeds:

@@ -73,7 +73,8 @@ class StudyConfig:
         "help": "several seeds, e.g. --seeds 0,1,2 (or 0 1 2): one full study each in OUT/seed-<n>, then one claims "
                 "table (each seed and pooled) in OUT/report.md"})
     split: str = field(default="test", metadata={
-        "help": "world: evaluate on the test split (the report) or the dev split (to tune); helpfulness uses test"})
+        "help": "world: evaluate on the test split (the report) or the dev split (to tune: every evaluated set, "
+                "helpfulness and the fine-tuning task included, then comes from dev)"})
     scale: bool = field(default=False, metadata={"help": "bigger world and model: slower, more faithful"})
     fresh: bool = field(default=False, metadata={"help": "redo every stage"})
     quiet: bool = False

@@ -15,10 +15,15 @@ response tokens near the aligned model, resists it without costing utility. On t
 
 Settings were chosen on the world's dev splits (``docs/training.md``): learning rate 1e-4,
 constant, no warm-up, batch 16, 8 epochs (56 steps on the 100 attack pairs, 104 on the 200
-benign pairs). The constrained objective keeps the reference code's knobs except the first
-token's factor: 20 instead of 5, because on the world a vanilla model's loss on the attack's
-answers sits in its first response tokens, and the reference's weaker first-token constraint
-lets that token flip (on dev: harmful 100% at factor 5, 7.5% at factor 20).
+benign pairs). The constrained objective keeps the reference code's bias length (5) but not its
+strengths: per-token beta 20 at the first response token, 2 at the next four and 0.05 after
+(``beta`` 0.05, ``first_token_bias_factor`` 400, ``bias_factor`` 40; the reference has 0.5, 2
+and 0.1). On the world a vanilla model's loss on the attack's answers sits in its first
+response token, so the reference's first-token constraint lets it flip, and its later-token
+constraint costs the benign task. The dev sweep (vanilla, harmful % on dev direct queries /
+benign task accuracy on its dev split; plain SFT 100% / 93.1%): reference 100% / 86.1%; first 2,
+next 2, after .1: 45.8% / 88.9%; first 5, next 5, after .1: 5.8% / 77.8%; first 10, next .5,
+after .05: 17.5% / 91.7%; first 20, next 2, after .05: 3.3% / 93.1% (chosen).
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ CHECKPOINT_STEPS = 14
 #: the settings chosen on dev (module doc)
 SETTINGS = dict(learning_rate=1e-4, lr_scheduler_type="constant", warmup_steps=0, per_device_train_batch_size=16,
                 num_train_epochs=8)
-CONSTRAINED = dict(objective="constrained", first_token_bias_factor=20.0)
+CONSTRAINED = dict(objective="constrained", beta=0.05, first_token_bias_factor=400.0, bias_factor=40.0, bias_length=5)
 
 
 def run_dir(root: Path, model: str, data: str, objective: str) -> Path:

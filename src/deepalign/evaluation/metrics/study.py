@@ -48,6 +48,9 @@ class Evidence:
     tagged: dict = field(default_factory=dict)
     tagged_attacks: dict = field(default_factory=dict)  # run -> [AttackInfo]
     tagged_datasets: dict = field(default_factory=dict)  # run -> [DatasetRecord]
+    #: model -> why the study has no refusal direction for it (``direction/<model>.skipped``;
+    #: pooled: a list of the seeds' reasons)
+    skipped_directions: dict = field(default_factory=dict)
 
     def tagged_dataset(self, run: str, role: str) -> str | None:
         return next((d.name for d in self.tagged_datasets.get(run, []) if d.role == role), None)
@@ -115,6 +118,8 @@ def load_evidence(out: str | os.PathLike, *, judge: str = "oracle", tag: str = "
         run = RunDir(out / "eval" / name)
         if run.is_run():
             _read_tagged(ev, run, name, judge, tag)
+    for note in sorted((out / "direction").glob("*.skipped")):
+        ev.skipped_directions[note.stem] = [note.read_text(encoding="utf-8").strip()]
     return ev
 
 
@@ -191,6 +196,8 @@ def pool_evidence(parts: list[Evidence]) -> Evidence:
         for run, datasets in ev.tagged_datasets.items():
             have = {d.name for d in pooled.tagged_datasets.setdefault(run, [])}
             pooled.tagged_datasets[run].extend(d for d in datasets if d.name not in have)
+        for model, reasons in ev.skipped_directions.items():
+            pooled.skipped_directions.setdefault(model, []).extend(reasons)
         for j, (a, n) in ev.agreement.items():
             c = pooled.agreement.setdefault(j, [0, 0])
             c[0] += a
@@ -369,14 +376,18 @@ def finetune_numbers(ev: Evidence) -> dict:
 
 
 def direction_numbers(ev: Evidence, models=("vanilla", "harmful-prefix", "rto", "derta")) -> dict:
-    """Each aligned model with its own refusal direction ablated, next to the model as it is."""
-    if "direction" not in ev.tagged:
+    """Each aligned model with its own refusal direction ablated, next to the model as it is
+    (``{"skipped": [reasons]}`` for a model the selection found no direction for)."""
+    if "direction" not in ev.tagged and not ev.skipped_directions:
         return {}
     seen = ev.seen
     direct, prefill8 = ev.prefill_attack(0), ev.prefill_attack(8)
     helpful = ev.benign_dataset("helpful")
     out = {}
     for m in models:
+        if m in ev.skipped_directions and m not in ev.tag_values("direction", "model"):
+            out[m] = {"skipped": ev.skipped_directions[m]}
+            continue
         plain = {"harmful direct": rate(ev.greedy.get((m, direct, seen.name)) if seen else None),
                  "refusal direct": rate(ev.greedy.get((m, direct, seen.name)) if seen else None, "refusal"),
                  "harmful prefill:8": rate(ev.greedy.get((m, prefill8, seen.name)) if seen else None),
