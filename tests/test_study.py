@@ -69,13 +69,15 @@ def test_study_end_to_end_reuse_and_seed_sweep(world_dir, base_model_dir, tmp_pa
     depth = results["depth_diagnostics"]["world:unseen"]
     assert set(depth) == {"vanilla", "harmful-prefix", "rto", "derta", "dpo"} and len(depth["derta"]["kl"]) >= 8
     assert "## Depth diagnostics" in report and "KL(aligned‖base)" in report
+    assert "| harmful-sft | KL(fine-tuned‖vanilla) |" in report  # the fine-tuned models against vanilla
     rows = [json.loads(x) for x in (seed0 / "eval" / "attacks" / "responses.jsonl").read_text().splitlines()]
     assert len(rows) == len({r["key"] for r in rows})
 
     again = run_study(out=str(seed0), **kwargs)  # everything finished: nothing is trained or generated again
     assert {"world", "pretrain", "train vanilla", "train dpo", "depth harmful", "depth unseen", "finetune vanilla harmful sft",
-            "direction derta"} <= set(again["timing"]["reused"])
-    assert again["timing"]["stages_s"]["train dpo"] == results["timing"]["stages_s"]["train dpo"]
+            "direction derta", "eval attacks", "eval ED", "eval finetune"} <= set(again["timing"]["reused"])
+    for stage in ("train dpo", "eval attacks"):  # the time a reused stage took when it ran, not its resume check
+        assert again["timing"]["stages_s"][stage] == results["timing"]["stages_s"][stage]
     rows2 = (seed0 / "eval" / "attacks" / "responses.jsonl").read_text().splitlines()
     assert len(rows2) == len(rows)
     assert again["attack_table"] == results["attack_table"] and again["claims"] == results["claims"]

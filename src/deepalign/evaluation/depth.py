@@ -239,8 +239,11 @@ def plot_token_profile(results: dict[str, dict], path: str | os.PathLike, *, tit
 TABLE_POSITIONS = (0, 1, 2, 4, 8, 16, 32, 48)
 
 
-def depth_markdown(results: dict[str, dict], positions: Sequence[int] = TABLE_POSITIONS) -> list[str]:
-    """Markdown lines: mean KL and refusal-token probability at a few positions, per model."""
+def depth_markdown(results: dict[str, dict], positions: Sequence[int] = TABLE_POSITIONS, *, aligned: str = "aligned",
+                   base: str = "base") -> list[str]:
+    """Markdown lines: mean KL and refusal-token probability at a few positions, per model.
+    ``aligned`` / ``base`` name the two sides (e.g. ``fine-tuned`` / ``vanilla`` when the
+    "base" of the comparison is an aligned model)."""
     horizon = max((len(r["positions"]) for r in results.values()), default=0)
     shown = [t for t in positions if t < horizon]
 
@@ -254,14 +257,14 @@ def depth_markdown(results: dict[str, dict], positions: Sequence[int] = TABLE_PO
     any_of = "P(" + " or ".join(repr(p) for p in pieces) + ")"
     for label, r in results.items():
         share = shallowness(r)
-        lines.append(f"| {label} | KL(aligned‖base) | " + " | ".join(fmt(r["kl"], t) for t in shown)
+        lines.append(f"| {label} | KL({aligned}‖{base}) | " + " | ".join(fmt(r["kl"], t) for t in shown)
                      + f" | {'–' if share is None else f'{share:.0%}'} |")
         for piece, curve in (r.get("refusal_by_token") or {}).items():
             if piece == pieces[0]:
                 lines.append(f"| {label} | P({piece!r}) | " + " | ".join(fmt(curve, t) for t in shown) + " | |")
         lines.append(f"| {label} | {any_of} | " + " | ".join(fmt(r["refusal"], t) for t in shown) + " | |")
     if first is not None:
-        lines.append(f"| base | {any_of} | " + " | ".join(fmt(first["base_refusal"], t) for t in shown) + " | |")
+        lines.append(f"| {base} | {any_of} | " + " | ".join(fmt(first["base_refusal"], t) for t in shown) + " | |")
     return lines
 
 

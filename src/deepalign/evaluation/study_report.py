@@ -238,7 +238,8 @@ def _depth_section(depth: dict | None) -> list[str]:
                       ""]
         else:
             lines += [f"`{d}` ({next(iter(r['models'].values()))['items']} items):", ""]
-        lines += depth_markdown(r["models"])
+        names = {"aligned": "fine-tuned", "base": "vanilla"} if d == "finetune" else {}
+        lines += depth_markdown(r["models"], **names)
         if r.get("plot"):
             lines += ["", f"![depth diagnostics on {d}]({r['plot']})", ""]
         if r.get("projection_plot"):

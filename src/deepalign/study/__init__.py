@@ -173,11 +173,21 @@ class _Stages:
             self.say(f"[study] {name}: reusing finished output")
             return
         self.say(f"[study] {name} ...")
+        before = self._rows()
         start = time.time()
         fn()
+        if name in self.times and before and self._rows() == before:
+            # an evaluation that resumed a finished run generated nothing: keep the time it took
+            self.reused.append(name)
+            self.say(f"[study] {name}: every row was already there, reusing it")
+            return
         self.times[name] = round(time.time() - start, 1)
         write_json(self.path, self.times)
         self.say(f"[study] {name}: done in {self.times[name]:.0f}s")
+
+    def _rows(self) -> dict[str, int]:
+        """Size of every evaluation run's rows file (an evaluation stage that adds none reused them)."""
+        return {str(p): p.stat().st_size for p in self.path.parent.glob("eval/*/responses.jsonl")}
 
     def say(self, msg: str) -> None:
         if not self.cfg.quiet:
