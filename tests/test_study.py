@@ -96,6 +96,7 @@ def test_study_end_to_end_reuse_and_seed_sweep(world_dir, base_model_dir, tmp_pa
     assert pooled["attack_table"]["world:unseen"]["ledger"]["vanilla"]["harmful"] == cell["harmful"]
     report = (tmp_path / "study" / "report.md").read_text()
     assert "| claim | seed 0 | seed 1 | pooled |" in report
+    assert "## Pooled fine-tuning attack" in report and "## Pooled refusal direction" in report
     for c in pooled["claims"]:
         assert f"| {c['name']} |" in report
 

@@ -164,14 +164,17 @@ def _constrained_knobs(out: Path) -> str:
             f"{max(length - 1, 0)}, {beta:g} after, chosen on dev")
 
 
-def _finetune_section(results: dict, out: Path) -> list[str]:
+def _finetune_section(results: dict, out: Path, *, record_dir: Path | None = None, title: str = "") -> list[str]:
+    """``out``: where the plot goes; ``record_dir``: the study directory whose constrained run
+    says its strengths (default ``out``); ``title``: a prefix for the heading (``Pooled``)."""
     ft = results.get("finetune") or {}
     if not ft:
         return []
-    lines = ["", "## Fine-tuning attack: does deep alignment survive fine-tuning?", "",
+    heading = f"## {title + ' f' if title else 'F'}ine-tuning attack: does deep alignment survive fine-tuning?"
+    lines = ["", heading, "",
              "The vanilla model fine-tuned on 100 harmful pairs (`world:ft/harmful`) and on a benign task "
              "(`world:ft/benign`: two facts of a place in one answer), with plain SFT and with the token-wise "
-             f"constrained objective (Qi et al. 2025{_constrained_knobs(out)}). Harmful % (greedy, oracle) "
+             f"constrained objective (Qi et al. 2025{_constrained_knobs(record_dir or out)}). Harmful % (greedy, oracle) "
              "on held-out and unseen misdeeds, helpful accuracy, and the benign task's held-out accuracy (`task`), "
              "95% Wilson intervals:", "",
              "| model | " + " | ".join(FT_COLUMNS) + " |", "|---|" + "---|" * len(FT_COLUMNS)]
@@ -193,18 +196,20 @@ def _finetune_section(results: dict, out: Path) -> list[str]:
     return lines
 
 
-def _direction_section(results: dict, out: Path) -> list[str]:
+def _direction_section(results: dict, out: Path, *, title: str = "") -> list[str]:
+    """``out``: the study directory (its ``direction/kl.json``, absent for pooled seeds)."""
     rd = results.get("direction") or {}
     if not rd:
         return []
-    import json
-
     kl_path = out / "direction" / "kl.json"
     kl = json.loads(kl_path.read_text(encoding="utf-8")) if kl_path.exists() else {}
-    lines = ["", "## Refusal direction: is safety deep in the representation?", "",
+    heading = f"## {title + ' r' if title else 'R'}efusal direction: is safety deep in the representation?"
+    lines = ["", heading, "",
              "Each aligned model with its own refusal direction (Arditi et al. 2024; selected on dev) ablated at every "
              "layer and position, next to the model as it is (held-out queries, greedy, oracle; 95% Wilson intervals), "
-             "and the KL of its first response token on helpful queries under ablation:", "",
+             "and the KL of its first response token on helpful queries under ablation"
+             + (" (in each seed's report). Pooled, the plain numbers cover every seed and the ablated ones the "
+                "seeds whose selection found a direction:" if title else ":"), "",
              "| model | harmful direct: plain → ablated | refusal direct | harmful prefill:8 | helpful accuracy | KL on "
              "helpful queries |", "|---|---|---|---|---|---|"]
     for m, row in rd.items():
@@ -324,5 +329,7 @@ def write_sweep_report(out: str | os.PathLike, *, seeds: list[int], per_seed: di
             lines.append(f"| {a}{' *' if a in shifted else ''} | "
                          + " | ".join(f"{_pct(row.get(m, {}).get('harmful'))}{_ci(row.get(m, {}).get('ci95'))}" for m in names) + " |")
     lines += _ed_table(pooled, alphas, "## Pooled Emulated Disalignment harmful %")
+    lines += _finetune_section(pooled, out, record_dir=out / f"seed-{seeds[0]}", title="Pooled")
+    lines += _direction_section(pooled, out, title="Pooled")
     lines += ["", "Per-seed reports: " + ", ".join(f"[seed {s}](seed-{s}/report.md)" for s in seeds), ""]
     atomic_write(out / "report.md", "\n".join(lines))
