@@ -114,3 +114,14 @@ def test_study_errors(tmp_path, capsys):
     assert main(["study", "--out", str(tmp_path / "s"), "--split", "val"]) == 2
     assert "--split must be test or dev" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+def test_a_seed_without_a_claim_does_not_shift_the_others():
+    """A stage with nothing to measure on one seed leaves that seed without its claim: the
+    sweep's table and console lines match claims by name."""
+    from deepalign.evaluation.study_report import claim_statuses
+
+    per_seed = {0: {"claims": [{"name": "a", "status": "PASS"}, {"name": "b", "status": "N/A"}]},
+                1: {"claims": [{"name": "b", "status": "FAIL"}]}}
+    pooled = {"claims": [{"name": "a", "status": "PASS"}, {"name": "b", "status": "FAIL"}]}
+    assert claim_statuses([0, 1], per_seed, pooled) == [("a", ["PASS", "–"], "PASS"), ("b", ["N/A", "FAIL"], "FAIL")]

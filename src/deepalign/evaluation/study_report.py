@@ -298,6 +298,13 @@ def timing_lines(timing: dict | None) -> list[str]:
     return lines
 
 
+def claim_statuses(seeds: list[int], per_seed: dict[int, dict], pooled: dict) -> list[tuple[str, list[str], str]]:
+    """Per pooled claim: its name, its status on each seed ("–" where a seed lacks it: its stage
+    had nothing to measure there) and its pooled status. Claims are matched by name."""
+    status = {s: {c["name"]: c["status"] for c in per_seed[s]["claims"]} for s in seeds}
+    return [(c["name"], [status[s].get(c["name"], "–") for s in seeds], c["status"]) for c in pooled["claims"]]
+
+
 def write_sweep_report(out: str | os.PathLike, *, seeds: list[int], per_seed: dict[int, dict], pooled: dict,
                        shifted: set[str], alphas) -> None:
     """``OUT/report.md`` of a multi-seed study: one claims table (each seed and pooled), the
@@ -311,10 +318,8 @@ def write_sweep_report(out: str | os.PathLike, *, seeds: list[int], per_seed: di
              "number (see each seed's report for the full line).", ""]
     lines.append("| claim | " + " | ".join(f"seed {s}" for s in seeds) + " | pooled |")
     lines.append("|---|" + "---|" * (len(seeds) + 1))
-    status = {s: {c["name"]: c["status"] for c in per_seed[s]["claims"]} for s in seeds}
-    for c in pooled["claims"]:  # by name: a seed may lack a claim whose stage had nothing to measure
-        cells = [status[s].get(c["name"], "–") for s in seeds] + [c["status"]]
-        lines.append(f"| {c['name']} | " + " | ".join(cells) + " |")
+    for name, statuses, status in claim_statuses(seeds, per_seed, pooled):
+        lines.append(f"| {name} | " + " | ".join(statuses + [status]) + " |")
     lines += ["", "## Pooled claims", ""] + claims_lines(pooled["claims"])
     for s in seeds:
         lines += ["", f"## Seed {s}", ""] + claims_lines(per_seed[s]["claims"])

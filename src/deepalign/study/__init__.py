@@ -11,11 +11,19 @@ user calls one by one:
    harmful queries, and on queries for misdeeds the alignment data never shows),
    ``OUT/eval/benign`` (over-refusal and helpfulness), ``OUT/eval/ed`` (Emulated
    Disalignment of the base against each aligned model, sampled)  (deepalign eval)
-5. ``depth_profiles`` -> ``OUT/depth/<dataset>``: per-token KL(aligned || base) and the
-   refusal-token probability along harmful responses, every recipe  (deepalign depth)
-6. the study report ``OUT/report.md`` with plots and a claims section that checks each seed
-   claim from the measured numbers with its 95% interval (PASS / FAIL, with the numbers),
-   and the time each stage took.
+5. the fine-tuning attack -> ``OUT/finetune/<model>/<data>-<objective>``, ``OUT/eval/finetune``,
+   ``OUT/eval/finetune-steps``: vanilla under plain and constrained SFT on harmful and benign
+   data, every aligned model under the plain attack checkpoint by checkpoint
+   (deepalign train --recipe sft, deepalign eval; :mod:`deepalign.study.finetune`)
+6. refusal directions -> ``OUT/direction/<model>``, ``OUT/eval/direction``: a direction per
+   aligned model, each model with its own direction ablated (deepalign direction, deepalign
+   eval with ``ablate:`` targets; :mod:`deepalign.study.direction`)
+7. ``depth_profiles`` -> ``OUT/depth/<dataset>``: per-token KL(aligned || base), the
+   refusal-token probability and the projection on the refusal direction along harmful
+   responses, every recipe; and KL(fine-tuned || vanilla)  (deepalign depth)
+8. the study report ``OUT/report.md`` with plots and a claims section that checks each
+   claim from the measured numbers with its 95% interval (PASS / FAIL / N/A, with the
+   numbers), and the time each stage took.
 
 ``--seeds 0 1 2`` runs the whole study once per seed into ``OUT/seed-<n>/`` and writes
 ``OUT/report.md`` with one claims table (each seed and pooled over seeds) and
@@ -513,7 +521,7 @@ def _finetune_depth(study, dest: Path) -> None:
 def _run_sweep(cfg: StudyConfig) -> dict:
     """One full study per seed, then the claims on every seed and on the pooled evidence."""
     from deepalign.evaluation.metrics.study import load_evidence, pool_evidence
-    from deepalign.evaluation.study_report import study_results, write_sweep_report
+    from deepalign.evaluation.study_report import claim_statuses, study_results, write_sweep_report
 
     out = Path(cfg.out)
     if cfg.fresh and out.exists():
@@ -542,9 +550,8 @@ def _run_sweep(cfg: StudyConfig) -> dict:
     write_json(out / "study.json", results)
     if not cfg.quiet:
         print(f"[study] claims over seeds -> {out / 'report.md'} ({results['wall_s']:.0f}s)")
-        for i, c in enumerate(pooled["claims"]):
-            marks = " ".join(per_seed[s]["claims"][i]["status"] for s in cfg.seeds)
-            print(f"  {marks} | pooled {c['status']}  {c['name']}")
+        for name, statuses, status in claim_statuses(list(cfg.seeds), per_seed, pooled):
+            print(f"  {' '.join(statuses)} | pooled {status}  {name}")
     return results
 
 

@@ -14,7 +14,7 @@ study's own models (``docs/direction.md``): the harmless prompts are helpful tas
 chore", not "refuse vs comply"), and the induced-refusal filter is off (adding RTO's and DeRTa's
 best candidates raises the refusal score on harmless prompts from about -11 to about -0.5,
 short of the reference's threshold of 0, although they do induce refusal). The directions come
-from the dev splits; everything measured with them uses the test splits.
+from the dev splits; everything measured with them uses the study's evaluation split.
 """
 
 from __future__ import annotations
