@@ -104,8 +104,9 @@ def plot_prefill_profile(panels: Sequence[Panel], path: Path, *, xlabel: str, yl
     plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 if len(panels) == 1 else 5 * len(panels), 4), squeeze=False)
     for ax, panel in zip(axes[0], panels):
-        for s in panel.series:
-            ax.plot(list(panel.xs), [_pct(v) for v in s.values], s.style, marker="o", color=s.color, label=s.label)
+        for s in panel.series:  # each curve on the depths it has (series of one run may use different grids)
+            points = [(x, _pct(v)) for x, v in zip(panel.xs, s.values) if v is not None]
+            ax.plot([x for x, _ in points], [y for _, y in points], s.style, marker="o", color=s.color, label=s.label)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(panel.title or ylabel)
         ax.set_ylim(-3, 103)
