@@ -107,3 +107,16 @@ def test_real_tokenizers_read_every_attack_of_english_text(name):
                               harmful="First, take the key, then turn it twice — carefully.")]}
     attacks = make_attacks("direct,completion,prefill:5,prefill:3w,code,cipher:caesar,cipher:morse,cipher:self")
     assert unknown_words(tok, attacks, items) == {}
+
+
+def test_items_an_attack_skips_are_not_checked(sp_without_byte_fallback, tmp_path):
+    """An item of a DeRTa test set already carries its attack: the runner runs only direct on
+    it, so words another attack would force there cannot refuse the run."""
+    items = {"d": [EvalPrompt(id="carried", prompt="the river", kind="harmful", harmful="¿Qué? ¿Qué? ¿Qué?",
+                              meta={"attack_applied": "completion"}),
+                   EvalPrompt(id="plain", prompt="the river", kind="harmful", harmful="open the gate")]}
+    run_eval(targets=[Reader(sp_without_byte_fallback)], attacks=["direct", "completion:3w"], datasets=items,
+             judges="keyword", out_dir=tmp_path / "run", quiet=True)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "responses.jsonl").read_text().splitlines()]
+    assert sorted((r["attack"], r["item"]) for r in rows) == [("completion:3w", "plain"), ("direct", "carried"),
+                                                              ("direct", "plain")]

@@ -149,6 +149,10 @@ def not_applied_reason(attack, item: EvalPrompt) -> str | None:
     return "the attack does not apply to these items"
 
 
+def _runs_on(attack, item: EvalPrompt) -> bool:
+    return not_applied_reason(attack, item) is None
+
+
 def applicability(attacks, data: Mapping[str, list[EvalPrompt]]) -> list[dict]:
     """Every attack x dataset pair where some items cannot be attacked: how many, and why."""
     out = []
@@ -368,7 +372,7 @@ def check_vocabulary(targets: list[_Target], attacks, data, *, allow: bool) -> N
 
     for t in targets:
         tokenizer = _tokenizer(t)
-        t.unknown = unknown_words(tokenizer, attacks, data) if tokenizer is not None else {}
+        t.unknown = unknown_words(tokenizer, attacks, data, applies=_runs_on) if tokenizer is not None else {}
         if t.unknown and not allow:
             (attack, _, _), words = next(iter(t.unknown.items()))
             cells = sum(1 for key in t.unknown if key[0] == attack)

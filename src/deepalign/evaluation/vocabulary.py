@@ -70,10 +70,15 @@ class WordCheck:
         return " ".join(out)
 
 
-def added_text(attack, item: EvalPrompt, check: WordCheck) -> list[str]:
-    """The words ``attack`` adds to what a target reads for ``item`` (see the module doc)."""
+def _applies(attack, item: EvalPrompt) -> bool:
+    return attack.applies(item)
+
+
+def added_text(attack, item: EvalPrompt, check: WordCheck, applies=_applies) -> list[str]:
+    """The words ``attack`` adds to what a target reads for ``item`` (see the module doc);
+    none where ``applies(attack, item)`` says the attack will not run on it."""
     prepare = getattr(attack, "prepare", None)
-    if prepare is None or not attack.applies(item):
+    if prepare is None or not applies(attack, item):
         return []
     request = prepare(item).request
     own = set(item.prompt.split())
@@ -85,15 +90,17 @@ def added_text(attack, item: EvalPrompt, check: WordCheck) -> list[str]:
     return words + forced.split()
 
 
-def unknown_words(tokenizer, attacks: Sequence, data: Mapping[str, list[EvalPrompt]]) -> dict[tuple[str, str, str], list[str]]:
+def unknown_words(tokenizer, attacks: Sequence, data: Mapping[str, list[EvalPrompt]], *,
+                  applies=_applies) -> dict[tuple[str, str, str], list[str]]:
     """``(attack label, dataset, item id) -> unknown words`` for every cell where an attack
-    makes this tokenizer read its unknown token."""
+    makes this tokenizer read its unknown token (only cells where ``applies(attack, item)``:
+    the runner passes its own rule, so no run is refused over items it would skip)."""
     check = WordCheck(tokenizer)
     out: dict[tuple[str, str, str], list[str]] = {}
     for attack in attacks:
         for dname, items in data.items():
             for it in items:
-                bad = list(dict.fromkeys(w for w in added_text(attack, it, check) if check.unknown(w)))
+                bad = list(dict.fromkeys(w for w in added_text(attack, it, check, applies) if check.unknown(w)))
                 if bad:
                     out[(attack.label, dname, it.id)] = bad
     return out
