@@ -100,6 +100,18 @@ def test_study_end_to_end_reuse_and_seed_sweep(world_dir, base_model_dir, tmp_pa
     for c in pooled["claims"]:
         assert f"| {c['name']} |" in report
 
+    # a study killed during a step-by-step fine-tuning run resumes it from its last checkpoint
+    monkeypatch.undo()
+    killed = seed0 / "finetune" / "derta" / "harmful-sft"
+    checkpoints = sorted((killed / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert len(checkpoints) >= 2
+    shutil.rmtree(checkpoints[-1])
+    for entry in killed.iterdir():  # what a run has before it finishes: its checkpoints, records, options
+        if entry.name not in ("checkpoints", "records.jsonl", "run_options.json"):
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    resumed = run_study(out=str(seed0), **kwargs)
+    assert (killed / "config.json").exists() and "finetune derta harmful sft" not in resumed["timing"]["reused"]
+
 
 def test_study_errors(tmp_path, capsys):
     assert main(["study", "--out", str(tmp_path / "s"), "--base", "some/model"]) == 2

@@ -175,16 +175,18 @@ class _Stages:
                 self.times = {}
         self.reused: list[str] = []
 
-    def run(self, name: str, done: bool, fn) -> None:
+    def run(self, name: str, done: bool, fn, *, evaluation: bool = False) -> None:
+        """Run stage ``name`` unless ``done``. An ``evaluation`` stage always runs (the runner
+        resumes its rows); when it adds no row it counts as reused, with its earlier time."""
         if done and not self.cfg.fresh:
             self.reused.append(name)
             self.say(f"[study] {name}: reusing finished output")
             return
         self.say(f"[study] {name} ...")
-        before = self._rows()
+        before = self._rows() if evaluation else None
         start = time.time()
         fn()
-        if name in self.times and before and self._rows() == before:
+        if before and name in self.times and self._rows() == before:
             # an evaluation that resumed a finished run generated nothing: keep the time it took
             self.reused.append(name)
             self.say(f"[study] {name}: every row was already there, reusing it")
@@ -364,14 +366,14 @@ class _Study:
             if sets["unseen"]:
                 self._eval("attacks", no_dpo, battery["unseen"], sets["unseen"], greedy)
 
-        self.stages.run("eval attacks", False, attacks_stage)
+        self.stages.run("eval attacks", False, attacks_stage, evaluation=True)
         if sets["benign"]:
             self.stages.run("eval benign+helpful", False,
-                            lambda: self._eval("benign", hf, [Direct()], sets["benign"], greedy))
+                            lambda: self._eval("benign", hf, [Direct()], sets["benign"], greedy), evaluation=True)
         sampled = GenConfig(max_new_tokens=cfg.max_new_tokens, do_sample=True, temperature=0.7, seed=cfg.seed,
                             num_samples=cfg.ed_samples)
         self.stages.run("eval ED", False, lambda: self._eval("ed", ed_targets(cfg, self.base, self.models), [Direct()],
-                                                             sets["harmful"][:1], sampled))
+                                                             sets["harmful"][:1], sampled), evaluation=True)
 
     def finetune_attack(self) -> None:
         """The fine-tuning attack (:mod:`deepalign.study.finetune`): the runs, their evaluation
@@ -392,7 +394,7 @@ class _Study:
             self._eval("finetune", targets, [Direct()], [self.sets["helpful"], self.sets["task"]], greedy)
             self._eval("finetune-steps", ft.step_targets(self), [Direct()], list(self.sets["harmful"][:1]), greedy)
 
-        self.stages.run("eval finetune", False, evaluate)
+        self.stages.run("eval finetune", False, evaluate, evaluation=True)
 
     def refusal_directions(self) -> None:
         """A refusal direction per aligned model and each model with its own direction ablated
@@ -411,7 +413,7 @@ class _Study:
             self._eval("direction", targets, [Direct(), Prefill(8)], list(self.sets["harmful"][:1]), greedy)
             self._eval("direction", targets, [Direct()], [self.sets["helpful"]], greedy)
 
-        self.stages.run("eval direction", False, evaluate)
+        self.stages.run("eval direction", False, evaluate, evaluation=True)
         kl = self.out / "direction" / "kl.json"
         self.stages.run("direction kl", kl.exists(), lambda: write_json(kl, rd.harmless_kl(self)))
 

@@ -70,7 +70,7 @@ def train_run(study, model: str, data: str, objective: str) -> None:
         extra.update(keep_checkpoints=True, save_steps=every, save_total_limit=None)
     train(recipe="sft", model_name_or_path=str(study.models / model), dataset_name=DATA[data],
           output_dir=str(run_dir(study.out / "finetune", model, data, objective)), world=str(study.world),
-          seed=cfg.seed, quiet=cfg.quiet, resume=not steps, **SETTINGS, **extra)
+          seed=cfg.seed, quiet=cfg.quiet, resume=True, **SETTINGS, **extra)
 
 
 def target(name: str, path, **tags) -> TargetSpec:
