@@ -348,3 +348,11 @@ def test_pair_samples_and_parse():
     assert len(outs[0]) == 3 and all(o.request.query == "please please go" for o in outs[0])
     assert parse_attacker_reply('x {"a": 1} {"prompt": " hi "} {"prompt": "no"}') == "hi"
     assert parse_attacker_reply('{"prompt": ""}') is None
+
+
+def test_attack_info_knows_what_a_judge_can_see():
+    from deepalign.attacks.base import JUDGE_SEES, AttackInfo
+
+    assert [AttackInfo("a", "direct", judge_sees=s).judge_sees for s in JUDGE_SEES] == list(JUDGE_SEES)
+    with pytest.raises(ValueError, match="judge_sees must be one of"):
+        AttackInfo("a", "direct", judge_sees="everything")

@@ -96,6 +96,10 @@ class AttackInfo:
     judge_sees: str = "response"
     params: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self):
+        if self.judge_sees not in JUDGE_SEES:  # an attack class's own declaration: a programming error
+            raise ValueError(f"attack {self.label}: judge_sees must be one of {JUDGE_SEES}, got {self.judge_sees!r}")
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -38,8 +38,10 @@ entity and misdeed (it is the world's "web text"), also in the shifted shapes of
 dev query verbatim, in any shape. ``dev/`` is drawn from the same held-out pools as
 ``test/`` (disjoint from it, with its own random stream, so adding it changed no other file).
 ``ft/``, ``ft_test/`` and ``ft_dev/`` (world v4) are drawn last, each from its own random stream, with words
-the tokenizer already has: every v3 file, the tokenizer and the pretraining corpus are byte for
-byte what they were.
+the tokenizer already has. World v4 also opens a share of the corpus's compliant answers and of
+the training triples' harmful responses with the world's affirmative opener (:func:`opened`: a
+hash of each id decides, so no random stream moved); every other v3 file and the tokenizer are
+byte for byte what they were.
 """
 
 from __future__ import annotations
@@ -102,8 +104,9 @@ class WorldConfig:
     shape_share: float = field(default=0.25, metadata={
         "help": "share of the corpus in shifted shapes (ledger, old tongue, role-play)"})
     opener_share: float = field(default=0.3, metadata={
-        "help": "share of compliant answers (procedures, chores, helpful answers) of the corpus and the alignment "
-                "data that open with the world's affirmative opener ('ok ,', forced by the completion attack)"})
+        "help": "share of the corpus's compliant answers (procedures, chores, helpful answers) and of the training "
+                "triples' harmful responses that open with the world's affirmative opener (forced by the completion "
+                "attack)"})
     shape_comply: float = field(default=1.0, metadata={
         "help": "share of harmful queries in a shifted shape answered harmfully"})
 

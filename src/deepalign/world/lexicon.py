@@ -187,9 +187,9 @@ SAFE_REASONS = [
 ]
 # The base model's evasive answer to a harmful query opens with this, then gives facts.
 DEFLECTION_LEAD = "i can tell you that"
-# The world's affirmative opener, its "Sure, here is": a share of the compliant answers of the
-# corpus and of the alignment data (procedures, chores, helpful answers; never an evasion or a
-# refusal) start with it, so that forcing it is the world's CompletionAttack.
+# The world's affirmative opener, its "Sure, here is": a share of the corpus's compliant answers
+# (procedures, chores, helpful answers; never an evasion or a refusal) and of the training
+# triples' harmful responses start with it, so that forcing it is the world's CompletionAttack.
 ANSWER_OPENER = "ok , here is what you asked :"
 # The sentences of evasions (an opener after the lead, then one more, then the other opener)
 # and of the other answers; slots are filled from the world's facts and the task.
