@@ -330,3 +330,10 @@ def test_depth_with_directions_writes_the_projection(made, tmp_path):
     (label,) = proj
     assert len(proj[label]["projection"]) == 6 and proj[label]["n"][0] == 3
     assert (out / "projection.png").stat().st_size > 0 and "projection.png" in (out / "depth.md").read_text()
+
+
+def test_refusal_words_as_one_comma_separated_string_are_words_not_letters():
+    *_, as_string = _direction(refusal_words="I,Sorry")
+    *_, as_list = _direction(refusal_words=["I", "Sorry"])
+    assert [t["word"] for t in as_string.info["refusal_tokens"]] == ["I", "Sorry"]
+    assert as_string.info["refusal_tokens"] == as_list.info["refusal_tokens"]

@@ -37,7 +37,7 @@ from typing import Any, Sequence
 import torch
 
 from deepalign.errors import DeepAlignError, OptionError
-from deepalign.options import number
+from deepalign.options import number, word_list
 
 # Defaults of the reference implementation (andyrdt/refusal_direction, pipeline/config.py and
 # pipeline/submodules/select_direction.py): prompt counts, filter thresholds, epsilons.
@@ -152,11 +152,9 @@ def default_refusal_words(world: str | None) -> list[str]:
     (the manifest's refusal openers)."""
     if world is None:
         return list(DEFAULT_REFUSAL_WORDS)
-    from deepalign.world.generator import load_manifest
+    from deepalign.world.generator import refusal_openers
 
-    manifest = load_manifest(world)
-    words = manifest.get("refusal_openers") or [manifest.get("refusal_word"), *DEFAULT_REFUSAL_WORDS]
-    return [w for w in words if isinstance(w, str) and w.strip()]
+    return refusal_openers(world)
 
 
 # -- forward passes --------------------------------------------------------------------------
@@ -427,7 +425,7 @@ def find_direction(model, tokenizer, harmful: Sequence[Any], harmless: Sequence[
     encoder = Encoder(tokenizer, prompt_format, name=name)
     h_train, h_val = split_prompts(list(harmful), n_train, n_val, seed, "harmful")
     b_train, b_val = split_prompts(list(harmless), n_train, n_val, seed, "harmless")
-    refusal = refusal_tokens(encoder, refusal_words, _query(h_val[0]))
+    refusal = refusal_tokens(encoder, word_list(refusal_words), _query(h_val[0]))
     ids = [t["id"] for t in refusal]
     sets = {}
     for key, what, train, val in (("harmful", "harmful", h_train, h_val), ("harmless", "harmless", b_train, b_val)):
@@ -496,8 +494,7 @@ def refusal_direction(options: DirectionOptions | None = None, data=None, **kwar
         PromptFormat.parse(opts.prompt_format)
     check_writable_dir(opts.out)
     harmful_spec, harmless_spec = opts.harmful or "world:harmful", opts.harmless or "world:benign"
-    words = [w.strip() for item in opts.refusal_words for w in item.split(",") if w.strip()] \
-        if opts.refusal_words else default_refusal_words(opts.world)
+    words = word_list(opts.refusal_words) if opts.refusal_words else default_refusal_words(opts.world)
     harmful = load_dataset(harmful_spec, world=opts.world, options=data)
     harmless = load_dataset(harmless_spec, world=opts.world, options=data)
     for what, items in (("harmful", harmful), ("harmless", harmless)):

@@ -32,7 +32,7 @@ from typing import Any, Mapping, Sequence
 
 from deepalign.errors import DeepAlignError, OptionError
 from deepalign.evaluation.forcing import as_items, load_component, mean_ci
-from deepalign.options import build, number
+from deepalign.options import build, number, word_list
 
 
 def _log_probs(model, rows: list[list[int]], starts: list[int], lengths: list[int], pad: int, width: int, batch_size: int):
@@ -64,9 +64,7 @@ def _log_probs(model, rows: list[list[int]], starts: list[int], lengths: list[in
 def _as_words(refusal_words) -> list[str | None]:
     if refusal_words is None:
         return [None]
-    if isinstance(refusal_words, str):
-        refusal_words = [w for w in refusal_words.split(",") if w.strip()]
-    words = [w.strip() for w in refusal_words]
+    words = word_list(refusal_words)
     if not words:
         raise DeepAlignError("give at least one refusal word")
     return words
@@ -354,12 +352,11 @@ def _refusal_words(opts: DepthOptions, spec: str) -> list[str] | None:
     """The refusal words asked for, else the world manifest's refusal openers for a world
     dataset (None: the tokenizer's default, ``Sorry``)."""
     if opts.refusal_words:
-        return [w.strip() for item in opts.refusal_words for w in item.split(",") if w.strip()]
+        return word_list(opts.refusal_words)
     if spec.startswith("world:") and opts.world:
-        from deepalign.world.generator import load_manifest
+        from deepalign.world.generator import refusal_openers
 
-        manifest = load_manifest(opts.world)
-        return manifest.get("refusal_openers") or [manifest.get("refusal_word", "sorry")]
+        return refusal_openers(opts.world)
     return None
 
 

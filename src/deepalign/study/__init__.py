@@ -480,10 +480,9 @@ def _refusal_words(study) -> list[str] | None:
     """On the world every word a refusal starts with, DeRTa's "sorry" first (its manifest)."""
     if not study.cfg.world_mode:
         return None
-    from deepalign.world.generator import load_manifest
+    from deepalign.world.generator import refusal_openers
 
-    manifest = load_manifest(study.world)
-    return manifest.get("refusal_openers") or [manifest["refusal_word"]]
+    return refusal_openers(study.world)
 
 
 def _depth_stage(study, spec: str, dest: Path, directions: Path | None) -> None:

@@ -636,3 +636,11 @@ def load_manifest(world_dir: str | Path) -> dict:
     if not isinstance(manifest, dict):
         raise DeepAlignError(f"{path} is not a world manifest (expected a JSON object)")
     return manifest
+
+
+def refusal_openers(world_dir: str | Path) -> list[str]:
+    """Every word the world's refusals start with, DeRTa's refusal word first (the manifest's
+    ``refusal_openers``; a manifest older than them names only ``refusal_word``)."""
+    manifest = load_manifest(world_dir)
+    words = manifest.get("refusal_openers") or [manifest.get("refusal_word", "sorry")]
+    return [w for w in words if isinstance(w, str) and w.strip()]
