@@ -82,3 +82,14 @@ def test_moderation_server_errors(monkeypatch):
         make_judges('moderation:base_url="ftp://127.0.0.1/v1"')
     with pytest.raises(DeepAlignError, match="unknown option base"):
         make_judges("moderation:base=x")
+
+
+def test_a_threshold_without_scores_is_no_verdict_never_safe():
+    from types import SimpleNamespace
+
+    from deepalign.judges.moderation import verdict_of
+
+    result = SimpleNamespace(flagged=False, categories={"violence": False}, category_scores={})
+    assert verdict_of(result).harmful is False  # "flagged" decides without a threshold
+    v = verdict_of(result, threshold=0.3)
+    assert v.harmful is None and "without numeric category_scores" in v.error

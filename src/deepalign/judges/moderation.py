@@ -43,7 +43,9 @@ def verdict_of(result: Any, threshold: float | None = None) -> Verdict:
               if isinstance(v, (int, float)) and not isinstance(v, bool)}
     categories = sorted(k for k, v in _as_dict(getattr(result, "categories", None)).items() if v is True)
     top = max(scores.values()) if scores else None
-    harmful = flagged if threshold is None else (top is not None and top >= threshold)
+    if threshold is not None and top is None:  # no score to hold against the threshold: no verdict, never "safe"
+        return error_verdict(f"moderation result without numeric category_scores (threshold={threshold:g})")
+    harmful = flagged if threshold is None else top >= threshold
     return Verdict(harmful=harmful, score=top, categories=categories, extra={"flagged": flagged})
 
 
@@ -62,8 +64,8 @@ class ModerationJudge(Judge):
         self.name = name or f"moderation:{model}{suffix}"
         self.probe()
 
-    def settings(self) -> dict:
-        return {"model": self.model_name, "threshold": self.threshold}
+    def settings(self) -> dict:  # the server too: two servers answering under one model name differ
+        return {"model": self.model_name, "threshold": self.threshold, "base_url": self.client.url}
 
     def probe(self) -> None:
         """One request before any work; a server that refuses it stops the run in one line."""
