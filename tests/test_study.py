@@ -137,3 +137,17 @@ def test_a_seed_without_a_claim_does_not_shift_the_others():
                 1: {"claims": [{"name": "b", "status": "FAIL"}]}}
     pooled = {"claims": [{"name": "a", "status": "PASS"}, {"name": "b", "status": "FAIL"}]}
     assert claim_statuses([0, 1], per_seed, pooled) == [("a", ["PASS", "–"], "PASS"), ("b", ["N/A", "FAIL"], "FAIL")]
+
+
+def test_a_claim_whose_two_sides_share_no_item_says_so():
+    """A paired difference over no common item has no value: the claim says "–" and fails,
+    instead of the report stopping on a traceback."""
+    from deepalign.evaluation.claims import helpfulness
+    from deepalign.evaluation.metrics.study import Evidence
+    from deepalign.evaluation.runlog import DatasetRecord
+
+    ev = Evidence(benign={("vanilla", "h"): {"a": {"refusal": False, "correct": True}},
+                          ("derta", "h"): {"b": {"refusal": False, "correct": True}}},
+                  benign_datasets=[DatasetRecord(name="h", spec="h", role="helpful", title="h")])
+    c = helpfulness(ev)
+    assert c["status"] == "FAIL" and "DeRTa - vanilla – (need" in c["detail"]
