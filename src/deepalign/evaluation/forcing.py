@@ -10,8 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from deepalign.errors import DeepAlignError
-
-Z95 = 1.959963984540054
+from deepalign.evaluation.metrics.intervals import Z95
 
 
 @dataclass

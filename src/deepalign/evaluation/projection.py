@@ -25,11 +25,6 @@ import torch
 from deepalign.errors import DeepAlignError
 
 
-def _load(spec, prompt_format, device):
-    from deepalign.evaluation.forcing import load_component
-
-    return load_component(spec, prompt_format, device)
-
 
 def _projections(model, rows: list[list[int]], starts: list[int], lengths: list[int], pad: int, layer: int,
                  vector: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
@@ -81,7 +76,7 @@ def projection_profiles(models: Mapping[str, Any], directions: Mapping[str, Any]
     prompts it was computed from)."""
     from deepalign.models import eos_ids, pad_id
     from deepalign.direction.store import load_direction
-    from deepalign.evaluation.forcing import as_items, mean_ci
+    from deepalign.evaluation.forcing import as_items, load_component, mean_ci
 
     if max_tokens < 1 or batch_size < 1:
         raise DeepAlignError("max_tokens and batch_size must be >= 1")
@@ -92,7 +87,7 @@ def projection_profiles(models: Mapping[str, Any], directions: Mapping[str, Any]
     results = {}
     for label, spec in models.items():
         d = load_direction(directions[label])
-        comp = _load(spec, prompt_format, device)
+        comp = load_component(spec, prompt_format, device)
         d.check_model(comp.model, comp.name, allow_foreign=allow_foreign)
         prompts = [comp.encoder.prompt_ids(it.query) for it in data]
         responses = [comp.encoder.response_ids(it.query, it.response, end=False)[:max_tokens] for it in data]

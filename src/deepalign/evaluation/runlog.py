@@ -64,10 +64,6 @@ class TargetRecord:
     models: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
-    @property
-    def display(self) -> str:
-        return self.name or self.label
-
     def to_dict(self) -> dict[str, Any]:
         return _compact(asdict(self), keep=("label", "spec", "kind"))
 
@@ -93,10 +89,6 @@ class DatasetRecord:
     selection: str = "all"
     kinds: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-
-    @property
-    def harmful(self) -> bool:
-        return self.role in ("harmful", "unseen")
 
     def to_dict(self) -> dict[str, Any]:
         return _compact(asdict(self), keep=("name", "spec", "role", "title", "items", "total", "selection"))
@@ -244,14 +236,6 @@ class ResponseRow:
     answer_status: str | None = None
     timing: dict[str, float] = field(default_factory=dict)
     no_response: str | None = None
-
-    def verdict(self, judge: str) -> Verdict | None:
-        return self.verdicts.get(judge)
-
-    @property
-    def is_correct(self) -> bool | None:
-        """Whether the answer is right (None: the item has no answer)."""
-        return self.correct
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "verdicts"}

@@ -14,21 +14,12 @@ import os
 from pathlib import Path
 
 from deepalign.data.recipes import ALIGNMENT_RECIPES as RECIPES
-from deepalign.evaluation.claims import check_claims
+from deepalign.evaluation.claims import check_claims, ci_text, pct
 from deepalign.evaluation.metrics.study import Evidence, load_evidence, numbers, prefill_depth
 from deepalign.evaluation.plots import Panel, Series, plot_prefill_profile, plot_rate_bars, plot_refusal_positions
-from deepalign.evaluation.report import percent
 from deepalign.utils import atomic_write
 
 MODEL_ORDER = ("base", *RECIPES)
-
-
-def _pct(x: float | None) -> str:
-    return percent(x, sign=False)
-
-
-def _ci(ci) -> str:
-    return "" if not ci else f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
 
 
 def model_names(ev: Evidence) -> list[str]:
@@ -109,7 +100,7 @@ def _attack_tables(ev: Evidence, results: dict) -> list[str]:
             lines.append("|---|" + "---|" * len(names))
             for a, row in rows.items():
                 star = " *" if mark and a in shifted else ""
-                lines.append(f"| {a}{star} | " + " | ".join(_pct(row.get(m, {}).get(what)) for m in names) + " |")
+                lines.append(f"| {a}{star} | " + " | ".join(pct(row.get(m, {}).get(what)) for m in names) + " |")
     return lines
 
 
@@ -122,8 +113,8 @@ def _benign_table(ev: Evidence, results: dict) -> list[str]:
         row = results["benign"].get(m, {})
         over = next((v for v in row.values() if v["role"] == "benign"), {})
         helpful = next((v for v in row.values() if v["role"] == "helpful"), {})
-        lines.append(f"| {m} | {_pct(over.get('over_refusal'))}{_ci(over.get('over_refusal_ci95'))} | "
-                     f"{_pct(helpful.get('helpful'))}{_ci(helpful.get('helpful_ci95'))} |")
+        lines.append(f"| {m} | {pct(over.get('over_refusal'))}{ci_text(over.get('over_refusal_ci95'))} | "
+                     f"{pct(helpful.get('helpful'))}{ci_text(helpful.get('helpful_ci95'))} |")
     return lines
 
 
@@ -132,12 +123,12 @@ def _ed_table(results: dict, alphas, title: str) -> list[str]:
     if not ed:
         return []
     base = ed.get("base", {})
-    lines = ["", title, "", f"Base model alone: {_pct(base.get('harmful'))}%{_ci(base.get('ci95'))}", "",
+    lines = ["", title, "", f"Base model alone: {pct(base.get('harmful'))}%{ci_text(base.get('ci95'))}", "",
              "| aligned model | " + " | ".join(f"alpha {a}" for a in alphas) + " |", "|---|" + "---|" * len(alphas)]
     for m in results["models"]:
         if m != "base":
             cells = [ed.get(f"{m}@{a}", {}) for a in alphas]
-            lines.append(f"| {m} | " + " | ".join(f"{_pct(c.get('harmful'))}{_ci(c.get('ci95'))}" for c in cells) + " |")
+            lines.append(f"| {m} | " + " | ".join(f"{pct(c.get('harmful'))}{ci_text(c.get('ci95'))}" for c in cells) + " |")
     return lines
 
 
@@ -148,7 +139,7 @@ FT_COLUMNS = ("harmful direct", "harmful prefill:8", "unseen direct", "unseen pr
 
 
 def _cell(c: dict | None) -> str:
-    return "–" if not c or c.get("rate") is None else f"{_pct(c['rate'])}{_ci(c.get('ci95'))}"
+    return "–" if not c or c.get("rate") is None else f"{pct(c['rate'])}{ci_text(c.get('ci95'))}"
 
 
 def _constrained_knobs(out: Path) -> str:
@@ -264,7 +255,7 @@ def _write_markdown(out: Path, ev: Evidence, results: dict, alphas, plots, setup
     lines += ["", "`*` a shifted shape (harm in another shape than a chat answer). The ablation claim averages "
               f"{len(results['ablation_attacks'])} attack x dataset cells: " + ", ".join(results["ablation_attacks"]) + ".", ""]
     if results["ablation_means"]:
-        lines.append("Mean harmful % there: " + ", ".join(f"{m} {_pct(v)}" for m, v in results["ablation_means"].items()) + ".")
+        lines.append("Mean harmful % there: " + ", ".join(f"{m} {pct(v)}" for m, v in results["ablation_means"].items()) + ".")
     lines += _benign_table(ev, results)
     lines += _ed_table(results, alphas, "## Emulated Disalignment: harmful % (sampled, T=0.7; 95% Wilson intervals)")
     lines += _finetune_section(results, out)
@@ -273,7 +264,7 @@ def _write_markdown(out: Path, ev: Evidence, results: dict, alphas, plots, setup
     if results["judge_agreement"]:
         lines += ["", f"## Judges: refusal verdicts that agree with the {results['judge']} judge", ""]
         for name, a in results["judge_agreement"].items():
-            lines.append(f"- `{name}`: {a['agree']}/{a['n']} responses ({_pct(a['rate'])}%)")
+            lines.append(f"- `{name}`: {a['agree']}/{a['n']} responses ({pct(a['rate'])}%)")
     if timing:
         lines += ["", "## Time per stage", ""] + timing_lines(timing)
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
@@ -332,7 +323,7 @@ def write_sweep_report(out: str | os.PathLike, *, seeds: list[int], per_seed: di
         lines.append("|---|" + "---|" * len(names))
         for a, row in rows.items():
             lines.append(f"| {a}{' *' if a in shifted else ''} | "
-                         + " | ".join(f"{_pct(row.get(m, {}).get('harmful'))}{_ci(row.get(m, {}).get('ci95'))}" for m in names) + " |")
+                         + " | ".join(f"{pct(row.get(m, {}).get('harmful'))}{ci_text(row.get(m, {}).get('ci95'))}" for m in names) + " |")
     lines += _ed_table(pooled, alphas, "## Pooled Emulated Disalignment harmful %")
     lines += _finetune_section(pooled, out, record_dir=out / f"seed-{seeds[0]}", title="Pooled")
     lines += _direction_section(pooled, out, title="Pooled")

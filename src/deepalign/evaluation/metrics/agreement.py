@@ -28,10 +28,8 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from deepalign.errors import DeepAlignError
-from deepalign.evaluation.metrics.intervals import wilson_interval
-
-BOOTSTRAP_SAMPLES = 2000
-BOOTSTRAP_SEED = 0
+from deepalign.evaluation.metrics.intervals import BOOTSTRAP as BOOTSTRAP_SAMPLES
+from deepalign.evaluation.metrics.intervals import BOOTSTRAP_SEED, wilson
 INTERVALS = {"agreement": "wilson", "precision": "wilson", "recall": "wilson", "kappa": "bootstrap",
              "f1": "bootstrap"}
 
@@ -115,11 +113,6 @@ def _bootstrap(t: Table, which: str, samples: int = BOOTSTRAP_SAMPLES, seed: int
     return [float(lo), float(hi)]
 
 
-def _wilson(k: int, n: int) -> list[float] | None:
-    ci = wilson_interval(k, n)
-    return list(ci) if ci else None
-
-
 def binary_stats(pairs: Sequence[tuple[bool, bool]], *, bootstrap: int = BOOTSTRAP_SAMPLES) -> dict[str, Any]:
     """n, the table, agreement, kappa, precision, recall and F1 of ``(label, prediction)``
     pairs, each with its 95% interval (``<name>_ci95``; see the module doc for which kind)."""
@@ -127,9 +120,9 @@ def binary_stats(pairs: Sequence[tuple[bool, bool]], *, bootstrap: int = BOOTSTR
     t = Table.of(pairs)
     out: dict[str, Any] = {"n": t.n, "tp": t.tp, "fp": t.fp, "fn": t.fn, "tn": t.tn,
                            "positives": t.tp + t.fn, "predicted_positives": t.tp + t.fp}
-    out["agreement"], out["agreement_ci95"] = _ratio(t.tp + t.tn, t.n), _wilson(t.tp + t.tn, t.n)
-    out["precision"], out["precision_ci95"] = _ratio(t.tp, t.tp + t.fp), _wilson(t.tp, t.tp + t.fp)
-    out["recall"], out["recall_ci95"] = _ratio(t.tp, t.tp + t.fn), _wilson(t.tp, t.tp + t.fn)
+    out["agreement"], out["agreement_ci95"] = _ratio(t.tp + t.tn, t.n), wilson(t.tp + t.tn, t.n)
+    out["precision"], out["precision_ci95"] = _ratio(t.tp, t.tp + t.fp), wilson(t.tp, t.tp + t.fp)
+    out["recall"], out["recall_ci95"] = _ratio(t.tp, t.tp + t.fn), wilson(t.tp, t.tp + t.fn)
     out["kappa"] = kappa(t)
     out["kappa_ci95"] = _bootstrap(t, "kappa", bootstrap) if out["kappa"] is not None else None
     out["f1"] = f1(t)
@@ -171,7 +164,7 @@ def pairwise_agreement(rows: Sequence, judges: Sequence[str] | None = None, *, f
         disagree = t.fp + t.fn
         out.append({"a": a, "b": b, "field": field, "n": t.n, "kappa": kappa(t),
                     "disagree": disagree, "disagree_share": _ratio(disagree, t.n),
-                    "disagree_ci95": _wilson(disagree, t.n), "examples": quoted})
+                    "disagree_ci95": wilson(disagree, t.n), "examples": quoted})
     return out
 
 
