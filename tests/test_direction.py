@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -337,3 +338,24 @@ def test_refusal_words_as_one_comma_separated_string_are_words_not_letters():
     *_, as_list = _direction(refusal_words=["I", "Sorry"])
     assert [t["word"] for t in as_string.info["refusal_tokens"]] == ["I", "Sorry"]
     assert as_string.info["refusal_tokens"] == as_list.info["refusal_tokens"]
+
+
+def test_direction_and_ablate_never_replace_what_they_did_not_write(made, capsys):
+    """Both commands write their --out whole: they may replace an earlier output of their own,
+    never a model directory or a directory of other files."""
+    root, w, b = made
+    model_files = sorted(p.name for p in Path(b).iterdir())
+    other = root / "other"
+    other.mkdir(exist_ok=True)
+    (other / "keep.txt").write_text("mine")
+    ablate = ["ablate", "--model", b, "--direction", str(root / "d"), "--quiet", "--out"]
+    direction = ["direction", "--model", b, "--world", w, "--quiet", *RELAX, "--out"]
+    for argv, message in ((ablate + [b], "is the model being ablated"), (ablate + [str(other)], "holds 'keep.txt'"),
+                          (direction + [b], "holds no earlier output of this command"),
+                          (direction + [str(other)], "holds 'keep.txt'")):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in Path(b).iterdir()) == model_files and (other / "keep.txt").read_text() == "mine"
+    assert main(ablate + [str(root / "m2")]) == 0 and main(ablate + [str(root / "m2")]) == 0  # its own output: replaced
+    assert main(direction + [str(root / "d")]) == 0

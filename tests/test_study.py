@@ -121,6 +121,10 @@ def test_study_errors(tmp_path, capsys):
     for seeds in (["0", "0"], ["0,1,0"]):
         assert main(["study", "--out", str(tmp_path / "s"), "--seeds", *seeds]) == 2
         assert "twice" in capsys.readouterr().err
+    for option in ("--finetune_steps", "--train_steps"):  # 0 would silently mean "the default"
+        assert main(["study", "--out", str(tmp_path / "s"), option, "0"]) == 2
+        assert "or a number of steps >= 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
     assert main(["study", "--out", str(tmp_path / "s"), "--seeds", "0,x"]) == 2
     assert "--seeds takes whole numbers such as 0,1,2, got 'x'" in capsys.readouterr().err
     assert main(["study", "--out", str(tmp_path / "s"), "--split", "val"]) == 2

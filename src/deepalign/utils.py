@@ -175,11 +175,19 @@ def current_umask() -> int:
     return mask
 
 
-def check_writable_dir(out: str | os.PathLike, *, what: str = "output directory") -> Path:
-    """Fail early (before any work) when ``out`` cannot become a directory we write into."""
+def check_writable_dir(out: str | os.PathLike, *, what: str = "output directory", replaces: str | None = None) -> Path:
+    """Fail early (before any work) when ``out`` cannot become a directory we write into. A
+    command that replaces its output whole passes ``replaces``: the file that marks an earlier
+    output of its own, the only non-empty directory it may replace (never a model directory or
+    anything else a user points it at)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DeepAlignError(f"{what} exists and is not a directory: {out}")
+    if replaces is not None and out.is_dir():
+        held = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+        if held and replaces not in held:
+            raise DeepAlignError(f"{what} {out} is not empty and holds no earlier output of this command (it holds "
+                                 f"{held[0]!r}); choose another --out")
     parent = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
     if not parent.is_dir():
         raise DeepAlignError(f"cannot create {what} {out}: {parent} is not a directory")

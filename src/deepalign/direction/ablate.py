@@ -82,7 +82,9 @@ def ablate_weights(options: AblateOptions | None = None, **kwargs) -> Path:
     direction = load_direction(opts.direction)
     if os.path.isdir(source):
         direction.check_checkpoint(source, allow_foreign=opts.allow_foreign)
-    out = check_writable_dir(opts.out)
+    if os.path.isdir(source) and Path(source).resolve() == Path(opts.out).resolve():
+        raise DeepAlignError(f"--out {opts.out} is the model being ablated; give another directory")
+    out = check_writable_dir(opts.out, replaces="deepalign_ablation.json")
     with quiet_libraries(opts.quiet):
         try:
             tokenizer = AutoTokenizer.from_pretrained(source)

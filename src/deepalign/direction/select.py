@@ -142,7 +142,8 @@ def refusal_tokens(encoder, words: Sequence[str], query: str) -> list[dict]:
         if found is None:
             pieces = encoder.tokenizer.convert_ids_to_tokens(encoder.response_ids(query, word, end=False))
             raise DeepAlignError(f"refusal word {word!r} is not one known token at the start of a response of "
-                                 f"{encoder.name} (it becomes {pieces}); give --refusal_words with words that are")
+                                 f"{encoder.name} (it becomes {pieces}); give --refusal_words with words this tokenizer reads as one "
+                                 "token at the start of a response")
         out.setdefault(found, {"word": word, "id": found, "piece": str(encoder.tokenizer.convert_ids_to_tokens(found))})
     return list(out.values())
 
@@ -492,7 +493,7 @@ def refusal_direction(options: DirectionOptions | None = None, data=None, **kwar
     model_source(opts.model)
     if opts.prompt_format:
         PromptFormat.parse(opts.prompt_format)
-    check_writable_dir(opts.out)
+    check_writable_dir(opts.out, replaces="direction.json")
     harmful_spec, harmless_spec = opts.harmful or "world:harmful", opts.harmless or "world:benign"
     words = word_list(opts.refusal_words) if opts.refusal_words else default_refusal_words(opts.world)
     harmful = load_dataset(harmful_spec, world=opts.world, options=data)

@@ -435,16 +435,14 @@ def validate_judges(labels: str, judges, out_dir: str | Path, *, world=None, jud
     from deepalign.errors import OptionError
     from deepalign.judges.registry import JUDGES, make_judges
     from deepalign.registry import split_list
-    from deepalign.utils import atomic_write, progress, write_json
+    from deepalign.utils import atomic_write, check_writable_dir, progress, write_json
 
     specs = split_list(judges)
     if not specs:
         raise OptionError("judges", "is required: name the judges to validate")
     for s in specs:
         JUDGES.check_name(s)
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise OptionError("out_dir", f"{out} is a file; give a directory for the validation result")
+    out = check_writable_dir(out_dir, what="validation directory")  # before any judge scores a row
     data = load_labels(labels)  # every problem of the labels file before anything is written
     built = make_judges(specs, world=world, judge_target=judge_model, device=device)
     cache_dir = out / "judge_cache" if cache else None

@@ -126,8 +126,10 @@ class StudyConfig:
         for name in ("ed_samples", "max_new_tokens", "batch_size"):
             number(name, getattr(self, name), low=1, integer=True)
         number("limit", self.limit, low=1, integer=True, optional=True)
-        number("train_steps", self.train_steps, low=-1, integer=True)
-        number("finetune_steps", self.finetune_steps, low=-1, integer=True)
+        for name in ("train_steps", "finetune_steps"):
+            number(name, getattr(self, name), low=-1, integer=True)
+            if getattr(self, name) == 0:
+                raise OptionError(name, "must be -1 (the stage's own length) or a number of steps >= 1, got 0")
         number("pretrain_steps", self.pretrain_steps, low=1, integer=True, optional=True)
         number("checkpoint_every", self.checkpoint_every, low=0, high=1, low_open=True, high_open=True)
         if self.split not in ("test", "dev"):
