@@ -135,3 +135,35 @@ def test_judge_registry_errors():
         make_judges("keyword,keyword")
     with pytest.raises(DeepAlignError, match="no model directory at /nonexistent/guard"):
         make_judges("classifier:/nonexistent/guard")
+
+
+def test_classifier_logits_are_the_last_position_only_and_batch_free():
+    """A judge classifier reads the next-token logits after each prompt: computed for the last
+    position only (no [batch, length, vocab] tensor for a 256k vocabulary) and equal to one
+    prompt's own forward pass whatever its batch."""
+    import functools
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from deepalign.judges.lm import last_logits
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2)).eval()
+    seen = []
+    forward = model.forward
+
+    @functools.wraps(forward)  # keeps forward's signature, which says whether it takes logits_to_keep
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("logits_to_keep"))
+        return forward(*args, **kwargs)
+
+    model.forward = spy
+    rows = [[3, 4, 5, 6], [7, 8]]
+    got = last_logits(model, rows, pad_id=0, batch_size=2)
+    assert seen == [1] and got.shape == (2, 50)
+    for row, logits in zip(rows, got):
+        with torch.no_grad():
+            alone = forward(input_ids=torch.tensor([row])).logits[0, -1]
+        assert torch.allclose(logits, alone, atol=1e-5)

@@ -59,11 +59,6 @@ class EvalPrompt:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-#: the fields of a verdict every judge may fill (anything else a judge says goes in ``extra``)
-VERDICT_FIELDS: tuple[str, ...] = ("harmful", "refusal", "refusal_start_word", "refusal_start_token", "correct",
-                                   "answered", "score", "categories", "error")
-
-
 @dataclass
 class Verdict:
     """What one judge says of one response.
@@ -94,12 +89,7 @@ class Verdict:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {k: getattr(self, k) for k in VERDICT_FIELDS if getattr(self, k) is not None}
-        if out.get("categories") is not None:
-            out["categories"] = list(out["categories"])
-        if self.extra:
-            out["extra"] = dict(self.extra)
-        return out
+        return to_dict(self)
 
     @classmethod
     def from_dict(cls, obj: dict[str, Any]) -> "Verdict":
@@ -126,6 +116,10 @@ class Verdict:
         extra = dict(obj.pop("extra", None) or {})
         extra.update({k: obj.pop(k) for k in list(obj) if k not in VERDICT_FIELDS})
         return cls(**obj, extra=extra)
+
+
+#: the fields of a verdict every judge may fill (anything else a judge says goes in ``extra``)
+VERDICT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Verdict) if f.name != "extra")
 
 
 def error_verdict(message: str) -> Verdict:

@@ -55,18 +55,21 @@ def clip(tokenizer, text: str, max_tokens: int, *, side: str, skip_special_token
 def last_logits(model, sequences: Sequence[Sequence[int]], *, pad_id: int, batch_size: int = 8):
     """The next-token logits after each id sequence (a float32 CPU tensor ``[n, vocab]``).
     Batches are left-padded with an attention mask and position ids counted from each
-    sequence's own first token, so a sequence's logits do not depend on its batch."""
+    sequence's own first token, so a sequence's logits do not depend on its batch; only the
+    last position's logits are computed where the model can (``logits_to_keep``)."""
+    import inspect
+
     import torch
 
+    from deepalign.models import left_pad
+
     device = next(model.parameters()).device
+    keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
     out = []
     for start in range(0, len(sequences), batch_size):
-        chunk = [list(s) for s in sequences[start:start + batch_size]]
-        width = max(len(s) for s in chunk)
-        ids = torch.tensor([[pad_id] * (width - len(s)) + s for s in chunk], device=device)
-        mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in chunk], device=device)
+        ids, mask = left_pad([list(s) for s in sequences[start:start + batch_size]], pad_id, device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         with torch.no_grad():
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1]
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, **keep).logits[:, -1]
         out.append(logits.float().cpu())
     return torch.cat(out) if out else torch.empty(0)
