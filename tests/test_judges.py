@@ -167,3 +167,18 @@ def test_classifier_logits_are_the_last_position_only_and_batch_free():
         with torch.no_grad():
             alone = forward(input_ids=torch.tensor([row])).logits[0, -1]
         assert torch.allclose(logits, alone, atol=1e-5)
+
+
+def test_judges_that_read_one_judge_model_share_it(monkeypatch):
+    """--judge_model is loaded once however many judges read it."""
+    import deepalign.decoding.registry as targets
+    from deepalign.judges import make_judges
+
+    built = []
+
+    class Model:
+        name = "judge-model"
+
+    monkeypatch.setattr(targets, "make_target", lambda spec, **kw: built.append(spec) or Model())
+    judges = make_judges("llm:jbb,llm:strongreject,strongreject", judge_target="hf:some/judge")
+    assert built == ["hf:some/judge"] and len({id(j.target) for j in judges}) == 1

@@ -34,11 +34,16 @@ def _keyword(args, context):
 
 
 def _judge_target(context):
+    """The --judge_model target, built once per :func:`make_judges` call (its ``targets``
+    cache) however many judges read it."""
     target = context.get("judge_target")
     if isinstance(target, str):
         from deepalign.decoding.registry import make_target
 
-        target = make_target(target, device=context.get("device"))
+        cache = context.get("targets", {})
+        if target not in cache:
+            cache[target] = make_target(target, device=context.get("device"))
+        target = cache[target]
     return target
 
 
@@ -151,6 +156,7 @@ def make_judges(names: str | Sequence[str], **context) -> list:
         raise DeepAlignError(f"judge(s) given twice: {', '.join(dup)}")
     for s in specs:  # check every name before building any (building may load models)
         JUDGES.check_name(s)
+    context = {**context, "targets": {}}  # one judge model for every judge that reads it
     judges = [make_judge(s, **context) for s in specs]
     names = [j.name for j in judges]
     same = sorted({n for n in names if names.count(n) > 1})
