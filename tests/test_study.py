@@ -155,3 +155,13 @@ def test_a_claim_whose_two_sides_share_no_item_says_so():
                   benign_datasets=[DatasetRecord(name="h", spec="h", role="helpful", title="h")])
     c = helpfulness(ev)
     assert c["status"] == "FAIL" and "DeRTa - vanilla – (need" in c["detail"]
+
+
+def test_the_scaled_world_builds(tmp_path):
+    """``deepalign study --scale`` starts by building a bigger world; its dev splits must fit
+    what the bigger corpus leaves of the held-out pools."""
+    from deepalign.study import SCALE_WORLD
+    from deepalign.world.generator import build_world, load_manifest
+
+    build_world(out=str(tmp_path / "world"), seed=1, quiet=True, **SCALE_WORLD)
+    assert load_manifest(tmp_path / "world")

@@ -70,6 +70,9 @@ MID, MID_DEPTHS = 24, (8, 16)  # prefills that start mid-response (24 tokens in)
 # answering 12-43% of direct dev queries harmfully.
 WORLD_SAFETY_RATIO = 0.2
 WORLD_RTO_KEEP = 0.2
+# --scale's world: a 48000-document corpus uses more of the held-out phrasings, which dev may not
+# repeat: about 90 unseen-misdeed dev queries are left (seeds 0-3), so it draws 72 of them
+SCALE_WORLD = {"n_pretrain": 48000, "n_train_triples": 2000, "n_train_helpful": 4000, "n_dev_unseen": 72}
 ROLEPLAYS = ("trickster", "game", "story")  # the world's role-play templates (deepalign.world.lexicon)
 
 
@@ -306,7 +309,7 @@ class _Study:
         from deepalign.training.pretrain import pretrain
         from deepalign.world.generator import build_world
 
-        world_opts = {"n_pretrain": 48000, "n_train_triples": 2000, "n_train_helpful": 4000} if cfg.scale else {}
+        world_opts = dict(SCALE_WORLD) if cfg.scale else {}
         pre_opts = {"hidden_size": 256, "num_layers": 6, "num_heads": 8, "intermediate_size": 1024,
                     "max_steps": 6000} if cfg.scale else {}
         if cfg.pretrain_steps is not None:
