@@ -182,3 +182,4 @@ def test_judges_that_read_one_judge_model_share_it(monkeypatch):
     monkeypatch.setattr(targets, "make_target", lambda spec, **kw: built.append(spec) or Model())
     judges = make_judges("llm:jbb,llm:strongreject,strongreject", judge_target="hf:some/judge")
     assert built == ["hf:some/judge"] and len({id(j.target) for j in judges}) == 1
+

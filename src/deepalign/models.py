@@ -78,9 +78,18 @@ def resolve_device(device: str | None = "auto"):
     return dev
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+def first_line(exc: BaseException) -> str:
+    """An exception's message on one line: its first line, and the next ones while a line ends
+    in ':' (the library's cause follows there: "Couldn't instantiate ... from one of:")."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    out = [lines[0]]
+    for line in lines[1:4]:
+        if not out[-1].endswith(":"):
+            break
+        out.append(line)
+    return " ".join(out)
 
 
 def load_tokenizer(spec: str | os.PathLike, *, trust_remote_code: bool = False, chat_template: str | None = None,
@@ -94,7 +103,7 @@ def load_tokenizer(spec: str | os.PathLike, *, trust_remote_code: bool = False, 
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     except Exception as exc:  # OSError (missing / unreachable), ValueError (unknown class), ...
-        raise DeepAlignError(f"cannot load a tokenizer from {spec}: {_first_line(exc)}") from None
+        raise DeepAlignError(f"cannot load a tokenizer from {spec}: {first_line(exc)}") from None
     if chat_template is not None:
         set_chat_template(tokenizer, chat_template)
     if getattr(tokenizer, "pad_token_id", None) is None:
@@ -148,7 +157,7 @@ def load_causal_lm(spec: str | os.PathLike, *, dtype: str | Any | None = "auto",
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except Exception as exc:  # OSError, ValueError (unknown architecture), SafetensorError, ...
-        raise DeepAlignError(f"cannot load a causal LM from {spec}: {_first_line(exc)}") from None
+        raise DeepAlignError(f"cannot load a causal LM from {spec}: {first_line(exc)}") from None
     if dev is not None:
         model.to(dev)
     return model.eval()

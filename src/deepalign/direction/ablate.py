@@ -46,10 +46,12 @@ def _checkpoint_dtype(source: str):
     import torch
     from transformers import AutoConfig
 
+    from deepalign.models import first_line
+
     try:
         config = AutoConfig.from_pretrained(source)
     except Exception as exc:  # OSError, ValueError: the loader's one line
-        raise DeepAlignError(f"cannot load a model config from {source}: {str(exc).splitlines()[0]}") from None
+        raise DeepAlignError(f"cannot load a model config from {source}: {first_line(exc)}") from None
     dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype, None)
@@ -72,7 +74,7 @@ def ablate_weights(options: AblateOptions | None = None, **kwargs) -> Path:
 
     from deepalign.direction.residual import orthogonalize
     from deepalign.direction.store import load_direction, public_files
-    from deepalign.models import load_causal_lm, model_source
+    from deepalign.models import first_line, load_causal_lm, model_source
     from deepalign.options import build
     from deepalign.utils import atomic_dir, check_writable_dir, quiet_libraries, write_json
 
@@ -89,7 +91,7 @@ def ablate_weights(options: AblateOptions | None = None, **kwargs) -> Path:
         try:
             tokenizer = AutoTokenizer.from_pretrained(source)
         except Exception as exc:
-            raise DeepAlignError(f"cannot load a tokenizer from {opts.model}: {str(exc).splitlines()[0]}") from None
+            raise DeepAlignError(f"cannot load a tokenizer from {opts.model}: {first_line(exc)}") from None
         model = load_causal_lm(source, dtype=_checkpoint_dtype(source), device="cpu")
         direction.check_model(model, opts.model, allow_foreign=opts.allow_foreign)
         changed = orthogonalize(model, direction.vector, tied=opts.tied)

@@ -116,7 +116,7 @@ def split_prompts(queries: Sequence[Any], n_train: int, n_val: int, seed: int, w
     """``(train, val)``: ``queries`` shuffled with ``seed``; the first ``n_val`` validate, up to
     ``n_train`` of the rest train."""
     if len(queries) <= n_val:
-        raise DeepAlignError(f"the {what} set has {len(queries)} prompts: too few for {n_val} validation prompts plus "
+        raise DeepAlignError(f"the {what} set has {len(queries)} prompt{'' if len(queries) == 1 else 's'}: too few for {n_val} validation prompts plus "
                              f"at least one to compute the direction from; give more prompts or a smaller --n_val")
     order = list(queries)
     random.Random(seed).shuffle(order)
