@@ -233,3 +233,20 @@ def test_reports_print_validation_numbers_agreement_and_graded_scores(tmp_path, 
     report = (tmp_path / "run" / "report.md").read_text()
     assert "Validated against human labels (`" in report and "Cohen's kappa" in report
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["validation"]["keyword"]["n"] > 0
+
+
+def test_reports_read_the_latest_validation_of_each_judge_once(tmp_path, monkeypatch):
+    """Every report looks its judges up in the registry: newest first, a file once, only files
+    that validated a judge still missing, and no further once every judge is found."""
+    import deepalign.evaluation.metrics.agreement as agreement
+    from deepalign.evaluation.validation import known_validations, validate_judges
+
+    monkeypatch.setenv("DEEPALIGN_HOME", str(tmp_path / "home"))
+    labels = str(LABELS / "xstest_v2_completions_placeholder.csv")
+    for out, judge in (("old", "keyword"), ("new", "keyword"), ("other", "keyword:nocase")):
+        validate_judges(labels, judge, tmp_path / out, quiet=True)
+    read = []
+    real = agreement.read_validation
+    monkeypatch.setattr(agreement, "read_validation", lambda path: read.append(Path(path).parent.name) or real(path))
+    found = known_validations(["keyword"])
+    assert read == ["new"] and Path(found["keyword"]["path"]).parent.name == "new"

@@ -502,9 +502,16 @@ def known_validations(judges, extra: Sequence[str | Path] = ()) -> dict[str, dic
         registry = read_log(home() / "validations.jsonl", repair=False)
     except DeepAlignError:
         registry = []
-    for _, entry in reversed(registry):
-        path = entry.get("path")
-        if isinstance(path, str) and Path(path).is_file():
+    read: set[str] = set()
+    for _, entry in reversed(registry):  # newest first; each file read once, only while a judge is missing
+        missing = set(judges) - set(out)
+        if not missing:
+            break
+        path, named = entry.get("path"), entry.get("judges")
+        if not isinstance(path, str) or path in read or (isinstance(named, list) and not missing & set(named)):
+            continue
+        read.add(path)
+        if Path(path).is_file():
             try:
                 take(path)
             except DeepAlignError:  # a registered file rewritten into something else: skipped
