@@ -249,7 +249,7 @@ def ed_targets(cfg: StudyConfig, base, models: Path) -> list[TargetSpec]:
     options = {"base.format": "chat"} if cfg.world_mode else None
     return [model_target("base", base)] + [
         TargetSpec.ed(base, models / r, a, name=f"ED {r} alpha {a}", tags={"model": r, "alpha": a}, options=options)
-        for a in cfg.alphas for r in RECIPES]
+        for r in RECIPES for a in cfg.alphas]  # recipe-major: each aligned model loaded once
 
 
 def run_study(options: StudyConfig | None = None, **kwargs) -> dict:
