@@ -337,7 +337,7 @@ CASES = [
     (["direction", "--model", "base", "--world", "world", "--out", "dd"],
      "the harmful set has 24 prompts: too few for 32 validation prompts"),
     (["direction", "--model", "base", "--world", "world", "--harmful", "good.jsonl", "--n_val", "8", "--out", "dd"],
-     "the harmful set has 1 prompts"),
+     "the harmful set has 1 prompt:"),
     (["direction", "--model", "base", "--world", "world", "--out", "dd", "--prune_layer_share", "1"],
      "--prune_layer_share must be < 1"),
     (["direction", "--model", "base", "--world", "world", "--out", "dd", "--kl_threshold", "nan"],
