@@ -95,3 +95,51 @@ def test_a_stage_ends_its_process_group(tmp_path):
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+_CHILD = """
+import atexit, sys
+
+class Finalised:
+    def __del__(self):
+        print("interpreter shutdown", flush=True)
+
+keep = Finalised()
+import deepalign.cli as cli
+
+stage_main = cli.main
+
+def main(argv=None):  # a stage that registers an exit handler (as wandb does) and leaves output buffered
+    atexit.register(lambda: print("exit handler ran", flush=True))
+    print("buffered", end="")
+    return stage_main(argv)
+
+cli.main = main
+sys.argv = ["deepalign", *sys.argv[1:]]
+cli.entry()
+"""
+
+
+def test_a_launched_process_leaves_before_interpreter_shutdown(tmp_path):
+    """Under a launcher (WORLD_SIZE > 1) the ``deepalign`` entry point ends the process once
+    Python's exit handlers have run, before the interpreter's shutdown, where a gloo thread
+    dropping a finished collective aborts the process now and then (see ``cli.entry``); the
+    exit status and buffered output are kept. A plain run exits normally."""
+    import os
+    import subprocess
+    import sys
+
+    def run(args, world_size):
+        env = {**os.environ, "WORLD_SIZE": world_size}
+        return subprocess.run([sys.executable, "-c", _CHILD, *args], env=env, capture_output=True, text=True,
+                              cwd=tmp_path, timeout=120)
+
+    launched = run(["--version"], "2")
+    assert launched.returncode == 0, launched.stderr
+    assert launched.stdout.startswith("buffered") and "exit handler ran" in launched.stdout
+    assert "interpreter shutdown" not in launched.stdout
+    failed = run(["report", str(tmp_path / "missing")], "2")
+    assert failed.returncode == 2 and "deepalign: error:" in failed.stderr
+    assert "interpreter shutdown" not in failed.stdout and "exit handler ran" in failed.stdout
+    plain = run(["--version"], "1")
+    assert plain.returncode == 0 and "interpreter shutdown" in plain.stdout

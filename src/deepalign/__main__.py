@@ -1,3 +1,3 @@
-from deepalign.cli import main
+from deepalign.cli import entry
 
-raise SystemExit(main())
+entry()
