@@ -165,3 +165,22 @@ def test_the_scaled_world_builds(tmp_path):
 
     build_world(out=str(tmp_path / "world"), seed=1, quiet=True, **SCALE_WORLD)
     assert load_manifest(tmp_path / "world")
+
+
+def test_the_world_study_shows_no_bar_per_model_load(tmp_path, base_model_dir, monkeypatch, capfd):
+    """The world's models load and save in milliseconds, dozens of times per study: the study
+    silences transformers' "Loading weights" / "Writing model shards" bars (restored after it),
+    keeping its own stage lines and the training and evaluation bars."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    def stages(cfg):
+        AutoModelForCausalLM.from_pretrained(base_model_dir)
+        return {"bars": hf_logging.is_progress_bar_enabled()}
+
+    monkeypatch.setattr(study_module, "_stages", stages)
+    assert run_study(out=str(tmp_path / "study"), quiet=True) == {"bars": False}
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()
+    AutoModelForCausalLM.from_pretrained(base_model_dir)  # outside the study the bar is back
+    assert "Loading weights" in capfd.readouterr().err

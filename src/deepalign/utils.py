@@ -266,6 +266,22 @@ def progress(iterable=None, *, quiet: bool = False, **kwargs):
 
 
 @contextlib.contextmanager
+def no_weight_bars() -> Iterator[None]:
+    """Silence transformers' own bars ("Loading weights", "Writing model shards") while the
+    block runs, restored afterwards; training and evaluation bars stay. For stages that load
+    and save many tiny models, where each bar is a line of noise that finishes in milliseconds."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
 def quiet_libraries(quiet: bool = True) -> Iterator[None]:
     """Under ``--quiet``, silence the progress bars and warnings of transformers, datasets,
     TRL, peft and accelerate while the block runs (restored afterwards)."""

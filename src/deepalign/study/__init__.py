@@ -461,6 +461,15 @@ class _Study:
 
 
 def _run_one(cfg: StudyConfig) -> dict:
+    if cfg.world_mode:  # the world's models load and save in milliseconds: no bar for each
+        from deepalign.utils import no_weight_bars
+
+        with no_weight_bars():
+            return _stages(cfg)
+    return _stages(cfg)
+
+
+def _stages(cfg: StudyConfig) -> dict:
     study = _Study(cfg)
     study.world_and_base()
     study.align()
