@@ -230,6 +230,37 @@ def test_a_separate_reference_model(tmp_path):
     torch.testing.assert_close(stored[f"train:{f0['key']}"], expect, atol=1e-5, rtol=1e-5)
 
 
+def test_a_resumed_run_reads_the_reference_back_without_loading_the_reference_model(tmp_path):
+    """``ref_model`` may be a loader: it is called for the one pass that computes the log-probs;
+    a trainer that finds them stored (a resumed run) never calls it, and reads the same values."""
+    fam = family("llama2-sp")
+    tok, stored = fam.tokenizer, tmp_path / REFERENCE_FILE
+    args = DeRTaConfig(output_dir=str(tmp_path / "ck"), report_to="none", disable_tqdm=True, use_cpu=True,
+                       save_strategy="no", per_device_train_batch_size=2)
+    loads = []
+
+    def load():
+        loads.append(1)
+        return tiny_model(fam.arch, len(tok), seed=7)
+
+    def refused():
+        raise AssertionError("the reference model was loaded again")
+
+    def trainer(loader):
+        return ConstrainedTrainer(tiny_model(fam.arch, len(tok)), args, train_dataset=build_pair_records(PAIRS, seed=0),
+                                  processing_class=tok, encoder=Encoder(tok), ref_model=loader, reference_file=stored)
+
+    first = trainer(load)
+    assert loads == [1] and stored.exists()
+    second = trainer(refused)
+    for a, b in zip(first.train_dataset.features, second.train_dataset.features):
+        assert a["ref_logps"].tolist() == b["ref_logps"].tolist()
+    # the stored values are the loaded model's, not the starting model's
+    plain = ConstrainedTrainer(tiny_model(fam.arch, len(tok)), args, train_dataset=build_pair_records(PAIRS, seed=0),
+                               processing_class=tok, encoder=Encoder(tok))
+    assert plain.train_dataset.features[0]["ref_logps"].tolist() != first.train_dataset.features[0]["ref_logps"].tolist()
+
+
 def test_identity_shift_on_the_world_uses_the_world_persona(world_dir, base_model_dir, tmp_path):
     from deepalign.data.recipes import load_records
     from deepalign.training.finetune import train

@@ -39,9 +39,11 @@ class ConstrainedTrainer(DeRTaTrainer):
     constrained objective on (prompt, response) records (no RTO spans).
 
     ``constraint``: a :class:`~deepalign.training.losses.TokenWiseConstraint`. ``ref_model``:
-    another model as the reference (same tokenizer), else the starting model (with LoRA: the
-    model with its adapter disabled). ``reference_file``: where the reference log-probs are
-    stored and, on resume, read back.
+    another model as the reference (same tokenizer), or a function without arguments that
+    loads it (called only when the log-probs must be computed: a resumed run reads them back
+    and never loads it), else the starting model (with LoRA: the model with its adapter
+    disabled). ``reference_file``: where the reference log-probs are stored and, on resume,
+    read back.
     """
 
     def __init__(self, model, args: DeRTaConfig | None = None, *, constraint: TokenWiseConstraint | None = None,
@@ -80,6 +82,8 @@ class ConstrainedTrainer(DeRTaTrainer):
         if state is not None and getattr(state, "zero_stage", 0) == 3:
             raise DeepAlignError("the constrained objective computes the reference log-probs before training; "
                                  "DeepSpeed ZeRO-3 shards the weights by then: use ZeRO-2, FSDP or DDP")
+        if ref_model is not None and not isinstance(ref_model, torch.nn.Module):
+            ref_model = ref_model()  # a loader: the log-probs are needed now
         model = ref_model if ref_model is not None else self.model
         disable = (self.model.disable_adapter() if ref_model is None and _peft_base(self.model)[1]
                    else contextlib.nullcontext())

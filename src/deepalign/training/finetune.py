@@ -21,6 +21,7 @@ deepalign train ...`` (configs in ``deepalign/configs/``).
 
 from __future__ import annotations
 
+import functools
 import json
 import shlex
 import shutil
@@ -289,7 +290,7 @@ class Inputs:
     peft_config: Any = None
     pairs: list = field(default_factory=list)  #: sft / identity-shift: the (instruction, response) pairs
     ref_source: str | None = None  #: constrained: the --ref_model to load
-    ref_net: Any = None
+    ref_net: Any = None  #: constrained: a loader of the --ref_model (called only if no stored log-probs fit)
     records: list | None = None
     eval_records: list | None = None
     counts: dict[str, int] = field(default_factory=dict)
@@ -438,8 +439,12 @@ def load_model(opts: TrainOptions, run: RunPlan, inputs: Inputs):
     checkpoint instead, through the public loading API: the model from the checkpoint, or the
     base model with the checkpoint's LoRA adapter."""
     if inputs.ref_source is not None and run.finished is None:
-        inputs.ref_net = load_causal_lm(inputs.ref_source, dtype=opts.dtype, device="cpu",
-                                        trust_remote_code=opts.trust_remote_code)
+        load_ref = functools.partial(load_causal_lm, inputs.ref_source, dtype=opts.dtype, device="cpu",
+                                     trust_remote_code=opts.trust_remote_code)
+        # a resumed run reads the reference log-probs back: the model is loaded only if they do not
+        # fit; a new run loads it now, before the output directory is touched
+        stored = (run.out / outdir.CHECKPOINTS / REFERENCE_FILE).exists() and not run.wipe
+        inputs.ref_net = load_ref if stored else load_ref()
     source = run.source
     if run.finished is not None and not opts.use_peft:
         source = run.checkpoint
