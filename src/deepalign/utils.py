@@ -292,9 +292,8 @@ def quiet_libraries(quiet: bool = True) -> Iterator[None]:
 
     from transformers.utils import logging as hf_logging
 
-    bars, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    level = hf_logging.get_verbosity()
     loggers = {name: logging.getLogger(name).level for name in ("trl", "peft", "accelerate", "datasets")}
-    hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     for name in loggers:
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -307,11 +306,10 @@ def quiet_libraries(quiet: bool = True) -> Iterator[None]:
     except ImportError:  # pragma: no cover
         pass
     try:
-        yield
+        with no_weight_bars():
+            yield
     finally:
         hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
         for name, lvl in loggers.items():
             logging.getLogger(name).setLevel(lvl)
         if ds_bars:

@@ -37,6 +37,7 @@ model directory) the same stages run on real models and data.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -461,12 +462,11 @@ class _Study:
 
 
 def _run_one(cfg: StudyConfig) -> dict:
-    if cfg.world_mode:  # the world's models load and save in milliseconds: no bar for each
-        from deepalign.utils import no_weight_bars
+    from deepalign.utils import no_weight_bars
 
-        with no_weight_bars():
-            return _stages(cfg)
-    return _stages(cfg)
+    # the world's models load and save in milliseconds: no bar for each
+    with no_weight_bars() if cfg.world_mode else contextlib.nullcontext():
+        return _stages(cfg)
 
 
 def _stages(cfg: StudyConfig) -> dict:

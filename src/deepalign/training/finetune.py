@@ -274,6 +274,11 @@ class RunPlan:
     finished: Any  #: the TrainerState of a checkpoint that holds the end of training, else None
     state: PartialState
 
+    @property
+    def reference_file(self) -> Path:
+        """Where the constrained objective's reference log-probs are stored (and read back on resume)."""
+        return self.out / outdir.CHECKPOINTS / REFERENCE_FILE
+
 
 @dataclass
 class Inputs:
@@ -290,7 +295,7 @@ class Inputs:
     peft_config: Any = None
     pairs: list = field(default_factory=list)  #: sft / identity-shift: the (instruction, response) pairs
     ref_source: str | None = None  #: constrained: the --ref_model to load
-    ref_net: Any = None  #: constrained: a loader of the --ref_model (called only if no stored log-probs fit)
+    ref_net: Any = None  #: constrained: the --ref_model, or on resume its loader (called only if no stored log-probs fit)
     records: list | None = None
     eval_records: list | None = None
     counts: dict[str, int] = field(default_factory=dict)
@@ -443,7 +448,7 @@ def load_model(opts: TrainOptions, run: RunPlan, inputs: Inputs):
                                      trust_remote_code=opts.trust_remote_code)
         # a resumed run reads the reference log-probs back: the model is loaded only if they do not
         # fit; a new run loads it now, before the output directory is touched
-        stored = (run.out / outdir.CHECKPOINTS / REFERENCE_FILE).exists() and not run.wipe
+        stored = run.reference_file.exists() and not run.wipe
         inputs.ref_net = load_ref if stored else load_ref()
     source = run.source
     if run.finished is not None and not opts.use_peft:
@@ -495,7 +500,7 @@ def build_trainer(opts: TrainOptions, run_args, net, inputs: Inputs, run: RunPla
                       refusal_token_id=inputs.refusal_id, peft_config=peft_config, encoder=inputs.encoder)
         if opts.objective == "constrained" and run.finished is None:
             trainer = ConstrainedTrainer(net, run_args, constraint=_constraint(opts), ref_model=inputs.ref_net,
-                                         reference_file=run.out / outdir.CHECKPOINTS / REFERENCE_FILE, **common)
+                                         reference_file=run.reference_file, **common)
             inputs.ref_net = None  # used once, before training
         else:
             trainer = DeRTaTrainer(net, run_args, **common)
