@@ -1,0 +1,96 @@
+"""Check: how often a finished two-process launch aborts at exit, by how the process leaves.
+
+Each launch is ``torchrun --nproc_per_node 2`` on CPU (gloo) of a stage that does what the end
+of a multi-process ``deepalign eval`` does: a barrier, a ``gather_object``, then the main
+process keeps writing for a moment while the other one exits. The stage is run three ways:
+
+- ``exit``: return from ``main()`` and let the interpreter shut down (no fix);
+- ``destroy``: ``cli.main`` as before this fix, which ends the process group first;
+- ``entry``: ``cli.entry``, the console script, which also leaves with ``os._exit`` from the
+  last exit handler (see its docstring for the gdb backtrace of the abort).
+
+It prints the launches that failed ("terminate called without an active exception", SIGABRT)
+out of N per way, and their ratio to the ``exit`` way.
+
+    .venv/bin/python benchmarks/bench_launch_exit.py [--launches 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+WORKER = """
+import sys, time
+import deepalign.cli as cli
+
+def stage(argv=None):  # the end of a multi-process eval: every shard written, then gathered
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    state = PartialState(cpu=True)
+    torch.randn(256, 256) @ torch.randn(256, 256)
+    state.wait_for_everyone()
+    gather_object([state.process_index])
+    if state.process_index == 0:
+        time.sleep(0.5)  # the main process folds the shards and writes the report
+    return 0
+
+
+def run_stage(argv=None):  # what cli.main does around a stage: the process group is ended after it
+    try:
+        return stage()
+    finally:
+        cli._end_process_group()
+
+
+way = sys.argv[1]
+if way == "exit":
+    raise SystemExit(stage())
+if way == "destroy":
+    raise SystemExit(run_stage())
+cli.main = run_stage
+cli.entry()
+"""
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(worker: Path, way: str) -> bool:
+    """One launch; True when every process exited 0."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_port()), str(worker), way]
+    return subprocess.run(cmd, env=env, capture_output=True, timeout=300).returncode == 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--launches", type=int, default=100)
+    ap.add_argument("--ways", default="exit,destroy,entry")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        worker = Path(tmp) / "worker.py"
+        worker.write_text(WORKER)
+        failed = {}
+        for way in args.ways.split(","):
+            failed[way] = sum(not launch(worker, way) for _ in range(args.launches))
+            print(f"{way:8s} {failed[way]:3d} of {args.launches} launches failed", flush=True)
+    if failed.get("exit"):
+        for way in failed:
+            print(f"{way:8s} failures / exit's: {failed[way] / failed['exit']:.3f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
