@@ -154,6 +154,31 @@ def test_trainer_compute_loss_equals_full_logits_reference(tmp_path, arch):
         torch.testing.assert_close(grads[n], p.grad, atol=1e-5, rtol=1e-4, msg=n)
 
 
+def test_trainer_compute_loss_takes_inputs_embeds(tmp_path):
+    """A batch that brings its own embeddings (``inputs_embeds``, no ``input_ids``, as
+    benchmarks/bench_loss.py feeds it) gets the same loss and gradients as the full-logits
+    reference over the same embeddings; it used to fail with KeyError: 'input_ids'."""
+    trainer, _, recs = _tiny_setup(tmp_path, rto_keep=0.3)
+    model = trainer.model
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(recs))])
+    embeds = model.get_input_embeddings()(batch["input_ids"]).detach().requires_grad_()
+    inputs = {"inputs_embeds": embeds, "attention_mask": batch["attention_mask"], "labels": batch["labels"],
+              "rto_labels": batch["rto_labels"]}
+    model.zero_grad()
+    loss = trainer.compute_loss(model, inputs)
+    loss.backward()
+    grad = embeds.grad.clone()
+    hidden, _, _, _ = trainer.final_hidden(model, {"inputs_embeds": embeds.detach(),
+                                                   "attention_mask": batch["attention_mask"]})
+    assert hidden.shape == embeds.shape
+    embeds.grad = None
+    logits = model(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).logits
+    ref = reference_loss(logits, batch["labels"], batch["rto_labels"])
+    ref.backward()
+    assert loss.item() == pytest.approx(ref.item(), abs=1e-5)
+    torch.testing.assert_close(grad, embeds.grad, atol=1e-5, rtol=1e-4)
+
+
 def test_gradient_accumulation_gives_the_big_batch_gradient(tmp_path):
     """batch 8 x 1 step == batch 4 x 2 accumulated (SGD, so the update shows the gradient scale;
     the micro-batches hold different numbers of labelled tokens, MLE and RTO)."""

@@ -225,7 +225,7 @@ class DeRTaTrainer(Trainer):
         try:
             extra = {"use_cache": False}
             if keep_arg:
-                extra["logits_to_keep"] = torch.zeros(0, dtype=torch.long, device=inputs["input_ids"].device)
+                extra["logits_to_keep"] = torch.zeros(0, dtype=torch.long, device=_input_device(inputs, head))
             outputs = model(**inputs, **extra)
         finally:
             handle.remove()
@@ -272,6 +272,18 @@ class DeRTaTrainer(Trainer):
                 logs["weight"] = round(s["weight_sum"] / s["n_mle"], 4)
             self._stats = defaultdict(float)
         super().log(logs, start_time)
+
+
+def _input_device(inputs: dict[str, Any], head) -> torch.device:
+    """The device of the batch: its ``input_ids``, else its ``inputs_embeds`` (a caller that
+    embeds the tokens itself), else any other tensor in it, else the output head's."""
+    for key in ("input_ids", "inputs_embeds"):
+        if isinstance(inputs.get(key), torch.Tensor):
+            return inputs[key].device
+    for value in inputs.values():
+        if isinstance(value, torch.Tensor):
+            return value.device
+    return next(head.parameters()).device
 
 
 # -- saving ------------------------------------------------------------------------------
