@@ -359,3 +359,51 @@ def test_direction_and_ablate_never_replace_what_they_did_not_write(made, capsys
     assert sorted(p.name for p in Path(b).iterdir()) == model_files and (other / "keep.txt").read_text() == "mine"
     assert main(ablate + [str(root / "m2")]) == 0 and main(ablate + [str(root / "m2")]) == 0  # its own output: replaced
     assert main(direction + [str(root / "d")]) == 0
+
+
+# -- the reference's refusal words per model family (andyrdt/refusal_direction) -------------------
+
+@pytest.mark.parametrize("tok_name, arch, words", [
+    # pipeline/model_utils/qwen_model.py: QWEN_REFUSAL_TOKS = [40, 2121]  # ['I', 'As']
+    ("chatml-bpe", "qwen2", ["I", "As"]),
+    # llama3_model.py: LLAMA3_REFUSAL_TOKS = [40]  # 'I'
+    ("llama3-bpe", "llama", ["I"]),
+    # llama2_model.py: LLAMA2_REFUSAL_TOKS = [306]  # 'I'
+    ("llama2-sp", "llama", ["I"]),
+    # gemma_model.py: GEMMA_REFUSAL_TOKS = [235285]  # ['I']
+    ("gemma-sp", "gemma", ["I"]),
+])
+def test_default_refusal_words_are_the_references_per_family(tok_name, arch, words):
+    fam, _, d = _direction(tok_name, arch)
+    got = d.info["refusal_tokens"]
+    assert [t["word"] for t in got] == words
+    # each is the first response token of the word in the family's own chat template
+    assert [t["id"] for t in got] == [fam.response(HARMFUL[0], w, end=False)[0] for w in words]
+
+
+def test_reference_refusal_words_follow_the_model_type():
+    from types import SimpleNamespace
+
+    from deepalign.direction.select import reference_refusal_words
+
+    def of(model_type):
+        return reference_refusal_words(SimpleNamespace(config=SimpleNamespace(model_type=model_type)))
+
+    for t in ("qwen", "qwen2", "qwen2_moe", "qwen3"):
+        assert of(t) == ["I", "As"]
+    for t in ("llama", "gemma", "gemma2", "mistral", "gpt2"):
+        assert of(t) == ["I"]
+
+
+def test_direction_cli_without_refusal_words_takes_the_family_default(tmp_path):
+    fam = family("chatml-bpe")
+    model = _model("qwen2", len(fam.tokenizer))
+    model.save_pretrained(tmp_path / "m")
+    fam.tokenizer.save_pretrained(tmp_path / "m")
+    for name, queries in (("harmful", HARMFUL), ("harmless", HARMLESS)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"prompt": q}) + "\n" for q in queries))
+    assert main(["direction", "--model", str(tmp_path / "m"), "--harmful", str(tmp_path / "harmful.jsonl"),
+                 "--harmless", str(tmp_path / "harmless.jsonl"), "--out", str(tmp_path / "d"), "--quiet",
+                 "--n_train", "8", "--n_val", "3", *RELAX[:6], "--filter_prompts", "false", "--device", "cpu"]) == 0
+    meta = json.loads((tmp_path / "d" / "direction.json").read_text())
+    assert [t["word"] for t in meta["refusal_tokens"]] == ["I", "As"]

@@ -20,8 +20,9 @@
 The refusal score of a prompt is the log-odds of the refusal tokens at the first response
 position, ``log p - log(1 - p)`` with ``p`` the summed probability of the refusal tokens
 (reference: ``refusal_score``, epsilon 1e-8). The refusal tokens are the first response token
-of each refusal word as the model's format places it at the start of a response (``"I"``,
-the reference's refusal token, plus the world's refusal word on the world), never ids.
+of each refusal word as the model's format places it at the start of a response, never ids:
+by default the reference's words for the model's family (``I``, and ``I`` plus ``As`` for
+Qwen: :func:`reference_refusal_words`), on the world its manifest's refusal openers.
 
 Every candidate is scored in batched forward passes: each batch row carries its own
 direction to ablate or vector to add (:class:`~deepalign.direction.residual.ResidualHooks`).
@@ -48,8 +49,13 @@ INDUCE_REFUSAL_THRESHOLD = 0.0
 PRUNE_LAYER_SHARE = 0.2
 SCORE_EPS = 1e-8
 KL_EPS = 1e-6
-#: the reference's refusal token ("I" for Llama-2/3, Gemma, Qwen, Yi)
+#: the reference's refusal words per model family (andyrdt/refusal_direction,
+#: pipeline/model_utils/<family>_model.py, ``*_REFUSAL_TOKS``): ``I`` alone for Llama-2
+#: (llama2_model.py, [306]), Llama-3 (llama3_model.py, [40]), Gemma (gemma_model.py, [235285])
+#: and Yi (yi_model.py, [59597]) ...
 DEFAULT_REFUSAL_WORDS = ("I",)
+#: ... and ``I`` plus ``As`` for Qwen (qwen_model.py: QWEN_REFUSAL_TOKS = [40, 2121], 'I', 'As')
+QWEN_REFUSAL_WORDS = ("I", "As")
 #: the normal quantile of a two-sided 95% interval
 Z95 = 1.959963984540054
 
@@ -70,9 +76,9 @@ class DirectionOptions:
                 "tokenizer has one, else the default text template)"})
     refusal_words: list[str] | None = field(default=None, metadata={
         "aliases": ["--refusal_word"],
-        "help": "words whose first response token is a refusal token, e.g. I As or I,As (default: I, or with "
-                "--world the world's refusal openers from its manifest; the reference uses I, and I,As for "
-                "Llama-3 / Qwen)"})
+        "help": "words whose first response token is a refusal token, e.g. I As or I,As (default: the "
+                "reference's words for the model's family: I,As for Qwen, I for Llama-2 / Llama-3 / Gemma / Yi "
+                "and others; with --world the world's refusal openers from its manifest)"})
     n_train: int = field(default=N_TRAIN, metadata={"help": "training prompts per set (the difference of means)"})
     n_val: int = field(default=N_VAL, metadata={"help": "validation prompts per set (the selection)"})
     filter_prompts: bool = field(default=True, metadata={
@@ -148,11 +154,21 @@ def refusal_tokens(encoder, words: Sequence[str], query: str) -> list[dict]:
     return list(out.values())
 
 
-def default_refusal_words(world: str | None) -> list[str]:
-    """The reference's refusal word (``I``), or on the world every word its refusals start with
-    (the manifest's refusal openers)."""
+def reference_refusal_words(model) -> list[str]:
+    """The reference's refusal words for ``model``'s family: ``I`` and ``As`` for a Qwen model
+    (its ``config.model_type`` starts with ``qwen``: qwen, qwen2, qwen2_moe, qwen3, ...), else
+    ``I`` (Llama-2, Llama-3, Gemma, Yi and every other family). The reference picks its Qwen
+    class by the model path (``'qwen' in model_path.lower()``, model_factory.py); the model's
+    own type names the family whatever its directory is called."""
+    model_type = str(getattr(getattr(model, "config", None), "model_type", "") or "").lower()
+    return list(QWEN_REFUSAL_WORDS if model_type.startswith("qwen") else DEFAULT_REFUSAL_WORDS)
+
+
+def default_refusal_words(world: str | None) -> list[str] | None:
+    """On the world every word its refusals start with (the manifest's refusal openers); else
+    None: the reference's words for the model's family (:func:`reference_refusal_words`)."""
     if world is None:
-        return list(DEFAULT_REFUSAL_WORDS)
+        return None
     from deepalign.world.generator import refusal_openers
 
     return refusal_openers(world)
@@ -407,14 +423,15 @@ def _select(cands: list[dict], kl_threshold: float | None, induce_threshold: flo
 
 
 def find_direction(model, tokenizer, harmful: Sequence[Any], harmless: Sequence[Any], *, name: str | None = None,
-                   prompt_format=None, refusal_words: Sequence[str] = DEFAULT_REFUSAL_WORDS, n_train: int = N_TRAIN,
+                   prompt_format=None, refusal_words: Sequence[str] | None = None, n_train: int = N_TRAIN,
                    n_val: int = N_VAL, filter_prompts: bool = True, kl_threshold: float | None = KL_THRESHOLD,
                    induce_refusal_threshold: float | None = INDUCE_REFUSAL_THRESHOLD,
                    prune_layer_share: float = PRUNE_LAYER_SHARE, seed: int = 0, batch_size: int = 32,
                    datasets: tuple[str | None, str | None] = (None, None)):
     """The refusal direction of a loaded ``model`` / ``tokenizer`` (module doc), as a
     :class:`~deepalign.direction.store.Direction` (not yet saved). ``harmful`` / ``harmless``:
-    query strings or items with a ``prompt`` / ``query`` (and ``id``)."""
+    query strings or items with a ``prompt`` / ``query`` (and ``id``). ``refusal_words``: None
+    takes the reference's words for the model's family (:func:`reference_refusal_words`)."""
     from deepalign.models import eos_ids, pad_id
     from deepalign.direction.residual import residual_stream
     from deepalign.direction.store import Direction, model_identity
@@ -426,7 +443,8 @@ def find_direction(model, tokenizer, harmful: Sequence[Any], harmless: Sequence[
     encoder = Encoder(tokenizer, prompt_format, name=name)
     h_train, h_val = split_prompts(list(harmful), n_train, n_val, seed, "harmful")
     b_train, b_val = split_prompts(list(harmless), n_train, n_val, seed, "harmless")
-    refusal = refusal_tokens(encoder, word_list(refusal_words), _query(h_val[0]))
+    words = word_list(refusal_words) if refusal_words else reference_refusal_words(model)
+    refusal = refusal_tokens(encoder, words, _query(h_val[0]))
     ids = [t["id"] for t in refusal]
     sets = {}
     for key, what, train, val in (("harmful", "harmful", h_train, h_val), ("harmless", "harmless", b_train, b_val)):
