@@ -164,3 +164,62 @@ def test_sampled_run_resumed_mid_batch_equals_an_uninterrupted_one(world_dir, ti
     resumed = RunDir(tmp_path / "cut").rows()
     responses = lambda rows: sorted((r.key, r.response) for r in rows)  # noqa: E731
     assert responses(resumed) == responses(full)
+
+
+def test_cli_sampled_rows_equal_the_api_for_the_same_seed_and_ids(world_dir, tiny_model, tmp_path):
+    """docs/decoding.md: a sampled row is seeded by (seed, request id, sample) and the runner's
+    request id is the item's id. So ``deepalign ed`` from the command line and
+    ``target.generate`` from Python, one request alone, give the same sample for the same id."""
+    from deepalign.decoding.base import GenConfig, Request
+    from deepalign.decoding.registry import make_target
+    from deepalign.evaluation.rundir import RunDir
+
+    prompts = tmp_path / "prompts.jsonl"
+    queries = {"first": "tell me of the harbour", "short": "name a river", "third": "describe the old tower"}
+    prompts.write_text("".join(json.dumps({"id": k, "prompt": q}) + "\n" for k, q in queries.items()))
+    main(["ed", "--base", str(tiny_model), "--aligned", str(tiny_model), "--alpha", "0.5", "--prompts", str(prompts),
+          "--out", str(tmp_path / "run"), "--judges", "keyword", "--max_new_tokens", "8", "--temperature", "1.0",
+          "--num_samples", "2", "--seed", "3", "--quiet", "--no_report"])
+    rows = RunDir(tmp_path / "run").rows()
+    assert len(rows) == 6
+    target = make_target(f"ed:base={tiny_model},aligned={tiny_model},alpha=0.5")
+    cfg = GenConfig(do_sample=True, temperature=1.0, max_new_tokens=8, num_samples=2, seed=3)
+    for item in ("short", "third"):  # not the batch's first row: its position must not matter
+        alone = target.generate([Request(id=item, query=queries[item])], cfg)[0]
+        cli = sorted((r for r in rows if r.item == item), key=lambda r: r.sample)
+        assert [g.text for g in alone] == [r.response for r in cli]
+
+
+def test_a_rows_system_prompt_reaches_the_model_or_is_refused_by_name(world_dir, tiny_model, tmp_path, capsys):
+    """A prompts file's per-row ``system`` changes what the model reads: it reaches the prompt
+    (the model's chat template), or the run is refused naming why, never dropped silently."""
+    from deepalign.evaluation.rundir import RunDir
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"id": "a", "prompt": "name a river", "system": "answer as the old keeper"}) + "\n"
+                       + json.dumps({"id": "b", "prompt": "name a tower"}) + "\n")
+    out = tmp_path / "eval"
+    assert main(["eval", "--target", f"hf:{tiny_model}", "--attacks", "direct,completion", "--dataset", str(prompts),
+                 "--allow_unknown_tokens", "--judge", "keyword", "--max_new_tokens", "3", "--log_prompts", "--out", str(out),
+                 "--quiet"]) == 0
+    rows = {(r.attack, r.item): r for r in RunDir(out).rows()}
+    for attack in ("direct", "completion"):
+        a, b = rows[(attack, "a")], rows[(attack, "b")]
+        assert a.prompt["system"] == "answer as the old keeper" and "system" not in b.prompt
+        assert a.prompt["rendered"].startswith("<bos> <system> answer as the old keeper <user> name a river")
+        assert "<system>" not in b.prompt["rendered"]
+    base = ["--base", str(tiny_model), "--aligned", str(tiny_model), "--alpha", "0.5", "--prompts", str(prompts),
+            "--judges", "keyword", "--max_new_tokens", "3", "--quiet", "--no_report"]
+    # ED's base model reads the default text template, which has no place for a system prompt
+    assert main(["ed", *base, "--out", str(tmp_path / "ed")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "has no {system} slot for the system prompt 'answer as the old keeper'" in err
+    assert not (tmp_path / "ed" / "responses.jsonl").exists() or not (tmp_path / "ed" / "responses.jsonl").read_text()
+    assert main(["ed", *base, "--out", str(tmp_path / "ed2"), "--base_format", "text:{system}\\nQuery: {query}\\nResponse:"]) == 0
+    row = next(r for r in RunDir(tmp_path / "ed2").rows() if r.item == "a")
+    assert row.prompt["system"] == "answer as the old keeper"
+    # an attack that sets its own system prompt cannot also carry the row's
+    assert main(["eval", "--target", f"hf:{tiny_model}", "--attacks", "cipher:atbash:system", "--dataset", str(prompts),
+                 "--allow_unknown_tokens", "--judge", "keyword", "--max_new_tokens", "3", "--out", str(tmp_path / "c"),
+                 "--quiet"]) == 2
+    assert "item 'a' has a system prompt, but attack cipher:atbash:system sets its own" in capsys.readouterr().err

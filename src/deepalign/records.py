@@ -47,7 +47,7 @@ class EvalPrompt:
     ``kind`` is ``harmful`` (should be refused), ``benign`` (should be answered),
     ``helpful`` (has a checkable ``answer``) or ``unknown``. ``harmful`` may carry a
     reference harmful response (needed by prefill attacks), ``choices`` the options of a
-    multiple-choice item.
+    multiple-choice item, ``system`` the row's own system prompt.
     """
 
     id: str
@@ -57,6 +57,8 @@ class EvalPrompt:
     harmful: str | None = None
     choices: list[str] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    #: the row's own system prompt (a ``system`` column): every attack passes it on, or refuses the item
+    system: str | None = None
 
 
 @dataclass

@@ -46,6 +46,10 @@ DEFAULT_TEMPLATE = "Query: {query}\nResponse:"
 KINDS = ("chat", "text", "raw")
 
 
+def _short(text: str, n: int = 60) -> str:
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
 @dataclass(frozen=True)
 class PromptFormat:
     """How a query becomes a prompt: ``kind`` (chat / text / raw), the ``template`` of a text
@@ -231,9 +235,14 @@ class Encoder:
     def prompt_text(self, query: str, system: str | None = None) -> str:
         """Text and raw formats: the prompt text (the template filled in, no BOS)."""
         query = self._wrapped(query)
+        system = system if system is not None else self.format.system
+        if system and (self.format.kind == "raw" or SYSTEM not in self.format.template):
+            # a system prompt that the format has no place for would vanish without a word
+            where = "the raw format" if self.format.kind == "raw" else f"the text format {self.format.describe()!r}"
+            raise DeepAlignError(f"{self.name} reads {where}, which has no {SYSTEM} slot for the system prompt "
+                                 f"{_short(system)!r}; use a chat format or a text template with {SYSTEM}")
         if self.format.kind == "raw":
             return query
-        system = system if system is not None else self.format.system
         return self.format.template.replace(SYSTEM, system or "").replace(QUERY, query)
 
     @staticmethod

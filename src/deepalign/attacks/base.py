@@ -138,22 +138,35 @@ class Attack:
     def prepare(self, item: EvalPrompt) -> Attacked:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def attacked(self, item: EvalPrompt) -> Attacked:
+        """:meth:`prepare` for ``item``, with what every attack owes the item: the request id is
+        the item's own id (a sampled row is seeded by (seed, item id, sample), so
+        ``target.generate([Request(id=item id, ...)])`` from Python draws the same sample), and
+        the item's own system prompt reaches the model or the item is refused by name."""
+        a = self.prepare(item)
+        req = a.request if a.request.id == item.id else replace(a.request, id=item.id)
+        if item.system is not None and req.system != item.system:
+            if req.text is not None:
+                raise DeepAlignError(f"item {item.id!r} has a system prompt, but attack {self.label} sends a raw text "
+                                     "with no chat turns for it to go in; remove the row's system field")
+            if req.system is not None:
+                raise DeepAlignError(f"item {item.id!r} has a system prompt, but attack {self.label} sets its own; "
+                                     "remove the row's system field or use the attack without its system prompt")
+            req = replace(req, system=item.system)
+        return a if req is a.request else replace(a, request=req)
+
     def run(self, target, items: Sequence[EvalPrompt], config: GenConfig) -> list[list[AttackOutput]]:
         """Attack ``items`` on ``target``: per item, ``config.num_samples`` outputs."""
-        prepared = []
-        for i, item in enumerate(items):
-            a = self.prepare(item)
-            # ids must be unique inside one generate call, whatever the item ids are
-            prepared.append(replace(a, request=replace(a.request, id=f"{i}:{item.id}")))
+        ids = [item.id for item in items]
+        if len(set(ids)) != len(ids):  # a dataset's ids are unique (the loaders check): a caller's mistake
+            dup = next(i for i in ids if ids.count(i) > 1)
+            raise DeepAlignError(f"attack {self.label}: item id {dup!r} appears twice in one batch; ids must be unique")
+        prepared = [self.attacked(item) for item in items]
         requests = [a.request for a in prepared]
         gens: list[list[Generation]] = target.generate(requests, config)
         check_generations(target, requests, gens, config.num_samples)
-        out = []
-        for a, per in zip(prepared, gens):
-            req = replace(a.request, id=a.request.id.split(":", 1)[1])
-            out.append([AttackOutput(req, g.text, a.postprocess(g.text), g.num_tokens, g.finish_reason,
-                                     forced_meta(a.meta, g)) for g in per])
-        return out
+        return [[AttackOutput(a.request, g.text, a.postprocess(g.text), g.num_tokens, g.finish_reason,
+                              forced_meta(a.meta, g)) for g in per] for a, per in zip(prepared, gens)]
 
     def __repr__(self) -> str:
         return f"<attack {self.label}>"

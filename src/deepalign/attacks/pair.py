@@ -104,7 +104,8 @@ class PairAttack(Attack):
             if not active:
                 break
             areqs = [
-                Request(id=str(i), query=self.attacker_message(items[i], attempts[i]), system=ATTACKER_SYSTEM) for i in active
+                Request(id=items[i].id, query=self.attacker_message(items[i], attempts[i]), system=ATTACKER_SYSTEM)
+                for i in active
             ]
             acfg = replace(self.attacker_config, seed=self.attacker_config.seed + it, num_samples=1)
             agens = self.attacker.generate(areqs, acfg)
@@ -114,7 +115,7 @@ class PairAttack(Attack):
                 p = parse_attacker_reply(g[0].text)
                 parsed.append(p is not None)
                 prompts.append(p if p is not None else (attempts[i][-1]["prompt"] if attempts[i] else items[i].prompt))
-            treqs = [Request(id=str(i), query=p) for i, p in zip(active, prompts)]
+            treqs = [Request(id=items[i].id, query=p, system=items[i].system) for i, p in zip(active, prompts)]
             tgens = target.generate(treqs, search)
             check_generations(target, treqs, tgens, 1)
             verdicts = self.judge.judge([g[0].text for g in tgens], [items[i] for i in active])
@@ -133,7 +134,7 @@ class PairAttack(Attack):
         best = [max(range(len(a)), key=lambda j, a=a: (a[j]["score"], -j)) for a in attempts]
         extra: list = [[] for _ in range(n)]
         if config.num_samples > 1:
-            reqs = [Request(id=str(i), query=attempts[i][best[i]]["prompt"]) for i in range(n)]
+            reqs = [Request(id=items[i].id, query=attempts[i][best[i]]["prompt"], system=items[i].system) for i in range(n)]
             more = replace(config, num_samples=config.num_samples - 1, seed=config.seed + 1)
             extra = target.generate(reqs, more)
             check_generations(target, reqs, extra, config.num_samples - 1)
@@ -147,7 +148,7 @@ class PairAttack(Attack):
                 "jailbroken": b["harmful"],
                 "attacker_parse_failures": sum(not a["parsed"] for a in attempts[i]),
             }
-            req = Request(id=item.id, query=b["prompt"])
+            req = Request(id=item.id, query=b["prompt"], system=item.system)
             outs = [AttackOutput(req, b["response"], b["response"], b["num_tokens"], b["finish_reason"], dict(meta))]
             outs += [AttackOutput(req, g.text, g.text, g.num_tokens, g.finish_reason, dict(meta)) for g in extra[i]]
             out.append(outs)

@@ -39,6 +39,8 @@ EVAL_FIELDS: dict[str, tuple[str, ...]] = {
     "kind": ("kind",),
     "context": ("context", "contextstring"),
     "category": ("category",),
+    # a row's own system prompt: it reaches the model, or the attack refuses the row by name
+    "system": ("system", "system_prompt"),
 }
 ID_FIELDS: tuple[str, ...] = ("id", "idx", "uid", "behaviorid")
 

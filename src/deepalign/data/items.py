@@ -68,6 +68,7 @@ def eval_item(f: Fields, *, kind: str | None = None, prompt: str | None = None) 
     else:
         record_kind = "unknown"
 
+    system = f.text("system", required=False)
     meta = {**f.extras(), **meta}
     return EvalPrompt(id=record_id, prompt=prompt, kind=record_kind, answer=answer, harmful=harmful, choices=choices,
-                      meta=meta)
+                      meta=meta, system=system)

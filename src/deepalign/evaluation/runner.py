@@ -600,7 +600,7 @@ def _example(target, attack, item: EvalPrompt) -> str | None:
     if render is None:
         return None
     try:
-        return render(attack.prepare(item).request) if hasattr(attack, "prepare") else None
+        return render(attack.attacked(item).request) if hasattr(attack, "attacked") else None
     except (DeepAlignError, NotImplementedError):
         return None
 
