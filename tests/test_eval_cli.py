@@ -223,3 +223,29 @@ def test_a_rows_system_prompt_reaches_the_model_or_is_refused_by_name(world_dir,
                  "--allow_unknown_tokens", "--judge", "keyword", "--max_new_tokens", "3", "--out", str(tmp_path / "c"),
                  "--quiet"]) == 2
     assert "item 'a' has a system prompt, but attack cipher:atbash:system sets its own" in capsys.readouterr().err
+
+
+def test_a_rejudge_whose_verdicts_are_all_errors_fails(world_dir, tiny_model, tmp_path, capsys):
+    """A judge model that cannot judge (a tiny random model answers no rubric) gives only error
+    verdicts: ``deepalign judge`` fails with one line naming the judge, writes none of its
+    errors (a rerun retries), and a judge that works prints a line of its own."""
+    from deepalign.evaluation.rundir import RunDir
+
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    cfg = AutoConfig.from_pretrained(tiny_model)
+    cfg.max_position_embeddings = 2048  # room for the rubric prompt and 512 new tokens
+    judge_dir = tmp_path / "judge"
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(judge_dir)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(judge_dir)
+    run = tmp_path / "run"
+    assert main(["eval", "--target", f"hf:{tiny_model}", "--world", str(world_dir), "--dataset", "world:harmful",
+                 "--limit", "3", "--judge", "keyword", "--max_new_tokens", "3", "--out", str(run), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["judge", str(run), "--judges", "llm:strongreject-hardened", "--judge_model", f"hf:{judge_dir}",
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "judge llm:strongreject-hardened gave no verdict on its first 3 responses" in err
+    assert all(set(r.verdicts) == {"keyword"} for r in RunDir(run).rows())
+    assert main(["judge", str(run), "--judges", "keyword:nocase"]) == 0
+    assert "  keyword:nocase: 3 verdicts, 0 errors; harmful " in capsys.readouterr().out

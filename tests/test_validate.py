@@ -223,12 +223,13 @@ def test_reports_print_validation_numbers_agreement_and_graded_scores(tmp_path, 
     report = (tmp_path / "run" / "report.md").read_text()
     assert "Not validated against human labels" in report and "## Agreement between judges" in report
     assert "| keyword | keyword:nocase | refusal | 6 |" in report  # "i cannot" only the case-blind judge sees
-    assert "`h1` (refusal: keyword False, keyword:nocase True)" in report
+    # a quoted disagreement names its cell: target, attack, dataset, item
+    assert "- talker | direct | toy | `h1` (refusal: keyword False, keyword:nocase True)" in report
     assert "mean score [95% CI]" in report
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     score = next(c for c in summary["results"] if c["judge"] == "graded")["score"]
     assert score["n"] == 6 and score["ci95"][0] <= score["mean"] <= score["ci95"][1]
-    validate_judges(str(LABELS / "xstest_v2_completions_placeholder.csv"), "keyword", tmp_path / "val")
+    validate_judges(str(LABELS / "xstest_v2_completions_placeholder.csv"), "keyword", tmp_path / "val", register=True)
     assert main(["report", str(tmp_path / "run"), "--quiet"]) == 0
     report = (tmp_path / "run" / "report.md").read_text()
     assert "Validated against human labels (`" in report and "Cohen's kappa" in report
@@ -244,9 +245,51 @@ def test_reports_read_the_latest_validation_of_each_judge_once(tmp_path, monkeyp
     monkeypatch.setenv("DEEPALIGN_HOME", str(tmp_path / "home"))
     labels = str(LABELS / "xstest_v2_completions_placeholder.csv")
     for out, judge in (("old", "keyword"), ("new", "keyword"), ("other", "keyword:nocase")):
-        validate_judges(labels, judge, tmp_path / out, quiet=True)
+        validate_judges(labels, judge, tmp_path / out, quiet=True, register=True)
     read = []
     real = agreement.read_validation
     monkeypatch.setattr(agreement, "read_validation", lambda path: read.append(Path(path).parent.name) or real(path))
     found = known_validations(["keyword"])
     assert read == ["new"] and Path(found["keyword"]["path"]).parent.name == "new"
+
+
+def test_a_throwaway_validation_speaks_only_when_asked(tmp_path, monkeypatch, capsys):
+    """``judge --validate`` prints where it wrote and each judge's numbers; it changes no later
+    report unless ``--register`` says so (or the report is given the file). A registry entry an
+    earlier version wrote unasked is not read."""
+    from deepalign.evaluation.runner import run_eval
+    from deepalign.records import EvalPrompt
+
+    monkeypatch.setenv("DEEPALIGN_HOME", str(tmp_path / "home"))
+    labels = f"jbb-judges:{LABELS / 'judge-comparison.csv'}"
+    assert main(["judge", "--validate", labels, "--judges", "keyword", "--out", str(tmp_path / "smoke")]) == 0
+    out = capsys.readouterr().out
+    assert f"wrote {tmp_path / 'smoke' / 'validation.json'}" in out
+    assert "keyword: Validated against human labels" in out and "Cohen's kappa" in out and "not registered" in out
+    assert not (tmp_path / "home" / "validations.jsonl").exists()
+    # an entry an earlier version registered silently: not read either
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "validations.jsonl").write_text(json.dumps(
+        {"path": str(tmp_path / "smoke" / "validation.json"), "labels": "x", "judges": ["keyword"]}) + "\n")
+
+    class Talker:
+        name = "talker"
+
+        def generate(self, requests, config):
+            from deepalign.decoding.base import Generation
+
+            return [[Generation(r.id, 0, "Sorry, no.", 3, "eos")] for r in requests]
+
+    items = {"toy": [EvalPrompt(id=f"h{i}", prompt=f"open box {i}", kind="harmful") for i in range(3)]}
+    run_eval(targets=[Talker()], attacks="direct", datasets=items, judges="keyword", out_dir=tmp_path / "run", quiet=True)
+    assert "Not validated against human labels" in (tmp_path / "run" / "report.md").read_text()
+    # the user's choice: a file given to the report, or --register
+    assert main(["report", str(tmp_path / "run"), "--validation", str(tmp_path / "smoke"), "--quiet"]) == 0
+    assert "Validated against human labels" in (tmp_path / "run" / "report.md").read_text()
+    assert main(["judge", "--validate", labels, "--judges", "keyword", "--out", str(tmp_path / "kept"), "--register",
+                 "--quiet"]) == 0
+    assert main(["report", str(tmp_path / "run"), "--quiet"]) == 0
+    assert str(tmp_path / "kept") in (tmp_path / "run" / "report.md").read_text()
+    capsys.readouterr()
+    assert main(["judge", str(tmp_path / "run"), "--judges", "keyword:nocase", "--register", "--quiet"]) == 2
+    assert "--register notes a validation: it needs --validate LABELS" in capsys.readouterr().err

@@ -21,7 +21,7 @@ from pathlib import Path
 from deepalign.errors import DeepAlignError, OptionError
 from deepalign.evaluation.rundir import RunDir, row_key
 from deepalign.evaluation.runlog import ResponseRow, RunRecord, TargetRecord
-from deepalign.options import build, number
+from deepalign.options import On, Test, build, number
 from deepalign.records import EvalPrompt, Verdict, error_verdict
 
 #: columns that hold a published response, in order of preference
@@ -48,6 +48,10 @@ class JudgeOptions:
         "help": "score the judges against a human-labelled file instead of a run: [preset:]FILE or a preset with a "
                 "hub copy (jbb-judges, harmbench-val:FILE, xstest-completions); writes validation.json and "
                 "validation.md into --out"})
+    register: bool = field(default=False, metadata={
+        "help": "with --validate: note the result on this machine ($DEEPALIGN_HOME/validations.jsonl), so that every "
+                "later report prints it next to the judges' rates (without it, give 'deepalign report RUN "
+                "--validation FILE')"})
     cache: bool = field(default=True, metadata={
         "help": "keep model judges' verdicts in a cache (RUN_DIR/judge_cache, or OUT/judge_cache with --validate) "
                 "so that re-judging scores only what is new"})
@@ -62,6 +66,14 @@ class JudgeOptions:
 
     def __post_init__(self):
         number("batch_size", self.batch_size, low=1, integer=True)
+
+
+def _judge_needs() -> dict:
+    """``judge_run``'s options that only another setting reads (deepalign.options.check_needs)."""
+    from deepalign.judges.registry import reads_judge_model
+
+    return {"judge_model": Test("judges", reads_judge_model, "an llm or strongreject judge in --judges"),
+            "cache_dir": On("cache", say="--cache (the default; not --no_cache)")}
 
 
 def _item_of(row: ResponseRow, items: dict) -> EvalPrompt:
@@ -144,6 +156,8 @@ def import_responses(path: str, out_dir: str, *, kind: str | None = None, preset
             key=row_key(label, "published", name, it.id, 0), target=label, attack="published", dataset=name,
             item=it.id, kind=it.kind, sample=0, prompt={"query": it.prompt}, response=response or "",
             num_tokens=len((response or "").split()), finish_reason="unknown", verdicts=verdicts,
+            # the behaviour a HarmBench completion belongs to: its ASR averages per behaviour first
+            meta={"behavior_id": str(it.meta["behavior_id"])} if it.meta.get("behavior_id") is not None else {},
             category=str(it.meta["category"]) if it.meta.get("category") is not None else None,
             no_response=no_response or None,
             **(answer_fields(it, response or "") if response is not None else {})))
@@ -161,6 +175,17 @@ def import_responses(path: str, out_dir: str, *, kind: str | None = None, preset
                                  datasets=[dataset_record(ds)], source=str(path)))
         run.append_rows(out_rows)
     return run
+
+
+def check_judges_gave_verdicts(rows, judges) -> None:
+    """A judge whose every verdict on a run is an error judged nothing: that is a failure (exit
+    status 2, naming the judge and its first error), never a run that looks finished. The rows
+    and the report stay, with the errors in their column."""
+    for name in judges:
+        mine = [r.verdicts[name] for r in rows if name in r.verdicts]
+        if mine and all(v.error for v in mine):
+            raise DeepAlignError(f"judge {name} gave no verdict: all {len(mine)} of its verdicts are errors (first: "
+                                 f"{mine[0].error[:200]}); the report shows them in its error column")
 
 
 def _cached(judge, opts: JudgeOptions, run_path: Path):
@@ -187,7 +212,8 @@ def _validate(opts: JudgeOptions) -> dict:
         raise OptionError("cache_dir", "with --validate the cache lives in OUT/judge_cache")
     with quiet_libraries(opts.quiet):
         return validate_judges(opts.validate, opts.judges, opts.out_dir, world=opts.world, judge_model=opts.judge_model,
-                               device=opts.device, batch_size=opts.batch_size, cache=opts.cache, quiet=opts.quiet)
+                               device=opts.device, batch_size=opts.batch_size, cache=opts.cache, quiet=opts.quiet,
+                               register=opts.register)
 
 
 def _with_kind(item: EvalPrompt, kind: str) -> EvalPrompt:
@@ -213,9 +239,11 @@ def judge_run(options: JudgeOptions | None = None, **kwargs) -> dict:
     from deepalign.judges import make_judges
     from deepalign.utils import progress, quiet_libraries
 
-    (opts,) = build(kwargs, options=(JudgeOptions, options))
+    (opts,) = build(kwargs, needs=_judge_needs(), options=(JudgeOptions, options))
     if opts.validate:
         return _validate(opts)
+    if opts.register:
+        raise OptionError("register", "notes a validation: it needs --validate LABELS")
     if not opts.run_dir:
         raise OptionError("run_dir", "is required: give a run directory (or a file of responses with --out)")
     published = _published_file(opts.run_dir)
@@ -262,12 +290,34 @@ def judge_run(options: JudgeOptions | None = None, **kwargs) -> dict:
                         verdicts, _ = judge_outputs([scorer], [judged_text(r.response, r.prompt, info.judge_scope)
                                                                for r in batch],
                                                     [_item_of(r, items) for r in batch])
+                        if start == 0 and all(v.error for v in verdicts[j.name]):
+                            # a judge that cannot judge: stop before its errors fill the run (a rerun retries)
+                            raise DeepAlignError(f"judge {j.name} gave no verdict on its first {len(batch)} responses "
+                                                 f"(first error: {verdicts[j.name][0].error[:200]}); nothing was "
+                                                 "written for it")
                         run.append_verdicts((r.key, j.name, v) for r, v in zip(batch, verdicts[j.name]))
                         bar.update(len(batch))
             info.judges = list(info.judges) + [j.name for j in judges if j.name not in info.judges]
             run.write_info(info)
+    if not opts.quiet:
+        _print_judged(run.rows(), [j.name for j in judges])
     if not opts.report:
+        check_judges_gave_verdicts(run.rows(), [j.name for j in judges])
         return {"judges": info.judges}
     from deepalign.evaluation.report import build_report
 
-    return build_report(run.path, quiet=opts.quiet)
+    summary = build_report(run.path, quiet=opts.quiet)
+    check_judges_gave_verdicts(run.rows(), [j.name for j in judges])
+    return summary
+
+
+def _print_judged(rows, names) -> None:
+    """One console line per judge of this call: how many verdicts, how many errors, and the
+    harmful / refusal counts over the run (the report has them per cell)."""
+    for name in names:
+        vs = [r.verdicts[name] for r in rows if name in r.verdicts]
+        errors = [v for v in vs if v.error]
+        harmful = sum(v.harmful is True for v in vs)
+        refusal = sum(v.refusal is True for v in vs)
+        first = f" (first: {errors[0].error[:120]})" if errors else ""
+        print(f"  {name}: {len(vs)} verdicts, {len(errors)} errors{first}; harmful {harmful}, refusal {refusal}")

@@ -149,8 +149,35 @@ def agreement_lines(pairs: list[dict]) -> list[str]:
     if quoted:
         lines += ["", "Rows where they disagree (first few):", ""]
         for p, e in quoted:
-            lines.append(f"- `{e['item']}` ({p['field']}: {p['a']} {e[p['a']]}, {p['b']} {e[p['b']]}): "
+            cell = " | ".join(str(e[k]) for k in ("target", "attack", "dataset") if e.get(k) is not None)
+            where = f"{cell} | `{e['item']}`" if cell else f"`{e['item']}`"
+            lines.append(f"- {where} ({p['field']}: {p['a']} {e[p['a']]}, {p['b']} {e[p['b']]}): "
                          f"{e['response'].replace('|', '/')}")
+    return lines
+
+
+def judge_notes(judge: str, cells: list[dict]) -> list[str]:
+    """What a judge's table leaves out or counts its reference's way: rows it does not judge
+    by design, answers it could not read but counted as its reference does, and the mean per
+    item (HarmBench's ASR)."""
+    lines = []
+    harmbench = judge.startswith("harmbench:")
+    not_judged = sum(c.get("not_judged", 0) for c in cells)
+    if not_judged:
+        lines += ["", f"(!) {not_judged} row(s) not judged by {judge}"
+                  + (": copyright behaviours, which HarmBench scores by hashing against the reference text, not with "
+                     "its classifier; deepalign does not hash them, so its ASR is over the other behaviours and is not "
+                     "HarmBench's number for this file (`functional=standard,contextual` leaves them out of the dataset)"
+                     if harmbench else "") + "."]
+    unparsed = sum(c.get("unparsed", 0) for c in cells)
+    if unparsed:
+        lines += ["", f"{unparsed} answer(s) of {judge} were neither yes nor no: counted not harmful and kept in the "
+                      "denominator, as HarmBench counts its label -1 (the raw answer is the verdict's `answer`, flagged "
+                      "`unparsed`, in responses.jsonl)."]
+    if any(c.get("harmful_per_item") for c in cells):
+        lines += ["", "ASR per item: per item the share of its judged samples called harmful, then the mean over items"
+                      + (" (HarmBench's ASR: its evaluate_completions.py averages per behaviour, then over behaviours)"
+                         if harmbench else "") + "; 95% bootstrap interval over items."]
     return lines
 
 
@@ -188,19 +215,24 @@ def render_markdown(summary: dict, info: RunRecord, rows: list[ResponseRow], plo
         if not cells:
             continue
         graded = any(c.get("score") for c in cells)
+        per_item = any(c.get("harmful_per_item") for c in cells)
         lines += ["", f"## Judge: {j}", "", validation_line(j, summary.get("validation", {}).get(j)), "",
                   "| target | attack | dataset | n | ASR [95% CI] (judged) |" + (" mean score [95% CI] |" if graded else "")
-                  + " refusal | over-refusal | helpful | errors |",
-                  "|---|---|---|---:|---|" + ("---|" if graded else "") + "---:|---:|---:|---:|"]
+                  + (" ASR per item [95% CI] |" if per_item else "") + " refusal | over-refusal | helpful | errors |",
+                  "|---|---|---|---:|---|" + ("---|" if graded else "") + ("---|" if per_item else "")
+                  + "---:|---:|---:|---:|"]
         for c in cells:
-            flag = " (!)" if c["errors"] else ""
-            judged = f" ({c['harmful']['n']} judged)" if c["errors"] else ""
+            left_out = c["errors"] + c.get("not_judged", 0)
+            flag = " (!)" if left_out else ""
+            judged = f" ({c['harmful']['n']} judged)" if left_out else ""
             judged += f" (unk {c['unknown_tokens']})" if c.get("unknown_tokens") else ""
             score = f" {_score(c.get('score'))} |" if graded else ""
+            score += f" {percent(c.get('harmful_per_item'), ci=True)} |" if per_item else ""
             lines.append(
                 f"| {c['target']} | {c['attack']} | {c['dataset']} | {c['n']} | {percent(c['harmful'], ci=True)}{judged}{flag} |"
                 f"{score} {percent(c['refusal'])}{flag} | {percent(c['over_refusal'])}{flag} | {percent(c['helpful'])} | {c['errors']} |"
             )
+        lines += judge_notes(j, cells)
         unk = sum(c.get("unknown_tokens", 0) for c in cells)
         if unk:
             lines += ["", f"(unk N) {unk} row(s) were run with --allow_unknown_tokens: their attack made the target read "
@@ -332,6 +364,10 @@ def build_report(run_dir: str | os.PathLike, *, quiet: bool = True, validations=
             for c in summary["results"]:
                 if c["judge"] == judge and c["harmful"]["n"]:
                     errors = f", {c['errors']} judge errors" if c["errors"] else ""
-                    print(f"  {c['target']} | {c['attack']} | {c['dataset']}: ASR {percent(c['harmful'], ci=True)} "
-                          f"({judge}{errors})")
+                    errors += f", {c['not_judged']} not judged" if c.get("not_judged") else ""
+                    errors += f", {c['unparsed']} unparsed answers counted not harmful" if c.get("unparsed") else ""
+                    per_item = (f"; per item {percent(c['harmful_per_item'], ci=True)}"
+                                if c.get("harmful_per_item") else "")
+                    print(f"  {c['target']} | {c['attack']} | {c['dataset']}: ASR {percent(c['harmful'], ci=True)}"
+                          f"{per_item} ({judge}{errors})")
     return summary

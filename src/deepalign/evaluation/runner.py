@@ -29,12 +29,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
-from deepalign.data.datasets import DataOptions
-from deepalign.decoding.base import GenConfig
+from deepalign.data.datasets import DATA_NEEDS, DataOptions
+from deepalign.decoding.base import GEN_NEEDS, GenConfig
 from deepalign.errors import DeepAlignError, OptionError
 from deepalign.evaluation.rundir import RunDir, row_key
 from deepalign.evaluation.runlog import JUDGE_SCOPES, DatasetRecord, ResponseRow, RunRecord, TargetRecord, role_of
-from deepalign.options import build, choice, number
+from deepalign.options import Test, build, choice, number
 from deepalign.records import EvalPrompt, Verdict
 from deepalign.utils import progress, quiet_libraries, set_seed
 
@@ -80,6 +80,23 @@ class EvalOptions:
     def __post_init__(self):
         number("batch_size", self.batch_size, low=1, integer=True)
         choice("judge_scope", self.judge_scope, JUDGE_SCOPES)
+
+
+def _uses_pair(attacks) -> bool:
+    from deepalign.registry import split_list
+
+    specs = [attacks] if isinstance(attacks, str) else list(attacks or [])
+    return any(not isinstance(a, str) for a in specs) or any(
+        a.split(":", 1)[0].strip() == "pair" for a in split_list(specs))
+
+
+def _eval_needs() -> dict:
+    """``run_eval``'s options that only another setting reads (deepalign.options.check_needs)."""
+    from deepalign.judges.registry import reads_judge_model
+
+    return {"attacker": Test("attacks", _uses_pair, "a pair attack in --attacks"),
+            "judge_model": Test("judges", reads_judge_model, "an llm or strongreject judge in --judges"),
+            **GEN_NEEDS, **DATA_NEEDS}
 
 
 def judge_outputs(judges, responses: Sequence[str], items: Sequence[EvalPrompt]) -> tuple[dict[str, list[Verdict]], dict]:
@@ -330,7 +347,7 @@ def run_eval(options: EvalOptions | None = None, generation: GenConfig | None = 
         >>> sorted({(c["attack"], c["judge"]) for c in summary["results"]})[:2]
         [('direct', 'keyword'), ('direct', 'oracle')]
     """
-    opts, gen, data_opts = build(kwargs, options=(EvalOptions, options), generation=(GenConfig, generation),
+    opts, gen, data_opts = build(kwargs, needs=_eval_needs(), options=(EvalOptions, options), generation=(GenConfig, generation),
                                  data=(DataOptions, data))
     _check_options(opts, gen)
     run = RunDir(opts.out_dir).require_current()
@@ -345,9 +362,12 @@ def run_eval(options: EvalOptions | None = None, generation: GenConfig | None = 
         return {}
     if not run.is_run():
         raise DeepAlignError(f"nothing to report: no responses were written to {run.path}")
+    from deepalign.evaluation.judging import check_judges_gave_verdicts
     from deepalign.evaluation.report import build_report
 
-    return build_report(run.path, quiet=opts.quiet)
+    summary = build_report(run.path, quiet=opts.quiet)
+    check_judges_gave_verdicts(run.rows(), summary.get("judges", []))
+    return summary
 
 
 def _tokenizer(t: _Target):

@@ -421,9 +421,12 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def validate_judges(labels: str, judges, out_dir: str | Path, *, world=None, judge_model=None, device=None,
-                    batch_size: int = 64, cache: bool = True, quiet: bool = True) -> dict[str, Any]:
+                    batch_size: int = 64, cache: bool = True, quiet: bool = True, register: bool = False) -> dict[str, Any]:
     """Score ``judges`` on a human-labelled file and write ``validation.json`` and
-    ``validation.md`` into ``out_dir``; returns the result (see :func:`summarise`).
+    ``validation.md`` into ``out_dir``; returns the result (see :func:`summarise`). Unless
+    ``quiet``, prints where it wrote them and each judge's numbers. Only with ``register`` is
+    the result noted on this machine (:func:`register_validation`) for later reports to print;
+    otherwise a report shows it when given the file (``deepalign report RUN --validation FILE``).
 
     Example (GCG's keyword judge on XSTest's labelled GPT-4 completions)::
 
@@ -453,7 +456,18 @@ def validate_judges(labels: str, judges, out_dir: str | Path, *, world=None, jud
     result = summarise(data, verdicts)
     write_json(out / "validation.json", result)
     atomic_write(out / "validation.md", markdown(result))
-    register_validation(out / "validation.json", result)
+    if register:
+        register_validation(out / "validation.json", result)
+    if not quiet:
+        print(f"wrote {out / 'validation.json'} and {out / 'validation.md'} ({result['labels']})")
+        from deepalign.evaluation.metrics.agreement import read_validation
+        from deepalign.evaluation.report import validation_line
+
+        for name, stats in read_validation(out / "validation.json").items():
+            print(f"  {name}: " + validation_line(name, {**stats, "path": str(out / "validation.json")}))
+        print("  registered on this machine: later reports print these numbers" if register else
+              f"  not registered: pass --validation {out / 'validation.json'} to 'deepalign report', or rerun with "
+              "--register to have every later report print them")
     return result
 
 
@@ -467,25 +481,24 @@ def home() -> Path:
 
 def register_validation(path: str | Path, result: dict[str, Any]) -> None:
     """Note a validation result in ``home()/validations.jsonl`` (the latest per judge wins), so
-    that every later eval, judge and study report prints the judge's numbers next to its rates.
-    A registry that cannot be written is skipped: the result itself is already written."""
+    that every later eval, judge and study report prints the judge's numbers next to its rates:
+    only at the user's word (``--register``). A registry that cannot be written is an error."""
     import time
 
     from deepalign.utils import append_jsonl
 
     entry = {"path": str(Path(path).resolve()), "labels": result["labels"], "judges": sorted(result["judges"]),
-             "time": time.strftime("%Y-%m-%d %H:%M:%S")}
-    try:
-        append_jsonl(home() / "validations.jsonl", [entry])
-    except DeepAlignError:
-        pass
+             "time": time.strftime("%Y-%m-%d %H:%M:%S"), "registered": True}
+    append_jsonl(home() / "validations.jsonl", [entry])
 
 
 def known_validations(judges, extra: Sequence[str | Path] = ()) -> dict[str, dict[str, Any]]:
     """Per judge of ``judges``: its overall validation numbers (n, agreement, kappa,
     precision, recall, F1 with intervals, the labels file, the field, the result's path), from
     the validation files ``extra`` and then the registry (the latest validation of a judge
-    wins). A registry entry whose file is gone is skipped."""
+    wins). A registry entry whose file is gone is skipped, and so is one that an earlier
+    version wrote without being asked (no ``registered`` mark): a throwaway validation must not
+    speak in every later report."""
     from deepalign.evaluation.metrics.agreement import read_validation
     from deepalign.utils import read_log
 
@@ -508,7 +521,7 @@ def known_validations(judges, extra: Sequence[str | Path] = ()) -> dict[str, dic
         if not missing:
             break
         path, named = entry.get("path"), entry.get("judges")
-        if not isinstance(path, str) or path in read or (isinstance(named, list) and not missing & set(named)):
+        if entry.get("registered") is not True or not isinstance(path, str) or path in read or (isinstance(named, list) and not missing & set(named)):
             continue
         read.add(path)
         if Path(path).is_file():

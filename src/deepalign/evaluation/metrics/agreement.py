@@ -142,7 +142,7 @@ def pairwise_agreement(rows: Sequence, judges: Sequence[str] | None = None, *, f
     """Every pair of judges compared on ``field`` over run rows (:class:`ResponseRow` records):
     the rows where both said True or False (errors and None left out), Cohen's kappa, the
     share of those rows where they disagree, and up to ``quote`` disagreeing rows
-    (``key``, item, an excerpt of the response, both verdicts). ``judges``: the judges to
+    (``key``, the target, attack, dataset and item, an excerpt of the response, both verdicts). ``judges``: the judges to
     compare (default: every judge with a verdict on some row, in order of appearance)."""
     if judges is None:
         seen: dict[str, None] = {}
@@ -159,7 +159,8 @@ def pairwise_agreement(rows: Sequence, judges: Sequence[str] | None = None, *, f
                 continue
             pairs.append((x, y))
             if x != y and len(quoted) < quote:
-                quoted.append({"key": r.key, "item": r.item, "response": _excerpt(r.response), a: x, b: y})
+                quoted.append({"key": r.key, "target": r.target, "attack": r.attack, "dataset": r.dataset,
+                               "item": r.item, "response": _excerpt(r.response), a: x, b: y})
         t = Table.of(pairs)
         disagree = t.fp + t.fn
         out.append({"a": a, "b": b, "field": field, "n": t.n, "kappa": kappa(t),
