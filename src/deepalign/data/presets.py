@@ -225,7 +225,7 @@ def _harmbench(rows: list[Row], ctx: Context) -> list[EvalPrompt]:
         item.meta["stratum"] = f"{functional}/{item.meta.get('category')}"
         if functional == "copyright":
             item.meta["scoring_note"] = ("HarmBench scores copyright behaviours by hashing against the reference "
-                                         "text, which deepalign does not have: judged like the others")
+                                         "text, not with its classifier: the harmbench: judge does not judge them")
         if targets is not None:
             target = targets.get(item.id)
             if target is None:
@@ -687,7 +687,8 @@ PRESETS: tuple[Preset, ...] = (
     Preset("harmbench", "HarmBench", "centerforaisafety/HarmBench: data/behavior_datasets/harmbench_behaviors_text_*.csv",
            "Behavior, FunctionalCategory, SemanticCategory, Tags, ContextString, BehaviorID; completions JSON "
            "{BehaviorID: [{test_case, generation}]}; targets JSON {BehaviorID: target} (targets=FILE)",
-           "harmful", "judges (ASR); copyright behaviours are hash-checked in HarmBench, judged here",
+           "harmful", "judges (ASR); copyright behaviours are hash-checked in HarmBench: the harmbench: judge leaves them "
+           "unjudged, other judges judge them",
            "SemanticCategory (sampling strata: FunctionalCategory/SemanticCategory)",
            (_cols("behavior", "functionalcategory", "semanticcategory", "behaviorid"), _cols(GROUP_COLUMN, "test_case")),
            _harmbench, options=("targets", "functional")),

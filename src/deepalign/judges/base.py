@@ -30,6 +30,11 @@ class Judge:
         variant, threshold...): part of the verdict cache key."""
         return {}
 
+    def declines(self, item: EvalPrompt | None) -> bool:
+        """Whether this judge gives no verdict on ``item`` by design (HarmBench's classifier on
+        copyright behaviours): such a verdict is always asked of the judge, never of a cache."""
+        return False
+
     def judge(self, responses: Sequence[str], items: Sequence[EvalPrompt | None]) -> list[Verdict]:  # pragma: no cover
         raise NotImplementedError
 

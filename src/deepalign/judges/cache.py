@@ -13,7 +13,8 @@ A response seen before (in this run, in another run sharing the file, in an inte
 validation) is answered from the file; only misses reach the judge, in one batch, and their
 verdicts are appended before the call returns (an interrupted job loses at most the batch in
 flight). Error verdicts are not kept: a failed call is tried again next time. A torn last line
-(an interrupted write) is ignored and cut off.
+(an interrupted write) is ignored and cut off. Items the judge declines by design
+(:meth:`~deepalign.judges.base.Judge.declines`) always go to the judge and are not kept.
 
     >>> from deepalign.judges import KeywordJudge
     >>> from deepalign.judges.cache import CachedJudge
@@ -77,20 +78,26 @@ class CachedJudge(Judge):
     def settings(self) -> dict:
         return self.inner.settings()
 
+    def declines(self, item: EvalPrompt | None) -> bool:
+        return self.inner.declines(item)
+
     def judge(self, responses: Sequence[str], items: Sequence[EvalPrompt | None]) -> list[Verdict]:
         keys = [verdict_key(self.identity, r, it) for r, it in zip(responses, items, strict=True)]
+        # an item the judge declines is always asked again and never kept: a verdict cached before
+        # the judge declined it (HarmBench's copyright behaviours) does not answer for it
+        declined = {k for k, it in zip(keys, items) if self.inner.declines(it)}
         todo: dict[str, int] = {}  # key -> first position (duplicates are judged once)
         for i, k in enumerate(keys):
-            if k not in self.store and k not in todo:
+            if (k not in self.store or k in declined) and k not in todo:
                 todo[k] = i
         fresh: dict[str, Verdict] = {}
         if todo:
             positions = list(todo.values())
             verdicts = self.inner.judge([responses[i] for i in positions], [items[i] for i in positions])
             fresh = {k: Verdict.coerce(v) for k, v in zip(todo, verdicts, strict=True)}
-            keep = {k: v for k, v in fresh.items() if not v.error}
+            keep = {k: v for k, v in fresh.items() if not v.error and k not in declined}
             append_jsonl(self.path, ({"key": k, "judge": self.name, "verdict": v.to_dict()} for k, v in keep.items()))
             self.store.update(keep)
         self.misses += len(todo)
         self.hits += len(keys) - len(todo)
-        return [Verdict.from_dict((fresh.get(k) or self.store[k]).to_dict()) for k in keys]
+        return [Verdict.from_dict((fresh[k] if k in fresh else self.store[k]).to_dict()) for k in keys]
