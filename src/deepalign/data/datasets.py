@@ -40,7 +40,7 @@ from typing import Any, Mapping, Sequence
 from deepalign.data import presets
 from deepalign.data.presets import stratum
 from deepalign.errors import DeepAlignError, OptionError
-from deepalign.options import exclusive, number
+from deepalign.options import On, exclusive, number
 from deepalign.records import ITEM_KINDS, EvalPrompt, to_dict
 
 WORLD_FILES = ("harmful", "unseen", "benign", "helpful")
@@ -48,6 +48,10 @@ TRIPLE_FILES = ("harmful", "unseen")  # HarmfulTriple rows, evaluated as harmful
 TRAIN_DIRS = ("train", "ft", "pretrain")  # world directories of training data (world:ft/harmful trains)
 KIND_PREFIXES = ITEM_KINDS
 _SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(/[A-Za-z0-9][A-Za-z0-9_-]*)?")  # test, dev, dev/unseen
+
+
+#: options of DataOptions that only another one reads (deepalign.options.check_needs)
+DATA_NEEDS = {"sample_seed": On("sample")}
 
 
 @dataclass
@@ -232,7 +236,8 @@ def load_world(world, split: str, limit: int | None = None, *, sample: int | Non
     elif "/" in split and (root / f"{split}.jsonl").is_file():  # one file of a split: world:dev/unseen
         files = [(root / f"{split}.jsonl", split.rsplit("/", 1)[1])]
     else:
-        raise DeepAlignError(f"unknown world split {split!r}: no {root / 'test' / (split + '.jsonl')} and no directory {root / split}")
+        raise DeepAlignError(f"unknown world split {split!r}: no {root / 'test' / (split + '.jsonl')} and no directory "
+                             f"{root / split}{_world_choices(root, split, train=False)}")
     items: list[EvalPrompt] = []
     for path, name in files:
         items.extend(select(_world_file(path, name), sample=sample, limit=limit, seed=seed)[0])
@@ -401,8 +406,33 @@ def world_train_file(spec: str, world) -> str:
                              "(world:ft/harmful, world:ft/benign, world:train/helpful)")
     path = Path(world) / f"{split}.jsonl"
     if not path.is_file():
-        raise DeepAlignError(f"no world training file {path} (for {spec}); build the world with 'deepalign world'")
+        if not Path(world).is_dir():
+            raise DeepAlignError(f"no such world directory: {world} (for {spec}); build the world with 'deepalign world'")
+        raise DeepAlignError(f"no world training file {path} (for {spec}){_world_choices(world, split, train=True)}")
     return str(path)
+
+
+def _world_choices(world, split: str, *, train: bool) -> str:
+    """``; did you mean world:X? this world has: ...``: the world's training files (``train``)
+    or its evaluation splits and files, so a typo in a world spec is told what exists."""
+    import difflib
+
+    root = Path(world)
+    names = []
+    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+        if (d.name in TRAIN_DIRS) != train or d.name == "tokenizer":
+            continue
+        files = sorted(f.stem for f in d.glob("*.jsonl"))
+        if not train and files:
+            names.append(d.name)
+        names += [f"{d.name}/{f}" for f in files]
+    if not train:
+        names += sorted(f.stem for f in (root / "test").glob("*.jsonl"))
+    if not names:
+        return "; the world has none: build it with 'deepalign world'"
+    close = difflib.get_close_matches(split, names, n=1)
+    hint = f"; did you mean world:{close[0]}?" if close else ""
+    return hint + " This world has " + ", ".join(f"world:{n}" for n in names)
 
 
 def _train_source(spec: str, options: DataOptions, world=None) -> tuple[Spec, str | None, str | None]:
