@@ -177,24 +177,38 @@ class RunRecord:
         """This run extended by ``new`` (the settings of a rerun): the run's generation
         settings, judges and judge scope must match, as must the generation settings of a
         target both name; targets, attacks and datasets grow; examples add up."""
+        restart = "resume it with the same ones or use a new --out"
         for name, what in (("generation", "generation settings"), ("judges", "judges"),
                            ("judge_scope", "judge scope")):
             if getattr(self, name) != getattr(new, name):
                 hint = (" (add judges to a finished run with 'deepalign judge RUN_DIR --judges ...')"
                         if name == "judges" else "")
-                raise DeepAlignError(f"{where} holds a run with other {what} ({getattr(self, name)}); resume it "
-                                     f"with the same ones or use a new --out{hint}")
+                raise RunMismatch(f"{where} holds a run with other {what}: "
+                                     f"{differences(getattr(self, name), getattr(new, name))}; {restart}{hint}")
         for t in new.targets:
             old = self.target(t.label)
             if old is not None and old.generation != t.generation:
-                raise DeepAlignError(f"{where}: target {t.label} decoded with other settings in this run "
-                                     f"({old.generation}); resume it with the same ones or use a new --out")
+                raise RunMismatch(f"{where}: target {t.label} decoded with other settings in this run: "
+                                     f"{differences(old.generation, t.generation)}; {restart}")
         merged = RunRecord(self.version, self.generation, list(self.judges), self.judge_scope,
                            _grow(self.targets, new.targets, "label"), _grow(self.attacks, new.attacks, "label"),
                            _grow(self.datasets, new.datasets, "name"),
                            _grow(self.not_applied, new.not_applied, None), {**self.examples, **new.examples},
                            new.source if new.source is not None else self.source)
         return merged
+
+
+class RunMismatch(DeepAlignError):
+    """A rerun into a run directory asks for other fixed settings than the run has."""
+
+
+def differences(old, new) -> str:
+    """What a rerun asks that differs from the run: ``temperature 0.7 in the run, 0.9 asked``
+    for each differing key of two settings dicts, else both values whole."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = [k for k in {**old, **new} if old.get(k) != new.get(k)]
+        return ", ".join(f"{k} {old.get(k)!r} in the run, {new.get(k)!r} asked" for k in keys)
+    return f"{old!r} in the run, {new!r} asked"
 
 
 def _grow(old: list, new: list, key: str | None) -> list:
