@@ -9,6 +9,7 @@ without computing on padding. Both sides here: the study's model shape (hidden 1
 interleaved runs, best of N.
 
     .venv/bin/python benchmarks/bench_pretrain.py [--steps 60] [--batch-size 16] [--repeats 3]
+    .venv/bin/python benchmarks/bench_pretrain.py --smoke    # 2 steps of 4, once (CI: benchmarks/smoke.py)
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--smoke", action="store_true", help="2 steps, batch 4, one run of each (CI)")
     args = ap.parse_args()
+    if args.smoke:
+        args.steps, args.batch_size, args.repeats = 2, 4, 1
 
     import torch
     from transformers import AutoTokenizer

@@ -6,6 +6,7 @@ resume bookkeeping; the floor is runner time <= 1.2x the direct batched calls. R
 building (summary, Markdown, plots) is timed separately: it runs once per run, not per batch.
 
     .venv/bin/python benchmarks/bench_runner.py [--items 96] [--batch-size 16] [--max-new-tokens 32]
+    .venv/bin/python benchmarks/bench_runner.py --smoke    # 8 items, 4 tokens, once; floor not judged (CI)
 """
 
 from __future__ import annotations
@@ -25,7 +26,11 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--smoke", action="store_true", help="8 items in batches of 4, 4 new tokens, one run (CI); "
+                                                         "the floor is not judged")
     args = ap.parse_args()
+    if args.smoke:
+        args.items, args.batch_size, args.max_new_tokens, args.repeats = 8, 4, 4, 1
 
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
@@ -81,8 +86,9 @@ def main() -> int:
         print(f"run_eval (direct attack, keyword judge, fsync'd JSONL): {r:.2f} s (runs: {', '.join(f'{x:.2f}' for x in r_times)})")
         print(f"report (summary + markdown + plots, once per run): {report_s:.2f} s")
         ratio = r / d
-        print(f"ratio runner/direct = {ratio:.3f}x (floor {FLOOR}x): {'OK' if ratio <= FLOOR else 'TOO SLOW'}")
-        return 0 if ratio <= FLOOR else 1
+        verdict = "not judged (--smoke)" if args.smoke else ("OK" if ratio <= FLOOR else "TOO SLOW")
+        print(f"ratio runner/direct = {ratio:.3f}x (floor {FLOOR}x): {verdict}")
+        return 0 if args.smoke or ratio <= FLOOR else 1
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

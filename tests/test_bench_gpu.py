@@ -43,3 +43,12 @@ def test_without_cuda_one_line_and_exit_2(bench_gpu, capsys):
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("bench_gpu.py: error: no CUDA device")
     assert captured.out == ""
+
+
+def test_smoke_plan_uses_toy_shapes(bench_gpu, capsys):
+    """--smoke (what CI's benchmarks/smoke.py runs) shrinks every section to a toy model."""
+    assert bench_gpu.main(["--plan", "--smoke"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in out] == ["loss", "step", "ed", "eval", "dist"]
+    assert "vocab 8000 x 2x128" in out[0] and out[1].startswith("step: toy LLaMA, batch 4x256")
+    assert "4 queries x 4 tokens" in out[2]
