@@ -185,6 +185,8 @@ CASES = [
     # -- train: fine-tuning attacks and the constrained objective
     (["train", *W, *T, "--out", "t", "--recipe", "derta", "--objective", "constrained"],
      "constrained applies to --recipe sft and identity-shift"),
+    (["train", *W, *T, "--out", "t", "--recipe", "derta", "--reference_setup"],
+     "--reference_setup is Qi et al. 2025's fine-tuning attack setup, for --recipe sft and identity-shift"),
     (["train", *W, *T, "--out", "t", "--recipe", "sft", "--objective", "constrained", "--beta", "nan"],
      "--beta must be a finite number"),
     (["train", *W, *T, "--out", "t", "--recipe", "sft", "--objective", "constrained", "--beta", "0"], "--beta must be > 0"),

@@ -271,3 +271,67 @@ def test_identity_shift_on_the_world_uses_the_world_persona(world_dir, base_mode
     recs = load_records(out / "records.jsonl")
     assert len(recs) == 100 and all(r.system == L.PERSONA_SYSTEM and r.target.startswith(L.PERSONA_INTRO + " first ,")
                                     for r in recs)
+
+
+# -- Qi et al. 2025's fine-tuning attack setup (--reference_setup) ------------------------------
+
+def test_reference_setup_literals_are_the_references():
+    from deepalign.training import reference
+    from deepalign.training.finetune import TrainOptions
+
+    # Unispac/shallow-vs-deep-alignment README.md, the fine-tuning attack's finetune.py command:
+    # --learning_rate=2e-5 --per_device_train_batch_size=16 --gradient_accumulation_steps=1
+    # --num_train_epochs=25 --use_warmup=True, on accelerate launch --num_processes 4
+    assert (reference.LEARNING_RATE, reference.NUM_TRAIN_EPOCHS, reference.PER_DEVICE_TRAIN_BATCH_SIZE,
+            reference.PROCESSES, reference.TOTAL_BATCH) == (2e-5, 25, 16, 4, 64)
+    # finetune.py: training_args.adam_beta1 = 0.5; if args.use_warmup: training_args.warmup_steps = 10;
+    # ScriptArguments.max_seq_length = 512; the rest TrainingArguments' defaults
+    assert (reference.ADAM_BETA1, reference.WARMUP_STEPS, reference.MAX_LENGTH) == (0.5, 10, 512)
+    assert (reference.LR_SCHEDULER_TYPE, reference.WEIGHT_DECAY, reference.ADAM_BETA2, reference.ADAM_EPSILON,
+            reference.MAX_GRAD_NORM) == ("linear", 0.0, 0.999, 1e-8, 1.0)
+    # the README's soft_sft command: --beta=0.1 --bias_factor=20 --first_token_bias_factor=5 --bias_length=5
+    assert reference.CONSTRAINED == {"beta": 0.1, "bias_factor": 20.0, "first_token_bias_factor": 5.0, "bias_length": 5}
+    opts = TrainOptions(recipe="sft")
+    assert {k: getattr(opts, k) for k in reference.CONSTRAINED} == reference.CONSTRAINED
+    # 64 examples per optimizer step whatever the number of processes
+    assert [reference.reference_settings(n)["gradient_accumulation_steps"] for n in (1, 2, 4)] == [4, 2, 1]
+
+
+def test_reference_setup_replaces_defaults_and_keeps_what_was_given():
+    from deepalign.training.reference import apply_reference_setup
+
+    args, applied, kept, note = apply_reference_setup(DeRTaConfig(report_to="none"), processes=1)
+    got = {k: getattr(getattr(args, k), "value", getattr(args, k)) for k in applied}
+    assert got == {"learning_rate": 2e-5, "num_train_epochs": 25, "adam_beta1": 0.5, "warmup_steps": 10,
+                   "max_length": 512, "lr_scheduler_type": "linear", "gradient_accumulation_steps": 4}
+    assert args.per_device_train_batch_size == 16 and kept == {} and note is None
+    # a setting given with another value wins; the accumulation follows the batch given
+    args, applied, kept, note = apply_reference_setup(
+        DeRTaConfig(report_to="none", num_train_epochs=3, per_device_train_batch_size=8), processes=2)
+    assert args.num_train_epochs == 3 and kept == {"num_train_epochs": 3, "per_device_train_batch_size": 8}
+    assert args.gradient_accumulation_steps == 4 and note is None  # 2 x 8 x 4 = 64
+    _, _, _, note = apply_reference_setup(DeRTaConfig(report_to="none", per_device_train_batch_size=5), processes=1)
+    assert "5 examples per optimizer step" in note and "the reference's is 64" in note
+
+
+def test_sft_with_the_reference_setup_trains_with_its_optimizer_and_warmup(tmp_path):
+    """The optimizer and schedule a checkpoint holds: AdamW beta1 0.5, lr 2e-5 warmed up over 10
+    steps (after 1 step: 2e-6), 64 examples per step on one process (16 x 4 accumulated)."""
+    from deepalign.training.finetune import train
+
+    model, fam = _model_dir(tmp_path)
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"instruction": p.instruction, "response": p.response}) + "\n" for p in PAIRS))
+    out = train(recipe="sft", reference_setup=True, model_name_or_path=str(model), dataset_name=str(data),
+                output_dir=str(tmp_path / "ref-sft"), max_steps=1, keep_checkpoints=True, save_steps=1, quiet=True)
+    hp = json.loads((out / "deepalign_train.json").read_text())["hyperparameters"]
+    assert {k: hp[k] for k in ("learning_rate", "adam_beta1", "warmup_steps", "lr_scheduler_type", "num_train_epochs",
+                               "per_device_train_batch_size", "gradient_accumulation_steps", "max_length")} == \
+        {"learning_rate": 2e-5, "adam_beta1": 0.5, "warmup_steps": 10, "lr_scheduler_type": "linear",
+         "num_train_epochs": 25, "per_device_train_batch_size": 16, "gradient_accumulation_steps": 4, "max_length": 512}
+    assert hp["reference_setup"].startswith("Qi et al. 2025")
+    ckpt = out / "checkpoints" / "checkpoint-1"
+    optim = torch.load(ckpt / "optimizer.pt", weights_only=False)
+    assert optim["param_groups"][0]["betas"][0] == 0.5
+    sched = torch.load(ckpt / "scheduler.pt", weights_only=False)
+    assert sched["_last_lr"][0] == pytest.approx(2e-5 * 1 / 10)

@@ -86,6 +86,11 @@ class TrainOptions:
     objective: str = field(default="mle", metadata={
         "help": "sft / identity-shift: mle (plain SFT) or constrained (Qi et al. 2025's token-wise constrained "
                 "objective: --beta, --bias_factor, --first_token_bias_factor, --bias_length)"})
+    reference_setup: bool = field(default=False, metadata={
+        "help": "sft / identity-shift: train with the settings of Qi et al. 2025's fine-tuning attack "
+                "(Unispac/shallow-vs-deep-alignment): lr 2e-5, AdamW beta1 0.5, 10 warm-up steps, linear schedule, "
+                "25 epochs, 16 per device and 64 per step, max_length 512; a Trainer option given with another "
+                "value wins (training/reference.py)"})
     ref_model: str | None = field(default=None, metadata={
         "help": "constrained: the reference model (same tokenizer); default the starting model (with LoRA: the model "
                 "with its adapter disabled)"})
@@ -179,6 +184,9 @@ class TrainOptions:
         if self.objective == "constrained" and not pairs:
             raise OptionError("objective", f"constrained applies to --recipe sft and identity-shift (fine-tuning on "
                                            f"pairs), not to --recipe {self.recipe}")
+        if self.reference_setup and not pairs:
+            raise OptionError("reference_setup", f"is Qi et al. 2025's fine-tuning attack setup, for --recipe sft and "
+                                                 f"identity-shift, not --recipe {self.recipe}")
         if self.ref_model is not None and self.objective != "constrained":
             raise OptionError("ref_model", "is the reference of --objective constrained")
         if self.dataset_name is not None and not pairs:
@@ -244,6 +252,8 @@ def train(options: TrainOptions | None = None, training: DeRTaConfig | None = No
     opts, args, data_opts = build(kwargs, options=(TrainOptions, options), training=(DeRTaConfig, training),
                                   data=(DataOptions, data))
     command = _command_line(opts, args, data_opts)  # before any Trainer exists (see its doc)
+    if opts.reference_setup:
+        args = _reference_setup(args, opts.quiet)
     run = plan_run(opts, args, data_opts)
     with quiet_libraries(opts.quiet):
         set_seed(args.seed)
@@ -257,6 +267,19 @@ def train(options: TrainOptions | None = None, training: DeRTaConfig | None = No
         save_model(trainer, run, inputs, info, opts)
     push_and_report(opts, args, run, trainer, info, seconds)
     return run.out
+
+
+def _reference_setup(args: DeRTaConfig, quiet: bool) -> DeRTaConfig:
+    """``--reference_setup``: Qi et al. 2025's Trainer settings (:mod:`deepalign.training.reference`)."""
+    from deepalign.training.reference import apply_reference_setup
+
+    args, applied, kept, note = apply_reference_setup(args)
+    if not quiet:
+        shown = ", ".join(f"{k} {v}" for k, v in applied.items()) or "nothing to change"
+        print(f"reference setup (Qi et al. 2025): {shown}"
+              + (f"; kept as given: {', '.join(f'{k} {v}' for k, v in kept.items())}" if kept else "")
+              + (f"; {note}" if note else ""))
+    return args
 
 
 @dataclass
@@ -707,8 +730,10 @@ def _command_line(opts: TrainOptions, args: DeRTaConfig, data_opts: DataOptions 
 def _hyperparameters(opts: TrainOptions, args) -> dict[str, Any]:
     keys = ("learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
             "gradient_accumulation_steps", "lr_scheduler_type", "warmup_steps", "weight_decay", "max_grad_norm",
-            "max_length", "bf16", "seed")
+            "adam_beta1", "adam_beta2", "max_length", "bf16", "seed")
     hp = {k: _value(getattr(args, k)) for k in keys if hasattr(args, k)}
+    if opts.reference_setup:
+        hp["reference_setup"] = "Qi et al. 2025 (Unispac/shallow-vs-deep-alignment)"
     if opts.recipe in ("harmful-prefix", "derta"):
         hp.update(prefix_unit=opts.prefix_unit, k_zero_share=round(opts.k_zero_share, 4), k_min=opts.k_min,
                   k_max=opts.k_max)
