@@ -19,11 +19,11 @@ shape, one rep, on CPU). A script passes when
 
 A ``bench_*.py`` without an entry in ``SMOKE`` fails, and so does an entry without its script.
 One line per script as it finishes (verdict, wall time, CPU time, ratio lines; a failure's
-output tail), then a summary; the exit status is 1 when any failed. Two scripts run at a time by
-default: most of a toy run is importing torch and transformers, single-threaded. CPU time is
-the script's and that of the child processes it waited for (``bench_loss.py`` measures in
-processes of a fork server it does not wait for: their time is not in its figure). The numbers the benchmarks print here say nothing: docs/benchmarks.md
-records the full-size runs.
+output tail), then a summary; the exit status is 1 when any failed. Two scripts run at a time
+by default: most of a toy run is importing torch and transformers, single-threaded. CPU time
+is the script's and that of the child processes it waited for (``bench_loss.py`` measures in
+processes of a fork server it does not wait for: their time is not in its figure). The
+numbers the benchmarks print here say nothing: docs/benchmarks.md records the full-size runs.
 """
 
 from __future__ import annotations
