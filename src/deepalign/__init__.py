@@ -39,6 +39,8 @@ _API = {
     "judge_run": "deepalign.evaluation.judging",
     "validate_judges": "deepalign.evaluation.validation",
     "build_report": "deepalign.evaluation.report",
+    "view": "deepalign.evaluation.inspect_log",
+    "export_logs": "deepalign.evaluation.inspect_log",
     "run_depth": "deepalign.evaluation.depth",
     "refusal_direction": "deepalign.direction.select",
     "ablate_weights": "deepalign.direction.ablate",

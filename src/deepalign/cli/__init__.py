@@ -28,6 +28,7 @@ STAGES: dict[str, str] = {
     "eval": "attack targets with a battery of jailbreaks, judge the responses (resumable)",
     "judge": "add verdicts of new judges to a finished run (or score a file of published responses)",
     "report": "rebuild summary.json, report.md and plots of an eval run directory",
+    "view": "read every response and verdict of a run (or a study) in Inspect AI's log viewer",
     "depth": "per-token KL(aligned || base) and refusal-token probability along harmful responses",
     "direction": "find a model's refusal direction (difference of means, selected as Arditi et al. 2024)",
     "ablate": "write a model with a refusal direction orthogonalised out of its weights",
