@@ -53,7 +53,7 @@ from deepalign.errors import DeepAlignError, OptionError
 from deepalign.evaluation.rundir import ITEMS, RESPONSES, RUN_INFO, SHARD_GLOB, VERDICTS, RunDir
 from deepalign.evaluation.runlog import FORMAT_VERSION, ResponseRow, RunRecord
 from deepalign.options import number
-from deepalign.records import VERDICT_FIELDS, Verdict
+from deepalign.records import Verdict
 
 #: the folder of a run directory that holds its Inspect logs
 LOGS = "inspect"
@@ -66,8 +66,6 @@ EXTRA = "view"
 INSTALL_HINT = f"pip install 'deepalign[{EXTRA}]'"
 #: Inspect's stop reasons for the finish reasons the targets report
 STOP_REASONS = {"stop": "stop", "eos": "stop", "stop_string": "stop", "length": "max_tokens"}
-#: verdict fields that become the numbers of a score's value, in display order
-SCORE_FIELDS = ("harmful", "refusal", "correct", "answered", "score")
 
 
 def require_inspect() -> None:
@@ -511,8 +509,7 @@ def row_of(sample) -> ResponseRow:
     if "response" in md:
         raw, response = reply, md["response"]
     verdicts = {j: Verdict.from_dict(s.metadata["verdict"]) for j, s in (sample.scores or {}).items()}
-    cell = md
-    return ResponseRow(key=md["key"], target=cell["target"], attack=cell["attack"], dataset=cell["dataset"],
+    return ResponseRow(key=md["key"], target=md["target"], attack=md["attack"], dataset=md["dataset"],
                        item=str(sample.id), kind=md["kind"], sample=md["sample"], prompt=dict(md["prompt"]),
                        response=response, verdicts=verdicts, raw=raw, num_tokens=md.get("num_tokens"),
                        finish_reason=md.get("finish_reason"), meta=dict(md.get("meta") or {}),
