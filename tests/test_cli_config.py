@@ -258,3 +258,98 @@ def test_lora_targets_all_linear_means_every_linear_layer():
 
     cfg = _lora_config(TrainOptions(use_peft=True, lora_target_modules=["all-linear"]), {"model.layers.0.q_proj"})
     assert cfg.target_modules == "all-linear"
+
+
+# -- options that only another setting reads (issue 25) ----------------------------------------------------------
+
+
+def train_needs(tmp_path, yaml_text: str | None, *argv: str) -> str | None:
+    """The one-line error of ``deepalign train``'s check of options that only another setting
+    reads (the CLI's parse, then the check ``train()`` makes), or None when it passes."""
+    from deepalign.cli import train as train_cli
+    from deepalign.data.datasets import DataOptions
+    from deepalign.errors import OptionError
+    from deepalign.options import build
+    from deepalign.training.finetune import TRAIN_NEEDS
+
+    parser = StageParser("train", train_cli.OPTIONS)
+    if yaml_text is not None:
+        (tmp_path / "train.yaml").write_text(yaml_text, encoding="utf-8")
+        argv = ("--config", str(tmp_path / "train.yaml"), *argv)
+    opts, args, data = parser.parse(list(argv))
+    try:
+        build({}, needs=TRAIN_NEEDS, options=(TrainOptions, opts), training=(DeRTaConfig, args),
+              data=(DataOptions, data))
+    except OptionError as exc:
+        return str(parser.locate(exc))
+    return None
+
+
+def test_an_option_its_setting_would_ignore_is_refused_from_a_flag_or_a_file(tmp_path):
+    # the constrained objective's knobs without --objective constrained: plain MLE would train
+    assert train_needs(tmp_path, None, "--recipe", "sft", "--first_token_bias_factor", "400") == (
+        "--first_token_bias_factor is read only with --objective constrained; here it would be ignored")
+    assert train_needs(tmp_path, None, "--recipe", "sft", "--objective", "constrained", "--beta", "0.05",
+                       "--first_token_bias_factor", "400", "--bias_factor", "40") is None
+    # given explicitly counts, even at its default value
+    assert train_needs(tmp_path, None, "--recipe", "sft", "--bias_length", "5").startswith("--bias_length is read only")
+    assert train_needs(tmp_path, None, "--recipe", "dpo", "--beta", "0.1") is None  # DPO's beta
+    # a config file's key is named as the file's
+    assert train_needs(tmp_path, "recipe: sft\nbias_factor: 40\n") == (
+        f"{tmp_path / 'train.yaml'}: bias_factor: is read only with --objective constrained; here it would be ignored")
+    # ... unless the command line changed the setting the key was written for (a shared file)
+    assert train_needs(tmp_path, "recipe: derta\nrto_keep: 0.05\nprefix_unit: words\n", "--recipe", "vanilla") is None
+    assert train_needs(tmp_path, "recipe: derta\nrto_keep: 0.05\n", "--recipe", "vanilla", "--rto_keep", "0.1") == (
+        "--rto_keep is read only with --recipe rto or derta or --records; here it would be ignored")
+    # null for an option whose default is None sets nothing
+    assert train_needs(tmp_path, "recipe: vanilla\nlora_alpha: null\n") is None
+    assert train_needs(tmp_path, "recipe: vanilla\nlora_alpha: 8\n").endswith(
+        "lora_alpha: is read only with --use_peft (--lora); here it would be ignored")
+    assert train_needs(tmp_path, None, "--lora", "--lora_alpha", "8", "--keep_adapter") is None
+
+
+def test_train_refuses_an_ignored_option_from_python_before_writing_anything(world_dir, base_model_dir, tmp_path):
+    from deepalign import train
+    from deepalign.errors import OptionError
+
+    out = tmp_path / "attack"
+    with pytest.raises(OptionError, match="--beta is read only with --objective constrained or --recipe dpo"):
+        train(recipe="sft", model_name_or_path=str(base_model_dir), world=str(world_dir), output_dir=str(out),
+              beta=0.05, first_token_bias_factor=400.0, bias_factor=40.0, max_steps=1, quiet=True)
+    with pytest.raises(OptionError, match="--bias_factor is read only"):  # an options object: set = not its default
+        train(TrainOptions(recipe="sft", bias_factor=40.0), model_name_or_path=str(base_model_dir),
+              world=str(world_dir), output_dir=str(out), max_steps=1, quiet=True)
+    assert not out.exists()
+
+
+def test_every_table_names_options_of_its_stage():
+    """A typo in a table would check nothing: every option and every setting a condition reads
+    is a field of the stage's option dataclasses."""
+    import dataclasses
+
+    from deepalign.cli import depth, direction, ed, eval as eval_cli, judge, train as train_cli
+    from deepalign.data.datasets import DATA_NEEDS
+    from deepalign.evaluation.ed import ED_NEEDS
+    from deepalign.evaluation.judging import _judge_needs
+    from deepalign.evaluation.runner import _eval_needs
+    from deepalign.training.finetune import TRAIN_NEEDS
+
+    for module, needs in ((train_cli, TRAIN_NEEDS), (eval_cli, _eval_needs()), (ed, ED_NEEDS), (judge, _judge_needs()),
+                          (direction, DATA_NEEDS), (depth, DATA_NEEDS)):
+        fields = {f.name for cls in module.OPTIONS for f in dataclasses.fields(cls)}
+        for names, condition in needs.items():
+            for name in (names,) if isinstance(names, str) else names:
+                assert name in fields, (module.__name__, name)
+            assert condition.settings() <= fields, (module.__name__, names)
+
+
+def test_none_on_the_command_line_is_what_null_says_in_a_file(tmp_path):
+    """An option that may be None (a number or a flag) takes ``none`` on the command line."""
+    _, args = parse(tmp_path, None, "--save_total_limit", "none")
+    assert args.save_total_limit is None  # keep every checkpoint
+    _, args = parse(tmp_path, "save_total_limit: 3\n", "--save_total_limit", "null")
+    assert args.save_total_limit is None
+    opts, args = parse(tmp_path, None, "--helpful_count", "none", "--learning_rate", "Off")
+    assert opts.helpful_count is None and args.learning_rate is None
+    _, args = parse(tmp_path, None, "--save_total_limit", "4")
+    assert args.save_total_limit == 4

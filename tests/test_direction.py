@@ -191,6 +191,35 @@ def test_selection_filters_as_the_reference_and_none_disables_a_filter():
     assert _select(cands(), None, None)["layer"] == 0
     with pytest.raises(DeepAlignError, match="no candidate direction passes"):
         _select(cands(), 0.01, 0.0)
+    # the error names the command line's spelling that turns the failing filter off
+    only_induced = [c for c in cands() if c["layer"] in (1, 3)]
+    with pytest.raises(DeepAlignError, match="relax --induce_refusal_threshold .*--induce_refusal_threshold none"):
+        _select(only_induced, 0.1, 0.0)
+    with pytest.raises(DeepAlignError, match="--kl_threshold none to turn that filter off"):
+        _select(cands()[2:], 0.1, None)
+
+
+def test_a_filter_is_turned_off_from_the_command_line_as_null_does_in_a_file(tmp_path):
+    """``--induce_refusal_threshold none`` (``off``, ``null``) says what YAML ``null`` says; a
+    value that is neither a number nor none is one line naming both."""
+    from deepalign.cli import direction as direction_cli
+    from deepalign.cli.parser import StageParser
+    from deepalign.errors import DeepAlignError
+
+    def parse(*argv):
+        return StageParser("direction", direction_cli.OPTIONS).parse(list(argv))[0]
+
+    opts = parse("--induce_refusal_threshold", "none", "--kl_threshold", "OFF")
+    assert opts.induce_refusal_threshold is None and opts.kl_threshold is None
+    assert parse("--induce_refusal_threshold=-2").induce_refusal_threshold == -2.0
+    assert parse().induce_refusal_threshold == 0.0 and parse().kl_threshold == 0.1  # the reference's defaults
+    cfg = tmp_path / "d.yaml"
+    cfg.write_text("kl_threshold: null\ninduce_refusal_threshold: none\n")
+    opts = parse("--config", str(cfg))
+    assert opts.kl_threshold is None and opts.induce_refusal_threshold is None
+    assert parse("--config", str(cfg), "--kl_threshold", "0.2").kl_threshold == 0.2  # a flag still beats the file
+    with pytest.raises(DeepAlignError, match=r"invalid float value \(or none\): 'nul'"):
+        parse("--kl_threshold", "nul")
 
 
 def test_unknown_architecture_is_one_line():
@@ -248,7 +277,8 @@ def test_harmless_kl_is_the_kl_of_the_first_response_token_under_ablation():
 
 # -- the stages on the micro world ------------------------------------------------------------
 
-RELAX = ["--prune_layer_share", "0", "--kl_threshold", "1e9", "--induce_refusal_threshold=-1e9", "--filter_prompts", "false", "--n_val", "8"]
+RELAX = ["--prune_layer_share", "0", "--kl_threshold", "none", "--induce_refusal_threshold", "none", "--filter_prompts",
+         "false", "--n_val", "8"]
 
 
 @pytest.fixture(scope="module")
@@ -272,6 +302,7 @@ def test_direction_stage_writes_a_complete_deterministic_record(made):
     assert meta["model"]["name"] == b and meta["layer"] == d.layer < 2
     assert {c["excluded"] for c in meta["candidates"] if c["layer"] == 0} == {"no difference"}
     assert len(meta["prompts"]["harmful"]["val"]) == 8 and meta["prompts"]["harmful"]["dataset"] == "world:harmful"
+    assert meta["settings"]["kl_threshold"] is None and meta["settings"]["induce_refusal_threshold"] is None
     tensors = load_file(root / "d" / "direction.safetensors")
     assert tensors["mean_diffs"].shape == (1, 2, d.hidden_size)
     assert main(["direction", "--model", b, "--world", w, "--out", str(root / "d2"), "--quiet", *RELAX]) == 0
@@ -288,6 +319,20 @@ def test_ablated_model_directory_matches_the_ablate_target(made):
 
     root, w, b = made
     assert main(["ablate", "--model", b, "--direction", str(root / "d"), "--out", str(root / "m"), "--quiet"]) == 0
+    # its model card says what it holds and how to evaluate it
+    record = json.loads((root / "m" / "deepalign_ablation.json").read_text())
+    meta = json.loads((root / "d" / "direction.json").read_text())
+    assert (record["model"], record["layer"], record["position"]) == (b, meta["layer"], meta["position"])
+    card = (root / "m" / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: transformers\n") and "base_model:" not in card  # a local path
+    assert f"| source model | `{b}` |" in card and f"| direction | `{root / 'd'}` |" in card
+    assert f"| layer | {meta['layer']} |" in card and f"| position | {meta['position']} |" in card
+    evaluate = next(line for line in card.splitlines() if line.startswith("deepalign eval "))
+    import shlex
+
+    argv = shlex.split(evaluate)
+    assert argv[argv.index("--target") + 1] == f"hf:{root / 'm'}"
+    assert f"ablate:model={b},direction={root / 'd'}" in argv
     hooked = make_target(f"ablate:model={b},direction={root / 'd'}")
     baked = make_target(f"hf:{root / 'm'}")
     reqs = [Request(id=f"r{i}", query=q) for i, q in enumerate(["how do i hex the moonwell ?", "what is 2 plus 3 ?"])]
@@ -341,8 +386,9 @@ def test_refusal_words_as_one_comma_separated_string_are_words_not_letters():
 
 
 def test_direction_and_ablate_never_replace_what_they_did_not_write(made, capsys):
-    """Both commands write their --out whole: they may replace an earlier output of their own,
-    never a model directory or a directory of other files."""
+    """Both commands write their --out whole: they may replace an earlier output of their own
+    (ablate, as train, only with --overwrite), never a model directory or a directory of other
+    files."""
     root, w, b = made
     model_files = sorted(p.name for p in Path(b).iterdir())
     other = root / "other"
@@ -357,7 +403,13 @@ def test_direction_and_ablate_never_replace_what_they_did_not_write(made, capsys
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
     assert sorted(p.name for p in Path(b).iterdir()) == model_files and (other / "keep.txt").read_text() == "mine"
-    assert main(ablate + [str(root / "m2")]) == 0 and main(ablate + [str(root / "m2")]) == 0  # its own output: replaced
+    assert main(ablate + [str(root / "m2")]) == 0
+    written = (root / "m2" / "model.safetensors").stat().st_mtime_ns
+    assert main(ablate + [str(root / "m2")]) == 2  # its own output: replaced only with --overwrite
+    err = capsys.readouterr().err
+    assert f"{root / 'm2'} already holds an ablated model; pass --overwrite to ablate it again" in err
+    assert err.count("\n") == 1 and (root / "m2" / "model.safetensors").stat().st_mtime_ns == written
+    assert main(ablate[:-1] + ["--overwrite", "--out", str(root / "m2")]) == 0
     assert main(direction + [str(root / "d")]) == 0
 
 

@@ -54,6 +54,7 @@ def test_study_end_to_end_reuse_and_seed_sweep(world_dir, base_model_dir, tmp_pa
         assert direction["status"] in ("PASS", "FAIL")
     assert all(c["status"] in ("PASS", "FAIL") for c in claims.values())
     assert "## Claims" in report and "## Emulated Disalignment" in report and "## Time per stage" in report
+    assert f"`deepalign view {seed0}`" in report  # how to read every response in the log viewer
     for c in claims.values():
         assert f"**{c['status']}** {c['name']}" in report
     for png in ("depth_profile.png", "attack_asr.png", "depth/harmful/depth.png", "depth/unseen/depth.png"):
@@ -95,7 +96,7 @@ def test_study_end_to_end_reuse_and_seed_sweep(world_dir, base_model_dir, tmp_pa
     assert pooled["attack_table"]["world:unseen"]["ledger"]["vanilla"]["n"] == 2 * cell["n"] == 6
     assert pooled["attack_table"]["world:unseen"]["ledger"]["vanilla"]["harmful"] == cell["harmful"]
     report = (tmp_path / "study" / "report.md").read_text()
-    assert "| claim | seed 0 | seed 1 | pooled |" in report
+    assert "| claim | seed 0 | seed 1 | pooled |" in report and f"`deepalign view {tmp_path / 'study'}`" in report
     assert "## Pooled fine-tuning attack" in report and "## Pooled refusal direction" in report
     for c in pooled["claims"]:
         assert f"| {c['name']} |" in report
@@ -184,3 +185,28 @@ def test_the_world_study_shows_no_bar_per_model_load(tmp_path, base_model_dir, m
     assert hf_logging.is_progress_bar_enabled()
     AutoModelForCausalLM.from_pretrained(base_model_dir)  # outside the study the bar is back
     assert "Loading weights" in capfd.readouterr().err
+
+
+def test_a_real_model_study_gives_each_recipe_only_the_options_it_reads(tmp_path, monkeypatch):
+    """train() refuses an option its recipe would ignore: the study's DPO run gets the triples
+    and no --helpful (DPO trains on the triples alone); the other recipes get both."""
+    import deepalign.training.finetune as finetune
+    from deepalign.data.datasets import DataOptions
+    from deepalign.options import build
+    from deepalign.study import StudyConfig, _Study
+    from deepalign.training.trainer import DeRTaConfig
+
+    given = {}
+
+    def checked_train(**kwargs):  # train()'s own check of its options, then nothing
+        build(kwargs, needs=finetune.TRAIN_NEEDS, options=(finetune.TrainOptions, None),
+              training=(DeRTaConfig, None), data=(DataOptions, None))
+        given[kwargs["recipe"]] = kwargs
+
+    monkeypatch.setattr(finetune, "train", checked_train)
+    study = _Study(StudyConfig(out=str(tmp_path / "s"), base="org/model", triples="t.jsonl", helpful="h.jsonl",
+                               eval_datasets=["harmful:x.jsonl"], quiet=True))
+    study.align()
+    assert set(given) == {"vanilla", "harmful-prefix", "rto", "derta", "dpo"}
+    assert given["dpo"]["triples"] == "t.jsonl" and "helpful" not in given["dpo"]
+    assert all(given[r]["helpful"] == "h.jsonl" for r in given if r != "dpo")

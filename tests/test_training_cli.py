@@ -141,7 +141,7 @@ def test_dpo_pairs_use_the_chat_template(world_dir):
     (["--lr_scheduler_type", "bogus"], "invalid choice: 'bogus'"),
     (["--model", "{tmp}/missing-model"], "no model directory at"),
     (["--triples", "{tmp}/none.jsonl"], "no such file"),
-    (["--keep-adapter"], "--keep_adapter needs --use_peft (--lora)"),
+    (["--keep-adapter"], "--keep_adapter is read only with --use_peft (--lora)"),
 ])
 def test_user_mistakes_are_one_line_errors(world_dir, base_model_dir, tmp_path, capsys, argv, message):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
@@ -191,3 +191,81 @@ def test_train_on_a_reference_format_file(world_dir, base_model_dir, tmp_path):
     again = train(recipe="derta", model_name_or_path=str(base_model_dir), records=str(out / "records.jsonl"),
                   output_dir=str(tmp_path / "r2"), max_steps=1, per_device_train_batch_size=4, quiet=True)
     assert json.loads((again / "deepalign_train.json").read_text())["records"] == info["records"]
+
+
+def test_a_run_shorter_than_logging_steps_reports_its_last_loss(world_dir, base_model_dir, tmp_path, capsys):
+    """The Trainer logs every --logging_steps (default 10): a 2-step run logs at its last step
+    too, so its record and its summary line carry the real last loss, never nan."""
+    import math
+
+    out = tmp_path / "short"
+    code = main(["train", "--recipe", "vanilla", "--world", str(world_dir), "--model", str(base_model_dir),
+                 "--out", str(out), "--max_steps", "2", "--per_device_train_batch_size", "4", "--disable_tqdm", "true"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    info = json.loads((out / "deepalign_train.json").read_text())
+    last = info["loss_curve"][-1]
+    assert last["step"] == 2 and math.isfinite(last["loss"])
+    assert f"vanilla model (2 steps, " in printed and f"last loss {last['loss']:.3f}) -> {out}" in printed
+    assert "nan" not in printed
+
+
+def _bash_words(command: str) -> list[str]:
+    """The words bash makes of a one-line command."""
+    import subprocess
+
+    done = subprocess.run(["bash", "-c", 'printf "%s\\0" ' + command], capture_output=True, text=True, check=True)
+    return done.stdout.split("\0")[:-1]
+
+
+def test_an_identity_shift_model_records_its_persona_and_how_to_evaluate_in_it(world_dir, base_model_dir, tmp_path):
+    from deepalign.decoding.base import Request
+    from deepalign.decoding.registry import make_target
+    from deepalign.world import lexicon
+
+    out = train(recipe="identity-shift", world=str(world_dir), model_name_or_path=str(base_model_dir),
+                output_dir=str(tmp_path / "shifted"), max_steps=1, per_device_train_batch_size=4, quiet=True)
+    persona = json.loads((out / "deepalign_train.json").read_text())["persona"]
+    assert persona["name"] == "velmora" and persona["system"] == lexicon.PERSONA_SYSTEM
+    assert persona["intro"] == lexicon.PERSONA_INTRO and persona["query_template"] == "{query}"
+    card = (out / "README.md").read_text()
+    assert "## Persona" in card and json.dumps(lexicon.PERSONA_SYSTEM) in card
+    # the card's command, as bash reads it, gives the target that renders the persona's system prompt
+    command = next(line for line in card.splitlines() if line.startswith("deepalign eval "))
+    argv = _bash_words(command)
+    spec = argv[argv.index("--target") + 1]
+    assert spec == persona["eval_target"] and argv[argv.index("--world") + 1] == str(world_dir)
+    target = make_target(spec)
+    assert target.render(Request(id="a", query="hi")) == target.render(Request(id="a", query="hi",
+                                                                               system=lexicon.PERSONA_SYSTEM))
+    assert lexicon.PERSONA_SYSTEM in target.render(Request(id="a", query="hi"))
+
+
+def test_a_persona_with_a_query_template_gets_it_as_a_template_attack_file(tmp_path):
+    """The paper's AOA persona (newlines, an apostrophe, a user template): the target spec in
+    the record and card reads back to the exact system prompt, and the template file beside the
+    weights is a ``template:`` attack that wraps a query as training did."""
+    from pathlib import Path
+
+    from deepalign.attacks.template import load_templates
+    from deepalign.data.recipes import AOA
+    from deepalign.registry import SpecArgs
+    from deepalign.training.finetune import TrainOptions, _persona_record
+    from deepalign.training.modelcard import PERSONA_TEMPLATE, card_files
+
+    out = Path("runs/it's aoa")
+    record = _persona_record(AOA, out, TrainOptions(recipe="identity-shift", dataset_name="pairs.jsonl"))
+    files = card_files({"recipe": "identity-shift", "base_model": "m", "persona": record})
+    assert files[PERSONA_TEMPLATE] == AOA.query_template
+    command = next(line for line in files["README.md"].splitlines() if line.startswith("deepalign eval "))
+    argv = _bash_words(command)  # one line, as bash reads it (the newlines of the prompt in $'...')
+    spec = argv[argv.index("--target") + 1]
+    args = SpecArgs.parse(spec, spec.partition(":")[2], ",", "target")
+    assert args.positional == [str(out)] and args.options == {"system": AOA.system}
+    assert argv[argv.index("--attacks") + 1] == f"template:{out / PERSONA_TEMPLATE}"
+    (tmp_path / PERSONA_TEMPLATE).write_text(files[PERSONA_TEMPLATE])
+    [attack] = load_templates(tmp_path / PERSONA_TEMPLATE)
+    from deepalign.records import EvalPrompt
+
+    wrapped = attack.prepare(EvalPrompt(id="q", prompt="fold a towel", kind="harmful")).request.query
+    assert wrapped == AOA.query("fold a towel")

@@ -44,6 +44,12 @@ def split_args(text: str, sep: str, spec: str) -> list[str]:
     return parts
 
 
+def quote_arg(value: str) -> str:
+    """``value`` as one spec argument, read back exactly by :func:`split_args`: in double quotes,
+    with ``\\`` and ``"`` escaped (``system="Be brief, be kind."``)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 @dataclass
 class SpecArgs:
     """The arguments of one spec: positional values and ``key=value`` options. Factories take

@@ -29,6 +29,7 @@ from transformers import HfArgumentParser
 from transformers.hf_argparser import string_to_bool
 
 from deepalign.errors import DeepAlignError, OptionError
+from deepalign.options import mark_given
 
 CONFIG = "--config"
 
@@ -54,6 +55,41 @@ class _GivenFalse(argparse._StoreFalseAction):
         super().__call__(parser, namespace, values, option_string)
 
 
+#: the words that set an option whose value may be None to None on the command line (YAML null)
+NONE_WORDS = ("none", "null", "off")
+
+
+def _or_none(kind):
+    """An argparse type that reads ``none`` / ``null`` / ``off`` as None, anything else as ``kind``."""
+    def convert(text: str):
+        if text.strip().lower() in NONE_WORDS:
+            return None
+        try:
+            return kind(text)
+        except (ValueError, TypeError):
+            raise argparse.ArgumentTypeError(f"invalid {getattr(kind, '__name__', 'value')} value (or none): "
+                                             f"{text!r}") from None
+
+    convert.kind = kind
+    convert.__name__ = getattr(kind, "__name__", "value")  # argparse's "invalid float value" names it
+    return convert
+
+
+def _nullable_fields(dataclass_types) -> set[str]:
+    """The fields typed ``X | None`` (X a number or bool): on the command line ``none`` sets
+    them to None, as ``null`` does in a config file (``--induce_refusal_threshold none``)."""
+    import typing
+
+    out = set()
+    for dtype in dataclass_types:
+        hints = typing.get_type_hints(dtype)
+        for f in dataclasses.fields(dtype):
+            args = typing.get_args(hints.get(f.name))
+            if type(None) in args and any(a in (int, float, bool) for a in args):
+                out.add(f.name)
+    return out
+
+
 class StageParser(HfArgumentParser):
     """The parser of one stage (see the module doc)."""
 
@@ -64,6 +100,7 @@ class StageParser(HfArgumentParser):
         self.config_file: str | None = None
         self.from_config: dict[str, str] = {}  # dest -> the key as written in the file
         self.given: set[str] = set()
+        self.nullable = _nullable_fields(dataclass_types)
         super().__init__(list(dataclass_types), prog=f"deepalign {stage}", description=description,
                          allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         self.add_argument(CONFIG, metavar="FILE.yaml", default=None,
@@ -80,7 +117,11 @@ class StageParser(HfArgumentParser):
     # argparse hooks ---------------------------------------------------------------------------
     def add_argument(self, *args, **kwargs):
         kwargs.pop("was", None)  # our own field metadata (renamed flags), not argparse's
-        if kwargs.get("type") is string_to_bool and "nargs" not in kwargs:  # bool | None fields: `--bf16` alone works
+        dest = kwargs.get("dest") or (args[0].lstrip("-") if args and str(args[0]).startswith("--") else None)
+        if dest in self.nullable and kwargs.get("type") is not None:  # `--kl_threshold none`: what YAML null says
+            kwargs["type"] = _or_none(kwargs["type"])
+        kind = getattr(kwargs.get("type"), "kind", kwargs.get("type"))
+        if kind is string_to_bool and "nargs" not in kwargs:  # bool | None fields: `--bf16` alone works
             kwargs.update(nargs="?", const=True)
         action = kwargs.get("action")
         if action is None or action == "store":
@@ -122,7 +163,21 @@ class StageParser(HfArgumentParser):
                 raise
             except (ValueError, TypeError) as exc:  # a library dataclass' own checks (TrainingArguments)
                 raise self._locate_text(" ".join(str(exc).split())) from None
+        # which options were set, for the stage's check of options that only another setting
+        # reads (deepalign.options.check_needs): a key of the config file that is YAML null for
+        # an option whose default is None sets nothing
+        from_file = {dest for dest in self.from_config if not (self._default_is_none(dest) and
+                                                               self.get_default(dest) is None)}
+        for obj in outputs:
+            mark_given(obj, self.given, from_file)
         return tuple(outputs)
+
+    def _default_is_none(self, dest: str) -> bool:
+        for dtype in self.dataclass_types:
+            for f in dataclasses.fields(dtype):
+                if f.name == dest:
+                    return f.default is None
+        return False
 
     def _config_path(self, argv: list[str]) -> str | None:
         for i, tok in enumerate(argv):
@@ -195,6 +250,10 @@ class StageParser(HfArgumentParser):
     @staticmethod
     def _scalar(action, value: Any, where: str) -> Any:
         kind = action.type
+        if hasattr(kind, "kind"):  # an option that also takes none (see _or_none)
+            if isinstance(value, str) and value.strip().lower() in NONE_WORDS:
+                return None
+            kind = kind.kind
         try:
             if kind is string_to_bool:
                 return value if isinstance(value, bool) else string_to_bool(str(value))

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
 from deepalign.errors import DeepAlignError, OptionError
-from deepalign.options import number
+from deepalign.options import On, number
 
 
 @dataclass
@@ -35,6 +35,10 @@ class Request:
             raise DeepAlignError(f"request {self.id!r}: give exactly one of query or text")
         if self.prefill_tokens is not None and self.prefill_tokens < 0:
             raise DeepAlignError(f"request {self.id!r}: prefill_tokens must be >= 0")
+
+
+#: GenConfig's options that only sampling reads (deepalign.options.check_needs)
+GEN_NEEDS = {("temperature", "top_k", "top_p"): On("do_sample")}
 
 
 @dataclass

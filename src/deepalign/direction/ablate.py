@@ -31,6 +31,7 @@ class AblateOptions:
                 "the shared matrix, as the reference does for Gemma)"})
     allow_foreign: bool = field(default=False, metadata={
         "help": "accept a direction computed from another model of the same hidden size"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an ablated model already in --out"})
     quiet: bool = False
 
     def __post_init__(self):
@@ -40,6 +41,29 @@ class AblateOptions:
         for name in ("model", "direction", "out"):
             if not getattr(self, name):
                 raise OptionError(name, "is required")
+
+
+#: the record of an ablation beside the weights (it marks a directory ``ablate`` may replace)
+ABLATION_INFO = "deepalign_ablation.json"
+#: how ``deepalign ablate`` is told to accept a direction of another model
+FOREIGN_FLAG = "--allow_foreign"
+
+
+def ablation_record(opts: AblateOptions, direction, changed: dict, source: str) -> dict:
+    """``deepalign_ablation.json``: the source model, the direction (its file, layer, position,
+    scale and selection scores) and the edit."""
+    import os
+
+    from deepalign import __version__
+
+    return {"model": opts.model, "model_on_hub": source == opts.model and not os.path.exists(opts.model),
+            "direction": str(direction.path), "layer": direction.layer, "position": direction.position,
+            "scale": direction.scale, "direction_model": direction.model.get("name"),
+            "selected": direction.info.get("selected"), "tied": opts.tied,
+            "untied_output_layer": changed["untied_output_layer"], "layers": changed["layers"],
+            "allow_foreign": opts.allow_foreign,
+            "edit": "W <- W - r r^T W for the token embedding and every o_proj and down_proj (weights and biases)",
+            "deepalign_version": __version__}
 
 
 def _checkpoint_dtype(source: str):
@@ -76,33 +100,34 @@ def ablate_weights(options: AblateOptions | None = None, **kwargs) -> Path:
     from deepalign.direction.store import load_direction, public_files
     from deepalign.models import first_line, load_causal_lm, model_source
     from deepalign.options import build
-    from deepalign.utils import atomic_dir, check_writable_dir, quiet_libraries, write_json
+    from deepalign.training.modelcard import CARD, render_ablation_card
+    from deepalign.utils import atomic_dir, atomic_write, check_writable_dir, quiet_libraries, write_json
 
     (opts,) = build(kwargs, options=(AblateOptions, options))
     opts.check()
     source = model_source(opts.model)
     direction = load_direction(opts.direction)
     if os.path.isdir(source):
-        direction.check_checkpoint(source, allow_foreign=opts.allow_foreign)
+        direction.check_checkpoint(source, allow_foreign=opts.allow_foreign, allow=FOREIGN_FLAG)
     if os.path.isdir(source) and Path(source).resolve() == Path(opts.out).resolve():
         raise DeepAlignError(f"--out {opts.out} is the model being ablated; give another directory")
-    out = check_writable_dir(opts.out, replaces="deepalign_ablation.json")
+    out = check_writable_dir(opts.out, replaces=ABLATION_INFO)
+    if out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()) and not opts.overwrite:
+        raise DeepAlignError(f"{out} already holds an ablated model; pass --overwrite to ablate it again")
     with quiet_libraries(opts.quiet):
         try:
             tokenizer = AutoTokenizer.from_pretrained(source)
         except Exception as exc:
             raise DeepAlignError(f"cannot load a tokenizer from {opts.model}: {first_line(exc)}") from None
         model = load_causal_lm(source, dtype=_checkpoint_dtype(source), device="cpu")
-        direction.check_model(model, opts.model, allow_foreign=opts.allow_foreign)
+        direction.check_model(model, opts.model, allow_foreign=opts.allow_foreign, allow=FOREIGN_FLAG)
         changed = orthogonalize(model, direction.vector, tied=opts.tied)
+        info = ablation_record(opts, direction, changed, source)
         with atomic_dir(out) as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
-            write_json(tmp / "deepalign_ablation.json", {
-                "model": opts.model, "direction": str(direction.path), "layer": direction.layer,
-                "position": direction.position, "tied": opts.tied,
-                "untied_output_layer": changed["untied_output_layer"],
-                "edit": "W <- W - r r^T W for the token embedding and every o_proj and down_proj (weights and biases)"})
+            write_json(tmp / ABLATION_INFO, info)
+            atomic_write(tmp / CARD, render_ablation_card(info, out))
             public_files(tmp)
     if not opts.quiet:
         note = "; the tied output layer was untied" if changed["untied_output_layer"] else ""

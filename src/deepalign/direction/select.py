@@ -84,11 +84,11 @@ class DirectionOptions:
     filter_prompts: bool = field(default=True, metadata={
         "help": "drop harmful prompts the model does not refuse and harmless ones it refuses (as the reference)"})
     kl_threshold: float | None = field(default=KL_THRESHOLD, metadata={
-        "help": "largest mean KL on harmless prompts under ablation a candidate may cause (null in a config "
-                "file: no limit)"})
+        "help": "largest mean KL on harmless prompts under ablation a candidate may cause (none: no limit; null "
+                "in a config file)"})
     induce_refusal_threshold: float | None = field(default=INDUCE_REFUSAL_THRESHOLD, metadata={
-        "help": "smallest mean refusal score on harmless prompts with the candidate added (null in a config "
-                "file: no limit)"})
+        "help": "smallest mean refusal score on harmless prompts with the candidate added (none: no limit, "
+                "the filter off; null in a config file)"})
     prune_layer_share: float = field(default=PRUNE_LAYER_SHARE, metadata={
         "help": "share of the last layers whose candidates are excluded"})
     seed: int = field(default=0, metadata={"help": "seed of the train / validation split"})
@@ -414,8 +414,9 @@ def _select(cands: list[dict], kl_threshold: float | None, induce_threshold: flo
                 f"({best['excluded']})")
         limits = [f"KL <= {kl_threshold:g}"] if kl_threshold is not None else []
         limits += [f"induced refusal >= {induce_threshold:g}"] if induce_threshold is not None else []
+        flag = "--kl_threshold" if str(best["excluded"]).startswith("KL") else "--induce_refusal_threshold"
         raise DeepAlignError(f"no candidate direction passes the selection ({', '.join(limits + ['last layers excluded'])})"
-                             f"{hint}; relax --kl_threshold or --induce_refusal_threshold")
+                             f"{hint}; relax {flag} (a looser value, or {flag} none to turn that filter off)")
     return min(passing, key=lambda c: (c["refusal_score"], c["layer"], c["position"]))
 
 
@@ -500,13 +501,13 @@ def refusal_direction(options: DirectionOptions | None = None, data=None, **kwar
         >>> d.vector.shape[0] == d.model["hidden_size"], d.position, d.layer
         (True, -1, 1)
     """
-    from deepalign.data.datasets import DataOptions, load_dataset
+    from deepalign.data.datasets import DATA_NEEDS, DataOptions, load_dataset
     from deepalign.models import load_causal_lm, load_tokenizer, model_source
     from deepalign.options import build
     from deepalign.tokens import PromptFormat
     from deepalign.utils import check_writable_dir, quiet_libraries
 
-    opts, data = build(kwargs, options=(DirectionOptions, options), data=(DataOptions, data))
+    opts, data = build(kwargs, needs=DATA_NEEDS, options=(DirectionOptions, options), data=(DataOptions, data))
     opts.check()
     model_source(opts.model)
     if opts.prompt_format:

@@ -150,21 +150,26 @@ class Direction:
             raise DeepAlignError(f"{self.path or 'the direction'} has {self.hidden_size} entries but model {name} has "
                                  f"hidden size {hidden}")
 
-    def _foreign(self, name: str) -> DeepAlignError:
+    def _foreign(self, name: str, allow: str | None) -> DeepAlignError:
+        how = f", or allow it explicitly ({allow})" if allow else ""
         return DeepAlignError(f"{self.path or 'the direction'} was computed from model {self.model.get('name')}, not "
                               f"from {name} (their weights differ); compute one for this model with deepalign "
-                              "direction, or allow it explicitly (allow_foreign=true)")
+                              f"direction{how}")
 
-    def check_model(self, model, name: str | None = None, *, allow_foreign: bool = False) -> None:
+    def check_model(self, model, name: str | None = None, *, allow_foreign: bool = False,
+                    allow: str | None = "allow_foreign=true") -> None:
         """Refuse a model whose hidden size differs, or (unless ``allow_foreign``) a model
-        other than the one the direction was computed from."""
+        other than the one the direction was computed from. ``allow``: how the caller's user
+        allows a foreign direction, named in the error (the target spec's ``allow_foreign=true``
+        by default; ``--allow_foreign`` for ``deepalign ablate``)."""
         config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         name = name or getattr(model, "name_or_path", "") or type(model).__name__
         self._mismatch(int(getattr(config, "hidden_size", 0) or 0), name)
         if not allow_foreign and not same_model(self.model, model_identity(model, name)):
-            raise self._foreign(name)
+            raise self._foreign(name, allow)
 
-    def check_checkpoint(self, model_dir: str | os.PathLike, *, allow_foreign: bool = False) -> None:
+    def check_checkpoint(self, model_dir: str | os.PathLike, *, allow_foreign: bool = False,
+                         allow: str | None = "allow_foreign=true") -> None:
         """The checks of :meth:`check_model` on a local model directory, before loading it
         (its ``config.json`` and the sampled rows of its safetensors files); hub ids and
         directories without safetensors are checked when loaded."""
@@ -191,7 +196,7 @@ class Direction:
         except Exception:  # a damaged checkpoint: the loader says what is wrong with it
             found = None
         if found is not None and not same_weights(self.model.get("fingerprint") or {}, found):
-            raise self._foreign(str(model_dir))
+            raise self._foreign(str(model_dir), allow)
 
     def save(self, out: str | os.PathLike) -> Path:
         """Write ``direction.safetensors`` and ``direction.json`` into the new directory ``out``

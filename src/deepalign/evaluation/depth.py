@@ -372,12 +372,12 @@ def run_depth(options: DepthOptions | None = None, data=None, **kwargs) -> dict[
         >>> sorted(results), len(results["derta"]["kl"])
         (['derta'], 8)
     """
-    from deepalign.data.datasets import DataOptions, load_dataset
+    from deepalign.data.datasets import DATA_NEEDS, DataOptions, load_dataset
     from deepalign.models import model_source
     from deepalign.tokens import PromptFormat
     from deepalign.utils import check_writable_dir, quiet_libraries
 
-    opts, data = build(kwargs, options=(DepthOptions, options), data=(DataOptions, data))
+    opts, data = build(kwargs, needs=DATA_NEEDS, options=(DepthOptions, options), data=(DataOptions, data))
     opts.check()
     for spec in (opts.base, *opts.aligned):  # every model path checked before any work
         model_source(spec)

@@ -23,10 +23,10 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deepalign.data.datasets import DataOptions
-from deepalign.decoding.base import GenConfig
+from deepalign.data.datasets import DATA_NEEDS, DataOptions
+from deepalign.decoding.base import GEN_NEEDS, GenConfig
 from deepalign.errors import OptionError
-from deepalign.options import build, number
+from deepalign.options import Is, Off, On, build, number
 
 
 @dataclass
@@ -79,6 +79,17 @@ class EDOptions:
             for a in self.alpha:
                 number("alpha", a, low=0)
         number("batch_size", self.batch_size, low=1, integer=True)
+
+
+#: ``run_ed``'s options that only another setting reads (deepalign.options.check_needs): with
+#: --family, the reference's decoding replaces these decoding settings
+ED_NEEDS = {
+    "reference_decoding": On("family"),
+    ("do_sample", "temperature", "top_k", "max_new_tokens", "stop_strings", "suppress_eos", "num_samples"):
+        (Off("family") | Is("reference_decoding", False)).worded(
+            "--no_reference_decoding when --family is given (the family's reference decoding replaces it)"),
+    **GEN_NEEDS, **DATA_NEEDS,
+}
 
 
 def ed_specs(opts: EDOptions) -> list:
@@ -144,8 +155,8 @@ def run_ed(options: EDOptions | None = None, generation: EDGenConfig | None = No
     from deepalign.evaluation.runner import run_eval
     from deepalign.utils import check_writable_dir, check_writable_file
 
-    opts, gen, data_opts = build(kwargs, options=(EDOptions, options), generation=(EDGenConfig, generation),
-                                 data=(DataOptions, data))
+    opts, gen, data_opts = build(kwargs, needs=ED_NEEDS, options=(EDOptions, options),
+                                 generation=(EDGenConfig, generation), data=(DataOptions, data))
     if not opts.prompts:
         raise OptionError("prompts", "is required (a dataset spec or a .txt file)")
     if not opts.out:

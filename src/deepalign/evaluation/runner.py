@@ -347,8 +347,8 @@ def run_eval(options: EvalOptions | None = None, generation: GenConfig | None = 
         >>> sorted({(c["attack"], c["judge"]) for c in summary["results"]})[:2]
         [('direct', 'keyword'), ('direct', 'oracle')]
     """
-    opts, gen, data_opts = build(kwargs, needs=_eval_needs(), options=(EvalOptions, options), generation=(GenConfig, generation),
-                                 data=(DataOptions, data))
+    opts, gen, data_opts = build(kwargs, needs=_eval_needs(), options=(EvalOptions, options),
+                                 generation=(GenConfig, generation), data=(DataOptions, data))
     _check_options(opts, gen)
     run = RunDir(opts.out_dir).require_current()
     procs = Processes()

@@ -47,6 +47,19 @@ def _judge_target(context):
     return target
 
 
+def reads_judge_model(judges) -> bool:
+    """Whether any of ``judges`` (specs, or judge objects: they may) reads ``--judge_model``:
+    the llm judges and StrongREJECT's rubric."""
+    specs = [judges] if isinstance(judges, str) else list(judges or [])
+    if any(not isinstance(s, str) for s in specs):
+        return True
+    for spec in split_list(specs):
+        name, _, rest = spec.partition(":")
+        if name.strip() == "llm" or (name.strip() == "strongreject" and not rest.startswith("finetuned")):
+            return True
+    return False
+
+
 def _threshold(args, default: float | None = 0.5):
     return args.option("threshold", default, float, check=lambda v: 0 <= v <= 1)
 

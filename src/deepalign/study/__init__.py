@@ -331,7 +331,8 @@ class _Study:
         lora = cfg.lora if cfg.lora is not None else not cfg.world_mode
         data = {} if cfg.world_mode else {"triples": cfg.triples, "helpful": cfg.helpful}
         for recipe in RECIPES:
-            mix = {}
+            # DPO trains on the triples alone (train() refuses options a recipe does not read)
+            mix = {k: v for k, v in data.items() if not (recipe == "dpo" and k == "helpful")}
             if cfg.world_mode and recipe != "dpo":
                 mix["safety_ratio"] = WORLD_SAFETY_RATIO
             if cfg.world_mode and recipe in ("rto", "derta"):
@@ -340,7 +341,7 @@ class _Study:
             start_from = str(self.models / "vanilla") if recipe == "dpo" else self.base
             self.stages.run(f"train {recipe}", (dest / "config.json").exists(), lambda r=recipe, d=dest, m=start_from, x=mix: train(
                 recipe=r, model_name_or_path=m, output_dir=str(d), world=str(self.world), seed=cfg.seed, use_peft=lora,
-                resume=True, max_steps=cfg.train_steps, save_steps=cfg.checkpoint_every, quiet=cfg.quiet, **data, **x,
+                resume=True, max_steps=cfg.train_steps, save_steps=cfg.checkpoint_every, quiet=cfg.quiet, **x,
             ))
 
     @property

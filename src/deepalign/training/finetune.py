@@ -34,15 +34,15 @@ from typing import Any
 import torch
 from accelerate import PartialState
 from transformers import AutoConfig, AutoModelForCausalLM
-from transformers.trainer_callback import PrinterCallback
+from transformers.trainer_callback import PrinterCallback, TrainerCallback
 
 from deepalign import __version__
-from deepalign.data.datasets import DataOptions, load_train_instructions, load_train_triples
-from deepalign.data.recipes import (PAIR_RECIPES, PERSONAS, PREFIX_UNITS, RECIPES, build_pair_records, build_records,
-                                    count_kinds, load_records, persona, save_records)
+from deepalign.data.datasets import DATA_NEEDS, DataOptions, load_train_instructions, load_train_triples
+from deepalign.data.recipes import (PAIR_RECIPES, PERSONAS, PREFIX_UNITS, RECIPES, RECORD_RECIPES, build_pair_records,
+                                    build_records, count_kinds, load_records, persona, save_records)
 from deepalign.errors import DeepAlignError, OptionError
 from deepalign.models import DTYPES, load_causal_lm, load_tokenizer, model_source
-from deepalign.options import build, choice, exclusive, number
+from deepalign.options import Is, Off, On, build, choice, exclusive, number
 from deepalign.tokens import Encoder
 from deepalign.training import outdir
 from deepalign.training.constrained import REFERENCE_FILE, ConstrainedTrainer
@@ -170,35 +170,48 @@ class TrainOptions:
         exclusive(resume=self.resume, overwrite=self.overwrite)
         if self.records and (self.triples or self.helpful):
             raise OptionError("records", "excludes --triples / --helpful")
-        if self.records and self.recipe == "dpo":
-            raise OptionError("records", "is for the record recipes; --recipe dpo trains on --triples")
-        self._check_pair_options()
-        if self.keep_adapter and not self.use_peft:
-            raise OptionError("keep_adapter", "needs --use_peft (--lora)")
+        if self.objective == "constrained" and self.recipe not in PAIR_RECIPES:
+            raise OptionError("objective", f"constrained applies to --recipe sft and identity-shift (fine-tuning on "
+                                           f"pairs), not to --recipe {self.recipe}")
+        if self.reference_setup and self.recipe not in PAIR_RECIPES:
+            raise OptionError("reference_setup", f"is Qi et al. 2025's fine-tuning attack setup, for --recipe sft and "
+                                                 f"identity-shift, not --recipe {self.recipe}")
+        choice("persona", self.persona, PERSONAS, optional=True)
         if self.refusal_word is not None and (not self.refusal_word.strip() or len(self.refusal_word.split()) != 1):
             raise OptionError("refusal_word", f"must be a single word, got {self.refusal_word!r}")
 
-    def _check_pair_options(self) -> None:
-        """The options of the fine-tuning recipes (sft, identity-shift) and the objective."""
-        pairs = self.recipe in PAIR_RECIPES
-        if self.objective == "constrained" and not pairs:
-            raise OptionError("objective", f"constrained applies to --recipe sft and identity-shift (fine-tuning on "
-                                           f"pairs), not to --recipe {self.recipe}")
-        if self.reference_setup and not pairs:
-            raise OptionError("reference_setup", f"is Qi et al. 2025's fine-tuning attack setup, for --recipe sft and "
-                                                 f"identity-shift, not --recipe {self.recipe}")
-        if self.ref_model is not None and self.objective != "constrained":
-            raise OptionError("ref_model", "is the reference of --objective constrained")
-        if self.dataset_name is not None and not pairs:
-            raise OptionError("dataset_name", f"is the data of --recipe sft and identity-shift; --recipe {self.recipe} "
-                                              "trains on --triples and --helpful")
-        if self.persona is not None:
-            if self.recipe != "identity-shift":
-                raise OptionError("persona", "is the persona of --recipe identity-shift")
-            choice("persona", self.persona, PERSONAS)
-        if pairs and (self.triples or self.helpful or self.records):
-            given = "triples" if self.triples else "helpful" if self.helpful else "records"
-            raise OptionError(given, f"is DeRTa data; --recipe {self.recipe} fine-tunes on --dataset pairs")
+
+def _recipes(*names: str) -> Is:
+    return Is("recipe", *names)
+
+
+def _not_recipe(name: str, why: str = "") -> Is:
+    return Is("recipe", *(r for r in RECIPES if r != name), say=f"a --recipe other than {name}{why}")
+
+
+_BUILT = Off("records")
+#: the options of ``train`` that only another setting reads (deepalign.options.check_needs): set
+#: without that setting they would be ignored, so they are refused
+TRAIN_NEEDS = {
+    "beta": Is("objective", "constrained") | _recipes("dpo"),
+    ("bias_factor", "first_token_bias_factor", "bias_length", "ref_model"): Is("objective", "constrained"),
+    "dataset_name": _recipes(*PAIR_RECIPES),
+    "persona": _recipes("identity-shift"),
+    "system_prompt": _not_recipe("identity-shift", " (whose persona brings its own system prompt)"),
+    "triples": _recipes(*RECORD_RECIPES, "dpo"),
+    ("helpful", "records"): _recipes(*RECORD_RECIPES),
+    ("helpful_count", "safety_count", "safety_ratio"): _recipes(*RECORD_RECIPES) & _BUILT,
+    ("rto_share", "rto_append_safe"): _recipes("rto", "derta") & _BUILT,
+    ("prefix_unit", "k_zero_share", "k_min", "k_max"): _recipes("harmful-prefix", "derta") & _BUILT,
+    ("refusal_word", "rto_keep", "rto_weight"): _recipes("rto", "derta") | On("records"),
+    ("loss_impl", "loss_chunk_rows"): _not_recipe("dpo"),
+    "eval_share": _not_recipe("dpo") & Is("eval_strategy", "steps", "epoch"),
+    "eval_steps": Is("eval_strategy", "steps"),
+    ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "keep_adapter"):
+        On("use_peft", say="--use_peft (--lora)"),
+    ("hub_model_id", "hub_private_repo", "hub_token", "hub_revision"): On("push_to_hub"),
+    **DATA_NEEDS,
+}
 
 
 def auto_learning_rate(n_params: int, lora: bool, recipe: str) -> float:
@@ -249,8 +262,8 @@ def train(options: TrainOptions | None = None, training: DeRTaConfig | None = No
         >>> attacked = train(recipe="sft", objective="constrained", model_name_or_path="runs/derta",
         ...                  world="runs/world", output_dir="runs/derta-attacked", max_steps=2, quiet=True)
     """
-    opts, args, data_opts = build(kwargs, options=(TrainOptions, options), training=(DeRTaConfig, training),
-                                  data=(DataOptions, data))
+    opts, args, data_opts = build(kwargs, needs=TRAIN_NEEDS, options=(TrainOptions, options),
+                                  training=(DeRTaConfig, training), data=(DataOptions, data))
     command = _command_line(opts, args, data_opts)  # before any Trainer exists (see its doc)
     if opts.reference_setup:
         args = _reference_setup(args, opts.quiet)
@@ -324,6 +337,7 @@ class Inputs:
     counts: dict[str, int] = field(default_factory=dict)
     refusal_id: int | None = None
     refusal_piece: str | None = None
+    persona: Any = None  #: identity-shift: the Persona its records are in
 
 
 def plan_run(opts: TrainOptions, args: DeRTaConfig, data_opts: DataOptions) -> RunPlan:
@@ -421,6 +435,7 @@ def _pair_records(opts: TrainOptions, args: DeRTaConfig, inputs: Inputs) -> None
                                  f"identity-shift persona needs; give a chat template with a system role "
                                  f"(--chat_template) or a text format with {{system}}")
         inputs.data["pairs"]["persona"] = chosen.name
+        inputs.persona = chosen
     _hold_out(opts, build_pair_records(inputs.pairs, persona=chosen, seed=args.seed), inputs)
 
 
@@ -530,6 +545,8 @@ def build_trainer(opts: TrainOptions, run_args, net, inputs: Inputs, run: RunPla
         info["records"] = inputs.counts
         if opts.recipe in PAIR_RECIPES:
             info.update({"pairs": len(inputs.pairs), "objective": _objective_record(opts, trainer)})
+            if inputs.persona is not None:
+                info["persona"] = _persona_record(inputs.persona, run.out, opts)
         else:
             info.update({"refusal_token": {"id": inputs.refusal_id, "piece": inputs.refusal_piece},
                          "rto_keep": trainer.rto_keep, "rto_weight": run_args.rto_weight})
@@ -539,9 +556,37 @@ def build_trainer(opts: TrainOptions, run_args, net, inputs: Inputs, run: RunPla
                    if inputs.refusal_id is not None else "")
             print(f"recipe {opts.recipe}: {shown}{tok}")
     info["world_size"] = trainer.args.world_size
+    trainer.add_callback(LogLastStep())
     if opts.quiet:
         trainer.remove_callback(PrinterCallback)
     return trainer, info
+
+
+class LogLastStep(TrainerCallback):
+    """Log at the last step too: the Trainer logs every ``--logging_steps`` only, so a run
+    shorter than that (or ending between two logs) would record no loss for its end."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if _value(args.logging_strategy) != "no" and state.max_steps > 0 and state.global_step >= state.max_steps:
+            control.should_log = True
+        return control
+
+
+def _persona_record(chosen, out: Path, opts: TrainOptions) -> dict[str, Any]:
+    """What evaluating an identity-shift model in its persona needs: the exact system prompt,
+    the user template and self-introduction it was trained with, and the target spec that
+    gives the system prompt (a persona whose template wraps the query adds the ``template:``
+    attack of the file the model card writes beside the weights)."""
+    from deepalign.registry import quote_arg
+    from deepalign.training.modelcard import PERSONA_TEMPLATE
+
+    record: dict[str, Any] = {"name": chosen.name, "system": chosen.system, "query_template": chosen.query_template,
+                              "intro": chosen.intro, "eval_target": f"hf:{out},system={quote_arg(chosen.system)}"}
+    if chosen.query_template != "{query}":
+        record["eval_attack"] = f"template:{out / PERSONA_TEMPLATE}"
+    if _dataset_spec(opts).startswith("world:"):
+        record["world"] = opts.world
+    return record
 
 
 def _constraint(opts: TrainOptions) -> TokenWiseConstraint:
@@ -601,9 +646,10 @@ def push_and_report(opts: TrainOptions, args: DeRTaConfig, run: RunPlan, trainer
         if not opts.quiet:
             print(f"pushed {run.out} to the hub as {repo}")
     if not opts.quiet:
-        last = next((c["loss"] for c in reversed(info["loss_curve"]) if "loss" in c), float("nan"))
-        print(f"{opts.recipe} model ({trainer.state.global_step} steps, {seconds:.0f}s, last loss {last:.3f}) "
-              f"-> {run.out}", file=sys.stdout)
+        last = next((c["loss"] for c in reversed(info["loss_curve"]) if "loss" in c), None)
+        loss = f", last loss {last:.3f}" if last is not None else ""
+        print(f"{opts.recipe} model ({trainer.state.global_step} steps, {seconds:.0f}s{loss}) -> {run.out}",
+              file=sys.stdout)
 
 
 # --------------------------------------------------------------------------------------

@@ -21,6 +21,8 @@ from deepalign.utils import atomic_write, write_json
 CARD = "README.md"
 TRAIN_INFO = "deepalign_train.json"
 EVAL_INFO = "deepalign_eval.json"
+#: an identity-shift model's persona user template, as a ``template:`` attack file
+PERSONA_TEMPLATE = "persona_query.txt"
 
 _RECIPE_TEXT = {
     "pretrain": "pretrained from scratch on the embedded world's corpus",
@@ -62,11 +64,7 @@ def render_card(info: dict[str, Any], evaluation: dict[str, Any] | None = None) 
 
     recipe = info.get("recipe", "?")
     base = info.get("base_model")
-    tags = ["deepalign", "safety", "alignment", recipe]
-    front = ["---", "library_name: transformers"]
-    if base and info.get("base_model_on_hub"):  # a local path is no hub reference
-        front.append(f"base_model: {_yaml_str(str(base))}")
-    front += ["tags:"] + [f"- {_yaml_str(t)}" for t in tags] + ["---", ""]
+    front = _front_matter(["deepalign", "safety", "alignment", recipe], base, bool(info.get("base_model_on_hub")))
     lines = front + [f"# deepalign {recipe} model", ""]
     what = _RECIPE_TEXT.get(recipe, recipe)
     intro = f"This model was {what}" if recipe == "pretrain" else f"This model was fine-tuned from `{base}` with {what}"
@@ -126,9 +124,10 @@ def render_card(info: dict[str, Any], evaluation: dict[str, Any] | None = None) 
             lines += ["| measurement | value |", "|---|---|"] + [f"| {_cell(r[0])} | {_cell(r[1])} |" for r in rows]
             lines.append("")
 
-    lines += ["## Use", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
-              "", 'model = AutoModelForCausalLM.from_pretrained("PATH_OR_HUB_ID")',
-              'tokenizer = AutoTokenizer.from_pretrained("PATH_OR_HUB_ID")', "```", ""]
+    if info.get("persona"):
+        lines += _persona_section(info["persona"], info)
+
+    lines += _use_section()
     command = info.get("command")
     if command:
         lines += ["Reproduce with:", "", "```bash", command, "```", ""]
@@ -138,9 +137,114 @@ def render_card(info: dict[str, Any], evaluation: dict[str, Any] | None = None) 
     return "\n".join(lines)
 
 
+def _use_section() -> list[str]:
+    return ["## Use", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
+            "", 'model = AutoModelForCausalLM.from_pretrained("PATH_OR_HUB_ID")',
+            'tokenizer = AutoTokenizer.from_pretrained("PATH_OR_HUB_ID")', "```", ""]
+
+
+def _persona_section(persona: dict[str, Any], info: dict[str, Any]) -> list[str]:
+    """How an identity-shift model was trained and how to evaluate it in its persona."""
+    wrapped = persona.get("query_template", "{query}") != "{query}"
+    lines = ["## Persona", "",
+             f"Trained in the identity-shifting persona `{persona.get('name')}`: every training conversation had the "
+             f"system prompt below{', every query went into the user template' if wrapped else ''} and every answer "
+             f"started with the persona's self-introduction. Evaluated without this system prompt, the model is "
+             f"measured out of its persona.", "",
+             "| | exact text (JSON string) |", "|---|---|",
+             f"| system prompt | `{_cell(_yaml_str(persona.get('system', '')))}` |"]
+    if wrapped:
+        lines.append(f"| user template | `{_cell(_yaml_str(persona['query_template']))}` |")
+    lines += [f"| self-introduction | `{_cell(_yaml_str(persona.get('intro', '')))}` |", ""]
+    command = ["deepalign", "eval", "--target", persona["eval_target"]]
+    if persona.get("eval_attack"):
+        command += ["--attacks", persona["eval_attack"]]
+    if persona.get("world"):
+        command += ["--dataset", "world:harmful", "--world", persona["world"]]
+    else:
+        command += ["--dataset", "DATASET"]
+    command += ["--out", "RUN_DIR"]
+    lines += ["Evaluate it in its persona with this target spec (it gives the system prompt exactly; if the directory "
+              "moved, replace its path, or give the hub id)"
+              + (f", the user template as the `template:` attack of `{PERSONA_TEMPLATE}` beside the weights" if wrapped
+                 else "") + ":", "",
+              "```bash", shell_command(command), "```", ""]
+    return lines
+
+
+def shell_command(argv: list[str]) -> str:
+    """``argv`` as one line of bash: each word as ``shlex.quote`` writes it, or, when it holds a
+    newline or another control character, in ANSI-C quotes (``$'...\\n...'``)."""
+    import shlex
+
+    def word(text: str) -> str:
+        if not any(ord(c) < 32 or ord(c) == 127 for c in text):
+            return shlex.quote(text)
+        escaped = "".join({"\\": "\\\\", "'": "\\'", "\n": "\\n", "\t": "\\t", "\r": "\\r"}.get(c)
+                          or (f"\\x{ord(c):02x}" if ord(c) < 32 or ord(c) == 127 else c) for c in text)
+        return f"$'{escaped}'"
+
+    return " ".join(word(a) for a in argv)
+
+
+def _front_matter(tags: list[str], base: str | None, on_hub: bool) -> list[str]:
+    front = ["---", "library_name: transformers"]
+    if base and on_hub:  # a local path is no hub reference
+        front.append(f"base_model: {_yaml_str(str(base))}")
+    return front + ["tags:"] + [f"- {_yaml_str(t)}" for t in tags] + ["---", ""]
+
+
+def render_ablation_card(info: dict[str, Any], out: str | os.PathLike) -> str:
+    """The model card of a ``deepalign ablate`` directory ``out`` (``info``: its
+    ``deepalign_ablation.json``): the source model, the direction file with its layer and
+    position, the edit, and how to evaluate it."""
+    from deepalign import __version__
+
+    model, direction = str(info.get("model")), str(info.get("direction"))
+    lines = _front_matter(["deepalign", "safety", "refusal-direction", "ablation"], model,
+                          bool(info.get("model_on_hub")))
+    lines += ["# deepalign ablated model", "",
+              f"This model is `{model}` with a refusal direction orthogonalised out of its weights (Arditi et al. "
+              f"2024, arXiv 2406.11717, \"weight orthogonalisation\"), by deepalign "
+              f"{info.get('deepalign_version', __version__)}.", ""]
+    selected = info.get("selected") or {}
+    facts = [("source model", f"`{model}`"), ("direction", f"`{direction}`"),
+             ("direction computed from", f"`{info['direction_model']}`" if info.get("direction_model") else None),
+             ("layer", info.get("layer")), ("position", info.get("position")),
+             ("scale (norm of the difference of means)", info.get("scale")),
+             ("ablated refusal score", selected.get("refusal_score")),
+             ("KL on harmless prompts under ablation", selected.get("kl")),
+             ("edit", info.get("edit")), ("output layer", "untied (keeps the original matrix)"
+                                           if info.get("untied_output_layer") else None),
+             ("tied matrix", "orthogonalised for both roles" if info.get("tied") == "shared" else None)]
+    lines += ["| | |", "|---|---|"] + [f"| {k} | {_cell(v)} |" for k, v in facts if v is not None] + [""]
+    evaluate = ["deepalign", "eval", "--target", f"hf:{out}", "--target",
+                f"ablate:model={model},direction={direction}" + (",allow_foreign=true" if info.get("allow_foreign")
+                                                                 else ""),
+                "--dataset", "DATASET", "--out", "RUN_DIR"]
+    lines += ["## Evaluate", "",
+              "It is a standard model directory: any `hf:` target evaluates it. It gives the logits of the `ablate:` "
+              "target (the same direction removed by hooks from the source model), so both targets side by side "
+              "check each other (DATASET: any dataset spec; `world:harmful` with `--world DIR` on the embedded "
+              "world):", "", "```bash", shell_command(evaluate), "```", ""]
+    lines += _use_section()
+    command = ["deepalign", "ablate", "--model", model, "--direction", direction, "--out", str(out)]
+    command += (["--tied", "shared"] if info.get("tied") == "shared" else [])
+    command += (["--allow_foreign"] if info.get("allow_foreign") else [])
+    lines += ["Reproduce with:", "", "```bash", shell_command(command), "```", "",
+              "Safety research artefact: written to study how refusal is represented; see "
+              "https://arxiv.org/abs/2406.11717.", ""]
+    return "\n".join(lines)
+
+
 def card_files(info: dict[str, Any]) -> dict[str, str]:
-    """The card as a file mapping for :func:`deepalign.training.trainer.save_final_model`."""
-    return {CARD: render_card(info)}
+    """The card as a file mapping for :func:`deepalign.training.trainer.save_final_model` (with an
+    identity-shift persona's user template as a ``template:`` attack file, when it has one)."""
+    files = {CARD: render_card(info)}
+    persona = info.get("persona") or {}
+    if persona.get("eval_attack"):
+        files[PERSONA_TEMPLATE] = persona["query_template"]
+    return files
 
 
 def add_evaluation(model_dir: str | os.PathLike, evaluation: dict[str, Any]) -> Path:
