@@ -270,7 +270,14 @@ def _write_markdown(out: Path, ev: Evidence, results: dict, alphas, plots, setup
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     lines += ["", "Per-run details (every response, verdict and interval): `eval/attacks/report.md`, "
               "`eval/benign/report.md`, `eval/ed/report.md`.", ""]
+    lines += [view_line(out), ""]
     atomic_write(out / "report.md", "\n".join(lines))
+
+
+def view_line(out: Path) -> str:
+    """How to read the study's responses in a browser (docs/viewer.md)."""
+    return (f"Every response, with its prompt, forced start and each judge's verdict, in Inspect AI's log viewer: "
+            f"`deepalign view {out}` (`--bundle DIR` writes it as a static site to share; docs/viewer.md).")
 
 
 def claims_lines(claims: list[dict]) -> list[str]:
@@ -327,5 +334,6 @@ def write_sweep_report(out: str | os.PathLike, *, seeds: list[int], per_seed: di
     lines += _ed_table(pooled, alphas, "## Pooled Emulated Disalignment harmful %")
     lines += _finetune_section(pooled, out, record_dir=out / f"seed-{seeds[0]}", title="Pooled")
     lines += _direction_section(pooled, out, title="Pooled")
-    lines += ["", "Per-seed reports: " + ", ".join(f"[seed {s}](seed-{s}/report.md)" for s in seeds), ""]
+    lines += ["", "Per-seed reports: " + ", ".join(f"[seed {s}](seed-{s}/report.md)" for s in seeds), "",
+              view_line(out), ""]
     atomic_write(out / "report.md", "\n".join(lines))
