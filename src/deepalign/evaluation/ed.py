@@ -25,7 +25,7 @@ from pathlib import Path
 
 from deepalign.data.datasets import DATA_NEEDS, DataOptions
 from deepalign.decoding.base import GEN_NEEDS, GenConfig
-from deepalign.errors import OptionError
+from deepalign.errors import DeepAlignError, OptionError
 from deepalign.options import Is, Off, On, build, number
 
 
@@ -171,10 +171,15 @@ def run_ed(options: EDOptions | None = None, generation: EDGenConfig | None = No
     if opts.overwrite and out.exists():
         _check_before_wiping(specs, opts, data_opts)
         shutil.rmtree(out)
-    summary = run_eval(targets=specs, attacks=["direct"], datasets=[opts.prompts], judges=opts.judges,
-                       world=opts.world, out_dir=str(out), batch_size=opts.batch_size, quiet=opts.quiet,
-                       report=opts.report, device=None if opts.device == "auto" else opts.device,
-                       generation=gen, data=data_opts)
+    from deepalign.evaluation.runlog import RunMismatch
+
+    try:
+        summary = run_eval(targets=specs, attacks=["direct"], datasets=[opts.prompts], judges=opts.judges,
+                           world=opts.world, out_dir=str(out), batch_size=opts.batch_size, quiet=opts.quiet,
+                           report=opts.report, device=None if opts.device == "auto" else opts.device,
+                           generation=gen, data=data_opts)
+    except RunMismatch as exc:
+        raise DeepAlignError(f"{exc}, or pass --overwrite to start it afresh") from None
     if opts.export:
         export_rows(out, opts.export)
     return summary
