@@ -36,7 +36,9 @@ per evaluation stage, per seed): each gets its logs, and the viewer lists them b
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 import re
@@ -556,35 +558,14 @@ def bundle(path: str | os.PathLike, out: str | os.PathLike, *, log_dir=None, for
     from inspect_ai.log import bundle_log_dir
 
     with atomic_dir(out) as tmp:
-        with _quiet_display(quiet):
+        with contextlib.redirect_stdout(io.StringIO()):  # Inspect's lines name the temporary folder: ours follows
             bundle_log_dir(log_dir=str(view_dir(root, log_dir)), output_dir=str(tmp / "site"), overwrite=False)
         for entry in (tmp / "site").iterdir():
             shutil.move(str(entry), tmp / entry.name)
         (tmp / "site").rmdir()
     if not quiet:
-        print(f"wrote the viewer bundle {out} (serve it: python -m http.server -d {out}, then open the address)")
+        print(f"wrote the viewer bundle {out} (serve it, e.g. python -m http.server -b 127.0.0.1 -d {out} 8000, then open http://127.0.0.1:8000)")
     return out
-
-
-class _quiet_display:
-    """Keep Inspect's own progress display off stdout when quiet."""
-
-    def __init__(self, quiet: bool):
-        self.quiet = quiet
-
-    def __enter__(self):
-        if self.quiet:
-            import contextlib
-            import io
-
-            self._redirect = contextlib.redirect_stdout(io.StringIO())
-            self._redirect.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self.quiet:
-            self._redirect.__exit__(*exc)
-        return False
 
 
 @dataclass

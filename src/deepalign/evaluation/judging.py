@@ -177,17 +177,6 @@ def import_responses(path: str, out_dir: str, *, kind: str | None = None, preset
     return run
 
 
-def check_judges_gave_verdicts(rows, judges) -> None:
-    """A judge whose every verdict on a run is an error judged nothing: that is a failure (exit
-    status 2, naming the judge and its first error), never a run that looks finished. The rows
-    and the report stay, with the errors in their column."""
-    for name in judges:
-        mine = [r.verdicts[name] for r in rows if name in r.verdicts]
-        if mine and all(v.error for v in mine):
-            raise DeepAlignError(f"judge {name} gave no verdict: all {len(mine)} of its verdicts are errors (first: "
-                                 f"{mine[0].error[:200]}); the report shows them in its error column")
-
-
 def _cached(judge, opts: JudgeOptions, run_path: Path):
     """``judge`` behind the verdict cache (:mod:`deepalign.judges.cache`) when it is worth one."""
     if not opts.cache or not judge.cacheable:
@@ -235,7 +224,7 @@ def judge_run(options: JudgeOptions | None = None, **kwargs) -> dict:
         >>> summary["judges"]
         ['oracle', 'keyword', 'keyword:nocase']
     """
-    from deepalign.evaluation.runner import judge_outputs, judged_text
+    from deepalign.evaluation.runner import check_judges_gave_verdicts, judge_outputs, judged_text
     from deepalign.judges import make_judges
     from deepalign.utils import progress, quiet_libraries
 

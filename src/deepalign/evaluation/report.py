@@ -18,6 +18,7 @@ from deepalign.evaluation.metrics import summarize
 from deepalign.evaluation.plots import Panel, Series, plot_prefill_profile, plot_rate_bars, plot_refusal_positions
 from deepalign.evaluation.rundir import REPORT, SUMMARY, RunDir
 from deepalign.evaluation.runlog import ResponseRow, RunRecord
+from deepalign.evaluation.validation import known_validations, validation_line
 from deepalign.utils import atomic_write, write_json
 
 
@@ -113,24 +114,6 @@ def _score(s: dict | None) -> str:
     if not s or s.get("mean") is None:
         return "–"
     return f"{s['mean']:.3f}" + (f" [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]" if s.get("ci95") else "")
-
-
-def _stat(stats: dict, key: str) -> str:
-    value, ci = stats.get(key), stats.get(f"{key}_ci95")
-    if value is None:
-        return "–"
-    return f"{value:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
-
-
-def validation_line(judge: str, stats: dict | None) -> str:
-    """What a judge's agreement with human labels is (or that it has not been measured)."""
-    if not stats:
-        return (f"Not validated against human labels: `deepalign judge --validate LABELS --judges {judge} --out DIR` "
-                "measures it (docs/evaluation.md).")
-    return (f"Validated against human labels (`{stats.get('labels')}`, the `{stats.get('field')}` verdict, n = "
-            f"{stats.get('n')}): agreement {_stat(stats, 'agreement')}, Cohen's kappa {_stat(stats, 'kappa')}, "
-            f"precision {_stat(stats, 'precision')}, recall {_stat(stats, 'recall')}, F1 {_stat(stats, 'f1')} "
-            f"(`{stats.get('path')}`).")
 
 
 def agreement_lines(pairs: list[dict]) -> list[str]:
@@ -349,8 +332,6 @@ def build_report(run_dir: str | os.PathLike, *, quiet: bool = True, validations=
     rows = run.rows()
     judges = info.judges or sorted({j for r in rows for j in r.verdicts})
     summary = summarize(rows, judges, info)
-    from deepalign.evaluation.validation import known_validations
-
     summary["validation"] = known_validations(judges, validations)
     summary = {"run": {"format_version": run.version, "generation": info.generation, "judge_scope": info.judge_scope,
                        "n_responses": len(rows)}, **summary}

@@ -117,6 +117,17 @@ def judge_outputs(judges, responses: Sequence[str], items: Sequence[EvalPrompt])
     return verdicts, seconds
 
 
+def check_judges_gave_verdicts(rows, judges) -> None:
+    """A judge whose every verdict on a run is an error judged nothing: that is a failure (exit
+    status 2, naming the judge and its first error), never a run that looks finished. The rows
+    and the report stay, with the errors in their column."""
+    for name in judges:
+        mine = [r.verdicts[name] for r in rows if name in r.verdicts]
+        if mine and all(v.error for v in mine):
+            raise DeepAlignError(f"judge {name} gave no verdict: all {len(mine)} of its verdicts are errors (first: "
+                                 f"{mine[0].error[:200]}); the report shows them in its error column")
+
+
 def load_datasets(datasets, *, world=None, limit: int | None = None, options=None) -> dict[str, list[EvalPrompt]]:
     """``{name: items}`` of every dataset spec (``options``: a :class:`DataOptions`; ``limit``
     the first N items of each). The same dataset given twice (by two paths) is loaded once."""
@@ -362,7 +373,6 @@ def run_eval(options: EvalOptions | None = None, generation: GenConfig | None = 
         return {}
     if not run.is_run():
         raise DeepAlignError(f"nothing to report: no responses were written to {run.path}")
-    from deepalign.evaluation.judging import check_judges_gave_verdicts
     from deepalign.evaluation.report import build_report
 
     summary = build_report(run.path, quiet=opts.quiet)

@@ -461,7 +461,6 @@ def validate_judges(labels: str, judges, out_dir: str | Path, *, world=None, jud
     if not quiet:
         print(f"wrote {out / 'validation.json'} and {out / 'validation.md'} ({result['labels']})")
         from deepalign.evaluation.metrics.agreement import read_validation
-        from deepalign.evaluation.report import validation_line
 
         for name, stats in read_validation(out / "validation.json").items():
             print(f"  {name}: " + validation_line(name, {**stats, "path": str(out / "validation.json")}))
@@ -490,6 +489,23 @@ def register_validation(path: str | Path, result: dict[str, Any]) -> None:
     entry = {"path": str(Path(path).resolve()), "labels": result["labels"], "judges": sorted(result["judges"]),
              "time": time.strftime("%Y-%m-%d %H:%M:%S"), "registered": True}
     append_jsonl(home() / "validations.jsonl", [entry])
+
+
+def validation_line(judge: str, stats: dict | None) -> str:
+    """What a judge's agreement with human labels is (or that it has not been measured): the
+    line a report prints at the head of the judge's section."""
+    def stat(key: str) -> str:
+        value, ci = stats.get(key), stats.get(f"{key}_ci95")
+        if value is None:
+            return "–"
+        return f"{value:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+    if not stats:
+        return (f"Not validated against human labels: `deepalign judge --validate LABELS --judges {judge} --out DIR` "
+                "measures it (docs/evaluation.md).")
+    return (f"Validated against human labels (`{stats.get('labels')}`, the `{stats.get('field')}` verdict, n = "
+            f"{stats.get('n')}): agreement {stat('agreement')}, Cohen's kappa {stat('kappa')}, "
+            f"precision {stat('precision')}, recall {stat('recall')}, F1 {stat('f1')} (`{stats.get('path')}`).")
 
 
 def known_validations(judges, extra: Sequence[str | Path] = ()) -> dict[str, dict[str, Any]]:
