@@ -564,7 +564,8 @@ def bundle(path: str | os.PathLike, out: str | os.PathLike, *, log_dir=None, for
             shutil.move(str(entry), tmp / entry.name)
         (tmp / "site").rmdir()
     if not quiet:
-        print(f"wrote the viewer bundle {out} (serve it, e.g. python -m http.server -b 127.0.0.1 -d {out} 8000, then open http://127.0.0.1:8000)")
+        print(f"wrote the viewer bundle {out}: serve it over http (a file:// page stays blank), e.g. "
+              f"python -m http.server -b 127.0.0.1 -d {out} 8000, then open http://127.0.0.1:8000")
     return out
 
 
