@@ -331,6 +331,7 @@ CASES = [
     (["judge", "published.jsonl", "--out", "pub", "--judges", "keyword"], 'missing field "response"'),
     (["judge", "run"], "--judges is required"),
     (["judge", "run", "--judges", "keyword", "--no_cache", "--cache_dir", "c"], "--cache_dir is read only with --cache"),
+    (["judge", "run", "--judges", "keyword", "--out", "elsewhere"], "--out_dir is for a file of published responses"),
     # -- report
     (["report", "missing_run"], "not a run directory"),
     (["report", "run_strverdict"], 'the verdict of judge "keyword" must be an object'),

@@ -254,6 +254,9 @@ def judge_run(options: JudgeOptions | None = None, **kwargs) -> dict:
     else:
         if opts.prompts:
             raise OptionError("prompts", "is for a file of published responses, not a run directory")
+        if opts.out_dir:  # the verdicts go into the run directory itself
+            raise OptionError("out_dir", f"is for a file of published responses (or --validate); the verdicts of a "
+                                         f"run directory go into it ({source})")
         if not source.exists():
             raise DeepAlignError(f"no such run directory or file: {source}")
         run = RunDir(source).require().require_current()
