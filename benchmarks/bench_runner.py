@@ -39,7 +39,7 @@ def main() -> int:
     from deepalign.decoding.base import GenConfig, Request
     from deepalign.decoding.hf import HFTarget
     from deepalign.data.datasets import load_dataset
-    from deepalign.evaluation.report import build_report
+    from deepalign.reports.run_report import build_report
     from deepalign.evaluation.runner import run_eval
     from deepalign.world.generator import build_world
 

@@ -9,8 +9,8 @@ import math
 import pytest
 
 from deepalign.errors import DeepAlignError
-from deepalign.evaluation.metrics.agreement import Table, binary_stats, kappa, pairwise_agreement, read_validation
-from deepalign.evaluation.runlog import ResponseRow
+from deepalign.metrics.agreement import Table, binary_stats, kappa, pairwise_agreement, read_validation
+from deepalign.runs.runlog import ResponseRow
 from deepalign.records import Verdict
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from deepalign.data.answers import extract_choice, extract_number, normalise_letter, score_answer
 from deepalign.data.loaders import load_eval_prompts
-from deepalign.evaluation.metrics import check_answer
+from deepalign.metrics import check_answer
 from deepalign.records import EvalPrompt
 from strict_reference import agreement, reference_choice, reference_number
 

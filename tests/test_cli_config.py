@@ -190,7 +190,7 @@ def test_push_to_hub_uploads_the_final_directory_with_its_card(workspace, monkey
 
 
 def test_rejudging_a_finished_run_adds_a_judge_and_resumes(workspace, capsys):
-    from deepalign.evaluation.rundir import RunDir
+    from deepalign.runs.rundir import RunDir
 
     argv = ["eval", "--target", "hf:runs/base", "--attacks", "direct,prefill:4", "--dataset", "world:harmful",
             "--world", "runs/world", "--judge", "oracle", "--limit", "3", "--max_new_tokens", "4", "--out", "runs/e",

@@ -411,7 +411,7 @@ def test_cli_user_errors_exit_2_with_one_line(world, tmp_path, capsys):
 def test_cli_end_to_end_and_resume(world, tmp_path, capsys):
     """``deepalign ed`` runs through the evaluation runner: a resumable run directory that
     report and judge read, the flat rows as an export, every target's settings in the run log."""
-    from deepalign.evaluation.rundir import RESPONSES, RunDir
+    from deepalign.runs.rundir import RESPONSES, RunDir
 
     b, a = world["paths"]["base"], world["paths"]["aligned"]
     prompts = tmp_path / "p.jsonl"

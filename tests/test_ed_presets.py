@@ -123,7 +123,7 @@ def test_family_targets_in_eval_specs(dirs, tmp_path):
 
 def test_ed_command_with_a_family(dirs, tmp_path):
     from deepalign.cli import main
-    from deepalign.evaluation.rundir import RunDir
+    from deepalign.runs.rundir import RunDir
 
     b, a = dirs[("llama2-sp", "base")], dirs[("llama2-sp", "aligned")]
     prompts = tmp_path / "p.txt"

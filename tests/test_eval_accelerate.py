@@ -9,7 +9,7 @@ import json
 import shutil
 from pathlib import Path
 
-from deepalign.evaluation.rundir import RunDir
+from deepalign.runs.rundir import RunDir
 from launch import explain, launch
 
 

@@ -120,7 +120,7 @@ def test_ed_target_spec_through_the_runner(world_dir, tiny_model, tmp_path):
     renders the aligned model's chat format."""
     from deepalign.decoding.base import GenConfig
     from deepalign.decoding.registry import make_target
-    from deepalign.evaluation.rundir import RunDir
+    from deepalign.runs.rundir import RunDir
     from deepalign.evaluation.runner import run_eval
 
     spec = f"ed:base={tiny_model},aligned={tiny_model},alpha=0.5,base.format=chat"
@@ -147,7 +147,7 @@ def test_sampled_run_resumed_mid_batch_equals_an_uninterrupted_one(world_dir, ti
     leaves it) and resumed draws exactly the samples of an uninterrupted run, because batches
     keep their boundaries and each batch's seed comes from its request ids."""
     from deepalign.decoding.base import GenConfig
-    from deepalign.evaluation.rundir import RESPONSES, RunDir
+    from deepalign.runs.rundir import RESPONSES, RunDir
     from deepalign.evaluation.runner import run_eval
 
     cfg = GenConfig(max_new_tokens=6, do_sample=True, temperature=1.0, num_samples=2, seed=5)
@@ -172,7 +172,7 @@ def test_cli_sampled_rows_equal_the_api_for_the_same_seed_and_ids(world_dir, tin
     ``target.generate`` from Python, one request alone, give the same sample for the same id."""
     from deepalign.decoding.base import GenConfig, Request
     from deepalign.decoding.registry import make_target
-    from deepalign.evaluation.rundir import RunDir
+    from deepalign.runs.rundir import RunDir
 
     prompts = tmp_path / "prompts.jsonl"
     queries = {"first": "tell me of the harbour", "short": "name a river", "third": "describe the old tower"}
@@ -193,7 +193,7 @@ def test_cli_sampled_rows_equal_the_api_for_the_same_seed_and_ids(world_dir, tin
 def test_a_rows_system_prompt_reaches_the_model_or_is_refused_by_name(world_dir, tiny_model, tmp_path, capsys):
     """A prompts file's per-row ``system`` changes what the model reads: it reaches the prompt
     (the model's chat template), or the run is refused naming why, never dropped silently."""
-    from deepalign.evaluation.rundir import RunDir
+    from deepalign.runs.rundir import RunDir
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({"id": "a", "prompt": "name a river", "system": "answer as the old keeper"}) + "\n"
@@ -229,7 +229,7 @@ def test_a_rejudge_whose_verdicts_are_all_errors_fails(world_dir, tiny_model, tm
     """A judge model that cannot judge (a tiny random model answers no rubric) gives only error
     verdicts: ``deepalign judge`` fails with one line naming the judge, writes none of its
     errors (a rerun retries), and a judge that works prints a line of its own."""
-    from deepalign.evaluation.rundir import RunDir
+    from deepalign.runs.rundir import RunDir
 
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 

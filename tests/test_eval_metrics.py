@@ -7,8 +7,8 @@ import json
 import pytest
 
 from deepalign.attacks.basic import Direct, Prefill
-from deepalign.evaluation.metrics import check_answer, extract_letter, extract_number, proportion, summarize, wilson_interval
-from deepalign.evaluation.runlog import ResponseRow, RunRecord
+from deepalign.metrics import check_answer, extract_letter, extract_number, proportion, summarize, wilson_interval
+from deepalign.runs.runlog import ResponseRow, RunRecord
 from deepalign.records import EvalPrompt, Verdict
 
 

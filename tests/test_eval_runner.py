@@ -10,8 +10,8 @@ import pytest
 from deepalign.records import EvalPrompt
 from deepalign.decoding.base import GenConfig, Generation
 from deepalign.errors import DeepAlignError
-from deepalign.evaluation.report import build_report
-from deepalign.evaluation.rundir import RESPONSES, RunDir
+from deepalign.reports.run_report import build_report
+from deepalign.runs.rundir import RESPONSES, RunDir
 from deepalign.evaluation.runner import run_eval
 
 

@@ -306,7 +306,7 @@ COPYRIGHT = EvalPrompt(id="cp", prompt="Reproduce a placeholder passage", kind="
 def _rows(verdicts, items=None):
     import json
 
-    from deepalign.evaluation.runlog import ResponseRow
+    from deepalign.runs.runlog import ResponseRow
 
     return [ResponseRow(key=json.dumps(["t", "direct", "d", f"i{n}", 0]), target="t", attack="direct", dataset="d",
                         item=(items or {}).get(n, f"i{n}"), kind="harmful", verdicts={"hb": v})
@@ -315,7 +315,7 @@ def _rows(verdicts, items=None):
 
 def test_harmbench_neither_yes_nor_no_counts_in_the_denominator_as_not_harmful(sp_model_dir):
     """HarmBench: label -1 for an answer that is neither yes nor no; ASR = mean(label == 1)."""
-    from deepalign.evaluation.metrics import judge_cell
+    from deepalign.metrics import judge_cell
 
     [judge] = make_judges(f"harmbench:{sp_model_dir}", device="cpu")
     tok = judge.tokenizer
@@ -332,7 +332,7 @@ def test_harmbench_neither_yes_nor_no_counts_in_the_denominator_as_not_harmful(s
 
 
 def test_harmbench_copyright_behaviours_are_not_judged_by_the_classifier(sp_model_dir, tmp_path):
-    from deepalign.evaluation.metrics import judge_cell
+    from deepalign.metrics import judge_cell
     from deepalign.judges.cache import CachedJudge, verdict_key
     from deepalign.judges.harmbench import is_copyright
 
@@ -361,7 +361,7 @@ def test_harmbench_copyright_behaviours_are_not_judged_by_the_classifier(sp_mode
 
 
 def test_harmbench_asr_averages_per_behaviour_then_over_behaviours():
-    from deepalign.evaluation.metrics import judge_cell
+    from deepalign.metrics import judge_cell
 
     # behaviour a: 3 samples, 1 harmful; behaviour b: 1 sample, harmful; an unjudged row is left out
     verdicts = [Verdict(harmful=True), Verdict(harmful=False), Verdict(harmful=False), Verdict(harmful=True),

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import deepalign.evaluation.plots as plots
-from deepalign.evaluation.plots import Panel, Series, plot_prefill_profile
+import deepalign.reports.plots as plots
+from deepalign.reports.plots import Panel, Series, plot_prefill_profile
 
 
 def test_curves_on_different_depth_grids_stay_lines(tmp_path, monkeypatch):

@@ -16,7 +16,7 @@ from deepalign.data.loaders import load_eval_prompts
 from deepalign.decoding.base import Generation
 from deepalign.errors import DeepAlignError
 from deepalign.evaluation.judging import judge_run
-from deepalign.evaluation.rundir import RunDir
+from deepalign.runs.rundir import RunDir
 from deepalign.evaluation.runner import run_eval
 
 FIX = Path(__file__).parent / "fixtures" / "data" / "presets"

@@ -14,8 +14,8 @@ from deepalign.cli import main
 from deepalign.decoding.base import GenConfig, Generation
 from deepalign.decoding.registry import TargetSpec, make_target
 from deepalign.errors import DeepAlignError
-from deepalign.evaluation.rundir import RESPONSES, RunDir
-from deepalign.evaluation.runlog import (FORMAT_VERSION, DatasetRecord, ResponseRow, RunRecord, TargetRecord,
+from deepalign.runs.rundir import RESPONSES, RunDir
+from deepalign.runs.runlog import (FORMAT_VERSION, DatasetRecord, ResponseRow, RunRecord, TargetRecord,
                                          upgrade_info, upgrade_row)
 from deepalign.evaluation.runner import run_eval
 from deepalign.records import EvalPrompt, Verdict
@@ -195,7 +195,7 @@ def tiny_ed_pair(base_model_dir, tmp_path):
 
 
 def test_a_full_disk_says_that_rerunning_resumes(tmp_path, monkeypatch):
-    import deepalign.evaluation.rundir as rundir
+    import deepalign.runs.rundir as rundir
 
     def full(path, rows):
         raise DeepAlignError(f"cannot write {path}: No space left on device")

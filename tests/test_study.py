@@ -136,7 +136,7 @@ def test_study_errors(tmp_path, capsys):
 def test_a_seed_without_a_claim_does_not_shift_the_others():
     """A stage with nothing to measure on one seed leaves that seed without its claim: the
     sweep's table and console lines match claims by name."""
-    from deepalign.evaluation.study_report import claim_statuses
+    from deepalign.study.report import claim_statuses
 
     per_seed = {0: {"claims": [{"name": "a", "status": "PASS"}, {"name": "b", "status": "N/A"}]},
                 1: {"claims": [{"name": "b", "status": "FAIL"}]}}
@@ -147,9 +147,9 @@ def test_a_seed_without_a_claim_does_not_shift_the_others():
 def test_a_claim_whose_two_sides_share_no_item_says_so():
     """A paired difference over no common item has no value: the claim says "–" and fails,
     instead of the report stopping on a traceback."""
-    from deepalign.evaluation.claims import helpfulness
-    from deepalign.evaluation.metrics.study import Evidence
-    from deepalign.evaluation.runlog import DatasetRecord
+    from deepalign.study.claims import helpfulness
+    from deepalign.study.evidence import Evidence
+    from deepalign.runs.runlog import DatasetRecord
 
     ev = Evidence(benign={("vanilla", "h"): {"a": {"refusal": False, "correct": True}},
                           ("derta", "h"): {"b": {"refusal": False, "correct": True}}},

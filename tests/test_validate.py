@@ -13,7 +13,7 @@ import pytest
 
 from deepalign.cli import main
 from deepalign.errors import DeepAlignError
-from deepalign.evaluation.metrics.agreement import read_validation
+from deepalign.metrics.agreement import read_validation
 from deepalign.evaluation.validation import MIN_ROWS, load_labels, validate_judges
 from deepalign.judges.base import Judge
 from deepalign.judges.registry import JUDGES
@@ -239,8 +239,9 @@ def test_reports_print_validation_numbers_agreement_and_graded_scores(tmp_path, 
 def test_reports_read_the_latest_validation_of_each_judge_once(tmp_path, monkeypatch):
     """Every report looks its judges up in the registry: newest first, a file once, only files
     that validated a judge still missing, and no further once every judge is found."""
-    import deepalign.evaluation.metrics.agreement as agreement
-    from deepalign.evaluation.validation import known_validations, validate_judges
+    import deepalign.metrics.agreement as agreement
+    from deepalign.evaluation.validation import validate_judges
+    from deepalign.reports.validations import known_validations
 
     monkeypatch.setenv("DEEPALIGN_HOME", str(tmp_path / "home"))
     labels = str(LABELS / "xstest_v2_completions_placeholder.csv")

@@ -19,8 +19,8 @@ from deepalign.cli import main
 from deepalign.decoding.base import GenConfig, Generation
 from deepalign.evaluation.inspect_log import LOGS, STAMP, export_logs, read_rows
 from deepalign.evaluation.judging import judge_run
-from deepalign.evaluation.metrics import summarize
-from deepalign.evaluation.rundir import RunDir
+from deepalign.metrics import summarize
+from deepalign.runs.rundir import RunDir
 from deepalign.evaluation.runner import run_eval
 from deepalign.records import EvalPrompt
 

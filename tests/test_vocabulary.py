@@ -13,7 +13,7 @@ from deepalign.attacks.template import TemplateAttack
 from deepalign.cli import main
 from deepalign.decoding.base import Generation
 from deepalign.errors import DeepAlignError
-from deepalign.evaluation.rundir import RunDir
+from deepalign.runs.rundir import RunDir
 from deepalign.evaluation.runner import run_eval
 from deepalign.evaluation.vocabulary import unknown_words
 from deepalign.records import EvalPrompt

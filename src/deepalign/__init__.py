@@ -38,7 +38,7 @@ _API = {
     "run_eval": "deepalign.evaluation.runner",
     "judge_run": "deepalign.evaluation.judging",
     "validate_judges": "deepalign.evaluation.validation",
-    "build_report": "deepalign.evaluation.report",
+    "build_report": "deepalign.reports.run_report",
     "view": "deepalign.evaluation.inspect_log",
     "export_logs": "deepalign.evaluation.inspect_log",
     "run_depth": "deepalign.evaluation.depth",

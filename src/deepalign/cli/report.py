@@ -4,7 +4,7 @@
 from dataclasses import dataclass, field
 
 from deepalign.errors import OptionError
-from deepalign.evaluation.report import build_report
+from deepalign.reports.run_report import build_report
 
 
 @dataclass
@@ -28,7 +28,7 @@ def run(options: ReportOptions) -> int:
     if not options.run_dir:
         raise OptionError("run_dir", "is required: deepalign report RUN_DIR")
     if options.upgrade:
-        from deepalign.evaluation.rundir import RunDir
+        from deepalign.runs.rundir import RunDir
 
         n = RunDir(options.run_dir).upgrade()
         if not options.quiet:

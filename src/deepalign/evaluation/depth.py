@@ -197,7 +197,7 @@ def shallowness(result: dict, head: int = 5) -> float | None:
 def plot_token_profile(results: dict[str, dict], path: str | os.PathLike, *, title: str | None = None) -> None:
     """One figure, two panels: per-token KL(aligned || base) and the refusal-token probability
     at each forced depth, one line per aligned model (``results``: label -> result)."""
-    from deepalign.evaluation.plots import pyplot, save_figure
+    from deepalign.reports.plots import pyplot, save_figure
 
     plt = pyplot()
     first = next(iter(results.values()))

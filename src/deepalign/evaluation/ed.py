@@ -126,7 +126,7 @@ def ed_specs(opts: EDOptions) -> list:
 def export_rows(run_dir, path) -> int:
     """Write the flat rows of an ED run (id, alpha, sample, query, response, num_tokens,
     finish_reason, target) to ``path`` (JSONL, atomically); returns the row count."""
-    from deepalign.evaluation.rundir import RunDir
+    from deepalign.runs.rundir import RunDir
     from deepalign.utils import write_jsonl
 
     run = RunDir(run_dir).require()
@@ -171,7 +171,7 @@ def run_ed(options: EDOptions | None = None, generation: EDGenConfig | None = No
     if opts.overwrite and out.exists():
         _check_before_wiping(specs, opts, data_opts)
         shutil.rmtree(out)
-    from deepalign.evaluation.runlog import RunMismatch
+    from deepalign.runs.runlog import RunMismatch
 
     try:
         summary = run_eval(targets=specs, attacks=["direct"], datasets=[opts.prompts], judges=opts.judges,

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from deepalign.errors import DeepAlignError
-from deepalign.evaluation.metrics.intervals import Z95
+from deepalign.metrics.intervals import Z95
 
 
 @dataclass

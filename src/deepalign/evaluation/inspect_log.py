@@ -10,7 +10,7 @@ What goes where:
 
 - **one log per target x attack x dataset** (a cell of the report): the task is the attack on
   the dataset, the model the target; the log's results hold every judge's metrics of that
-  cell as :func:`deepalign.evaluation.metrics.summarize` computes them (the numbers of
+  cell as :func:`deepalign.metrics.summarize` computes them (the numbers of
   ``summary.json``), their 95% intervals as the metrics' ``ci95_low`` / ``ci95_high``;
 - **one sample per response row**: id = the item, epoch = the row's sample + 1; the messages
   are the request as the target received it (a system prompt, the query as the user turn, or a
@@ -52,8 +52,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from deepalign.errors import DeepAlignError, OptionError
-from deepalign.evaluation.rundir import ITEMS, RESPONSES, RUN_INFO, SHARD_GLOB, VERDICTS, RunDir
-from deepalign.evaluation.runlog import FORMAT_VERSION, ResponseRow, RunRecord
+from deepalign.runs.rundir import ITEMS, RESPONSES, RUN_INFO, SHARD_GLOB, VERDICTS, RunDir
+from deepalign.runs.runlog import FORMAT_VERSION, ResponseRow, RunRecord
 from deepalign.options import number
 from deepalign.records import Verdict
 
@@ -382,8 +382,8 @@ def write_logs(run: RunDir, out: Path, stamp: str = "") -> tuple[list[Path], int
         EvalStats, write_eval_log
 
     from deepalign import __version__
-    from deepalign.evaluation.metrics import summarize
-    from deepalign.evaluation.runner import judged_text
+    from deepalign.metrics import summarize
+    from deepalign.runs.runlog import judged_text
 
     info = run.info() or RunRecord()
     rows = run.rows()

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deepalign.errors import DeepAlignError, OptionError
-from deepalign.evaluation.rundir import RunDir, row_key
-from deepalign.evaluation.runlog import ResponseRow, RunRecord, TargetRecord
+from deepalign.runs.rundir import RunDir, row_key
+from deepalign.runs.runlog import ResponseRow, RunRecord, TargetRecord
 from deepalign.options import On, Test, build, number
 from deepalign.records import EvalPrompt, Verdict, error_verdict
 
@@ -224,7 +224,8 @@ def judge_run(options: JudgeOptions | None = None, **kwargs) -> dict:
         >>> summary["judges"]
         ['oracle', 'keyword', 'keyword:nocase']
     """
-    from deepalign.evaluation.runner import check_judges_gave_verdicts, judge_outputs, judged_text
+    from deepalign.evaluation.runner import check_judges_gave_verdicts, judge_outputs
+    from deepalign.runs.runlog import judged_text
     from deepalign.judges import make_judges
     from deepalign.utils import progress, quiet_libraries
 
@@ -296,7 +297,7 @@ def judge_run(options: JudgeOptions | None = None, **kwargs) -> dict:
     if not opts.report:
         check_judges_gave_verdicts(run.rows(), [j.name for j in judges])
         return {"judges": info.judges}
-    from deepalign.evaluation.report import build_report
+    from deepalign.reports.run_report import build_report
 
     summary = build_report(run.path, quiet=opts.quiet)
     check_judges_gave_verdicts(run.rows(), [j.name for j in judges])

@@ -116,7 +116,7 @@ def plot_refusal_projection(projections: Mapping[str, dict], path: str | os.Path
     (dashed: the mean projections of its harmful and harmless prompts), with, when ``depth``
     (label -> :func:`~deepalign.evaluation.depth.depth_profiles` result) is given, the
     per-token KL and the refusal-token probability of the same models beside it."""
-    from deepalign.evaluation.plots import pyplot, save_figure
+    from deepalign.reports.plots import pyplot, save_figure
 
     plt = pyplot()
     depth = {k: v for k, v in (depth or {}).items() if k in projections}

@@ -1,15 +1,15 @@
 """The evaluation runner: targets x attacks x datasets, judged, written resumably: :func:`run_eval`.
 
 ``run_eval`` appends one row per target x attack x dataset x item x sample to the run
-directory (:mod:`deepalign.evaluation.rundir`), one batch at a time, each row complete
+directory (:mod:`deepalign.runs.rundir`), one batch at a time, each row complete
 (response *and* verdicts) when written. A rerun of the same command reads the finished keys
 and does only the rest: a ``kill -9`` loses nothing that was written and duplicates nothing.
 Resuming with other generation settings or judges is refused, while adding targets, attacks
 or datasets to a run is fine; ``deepalign judge`` adds judges to a finished run. At the end
-:func:`deepalign.evaluation.report.build_report` writes ``summary.json``, ``report.md`` and the
+:func:`deepalign.reports.run_report.build_report` writes ``summary.json``, ``report.md`` and the
 plots.
 
-Every target, attack and dataset is recorded in the run log (:mod:`deepalign.evaluation.runlog`)
+Every target, attack and dataset is recorded in the run log (:mod:`deepalign.runs.runlog`)
 with what it is: a target's spec, name, tags and the generation settings it really used (the
 run's, under an ED family's reference decoding, under the spec's own options), an attack's
 family, shape, depth and what the judges see, a dataset's role and identity.
@@ -32,8 +32,8 @@ from typing import Any, Mapping, Sequence
 from deepalign.data.datasets import DATA_NEEDS, DataOptions
 from deepalign.decoding.base import GEN_NEEDS, GenConfig
 from deepalign.errors import DeepAlignError, OptionError
-from deepalign.evaluation.rundir import RunDir, row_key
-from deepalign.evaluation.runlog import JUDGE_SCOPES, DatasetRecord, ResponseRow, RunRecord, TargetRecord, role_of
+from deepalign.runs.rundir import RunDir, row_key
+from deepalign.runs.runlog import JUDGE_SCOPES, DatasetRecord, ResponseRow, RunRecord, TargetRecord, judged_text, role_of
 from deepalign.options import Test, build, choice, number
 from deepalign.records import EvalPrompt, Verdict
 from deepalign.utils import progress, quiet_libraries, set_seed
@@ -373,7 +373,7 @@ def run_eval(options: EvalOptions | None = None, generation: GenConfig | None = 
         return {}
     if not run.is_run():
         raise DeepAlignError(f"nothing to report: no responses were written to {run.path}")
-    from deepalign.evaluation.report import build_report
+    from deepalign.reports.run_report import build_report
 
     summary = build_report(run.path, quiet=opts.quiet)
     check_judges_gave_verdicts(run.rows(), summary.get("judges", []))
@@ -652,18 +652,6 @@ def _request_dict(req, meta: dict) -> dict:
     prefill = meta.get("forced_text", "") if req.prefill_tokens is not None else req.prefill
     return {k: v for k, v in (("query", req.query), ("text", req.text), ("prefill", prefill),
                               ("prefill_tokens", req.prefill_tokens), ("system", req.system)) if v not in (None, "")}
-
-
-def judged_text(response: str, prompt: dict, scope: str) -> str:
-    """What the judges see of a reply: the reply as the attack reads it, preceded with
-    ``scope == "full"`` by the start the target forced (``prompt["prefill"]``, as a row stores
-    it; DeRTa's result files and Qi et al. 2025's judge score the forced prefix and the
-    continuation together)."""
-    forced = prompt.get("prefill") or ""
-    if scope != "full" or not forced:
-        return response
-    glue = "" if not response or forced[-1:].isspace() or response[:1].isspace() else " "
-    return forced + glue + response
 
 
 def _run_batch(target, t: _Target, attack, dname: str, batch: list[EvalPrompt], judges, done: set,

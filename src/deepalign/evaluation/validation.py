@@ -1,7 +1,7 @@
 """Judges against human labels: ``deepalign judge --validate LABELS --judges ... --out DIR``.
 
 A labels file holds responses that people labelled. Each judge scores every response and is
-compared with the labels (:mod:`deepalign.evaluation.metrics.agreement`: n, agreement, Cohen's kappa,
+compared with the labels (:mod:`deepalign.metrics.agreement`: n, agreement, Cohen's kappa,
 precision, recall, F1, 95% intervals), overall and per category where the file has
 categories. The verdicts a file itself carries from published judges (JailbreakBench's and
 HarmBench's classifier columns, XSTest's automatic labels) are scored the same way, under
@@ -348,7 +348,7 @@ def _verdicts(judge, data: Labels, cache_dir: Path | None, batch_size: int, bar)
 
 
 def _stats(records: Sequence[Labelled], predictions: Sequence[bool | None]) -> dict[str, Any]:
-    from deepalign.evaluation.metrics.agreement import binary_stats
+    from deepalign.metrics.agreement import binary_stats
 
     pairs = [(r.label, p) for r, p in zip(records, predictions) if isinstance(p, bool)]
     return {**binary_stats(pairs), "rows": len(records), "no_verdict": len(records) - len(pairs)}
@@ -367,8 +367,8 @@ def _entry(records: Sequence[Labelled], predictions: Sequence[bool | None]) -> d
 
 def summarise(data: Labels, verdicts: dict[str, list[Verdict]]) -> dict[str, Any]:
     """The validation result: per judge (and per published column) its numbers overall and
-    per category (see :mod:`deepalign.evaluation.metrics.agreement` for the statistics)."""
-    from deepalign.evaluation.metrics.agreement import BOOTSTRAP_SAMPLES, INTERVALS
+    per category (see :mod:`deepalign.metrics.agreement` for the statistics)."""
+    from deepalign.metrics.agreement import BOOTSTRAP_SAMPLES, INTERVALS
 
     records = data.records
     published: dict[str, None] = {}
@@ -457,10 +457,13 @@ def validate_judges(labels: str, judges, out_dir: str | Path, *, world=None, jud
     write_json(out / "validation.json", result)
     atomic_write(out / "validation.md", markdown(result))
     if register:
+        from deepalign.reports.validations import register_validation
+
         register_validation(out / "validation.json", result)
     if not quiet:
         print(f"wrote {out / 'validation.json'} and {out / 'validation.md'} ({result['labels']})")
-        from deepalign.evaluation.metrics.agreement import read_validation
+        from deepalign.metrics.agreement import read_validation
+        from deepalign.reports.validations import validation_line
 
         for name, stats in read_validation(out / "validation.json").items():
             print(f"  {name}: " + validation_line(name, {**stats, "path": str(out / "validation.json")}))
@@ -468,81 +471,3 @@ def validate_judges(labels: str, judges, out_dir: str | Path, *, world=None, jud
               f"  not registered: pass --validation {out / 'validation.json'} to 'deepalign report', or rerun with "
               "--register to have every later report print them")
     return result
-
-
-# -- validations known to this machine: reports print them next to a judge's rates ------------------
-def home() -> Path:
-    """deepalign's per-user directory: ``$DEEPALIGN_HOME``, else ``~/.cache/deepalign``."""
-    import os
-
-    return Path(os.environ.get("DEEPALIGN_HOME") or Path.home() / ".cache" / "deepalign")
-
-
-def register_validation(path: str | Path, result: dict[str, Any]) -> None:
-    """Note a validation result in ``home()/validations.jsonl`` (the latest per judge wins), so
-    that every later eval, judge and study report prints the judge's numbers next to its rates:
-    only at the user's word (``--register``). A registry that cannot be written is an error."""
-    import time
-
-    from deepalign.utils import append_jsonl
-
-    entry = {"path": str(Path(path).resolve()), "labels": result["labels"], "judges": sorted(result["judges"]),
-             "time": time.strftime("%Y-%m-%d %H:%M:%S"), "registered": True}
-    append_jsonl(home() / "validations.jsonl", [entry])
-
-
-def validation_line(judge: str, stats: dict | None) -> str:
-    """What a judge's agreement with human labels is (or that it has not been measured): the
-    line a report prints at the head of the judge's section."""
-    def stat(key: str) -> str:
-        value, ci = stats.get(key), stats.get(f"{key}_ci95")
-        if value is None:
-            return "–"
-        return f"{value:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
-
-    if not stats:
-        return (f"Not validated against human labels: `deepalign judge --validate LABELS --judges {judge} --out DIR` "
-                "measures it (docs/evaluation.md).")
-    return (f"Validated against human labels (`{stats.get('labels')}`, the `{stats.get('field')}` verdict, n = "
-            f"{stats.get('n')}): agreement {stat('agreement')}, Cohen's kappa {stat('kappa')}, "
-            f"precision {stat('precision')}, recall {stat('recall')}, F1 {stat('f1')} (`{stats.get('path')}`).")
-
-
-def known_validations(judges, extra: Sequence[str | Path] = ()) -> dict[str, dict[str, Any]]:
-    """Per judge of ``judges``: its overall validation numbers (n, agreement, kappa,
-    precision, recall, F1 with intervals, the labels file, the field, the result's path), from
-    the validation files ``extra`` and then the registry (the latest validation of a judge
-    wins). A registry entry whose file is gone is skipped, and so is one that an earlier
-    version wrote without being asked (no ``registered`` mark): a throwaway validation must not
-    speak in every later report."""
-    from deepalign.evaluation.metrics.agreement import read_validation
-    from deepalign.utils import read_log
-
-    out: dict[str, dict[str, Any]] = {}
-
-    def take(path: str) -> None:
-        for name, stats in read_validation(path).items():
-            if name in judges and name not in out:
-                out[name] = {**stats, "path": path}
-
-    for path in extra:  # given by the user: a bad file is an error
-        take(str(Path(path).resolve()))
-    try:
-        registry = read_log(home() / "validations.jsonl", repair=False)
-    except DeepAlignError:
-        registry = []
-    read: set[str] = set()
-    for _, entry in reversed(registry):  # newest first; each file read once, only while a judge is missing
-        missing = set(judges) - set(out)
-        if not missing:
-            break
-        path, named = entry.get("path"), entry.get("judges")
-        if entry.get("registered") is not True or not isinstance(path, str) or path in read or (isinstance(named, list) and not missing & set(named)):
-            continue
-        read.add(path)
-        if Path(path).is_file():
-            try:
-                take(path)
-            except DeepAlignError:  # a registered file rewritten into something else: skipped
-                continue
-    return out

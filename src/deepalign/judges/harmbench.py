@@ -33,7 +33,7 @@ As HarmBench counts them (``evaluate_completions.py``: per behaviour ``np.mean([
   a file with copyright rows;
 - the ASR is a mean over behaviours of each behaviour's share of harmful samples: with
   several samples per behaviour the metrics give it as ``harmful_per_item``
-  (:func:`deepalign.evaluation.metrics.cells.judge_cell`).
+  (:func:`deepalign.metrics.cells.judge_cell`).
 
 Prompt variants (the literal strings below, with their source):
 

@@ -447,7 +447,7 @@ class _Study:
         return depth
 
     def report(self, depth: dict) -> dict:
-        from deepalign.evaluation.study_report import write_study_report
+        from deepalign.study.report import write_study_report
 
         cfg, stages = self.cfg, self.stages
         timing = {"stages_s": stages.times, "reused": stages.reused, "wall_s": round(time.time() - self.started, 1)}
@@ -536,8 +536,8 @@ def _finetune_depth(study, dest: Path) -> None:
 
 def _run_sweep(cfg: StudyConfig) -> dict:
     """One full study per seed, then the claims on every seed and on the pooled evidence."""
-    from deepalign.evaluation.metrics.study import load_evidence, pool_evidence
-    from deepalign.evaluation.study_report import claim_statuses, study_results, write_sweep_report
+    from deepalign.study.evidence import load_evidence, pool_evidence
+    from deepalign.study.report import claim_statuses, study_results, write_sweep_report
 
     out = Path(cfg.out)
     if cfg.fresh and out.exists():

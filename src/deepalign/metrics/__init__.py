@@ -1,10 +1,10 @@
 """Metrics: the one place that aggregates judged responses.
 
-- :mod:`~deepalign.evaluation.metrics.intervals`: Wilson intervals of rates and the paired
+- :mod:`~deepalign.metrics.intervals`: Wilson intervals of rates and the paired
   bootstrap of differences and ratios;
-- :mod:`~deepalign.evaluation.metrics.cells`: a run's cells (ASR, refusal, over-refusal,
+- :mod:`~deepalign.metrics.cells`: a run's cells (ASR, refusal, over-refusal,
   helpfulness, refusal positions, depth profiles, categories) from its run log;
-- :mod:`~deepalign.evaluation.metrics.study`: the study's item-level evidence and the numbers
+- :mod:`~deepalign.study.evidence`: the study's item-level evidence and the numbers
   of its report (tables, histograms, ablation cells).
 
 Reports and claims only read what these compute.
@@ -12,8 +12,8 @@ Reports and claims only read what these compute.
 
 from deepalign.data.answers import extract_choice as extract_letter  # noqa: F401  (the chosen option letter)
 from deepalign.data.answers import extract_number, score_answer  # noqa: F401
-from deepalign.evaluation.metrics.cells import NO_JUDGE, by_category, judge_cell, summarize  # noqa: F401
-from deepalign.evaluation.metrics.intervals import (Z95, paired_bootstrap, proportion, wilson,  # noqa: F401
+from deepalign.metrics.cells import NO_JUDGE, by_category, judge_cell, summarize  # noqa: F401
+from deepalign.metrics.intervals import (Z95, paired_bootstrap, proportion, wilson,  # noqa: F401
                                                     wilson_interval)
 
 

@@ -21,7 +21,7 @@ Conventions:
 - **score**: for graded judges (StrongREJECT), the mean score over harmful-kind rows with its
   95% bootstrap interval, next to the binary rate (``harmful = score >= threshold``).
 - **agreement**: every pair of judges compared on ``harmful`` and on ``refusal``
-  (:func:`deepalign.evaluation.metrics.agreement.pairwise_agreement`: Cohen's kappa, the share
+  (:func:`deepalign.metrics.agreement.pairwise_agreement`: Cohen's kappa, the share
   of rows where they disagree, a few of those rows quoted).
 - **helpful**: accuracy on rows with a checkable answer: the judge's ``correct`` when it
   gives one (the world oracle), else the row's strict answer check.
@@ -37,8 +37,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any, Iterable, Sequence
 
-from deepalign.evaluation.metrics.intervals import bootstrap_mean, proportion
-from deepalign.evaluation.runlog import ResponseRow, RunRecord
+from deepalign.metrics.intervals import bootstrap_mean, proportion
+from deepalign.runs.runlog import ResponseRow, RunRecord
 from deepalign.records import BENIGN_KINDS, HARMFUL_KINDS, Verdict
 
 #: the judge name of the cells of a run without judges (imported responses scored for answers only)
@@ -199,7 +199,7 @@ def summarize(rows: Sequence[ResponseRow], judges: Sequence[str], run: RunRecord
 def judge_agreement(rows: Sequence[ResponseRow], judges: Sequence[str]) -> list[dict]:
     """Every pair of judges compared on ``harmful`` and on ``refusal`` (pairs that never both
     gave a verdict on a field are left out)."""
-    from deepalign.evaluation.metrics.agreement import pairwise_agreement
+    from deepalign.metrics.agreement import pairwise_agreement
 
     judges = [j for j in judges if j != NO_JUDGE]
     if len(judges) < 2:

@@ -1,5 +1,5 @@
-"""The study report: it only formats what :mod:`deepalign.evaluation.metrics` computed from the
-study's run logs, and what :mod:`deepalign.evaluation.claims` concluded.
+"""The study report: it only formats what :mod:`deepalign.metrics` computed from the
+study's run logs, and what :mod:`deepalign.study.claims` concluded.
 
 Everything comes from the rows of the study's run directories (``OUT/eval/attacks``,
 ``OUT/eval/benign``, ``OUT/eval/ed``) and from the depth diagnostics
@@ -14,9 +14,9 @@ import os
 from pathlib import Path
 
 from deepalign.data.recipes import ALIGNMENT_RECIPES as RECIPES
-from deepalign.evaluation.claims import check_claims, ci_text, pct
-from deepalign.evaluation.metrics.study import Evidence, load_evidence, numbers, prefill_depth
-from deepalign.evaluation.plots import Panel, Series, plot_prefill_profile, plot_rate_bars, plot_refusal_positions
+from deepalign.study.claims import check_claims, ci_text, pct
+from deepalign.study.evidence import Evidence, load_evidence, numbers, prefill_depth
+from deepalign.reports.plots import Panel, Series, plot_prefill_profile, plot_rate_bars, plot_refusal_positions
 from deepalign.utils import atomic_write
 
 MODEL_ORDER = ("base", *RECIPES)

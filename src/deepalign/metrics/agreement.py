@@ -5,7 +5,7 @@ Binary labels and predictions (``True`` = the positive class: *harmful* for harm
 
 - **agreement** (accuracy) ``(tp + tn) / n``, **precision** ``tp / (tp + fp)`` and **recall**
   ``tp / (tp + fn)``: proportions, with the 95% **Wilson score** interval
-  (:func:`deepalign.evaluation.metrics.wilson_interval`);
+  (:func:`deepalign.metrics.wilson_interval`);
 - **Cohen's kappa** ``(p_o - p_e) / (1 - p_e)`` and **F1** ``2 tp / (2 tp + fp + fn)``: not
   proportions of a fixed denominator, so their 95% interval is a **percentile bootstrap**
   over rows (2000 resamples, a fixed seed: the same table gives the same interval).
@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from deepalign.errors import DeepAlignError
-from deepalign.evaluation.metrics.intervals import BOOTSTRAP as BOOTSTRAP_SAMPLES
-from deepalign.evaluation.metrics.intervals import BOOTSTRAP_SEED, wilson
+from deepalign.metrics.intervals import BOOTSTRAP as BOOTSTRAP_SAMPLES
+from deepalign.metrics.intervals import BOOTSTRAP_SEED, wilson
 INTERVALS = {"agreement": "wilson", "precision": "wilson", "recall": "wilson", "kappa": "bootstrap",
              "f1": "bootstrap"}
 

@@ -1,8 +1,8 @@
 """The report of a run directory (``deepalign report RUN_DIR``): it only formats.
 
-Reads the run log (``run.json`` and ``responses.jsonl``), has :mod:`deepalign.evaluation.metrics`
+Reads the run log (``run.json`` and ``responses.jsonl``), has :mod:`deepalign.metrics`
 compute every cell, and writes ``summary.json`` (those metrics: it depends on nothing but the
-rows and the run log), ``report.md`` and PNG plots (:mod:`deepalign.evaluation.plots`):
+rows and the run log), ``report.md`` and PNG plots (:mod:`deepalign.reports.plots`):
 ``asr.png`` (ASR by target and attack, 95% Wilson intervals), ``refusal_position.png`` (where
 refusals start) and ``depth.png`` (harmful / refusal rate against the prefill depth), each
 drawn for the first judge of the run that gave verdicts. Plots that have no data are not drawn.
@@ -14,11 +14,11 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
-from deepalign.evaluation.metrics import summarize
-from deepalign.evaluation.plots import Panel, Series, plot_prefill_profile, plot_rate_bars, plot_refusal_positions
-from deepalign.evaluation.rundir import REPORT, SUMMARY, RunDir
-from deepalign.evaluation.runlog import ResponseRow, RunRecord
-from deepalign.evaluation.validation import known_validations, validation_line
+from deepalign.metrics import summarize
+from deepalign.reports.plots import Panel, Series, plot_prefill_profile, plot_rate_bars, plot_refusal_positions
+from deepalign.runs.rundir import REPORT, SUMMARY, RunDir
+from deepalign.runs.runlog import ResponseRow, RunRecord
+from deepalign.reports.validations import known_validations, validation_line
 from deepalign.utils import atomic_write, write_json
 
 

@@ -1,7 +1,7 @@
 """The run log: the typed, versioned records of an evaluation run directory.
 
 Every stage that generates (``eval``, ``ed``, ``probe``, the study) writes a run directory
-(:mod:`deepalign.evaluation.rundir`) made of these records; :mod:`deepalign.evaluation.metrics`
+(:mod:`deepalign.runs.rundir`) made of these records; :mod:`deepalign.metrics`
 is the only place that aggregates them, and reports only format what metrics computed. What
 an upstream object knew travels as a field, so nothing downstream parses a label:
 
@@ -322,3 +322,15 @@ def upgrade_row(row: dict[str, Any]) -> ResponseRow:
     out = ResponseRow.from_dict(obj)
     out.verdicts = verdicts
     return out
+
+
+def judged_text(response: str, prompt: dict, scope: str) -> str:
+    """What the judges see of a reply: the reply as the attack reads it, preceded with
+    ``scope == "full"`` by the start the target forced (``prompt["prefill"]``, as a row stores
+    it; DeRTa's result files and Qi et al. 2025's judge score the forced prefix and the
+    continuation together)."""
+    forced = prompt.get("prefill") or ""
+    if scope != "full" or not forced:
+        return response
+    glue = "" if not response or forced[-1:].isspace() or response[:1].isspace() else " "
+    return forced + glue + response

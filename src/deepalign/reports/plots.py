@@ -1,4 +1,4 @@
-"""The plots of the reports, drawn from numbers that :mod:`deepalign.evaluation.metrics`
+"""The plots of the reports, drawn from numbers that :mod:`deepalign.metrics`
 computed: grouped bars of rates (with intervals when given), rate curves against the prefill
 depth, and where refusals start. Both the evaluation report and the study report draw with
 these; every figure is written atomically as PNG.

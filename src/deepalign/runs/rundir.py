@@ -3,14 +3,14 @@
 ::
 
     RUN_DIR/
-      run.json          what was run (a :class:`~deepalign.evaluation.runlog.RunRecord`, with the
+      run.json          what was run (a :class:`~deepalign.runs.runlog.RunRecord`, with the
                         format version): generation settings, judges, every target with the
                         settings it really used, attacks with their metadata, datasets with
                         their role and identity (lists grow as a run is extended), example
                         prompts per cell
       items.jsonl       the evaluation items, one line per dataset x item: a run can be re-judged
                         and reported without its data files
-      responses.jsonl   one :class:`~deepalign.evaluation.runlog.ResponseRow` per target x attack x
+      responses.jsonl   one :class:`~deepalign.runs.runlog.ResponseRow` per target x attack x
                         dataset x item x sample, keyed by ``key`` (append-only; each row holds its
                         response and the verdicts of the run's judges)
       responses.shard-R.jsonl
@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from deepalign.errors import DeepAlignError
-from deepalign.evaluation.runlog import (FORMAT_VERSION, ResponseRow, RunRecord, format_version, upgrade_info,
+from deepalign.runs.runlog import (FORMAT_VERSION, ResponseRow, RunRecord, format_version, upgrade_info,
                                          upgrade_row)
 from deepalign.records import EvalPrompt, Verdict, from_dict, to_dict
 from deepalign.utils import append_jsonl, os_error, read_log, write_json, write_jsonl

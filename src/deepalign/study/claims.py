@@ -4,7 +4,7 @@ A rate against a threshold uses the Wilson interval's far end; a difference or a
 models uses a paired bootstrap over items (the same items resampled for both models, stratified
 by dataset and seed). A claim PASSes only when its whole interval is on the right side of the
 threshold; N/A when the study did not measure it. Every threshold is a named constant below,
-next to the paper figure it comes from. The numbers come from :mod:`deepalign.evaluation.metrics`;
+next to the paper figure it comes from. The numbers come from :mod:`deepalign.metrics`;
 this module only compares them and says so in one line per claim.
 """
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import math
 
-from deepalign.evaluation.metrics.intervals import paired_bootstrap, wilson
-from deepalign.evaluation.metrics.study import (Evidence, ablation_cells, ablation_mean, ed_rate, ed_scores,
+from deepalign.metrics.intervals import paired_bootstrap, wilson
+from deepalign.study.evidence import (Evidence, ablation_cells, ablation_mean, ed_rate, ed_scores,
                                                 rate, tagged_items, tagged_rate)
 
 # DeRTa (arXiv 2407.09121), on LLaMA-3-70B-Instruct: 99.5% of refusals start within the first 5

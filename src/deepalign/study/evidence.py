@@ -18,10 +18,10 @@ from pathlib import Path
 
 from deepalign.attacks.base import AttackInfo
 from deepalign.errors import DeepAlignError
-from deepalign.evaluation.metrics.cells import correct_of
-from deepalign.evaluation.metrics.intervals import wilson
-from deepalign.evaluation.rundir import RunDir
-from deepalign.evaluation.runlog import DatasetRecord
+from deepalign.metrics.cells import correct_of
+from deepalign.metrics.intervals import wilson
+from deepalign.runs.rundir import RunDir
+from deepalign.runs.runlog import DatasetRecord
 
 #: the study's evaluation run directories under ``OUT/eval``: the attack battery, over-refusal
 #: and helpfulness, Emulated Disalignment, the fine-tuning attack (its models, and checkpoints
