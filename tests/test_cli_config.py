@@ -353,3 +353,27 @@ def test_none_on_the_command_line_is_what_null_says_in_a_file(tmp_path):
     assert opts.helpful_count is None and args.learning_rate is None
     _, args = parse(tmp_path, None, "--save_total_limit", "4")
     assert args.save_total_limit == 4
+
+
+def test_every_stage_names_its_output_out_on_the_command_line_and_in_python():
+    """The output of every stage that writes one is ``--out`` on the command line and ``out=``
+    in Python, whatever the field is called (``out_dir``, ``output_dir``: a Hugging Face name)."""
+    import dataclasses
+    import importlib
+
+    from deepalign.options import keyword_aliases
+
+    for stage in ("ablate", "depth", "direction", "ed", "eval", "judge", "pretrain", "probe", "study", "train", "world"):
+        classes = importlib.import_module(f"deepalign.cli.{stage}").OPTIONS
+        fields = {f.name for cls in classes for f in dataclasses.fields(cls)}
+        assert "out" in fields or "out" in keyword_aliases(classes), stage
+        flags = {a for cls in classes for f in dataclasses.fields(cls) for a in f.metadata.get("aliases", ())}
+        assert "out" in fields or "--out" in flags, stage
+
+
+def test_python_functions_take_the_command_lines_aliases(tmp_path):
+    from deepalign.evaluation.runner import EvalOptions
+    from deepalign.options import build
+
+    (opts,) = build({"out": str(tmp_path), "target": ["hf:m"], "judge": ["keyword"]}, options=(EvalOptions, None))
+    assert opts.out_dir == str(tmp_path) and opts.targets == ["hf:m"] and opts.judges == ["keyword"]

@@ -238,6 +238,20 @@ def given_options(obj: Any, names: Iterable[str]) -> tuple[set[str], set[str]]:
     return out, set()
 
 
+def keyword_aliases(classes) -> dict[str, str]:
+    """``{alias: field name}`` from the flags the fields of ``classes`` declare as aliases
+    (``--out`` of ``out_dir`` gives ``out``): the Python functions take the same names as the
+    command line, so ``out=`` names the output of every stage."""
+    out: dict[str, str] = {}
+    for cls in classes:
+        for f in dataclasses.fields(cls):
+            for flag in f.metadata.get("aliases", ()) if f.init else ():
+                name = flag.lstrip("-").replace("-", "_")
+                if name != f.name:
+                    out.setdefault(name, f.name)
+    return out
+
+
 def build(kwargs: Mapping[str, Any], /, needs: Needs | None = None, **slots: tuple[type, Any]) -> tuple:
     """Turn keyword arguments into option objects, one per slot.
 
@@ -249,6 +263,8 @@ def build(kwargs: Mapping[str, Any], /, needs: Needs | None = None, **slots: tup
     given object (see :func:`given_options`).
     """
     names = {slot: {f.name for f in dataclasses.fields(cls) if f.init} for slot, (cls, _) in slots.items()}
+    aliases = keyword_aliases(cls for cls, _ in slots.values())
+    kwargs = {aliases.get(k, k) if not any(k in n for n in names.values()) else k: v for k, v in kwargs.items()}
     assigned: dict[str, dict[str, Any]] = {slot: {} for slot in slots}
     for key, value in kwargs.items():
         slot = next((s for s in slots if key in names[s]), None)
