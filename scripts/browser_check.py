@@ -79,7 +79,7 @@ def pick_row(run: Path, attack: str | None = None, target: str | None = None, it
     from inspect_ai.log import read_eval_log
 
     from deepalign.evaluation.inspect_log import LOGS, read_rows
-    from deepalign.evaluation.rundir import RunDir
+    from deepalign.runs.rundir import RunDir
 
     runs = [run] if RunDir(run).is_run() else sorted(p.parent for p in run.rglob("run.json") if RunDir(p.parent).is_run())
     found = []
