@@ -17,7 +17,7 @@ import sys
 
 from deepalign.errors import DeepAlignError, OptionError
 
-# name -> one-line help. The order follows the data flow of DESIGN.md; each stage's module
+# name -> one-line help. The order follows the data flow of docs/architecture.md; each stage's module
 # is deepalign.cli.<name>.
 STAGES: dict[str, str] = {
     "world": "generate the embedded fictional safety world (data + tokenizer)",
