@@ -61,13 +61,17 @@ from deepalign.errors import DeepAlignError, OptionError
 from deepalign.records import HarmfulTriple, InstructionPair
 from deepalign.utils import read_jsonl, write_jsonl
 
-#: every recipe deepalign trains: four DeRTa record recipes, ``dpo`` (preference pairs), and
-#: two fine-tuning recipes on (prompt, response) pairs (:func:`build_pair_records`)
-RECIPES = ("vanilla", "harmful-prefix", "rto", "derta", "dpo", "sft", "identity-shift")
-RECORD_RECIPES = RECIPES[:4]
-#: the safety alignment recipes (the study aligns its base model with each); the others fine-tune an aligned model
-ALIGNMENT_RECIPES = RECIPES[:5]
+#: the four DeRTa recipes that train on records built from harmful triples and helpful pairs
+#: (the paper's ablation: vanilla safety SFT, the harmful prefix alone, RTO alone, both)
+RECORD_RECIPES = ("vanilla", "harmful-prefix", "rto", "derta")
+#: the safety alignment recipes: the record recipes and ``dpo`` (preference pairs, on top of
+#: vanilla); the study aligns its base model with each
+ALIGNMENT_RECIPES = (*RECORD_RECIPES, "dpo")
+#: the fine-tuning recipes on (prompt, response) pairs (:func:`build_pair_records`): they
+#: fine-tune an aligned model
 PAIR_RECIPES = ("sft", "identity-shift")
+#: every recipe deepalign trains
+RECIPES = (*ALIGNMENT_RECIPES, *PAIR_RECIPES)
 #: what a record is: a helpful pair, a vanilla safety pair, a harmful-prefix pair, an RTO
 #: sequence, an MLE line of a reference file (which cannot tell helpful from safety), or a
 #: fine-tuning pair (sft, identity-shift)
