@@ -15,6 +15,7 @@ import math
 from deepalign.metrics.intervals import paired_bootstrap, wilson
 from deepalign.study.evidence import (Evidence, ablation_cells, ablation_mean, ed_rate, ed_scores,
                                                 rate, tagged_items, tagged_rate)
+from deepalign.study.models import RECORD_MODELS
 
 # DeRTa (arXiv 2407.09121), on LLaMA-3-70B-Instruct: 99.5% of refusals start within the first 5
 # tokens. Claim: vanilla safety SFT puts its refusals there too (Wilson low end >= 95%).
@@ -129,7 +130,7 @@ def helpfulness(ev: Evidence) -> dict:
 def ablation(ev: Evidence) -> dict:
     """vanilla > harmful-prefix > DeRTa, and RTO alone <= harmful-prefix, where the paper
     measured it: shifted shapes and unseen misdeeds."""
-    cells = {m: ablation_cells(ev, m) for m in ("vanilla", "harmful-prefix", "rto", "derta")}
+    cells = {m: ablation_cells(ev, m) for m in RECORD_MODELS}
     if not all(cells.values()):
         return claim("ablation order", None, "no shifted-shape or unseen-misdeed evaluation")
     means = {m: ablation_mean(c) for m, c in cells.items()}

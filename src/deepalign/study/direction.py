@@ -22,8 +22,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from deepalign.decoding.registry import TargetSpec
+from deepalign.study.models import RECORD_MODELS
 
-MODELS = ("vanilla", "harmful-prefix", "rto", "derta")
+#: the models that get a refusal direction
+MODELS = RECORD_MODELS
 HARMFUL, HARMLESS = "world:dev/harmful", "world:dev/helpful"
 #: KL under ablation is measured on this many helpful test queries (the first of the file)
 KL_QUERIES = 120

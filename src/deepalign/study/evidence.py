@@ -22,6 +22,7 @@ from deepalign.metrics.cells import correct_of
 from deepalign.metrics.intervals import wilson
 from deepalign.runs.rundir import RunDir
 from deepalign.runs.runlog import DatasetRecord
+from deepalign.study.models import BASE, RECORD_MODELS, EDKey
 
 #: the study's evaluation run directories under ``OUT/eval``: the attack battery, over-refusal
 #: and helpfulness, Emulated Disalignment, the fine-tuning attack (its models, and checkpoints
@@ -299,12 +300,9 @@ def numbers(ev: Evidence, *, names, alphas) -> dict:
     ed = {}
     ed_d = ev.ed_dataset
     if ed_d is not None:
-        if ev.ed_rows("base", None, ed_d):
-            ed["base"] = ed_rate(ev, "base", None, ed_d)
-        for m in names:
-            for a in alphas:
-                if ev.ed_rows(m, a, ed_d):
-                    ed[f"{m}@{a}"] = ed_rate(ev, m, a, ed_d)
+        for key in [EDKey(BASE)] + [EDKey(m, a) for m in names for a in alphas]:
+            if ev.ed_rows(key.model, key.alpha, ed_d):
+                ed[key.label] = ed_rate(ev, key.model, key.alpha, ed_d)
     ablation = {}
     for m in names:
         c = ablation_cells(ev, m)
@@ -375,7 +373,7 @@ def finetune_numbers(ev: Evidence) -> dict:
     return {"table": table, "steps": steps}
 
 
-def direction_numbers(ev: Evidence, models=("vanilla", "harmful-prefix", "rto", "derta")) -> dict:
+def direction_numbers(ev: Evidence, models=RECORD_MODELS) -> dict:
     """Each aligned model with its own refusal direction ablated, next to the model as it is
     (``{"skipped": [reasons]}`` for a model the selection found no direction for)."""
     if "direction" not in ev.tagged and not ev.skipped_directions:

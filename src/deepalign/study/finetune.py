@@ -31,13 +31,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from deepalign.decoding.registry import TargetSpec
+from deepalign.study.models import RECORD_MODELS
 
 #: the fine-tuning data: name -> training spec
 DATA = {"harmful": "world:ft/harmful", "benign": "world:ft/benign"}
 #: the runs on the vanilla model: (data, objective)
 VANILLA_RUNS = (("harmful", "sft"), ("harmful", "constrained"), ("benign", "sft"), ("benign", "constrained"))
 #: the aligned models under the plain-SFT attack, step by step (checkpoints every CHECKPOINT_STEPS)
-STEP_MODELS = ("vanilla", "harmful-prefix", "rto", "derta")
+STEP_MODELS = RECORD_MODELS
 CHECKPOINT_STEPS = 14
 #: the settings chosen on dev (module doc)
 SETTINGS = dict(learning_rate=1e-4, lr_scheduler_type="constant", warmup_steps=0, per_device_train_batch_size=16,

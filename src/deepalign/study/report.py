@@ -13,19 +13,17 @@ import json
 import os
 from pathlib import Path
 
-from deepalign.data.recipes import ALIGNMENT_RECIPES as RECIPES
 from deepalign.study.claims import check_claims, ci_text, pct
 from deepalign.study.evidence import Evidence, load_evidence, numbers, prefill_depth
+from deepalign.study.models import BASE, MODELS, EDKey
 from deepalign.reports.plots import Panel, Series, plot_prefill_profile, plot_rate_bars, plot_refusal_positions
 from deepalign.utils import atomic_write
-
-MODEL_ORDER = ("base", *RECIPES)
 
 
 def model_names(ev: Evidence) -> list[str]:
     """The models of the study's evidence, in the report's order."""
     present = {m for (m, _, _) in ev.greedy} | {m for (m, _) in ev.benign} | {m for ((m, _), _) in ev.ed}
-    return [m for m in MODEL_ORDER if m in present] + sorted(present - set(MODEL_ORDER))
+    return [m for m in MODELS if m in present] + sorted(present - set(MODELS))
 
 
 def study_results(ev: Evidence, *, depths, alphas, judge: str) -> dict:
@@ -122,12 +120,12 @@ def _ed_table(results: dict, alphas, title: str) -> list[str]:
     ed = results.get("ed") or {}
     if not ed:
         return []
-    base = ed.get("base", {})
+    base = ed.get(EDKey(BASE).label, {})
     lines = ["", title, "", f"Base model alone: {pct(base.get('harmful'))}%{ci_text(base.get('ci95'))}", "",
              "| aligned model | " + " | ".join(f"alpha {a}" for a in alphas) + " |", "|---|" + "---|" * len(alphas)]
     for m in results["models"]:
-        if m != "base":
-            cells = [ed.get(f"{m}@{a}", {}) for a in alphas]
+        if m != BASE:
+            cells = [ed.get(EDKey(m, a).label, {}) for a in alphas]
             lines.append(f"| {m} | " + " | ".join(f"{pct(c.get('harmful'))}{ci_text(c.get('ci95'))}" for c in cells) + " |")
     return lines
 
