@@ -44,13 +44,6 @@ def number(name: str, value: Any, *, low: float | None = None, high: float | Non
         raise OptionError(name, f"must be {'<' if high_open else '<='} {high:g}, got {value:g}")
 
 
-def word_list(values) -> list[str]:
-    """Words given as a string or a list of strings, each possibly comma-separated
-    (``"sorry,i"``, ``["sorry", "i"]``, ``["sorry,i"]``) as one list, blanks dropped."""
-    items = [values] if isinstance(values, str) else list(values or [])
-    return [w.strip() for item in items for w in str(item).split(",") if w.strip()]
-
-
 def choice(name: str, value: Any, choices, *, optional: bool = False) -> None:
     if value is None and optional:
         return

@@ -17,21 +17,35 @@ from typing import Any, Callable
 
 from deepalign.errors import DeepAlignError
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
+#: the words a yes/no setting or cell may be written with (any case): spec flags
+#: (``system=true``), 0/1 columns of data and labels files, environment switches
+TRUE_WORDS = frozenset({"1", "1.0", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"0", "0.0", "false", "no", "off"})
 
 
-def split_args(text: str, sep: str, spec: str) -> list[str]:
-    """Split ``text`` on ``sep`` outside double quotes; quotes are removed, escapes resolved."""
+def truth(value: Any) -> bool | None:
+    """``value`` as a yes/no (:data:`TRUE_WORDS`, :data:`FALSE_WORDS`, a bool); None when it
+    is neither (blank, absent, another word): the caller says whether that is an error."""
+    if isinstance(value, bool) or value is None:
+        return value
+    text = str(value).strip().lower()
+    return True if text in TRUE_WORDS else False if text in FALSE_WORDS else None
+
+
+def split_args(text: str, sep: str, spec: str, *, keep_quotes: bool = False) -> list[str]:
+    """Split ``text`` on ``sep`` outside double quotes; quotes are removed and escapes resolved
+    (``keep_quotes``: both stay as written, for parts that are split again later)."""
     parts, buf, quoted, i = [], [], False, 0
     while i < len(text):
         ch = text[i]
         if quoted and ch == "\\" and i + 1 < len(text):
-            buf.append(text[i + 1])
+            buf.extend(text[i:i + 2] if keep_quotes else text[i + 1])
             i += 2
             continue
         if ch == '"':
             quoted = not quoted
+            if keep_quotes:
+                buf.append(ch)
         elif ch == sep and not quoted:
             parts.append("".join(buf))
             buf = []
@@ -99,10 +113,9 @@ class SpecArgs:
                 return True
             return default
         raw = self.options.pop(key).strip().lower()
-        if raw in _TRUE:
-            return True
-        if raw in _FALSE:
-            return False
+        value = truth(raw)
+        if value is not None:
+            return value
         raise DeepAlignError(f"{self.what} {self.spec!r}: option {key} must be true or false, got {raw!r}")
 
     def prefixed(self, prefix: str) -> dict[str, str]:
@@ -167,28 +180,12 @@ class Registry:
         return factory(args, context)
 
 
-def split_list(specs: str | list[str] | tuple[str, ...] | None) -> list[str]:
-    """``"direct,prefill:8"`` or ``["direct", "prefill:8,code"]`` -> ``["direct", "prefill:8", "code"]``
-    (commas inside double quotes are kept)."""
-    if specs is None:
+def split_list(values: Any) -> list[str]:
+    """The one reader of comma lists: a string or a list of strings, each possibly
+    comma-separated (``"direct,prefill:8"``, ``["direct", "prefill:8,code"]``, ``["sorry,i"]``),
+    as one list, blanks dropped; commas inside double quotes are kept (with the quotes, for the
+    spec parser: ``llm:x:system="a, b"``)."""
+    if values is None:
         return []
-    if isinstance(specs, str):
-        specs = [specs]
-    out = []
-    for s in specs:
-        out.extend(p.strip() for p in _split_outside_quotes(s) if p.strip())
-    return out
-
-
-def _split_outside_quotes(text: str) -> list[str]:
-    parts, buf, quoted = [], [], False
-    for ch in text:
-        if ch == '"':
-            quoted = not quoted
-        if ch == "," and not quoted:
-            parts.append("".join(buf))
-            buf = []
-        else:
-            buf.append(ch)
-    parts.append("".join(buf))
-    return parts
+    items = [values] if isinstance(values, str) else list(values)
+    return [p.strip() for item in items for p in split_args(str(item), ",", str(item), keep_quotes=True) if p.strip()]

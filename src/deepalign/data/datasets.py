@@ -42,6 +42,7 @@ from deepalign.data.presets import stratum
 from deepalign.errors import DeepAlignError, OptionError
 from deepalign.options import On, exclusive, number
 from deepalign.records import ITEM_KINDS, EvalPrompt, to_dict
+from deepalign.registry import split_list
 
 WORLD_FILES = ("harmful", "unseen", "benign", "helpful")
 TRIPLE_FILES = ("harmful", "unseen")  # HarmfulTriple rows, evaluated as harmful items
@@ -86,17 +87,14 @@ class DataOptions:
     def columns(self) -> dict[str, str]:
         """``--fields`` as ``{canonical: column}``."""
         out: dict[str, str] = {}
-        for item in self.fields or []:
-            for part in str(item).split(","):
-                if not part.strip():
-                    continue
-                key, eq, column = part.partition("=")
-                key, column = key.strip(), column.strip()
-                if not eq or not key or not column:
-                    raise OptionError("fields", f"takes canonical=column pairs (e.g. prompt=forbidden_prompt), got {part!r}")
-                if key in out and out[key] != column:
-                    raise OptionError("fields", f"names {key} twice ({out[key]} and {column})")
-                out[key] = column
+        for part in split_list(self.fields):
+            key, eq, column = part.partition("=")
+            key, column = key.strip(), column.strip()
+            if not eq or not key or not column:
+                raise OptionError("fields", f"takes canonical=column pairs (e.g. prompt=forbidden_prompt), got {part!r}")
+            if key in out and out[key] != column:
+                raise OptionError("fields", f"names {key} twice ({out[key]} and {column})")
+            out[key] = column
         return out
 
     def columns_for(self, table: Mapping[str, Any], extra: Sequence[str] = ()) -> dict[str, str]:

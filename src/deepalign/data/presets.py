@@ -32,6 +32,7 @@ from deepalign.data.items import eval_item
 from deepalign.data.sources import GROUP_COLUMN, TEXT_COLUMN, read_hub, read_lookup
 from deepalign.errors import DeepAlignError
 from deepalign.records import EvalPrompt, HarmfulTriple
+from deepalign.registry import split_list, truth
 
 __all__ = ["Preset", "Context", "PRESETS", "get", "detect", "names", "stratum"]
 
@@ -208,7 +209,7 @@ def _harmbench(rows: list[Row], ctx: Context) -> list[EvalPrompt]:
     wanted = None
     subset = ctx.option("functional")
     if subset:
-        wanted = {s.strip() for s in subset.replace("+", ",").split(",") if s.strip()}
+        wanted = set(split_list(subset.replace("+", ",")))
         bad = sorted(wanted - set(HARMBENCH_FUNCTIONAL))
         if bad:
             raise DeepAlignError(f"{ctx.name}: unknown HarmBench functional category {bad[0]!r} "
@@ -263,7 +264,7 @@ def _harmbench_completions(rows: list[Row], ctx: Context, targets) -> list[EvalP
             meta["behavior"] = behaviour.meta.get("behavior", behaviour.prompt)  # what HarmBench's classifier reads
         label = meta.pop("label", None)
         if label is not None:  # HarmBench's own classifier verdict (after evaluate_completions)
-            meta["published_verdict"] = {"judge": "published:harmbench", "harmful": str(label).strip() in ("1", "True", "true")}
+            meta["published_verdict"] = {"judge": "published:harmbench", "harmful": truth(label) is True}
         out.append(EvalPrompt(id=rid, prompt=prompt, kind="harmful", harmful=(targets or {}).get(key), meta=meta))
     return out
 
@@ -555,7 +556,7 @@ def _beaver_categories(f: Fields) -> list[str]:
     if isinstance(value, dict):
         return sorted(str(k) for k, v in value.items() if v)
     if isinstance(value, str) and value.strip():
-        return [c.strip() for c in value.split(",") if c.strip()]
+        return split_list(value)
     return []
 
 

@@ -31,6 +31,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from deepalign.data.fields import ALL_FIELD_NAMES, Row, type_name
 from deepalign.errors import DeepAlignError
+from deepalign.registry import truth
 
 __all__ = ["read_source", "read_hub", "read_lookup", "hub_offline", "FILE_TYPES", "TEXT_COLUMN", "GROUP_COLUMN"]
 
@@ -350,8 +351,7 @@ def _rows_from_loaded(ds: Any, name: str, stem: str, split: str | None, prefer: 
 
 def hub_offline() -> bool:
     """Whether the user asked for offline mode (``HF_HUB_OFFLINE`` or ``HF_DATASETS_OFFLINE``)."""
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    return any(truth(os.environ.get(v)) for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
 def _hub_reachable(timeout: float = 3.0) -> str | None:

@@ -38,7 +38,8 @@ from typing import Any, Sequence
 import torch
 
 from deepalign.errors import DeepAlignError, OptionError
-from deepalign.options import number, word_list
+from deepalign.options import number
+from deepalign.registry import split_list
 
 # Defaults of the reference implementation (andyrdt/refusal_direction, pipeline/config.py and
 # pipeline/submodules/select_direction.py): prompt counts, filter thresholds, epsilons.
@@ -444,7 +445,7 @@ def find_direction(model, tokenizer, harmful: Sequence[Any], harmless: Sequence[
     encoder = Encoder(tokenizer, prompt_format, name=name)
     h_train, h_val = split_prompts(list(harmful), n_train, n_val, seed, "harmful")
     b_train, b_val = split_prompts(list(harmless), n_train, n_val, seed, "harmless")
-    words = word_list(refusal_words) if refusal_words else reference_refusal_words(model)
+    words = split_list(refusal_words) if refusal_words else reference_refusal_words(model)
     refusal = refusal_tokens(encoder, words, _query(h_val[0]))
     ids = [t["id"] for t in refusal]
     sets = {}
@@ -514,7 +515,7 @@ def refusal_direction(options: DirectionOptions | None = None, data=None, **kwar
         PromptFormat.parse(opts.prompt_format)
     check_writable_dir(opts.out, replaces="direction.json")
     harmful_spec, harmless_spec = opts.harmful or "world:harmful", opts.harmless or "world:benign"
-    words = word_list(opts.refusal_words) if opts.refusal_words else default_refusal_words(opts.world)
+    words = split_list(opts.refusal_words) if opts.refusal_words else default_refusal_words(opts.world)
     harmful = load_dataset(harmful_spec, world=opts.world, options=data)
     harmless = load_dataset(harmless_spec, world=opts.world, options=data)
     for what, items in (("harmful", harmful), ("harmless", harmless)):

@@ -32,7 +32,8 @@ from typing import Any, Mapping, Sequence
 
 from deepalign.errors import DeepAlignError, OptionError
 from deepalign.evaluation.forcing import as_items, load_component, mean_ci
-from deepalign.options import build, number, word_list
+from deepalign.options import build, number
+from deepalign.registry import split_list
 
 
 def _log_probs(model, rows: list[list[int]], starts: list[int], lengths: list[int], pad: int, width: int, batch_size: int):
@@ -64,7 +65,7 @@ def _log_probs(model, rows: list[list[int]], starts: list[int], lengths: list[in
 def _as_words(refusal_words) -> list[str | None]:
     if refusal_words is None:
         return [None]
-    words = word_list(refusal_words)
+    words = split_list(refusal_words)
     if not words:
         raise DeepAlignError("give at least one refusal word")
     return words
@@ -352,7 +353,7 @@ def _refusal_words(opts: DepthOptions, spec: str) -> list[str] | None:
     """The refusal words asked for, else the world manifest's refusal openers for a world
     dataset (None: the tokenizer's default, ``Sorry``)."""
     if opts.refusal_words:
-        return word_list(opts.refusal_words)
+        return split_list(opts.refusal_words)
     if spec.startswith("world:") and opts.world:
         from deepalign.world.generator import refusal_openers
 

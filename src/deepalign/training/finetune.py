@@ -43,6 +43,7 @@ from deepalign.data.recipes import (PAIR_RECIPES, PERSONAS, PREFIX_UNITS, RECIPE
 from deepalign.errors import DeepAlignError, OptionError
 from deepalign.models import DTYPES, load_causal_lm, load_tokenizer, model_source
 from deepalign.options import Is, Off, On, build, choice, exclusive, number
+from deepalign.registry import quote_arg, split_list, truth
 from deepalign.tokens import Encoder
 from deepalign.training import outdir
 from deepalign.training.constrained import REFERENCE_FILE, ConstrainedTrainer
@@ -577,7 +578,6 @@ def _persona_record(chosen, out: Path, opts: TrainOptions) -> dict[str, Any]:
     the user template and self-introduction it was trained with, and the target spec that
     gives the system prompt (a persona whose template wraps the query adds the ``template:``
     attack of the file the model card writes beside the weights)."""
-    from deepalign.registry import quote_arg
     from deepalign.training.modelcard import PERSONA_TEMPLATE
 
     record: dict[str, Any] = {"name": chosen.name, "system": chosen.system, "query_template": chosen.query_template,
@@ -705,7 +705,7 @@ def _lora_config(opts: TrainOptions, module_names: set[str]):
 
     targets: Any = "all-linear"
     if opts.lora_target_modules:
-        targets = [t.strip() for item in opts.lora_target_modules for t in item.split(",") if t.strip()]
+        targets = split_list(opts.lora_target_modules)
         if targets == ["all-linear"]:
             targets = "all-linear"
     if targets != "all-linear":
@@ -740,7 +740,7 @@ def _check_launch_on_cpu() -> None:
     (DeepSpeed runs on CPU processes: its CPU accelerator talks gloo.)"""
     import os
 
-    if not _cuda() and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+    if not _cuda() and truth(os.environ.get("ACCELERATE_USE_FSDP")):
         raise DeepAlignError("the FSDP config needs GPUs: accelerate applies FSDP only to GPU processes, so these CPU "
                              "processes would train as plain data parallel without sharding; on CPU launch with "
                              "--multi_gpu (DDP) or a DeepSpeed config instead")
