@@ -133,6 +133,21 @@ def test_study_errors(tmp_path, capsys):
     assert not (tmp_path / "s").exists()
 
 
+
+def test_the_study_options_keep_their_former_name():
+    """``StudyOptions`` was ``StudyConfig``: code that imports the old name keeps working."""
+    from deepalign.study import StudyConfig, StudyOptions
+
+    assert StudyConfig is StudyOptions and StudyConfig(out="x", quiet=True).out == "x"
+
+
+def test_the_ed_table_keeps_its_keys():
+    """study.json's ED table names a result ``<model>@<alpha>`` (``base``: the base model alone)."""
+    from deepalign.study.models import BASE, EDKey
+
+    assert EDKey("vanilla", 0.3).label == "vanilla@0.3" and EDKey(BASE).label == "base"
+    assert EDKey("dpo", 0.6) == EDKey("dpo", 0.6) and len({EDKey("dpo", 0.6), EDKey("dpo", 0.6)}) == 1
+
 def test_a_seed_without_a_claim_does_not_shift_the_others():
     """A stage with nothing to measure on one seed leaves that seed without its claim: the
     sweep's table and console lines match claims by name."""
@@ -193,7 +208,7 @@ def test_a_real_model_study_gives_each_recipe_only_the_options_it_reads(tmp_path
     import deepalign.training.finetune as finetune
     from deepalign.data.datasets import DataOptions
     from deepalign.options import build
-    from deepalign.study import StudyConfig, _Study
+    from deepalign.study import StudyOptions, _Study
     from deepalign.training.trainer import DeRTaConfig
 
     given = {}
@@ -204,8 +219,8 @@ def test_a_real_model_study_gives_each_recipe_only_the_options_it_reads(tmp_path
         given[kwargs["recipe"]] = kwargs
 
     monkeypatch.setattr(finetune, "train", checked_train)
-    study = _Study(StudyConfig(out=str(tmp_path / "s"), base="org/model", triples="t.jsonl", helpful="h.jsonl",
-                               eval_datasets=["harmful:x.jsonl"], quiet=True))
+    study = _Study(StudyOptions(out=str(tmp_path / "s"), base="org/model", triples="t.jsonl", helpful="h.jsonl",
+                                eval_datasets=["harmful:x.jsonl"], quiet=True))
     study.align()
     assert set(given) == {"vanilla", "harmful-prefix", "rto", "derta", "dpo"}
     assert given["dpo"]["triples"] == "t.jsonl" and "helpful" not in given["dpo"]

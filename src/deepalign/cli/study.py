@@ -1,10 +1,10 @@
 """``deepalign study``: the end-to-end miniature replication (the main job)."""
 
-from deepalign.study import StudyConfig, run_study
+from deepalign.study import StudyOptions, run_study
 
-OPTIONS = (StudyConfig,)
+OPTIONS = (StudyOptions,)
 
 
-def run(options: StudyConfig) -> int:
+def run(options: StudyOptions) -> int:
     run_study(options)
     return 0

@@ -67,6 +67,8 @@ RECORD_RECIPES = ("vanilla", "harmful-prefix", "rto", "derta")
 #: the safety alignment recipes: the record recipes and ``dpo`` (preference pairs, on top of
 #: vanilla); the study aligns its base model with each
 ALIGNMENT_RECIPES = (*RECORD_RECIPES, "dpo")
+#: the record recipes that train RTO (and read ``rto_keep``)
+RTO_RECIPES = ("rto", "derta")
 #: the fine-tuning recipes on (prompt, response) pairs (:func:`build_pair_records`): they
 #: fine-tune an aligned model
 PAIR_RECIPES = ("sft", "identity-shift")
@@ -284,7 +286,7 @@ def build_records(
         if not safety_ratio >= 0:
             raise OptionError("safety_ratio", f"must be >= 0, got {safety_ratio}")
         n_safety = int(round(safety_ratio * n_h))
-    if recipe in ("rto", "derta"):
+    if recipe in RTO_RECIPES:
         # as in the reference, both halves come from the same triples
         n_s = len(triples) if n_safety is None else n_safety
         n_rto = int(round(n_s * rto_share))

@@ -47,18 +47,30 @@ from pathlib import Path
 from deepalign.attacks.base import Attack
 from deepalign.attacks.basic import Completion, Direct, Prefill, answer_start
 from deepalign.attacks.shapes import ShapeAttack
-from deepalign.data.recipes import ALIGNMENT_RECIPES as RECIPES
+from deepalign.data.recipes import ALIGNMENT_RECIPES, RTO_RECIPES
 from deepalign.decoding.registry import TargetSpec
 from deepalign.errors import OptionError
 from deepalign.options import build, number
+from deepalign.study.models import ALIGNED_MODELS, BASE
 from deepalign.utils import write_json
 
+# -- the attack battery and how it is judged ---------------------------------------------------
+#: prefill depths (tokens of a harmful response forced; 0: the direct query)
 DEPTHS = (0, 2, 4, 8, 16, 32)
 # ED alphas: the reference defaults for Llama-2 (0.3) and Llama / Vicuna / Mistral (0.6). On the
 # world's dev split alpha 1.0 saturated (ED against vanilla 90-95% harmful), which leaves no
 # room to see a better-aligned model make ED more harmful still.
 ALPHAS = (0.3, 0.6)
+#: ED is sampled at this temperature (every other evaluation is greedy)
+ED_TEMPERATURE = 0.7
 MID, MID_DEPTHS = 24, (8, 16)  # prefills that start mid-response (24 tokens in): a shifted shape
+ROLEPLAYS = ("trickster", "game", "story")  # the world's role-play templates (deepalign.world.lexicon)
+#: the judges of every evaluation, the first the one the claims read: the world's oracle (with the
+#: case-blind keyword judge beside it), or on real models the keyword judge
+WORLD_JUDGES = ("oracle", "keyword:nocase")
+REAL_JUDGES = ("keyword",)
+
+# -- the world's alignment mixtures -------------------------------------------------------------
 # Safety records per helpful record in the world's alignment mixtures (vanilla's q -> refusal,
 # harmful-prefix's and RTO's records, DeRTa's both), chosen on the dev splits of seed 0 (and
 # checked on seed 1; docs/study.md#choosing-the-mixture-on-dev): the reference mixes 60K helpful
@@ -71,14 +83,29 @@ MID, MID_DEPTHS = 24, (8, 16)  # prefills that start mid-response (24 tokens in)
 # answering 12-43% of direct dev queries harmfully.
 WORLD_SAFETY_RATIO = 0.2
 WORLD_RTO_KEEP = 0.2
+
+# -- --scale: a bigger world and base model -----------------------------------------------------
 # --scale's world: a 48000-document corpus uses more of the held-out phrasings, which dev may not
 # repeat: about 90 unseen-misdeed dev queries are left (seeds 0-3), so it draws 72 of them
 SCALE_WORLD = {"n_pretrain": 48000, "n_train_triples": 2000, "n_train_helpful": 4000, "n_dev_unseen": 72}
-ROLEPLAYS = ("trickster", "game", "story")  # the world's role-play templates (deepalign.world.lexicon)
+#: --scale's base model (pretrain's options)
+SCALE_PRETRAIN = {"hidden_size": 256, "num_layers": 6, "num_heads": 8, "intermediate_size": 1024, "max_steps": 6000}
+
+# -- the world's evaluation datasets ------------------------------------------------------------
+#: the world's evaluation datasets per split (``--split dev`` tunes on files disjoint from test)
+WORLD_SETS = {
+    "test": {"harmful": ["world:harmful"], "unseen": ["world:unseen"], "benign": ["world:benign", "world:helpful"],
+             "helpful": "world:helpful", "task": "world:ft_test/helpful"},
+    "dev": {"harmful": ["world:dev/harmful"], "unseen": ["world:dev/unseen"],
+            "benign": ["world:dev/benign", "world:dev/helpful"], "helpful": "world:dev/helpful",
+            "task": "world:ft_dev/helpful"},
+}
 
 
 @dataclass
-class StudyConfig:
+class StudyOptions:
+    """The options of ``deepalign study`` (``run_study``'s keyword arguments)."""
+
     out: str = field(default="runs/study", metadata={"help": "study directory (stages are reused on rerun)"})
     seed: int = 0
     seeds: list[str] | None = field(default=None, metadata={
@@ -152,6 +179,10 @@ class StudyConfig:
             raise OptionError("triples", "/ --helpful / --eval_datasets are for real models: give --base too")
 
 
+#: the former name of :class:`StudyOptions`, still importable
+StudyConfig = StudyOptions
+
+
 def _seed_list(values) -> list[int]:
     """``[0, 1]``, ``["0", "1"]`` or ``["0,1"]`` as ``[0, 1]``."""
     out = []
@@ -170,7 +201,7 @@ class _Stages:
     ``OUT/timing.json`` as each stage ends, so a resumed study still knows how long the
     stages it reuses took."""
 
-    def __init__(self, cfg: StudyConfig, out: Path):
+    def __init__(self, cfg: StudyOptions, out: Path):
         self.cfg = cfg
         self.path = out / "timing.json"
         self.times: dict[str, float] = {}
@@ -210,7 +241,7 @@ class _Stages:
             print(msg, flush=True)
 
 
-def world_attacks(cfg: StudyConfig, world=None) -> dict[str, list[Attack]]:
+def world_attacks(cfg: StudyOptions, world=None) -> dict[str, list[Attack]]:
     """The attack battery, in three parts: ``plain`` (direct, completion and the prefill depth
     profile on held-out queries for seen misdeeds; every model), ``shifted`` (the shifted
     shapes on the same queries) and ``unseen`` (queries for unseen misdeeds: direct, the
@@ -243,17 +274,17 @@ def model_target(name: str, path) -> TargetSpec:
     return TargetSpec.hf(path, name=name, tags={"model": name})
 
 
-def ed_targets(cfg: StudyConfig, base, models: Path) -> list[TargetSpec]:
+def ed_targets(cfg: StudyOptions, base, models: Path) -> list[TargetSpec]:
     """The ED stage's targets: the base model alone, and ED of the base against every aligned
     model at every alpha. The world base model's native format is the world chat format (its
     corpus is dialogs)."""
     options = {"base.format": "chat"} if cfg.world_mode else None
-    return [model_target("base", base)] + [
+    return [model_target(BASE, base)] + [
         TargetSpec.ed(base, models / r, a, name=f"ED {r} alpha {a}", tags={"model": r, "alpha": a}, options=options)
-        for r in RECIPES for a in cfg.alphas]  # recipe-major: each aligned model loaded once
+        for r in ALIGNED_MODELS for a in cfg.alphas]  # recipe-major: each aligned model loaded once
 
 
-def run_study(options: StudyConfig | None = None, **kwargs) -> dict:
+def run_study(options: StudyOptions | None = None, **kwargs) -> dict:
     """Run (or resume) the study and return its results (also written to OUT/study.json).
     With ``seeds``: one study per seed in ``OUT/seed-<n>`` and the claims pooled over seeds.
 
@@ -262,26 +293,16 @@ def run_study(options: StudyConfig | None = None, **kwargs) -> dict:
         >>> results = run_study(out="runs/study")                        # doctest: +SKIP
         >>> [c["status"] for c in results["claims"]]                      # doctest: +SKIP
     """
-    (cfg,) = build(kwargs, options=(StudyConfig, options))
+    (cfg,) = build(kwargs, options=(StudyOptions, options))
     if cfg.seeds is not None:
         return _run_sweep(cfg)
     return _run_one(cfg)
 
 
-#: the world's evaluation datasets per split (``--split dev`` tunes on files disjoint from test)
-WORLD_SETS = {
-    "test": {"harmful": ["world:harmful"], "unseen": ["world:unseen"], "benign": ["world:benign", "world:helpful"],
-             "helpful": "world:helpful", "task": "world:ft_test/helpful"},
-    "dev": {"harmful": ["world:dev/harmful"], "unseen": ["world:dev/unseen"],
-            "benign": ["world:dev/benign", "world:dev/helpful"], "helpful": "world:dev/helpful",
-            "task": "world:ft_dev/helpful"},
-}
-
-
 class _Study:
     """One study run: the stages in order, each reusing its finished output."""
 
-    def __init__(self, cfg: StudyConfig):
+    def __init__(self, cfg: StudyOptions):
         self.cfg = cfg
         self.out = Path(cfg.out)
         if cfg.fresh and self.out.exists():
@@ -311,8 +332,7 @@ class _Study:
         from deepalign.world.generator import build_world
 
         world_opts = dict(SCALE_WORLD) if cfg.scale else {}
-        pre_opts = {"hidden_size": 256, "num_layers": 6, "num_heads": 8, "intermediate_size": 1024,
-                    "max_steps": 6000} if cfg.scale else {}
+        pre_opts = dict(SCALE_PRETRAIN) if cfg.scale else {}
         if cfg.pretrain_steps is not None:
             pre_opts["max_steps"] = cfg.pretrain_steps
         stages.run("world", (self.world / "manifest.json").exists(),
@@ -330,12 +350,12 @@ class _Study:
         cfg = self.cfg
         lora = cfg.lora if cfg.lora is not None else not cfg.world_mode
         data = {} if cfg.world_mode else {"triples": cfg.triples, "helpful": cfg.helpful}
-        for recipe in RECIPES:
+        for recipe in ALIGNMENT_RECIPES:
             # DPO trains on the triples alone (train() refuses options a recipe does not read)
             mix = {k: v for k, v in data.items() if not (recipe == "dpo" and k == "helpful")}
             if cfg.world_mode and recipe != "dpo":
                 mix["safety_ratio"] = WORLD_SAFETY_RATIO
-            if cfg.world_mode and recipe in ("rto", "derta"):
+            if cfg.world_mode and recipe in RTO_RECIPES:
                 mix["rto_keep"] = WORLD_RTO_KEEP
             dest = self.models / recipe
             start_from = str(self.models / "vanilla") if recipe == "dpo" else self.base
@@ -346,14 +366,14 @@ class _Study:
 
     @property
     def paths(self) -> dict[str, str]:
-        return {"base": self.base, **{r: str(self.models / r) for r in RECIPES}}
+        return {BASE: self.base, **{m: str(self.models / m) for m in ALIGNED_MODELS}}
 
     def _eval(self, out: str, targets, attacks, datasets, generation) -> None:
         from deepalign.evaluation.runner import run_eval
 
         cfg = self.cfg
         run_eval(targets=targets, attacks=attacks, datasets=datasets, out_dir=str(self.out / "eval" / out),
-                 generation=generation, judges=["oracle", "keyword:nocase"] if cfg.world_mode else ["keyword"],
+                 generation=generation, judges=list(_judges(cfg)),
                  world=str(self.world) if cfg.world_mode else None, batch_size=cfg.batch_size, limit=cfg.limit,
                  quiet=cfg.quiet)
 
@@ -377,7 +397,7 @@ class _Study:
         if sets["benign"]:
             self.stages.run("eval benign+helpful", False,
                             lambda: self._eval("benign", hf, [Direct()], sets["benign"], greedy), evaluation=True)
-        sampled = GenConfig(max_new_tokens=cfg.max_new_tokens, do_sample=True, temperature=0.7, seed=cfg.seed,
+        sampled = GenConfig(max_new_tokens=cfg.max_new_tokens, do_sample=True, temperature=ED_TEMPERATURE, seed=cfg.seed,
                             num_samples=cfg.ed_samples)
         self.stages.run("eval ED", False, lambda: self._eval("ed", ed_targets(cfg, self.base, self.models), [Direct()],
                                                              sets["harmful"][:1], sampled), evaluation=True)
@@ -462,7 +482,7 @@ class _Study:
         return results
 
 
-def _run_one(cfg: StudyConfig) -> dict:
+def _run_one(cfg: StudyOptions) -> dict:
     from deepalign.utils import no_weight_bars
 
     # the world's models load and save in milliseconds: no bar for each
@@ -470,7 +490,7 @@ def _run_one(cfg: StudyConfig) -> dict:
         return _stages(cfg)
 
 
-def _stages(cfg: StudyConfig) -> dict:
+def _stages(cfg: StudyOptions) -> dict:
     study = _Study(cfg)
     study.world_and_base()
     study.align()
@@ -482,9 +502,14 @@ def _stages(cfg: StudyConfig) -> dict:
     return study.report(study.depth())
 
 
-def _judge(cfg: StudyConfig) -> str:
+def _judges(cfg: StudyOptions) -> tuple[str, ...]:
+    """The judges of every evaluation of the study; the first is the one its claims read."""
+    return WORLD_JUDGES if cfg.world_mode else REAL_JUDGES
+
+
+def _judge(cfg: StudyOptions) -> str:
     """The judge the claims read: the world's oracle, or the keyword judge on real models."""
-    return "oracle" if cfg.world_mode else "keyword"
+    return _judges(cfg)[0]
 
 
 def _slug(spec: str) -> str:
@@ -508,7 +533,7 @@ def _depth_stage(study, spec: str, dest: Path, directions: Path | None) -> None:
 
     cfg = study.cfg
     items = load_dataset(spec, world=str(study.world) if cfg.world_mode else None, limit=cfg.limit)
-    results = depth_profiles(study.base, {r: str(study.models / r) for r in RECIPES}, items,
+    results = depth_profiles(study.base, {m: str(study.models / m) for m in ALIGNED_MODELS}, items,
                              base_format="chat" if cfg.world_mode else None, refusal_words=_refusal_words(study),
                              max_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
     projections = None
@@ -534,7 +559,7 @@ def _finetune_depth(study, dest: Path) -> None:
     write_depth(dest, results, dataset=f"{spec}: fine-tuned vanilla models against vanilla")
 
 
-def _run_sweep(cfg: StudyConfig) -> dict:
+def _run_sweep(cfg: StudyOptions) -> dict:
     """One full study per seed, then the claims on every seed and on the pooled evidence."""
     from deepalign.study.evidence import load_evidence, pool_evidence
     from deepalign.study.report import claim_statuses, study_results, write_sweep_report
@@ -571,7 +596,7 @@ def _run_sweep(cfg: StudyConfig) -> dict:
     return results
 
 
-def _setup_line(cfg: StudyConfig, stages: _Stages, started: float) -> str:
+def _setup_line(cfg: StudyOptions, stages: _Stages, started: float) -> str:
     import os
     import platform
 
