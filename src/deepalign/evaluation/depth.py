@@ -76,11 +76,7 @@ def depth_profiles(base, aligned: Mapping[str, Any], items: Sequence[Any], *, ba
                    keep_items: bool = False) -> dict[str, dict]:
     """:func:`depth_diagnostics` for several aligned models against one base (``aligned``:
     label -> model); the base model is loaded and run once. Returns label -> result."""
-    import torch
-
     from deepalign.decoding.compose import check_vocabularies
-    from deepalign.models import eos_ids, pad_id
-    from deepalign.training.refusal import find_refusal_token
 
     if max_tokens < 1:
         raise DeepAlignError(f"max_tokens must be >= 1, got {max_tokens}")
@@ -91,80 +87,101 @@ def depth_profiles(base, aligned: Mapping[str, Any], items: Sequence[Any], *, ba
     data = as_items(items)
     words = _as_words(refusal_words)
     b = load_component(base, base_format, device)
-    b_prompts = [b.encoder.prompt_ids(it.query) for it in data]
-    b_pad = pad_id(b.tokenizer, eos_ids(b.model, b.tokenizer))
     base_cache: tuple[list, list] | None = None  # (response ids, base log-probs) of the last run
     results = {}
     for label, spec in aligned.items():
         a = load_component(spec, aligned_format, device)
         width = check_vocabularies([b, a])
-        refusal = [find_refusal_token(a.tokenizer, w) for w in words]
-        for rid, piece in refusal:
-            if rid >= width:
-                raise DeepAlignError(f"refusal token {piece!r} (id {rid}) is outside the shared vocabulary ({width} ids)")
-        responses = []
-        for it in data:
-            resp = a.encoder.response_ids(it.query, it.response, end=False)[:max_tokens]
-            if not resp:
-                raise DeepAlignError(f"item {it.id!r}: the harmful response tokenizes to nothing")
-            responses.append(resp)
-        lengths = [len(r) for r in responses]
-        if base_cache is None or base_cache[0] != responses:
-            lp_b = _log_probs(b.model, [p + r for p, r in zip(b_prompts, responses)], [len(p) for p in b_prompts],
-                              lengths, b_pad, width, batch_size)
-            base_cache = (responses, lp_b)
-        lp_b = base_cache[1]
-        a_prompts = [a.encoder.prompt_ids(it.query) for it in data]
-        lp_a = _log_probs(a.model, [p + r for p, r in zip(a_prompts, responses)], [len(p) for p in a_prompts],
-                          lengths, pad_id(a.tokenizer, eos_ids(a.model, a.tokenizer)), width, batch_size)
-        a_name, a_fmt = a.name, a.prompt_format
-        del a
-
-        horizon = max(lengths)
-        ids = torch.tensor([rid for rid, _ in refusal])
-        kl_m = torch.full((len(data), horizon), float("nan"))
-        ref_m, bref_m = kl_m.clone(), kl_m.clone()
-        per_item = []
-        for i, (la, lb) in enumerate(zip(lp_a, lp_b)):
-            n = la.shape[0]
-            kl = (la.exp() * (la - lb[:, : la.shape[1]])).sum(-1).clamp_min(0.0)
-            kl_m[i, :n] = kl
-            ref_m[i, :n] = la[:, ids].exp().sum(-1)
-            bref_m[i, :n] = lb[:, ids].exp().sum(-1)
-            if keep_items:
-                per_item.append({"id": data[i].id, "response_ids": responses[i], "kl": kl.tolist(),
-                                 "refusal": ref_m[i, :n].tolist()})
-        by_token = {}
-        if len(refusal) > 1:
-            for j, (rid, piece) in enumerate(refusal):
-                col = torch.full((len(data), horizon), float("nan"))
-                for i, la in enumerate(lp_a):
-                    col[i, : la.shape[0]] = la[:, rid].exp()
-                by_token[piece] = mean_ci(col)[0]
-        kl_mean, kl_ci, ns = mean_ci(kl_m)
-        ref_mean, ref_ci, _ = mean_ci(ref_m)
-        bref_mean, _, _ = mean_ci(bref_m)
-        result = {
-            "base": b.name,
-            "aligned": a_name,
-            "base_format": b.prompt_format.describe(),
-            "aligned_format": a_fmt.describe(),
-            "refusal_tokens": [{"id": rid, "piece": piece} for rid, piece in refusal],
-            "items": len(data),
-            "positions": list(range(horizon)),
-            "n": ns,
-            "kl": kl_mean,
-            "kl_ci95": kl_ci,
-            "refusal": ref_mean,
-            "refusal_ci95": ref_ci,
-            "base_refusal": bref_mean,
-        }
-        if by_token:
-            result["refusal_by_token"] = by_token
-        if keep_items:
-            result["per_item"] = per_item
-        results[label] = result
+        refusal = _refusal_tokens(a, words, width)
+        responses = _responses(a, data, max_tokens)
+        if base_cache is None or base_cache[0] != responses:  # the same response ids: the base run serves again
+            base_cache = (responses, _forced_log_probs(b, data, responses, width, batch_size))
+        lp_a = _forced_log_probs(a, data, responses, width, batch_size)
+        result = {"base": b.name, "aligned": a.name, "base_format": b.prompt_format.describe(),
+                  "aligned_format": a.prompt_format.describe(),
+                  "refusal_tokens": [{"id": rid, "piece": piece} for rid, piece in refusal]}
+        del a  # one aligned model in memory at a time
+        results[label] = {**result, **_profile(data, responses, lp_a, base_cache[1], refusal, keep_items)}
     return results
+
+
+def _refusal_tokens(component, words: list[str | None], width: int) -> list[tuple[int, str]]:
+    """``(id, piece)`` of each refusal word's token in ``component``'s tokenizer, each inside the
+    vocabulary the two models share."""
+    from deepalign.training.refusal import find_refusal_token
+
+    refusal = [find_refusal_token(component.tokenizer, w) for w in words]
+    for rid, piece in refusal:
+        if rid >= width:
+            raise DeepAlignError(f"refusal token {piece!r} (id {rid}) is outside the shared vocabulary ({width} ids)")
+    return refusal
+
+
+def _responses(component, data, max_tokens: int) -> list[list[int]]:
+    """The ids of each item's harmful response as ``component``'s format places it after its
+    prompt (no end of turn), cut to ``max_tokens``: both models score these ids."""
+    responses = []
+    for it in data:
+        resp = component.encoder.response_ids(it.query, it.response, end=False)[:max_tokens]
+        if not resp:
+            raise DeepAlignError(f"item {it.id!r}: the harmful response tokenizes to nothing")
+        responses.append(resp)
+    return responses
+
+
+def _forced_log_probs(component, data, responses: list[list[int]], width: int, batch_size: int):
+    """:func:`_log_probs` of ``component`` along ``responses``, each after the item's query in
+    the component's own prompt format."""
+    from deepalign.models import eos_ids, pad_id
+
+    prompts = [component.encoder.prompt_ids(it.query) for it in data]
+    pad = pad_id(component.tokenizer, eos_ids(component.model, component.tokenizer))
+    return _log_probs(component.model, [p + r for p, r in zip(prompts, responses)], [len(p) for p in prompts],
+                      [len(r) for r in responses], pad, width, batch_size)
+
+
+def _profile(data, responses, lp_a, lp_b, refusal, keep_items: bool) -> dict:
+    """Per position, the mean over items (with its interval) of KL(aligned || base) and of the
+    refusal tokens' probability under each model, from their log-probs along the responses."""
+    import torch
+
+    horizon = max(len(r) for r in responses)
+    ids = torch.tensor([rid for rid, _ in refusal])
+    kl_m = torch.full((len(data), horizon), float("nan"))
+    ref_m, bref_m = kl_m.clone(), kl_m.clone()
+    per_item = []
+    for i, (la, lb) in enumerate(zip(lp_a, lp_b)):
+        n = la.shape[0]
+        kl = (la.exp() * (la - lb[:, : la.shape[1]])).sum(-1).clamp_min(0.0)
+        kl_m[i, :n] = kl
+        ref_m[i, :n] = la[:, ids].exp().sum(-1)
+        bref_m[i, :n] = lb[:, ids].exp().sum(-1)
+        if keep_items:
+            per_item.append({"id": data[i].id, "response_ids": responses[i], "kl": kl.tolist(),
+                             "refusal": ref_m[i, :n].tolist()})
+    kl_mean, kl_ci, ns = mean_ci(kl_m)
+    ref_mean, ref_ci, _ = mean_ci(ref_m)
+    bref_mean, _, _ = mean_ci(bref_m)
+    result = {"items": len(data), "positions": list(range(horizon)), "n": ns, "kl": kl_mean, "kl_ci95": kl_ci,
+              "refusal": ref_mean, "refusal_ci95": ref_ci, "base_refusal": bref_mean}
+    if len(refusal) > 1:
+        result["refusal_by_token"] = _by_token(lp_a, refusal, horizon)
+    if keep_items:
+        result["per_item"] = per_item
+    return result
+
+
+def _by_token(lp_a, refusal, horizon: int) -> dict[str, list]:
+    """Per refusal token, its own mean probability at each position (with several refusal words)."""
+    import torch
+
+    by_token = {}
+    for rid, piece in refusal:
+        col = torch.full((len(lp_a), horizon), float("nan"))
+        for i, la in enumerate(lp_a):
+            col[i, : la.shape[0]] = la[:, rid].exp()
+        by_token[piece] = mean_ci(col)[0]
+    return by_token
 
 
 def depth_diagnostics(base, aligned, items: Sequence[Any], *, base_format=None, aligned_format=None,
