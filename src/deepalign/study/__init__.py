@@ -51,6 +51,7 @@ from deepalign.data.recipes import ALIGNMENT_RECIPES, RTO_RECIPES
 from deepalign.decoding.registry import TargetSpec
 from deepalign.errors import OptionError
 from deepalign.options import build, number
+from deepalign.registry import split_list
 from deepalign.study.models import ALIGNED_MODELS, BASE
 from deepalign.utils import write_json
 
@@ -186,13 +187,11 @@ StudyConfig = StudyOptions
 def _seed_list(values) -> list[int]:
     """``[0, 1]``, ``["0", "1"]`` or ``["0,1"]`` as ``[0, 1]``."""
     out = []
-    for value in [values] if isinstance(values, (str, int)) else values:
-        for part in str(value).split(","):
-            if part.strip():
-                try:
-                    out.append(int(part))
-                except ValueError:
-                    raise OptionError("seeds", f"takes whole numbers such as 0,1,2, got {part.strip()!r}") from None
+    for part in split_list([values] if isinstance(values, int) else values):
+        try:
+            out.append(int(part))
+        except ValueError:
+            raise OptionError("seeds", f"takes whole numbers such as 0,1,2, got {part!r}") from None
     return out
 
 
@@ -553,7 +552,7 @@ def _finetune_depth(study, dest: Path) -> None:
 
     spec = study.sets["harmful"][0]
     items = load_dataset(spec, world=str(study.world), limit=study.cfg.limit)
-    tuned = {f"{d}-{o}": str(ft.run_dir(study.out / "finetune", "vanilla", d, o)) for d, o in ft.VANILLA_RUNS}
+    tuned = {ft.run_name(d, o): str(ft.run_dir(study.out / "finetune", "vanilla", d, o)) for d, o in ft.VANILLA_RUNS}
     results = depth_profiles(str(study.models / "vanilla"), tuned, items, refusal_words=_refusal_words(study),
                              max_tokens=study.cfg.max_new_tokens, batch_size=study.cfg.batch_size)
     write_depth(dest, results, dataset=f"{spec}: fine-tuned vanilla models against vanilla")

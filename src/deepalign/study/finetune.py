@@ -46,8 +46,13 @@ SETTINGS = dict(learning_rate=1e-4, lr_scheduler_type="constant", warmup_steps=0
 CONSTRAINED = dict(objective="constrained", beta=0.05, first_token_bias_factor=400.0, bias_factor=40.0, bias_length=5)
 
 
+def run_name(data: str, objective: str) -> str:
+    """A fine-tuning run's name (``harmful-sft``): its directory under the model's, its label."""
+    return f"{data}-{objective}"
+
+
 def run_dir(root: Path, model: str, data: str, objective: str) -> Path:
-    return root / model / f"{data}-{objective}"
+    return root / model / run_name(data, objective)
 
 
 def runs() -> list[tuple[str, str, str]]:
