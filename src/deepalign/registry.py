@@ -17,10 +17,11 @@ from typing import Any, Callable
 
 from deepalign.errors import DeepAlignError
 
-#: the words a yes/no setting or cell may be written with (any case): spec flags
-#: (``system=true``), 0/1 columns of data and labels files, environment switches
-TRUE_WORDS = frozenset({"1", "1.0", "true", "yes", "on"})
-FALSE_WORDS = frozenset({"0", "0.0", "false", "no", "off"})
+#: the words a yes/no setting or cell may be written with (any case), as (yes, no) pairs: spec
+#: flags (``system=true``), 0/1 columns of data and labels files, environment switches
+YES_NO = (("1", "0"), ("1.0", "0.0"), ("true", "false"), ("yes", "no"), ("on", "off"))
+TRUE_WORDS = frozenset(yes for yes, _ in YES_NO)
+FALSE_WORDS = frozenset(no for _, no in YES_NO)
 
 
 def truth(value: Any) -> bool | None:

@@ -39,6 +39,8 @@ from typing import Any, Mapping, Sequence
 
 from deepalign.data import presets
 from deepalign.data.presets import stratum
+from deepalign.data.specs import SourceSpec
+from deepalign.data.specs import parse_spec as parse_source_spec
 from deepalign.errors import DeepAlignError, OptionError
 from deepalign.options import On, exclusive, number
 from deepalign.records import ITEM_KINDS, EvalPrompt, to_dict
@@ -247,45 +249,14 @@ def load_world(world, split: str, limit: int | None = None, *, sample: int | Non
 # --------------------------------------------------------------------------------------
 
 
-@dataclass
-class Spec:
-    """A parsed dataset spec."""
-
-    text: str
-    source: str | None
-    kind: str | None = None
-    preset: str | None = None
-    options: dict[str, str] = field(default_factory=dict)
+#: a parsed dataset spec (``[kind:][preset:]source[,key=value...]``)
+Spec = SourceSpec
 
 
 def parse_spec(spec: str) -> Spec:
-    """``[kind:][preset:]source[,key=value...]`` (see the module doc)."""
-    from deepalign.registry import split_args
-
-    if not isinstance(spec, str) or not spec.strip():
-        raise DeepAlignError("empty dataset spec")
-    text = spec.strip()
-    parts = split_args(text, ",", text) if ("," in text or '"' in text) else [text]
-    head, opts = parts[0].strip(), {}
-    for part in parts[1:]:
-        key, eq, value = part.partition("=")
-        if not eq or not key.strip():
-            raise DeepAlignError(f"dataset {spec!r}: expected key=value after the comma, got {part!r}")
-        if key.strip() in opts:
-            raise DeepAlignError(f"dataset {spec!r}: option {key.strip()} given twice")
-        opts[key.strip()] = value.strip()
-    kind = preset = None
-    first, sep, rest = head.partition(":")
-    if sep and first in KIND_PREFIXES:
-        kind, head = first, rest
-    first, sep, rest = head.partition(":")
-    if sep and presets.is_preset(first) and not Path(head).exists():
-        preset, head = first, rest
-    elif not sep and presets.is_preset(head) and not Path(head).exists():
-        preset, head = head, ""
-    if kind is not None and not head and preset is None:
-        raise DeepAlignError(f"dataset {spec!r}: give a file or hub id after {kind}:")
-    return Spec(spec, head or None, kind, presets.get(preset).name if preset else None, opts)
+    """``[kind:][preset:]source[,key=value...]`` (see the module doc and
+    :mod:`deepalign.data.specs`, the grammar dataset and label presets share)."""
+    return parse_source_spec(spec, presets.TABLE, what="dataset", kinds=KIND_PREFIXES)
 
 
 def _stem(source: str | None, preset: str | None) -> str:

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from deepalign.errors import DeepAlignError
+from deepalign.registry import YES_NO, truth
 
 __all__ = ["Row", "Fields", "Ids", "TRIPLE_FIELDS", "INSTRUCTION_FIELDS", "EVAL_FIELDS", "ID_FIELDS",
-           "ALL_FIELD_NAMES", "type_name", "check_fields_arg"]
+           "ALL_FIELD_NAMES", "type_name", "check_fields_arg", "cell", "column_names"]
 
 # Accepted column names, in order of preference (matched case-insensitively).
 TRIPLE_FIELDS: dict[str, tuple[str, ...]] = {
@@ -77,6 +78,21 @@ class Row:
             return DeepAlignError(message, path=self.source, line=self.line)
         return DeepAlignError(message, path=f"{self.source}:#{self.index}")
 
+
+
+def column_names(rows) -> set[str]:
+    """The lower-case column names of ``rows`` (what a preset's schema is matched against)."""
+    return {str(k).lower() for r in rows for k in r.data}
+
+
+def cell(row: Row, column: str) -> Any:
+    """The value of ``row``'s column named ``column`` (any case); None when it has none."""
+    key = next((k for k in row.data if str(k).lower() == column.lower()), None)
+    return None if key is None else row.data[key]
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
 
 
 def type_name(value: Any) -> str:
@@ -158,6 +174,44 @@ class Fields:
         if isinstance(value, str) and not value.strip():
             return key, None
         return key, value
+
+    # -- cells by their own column name (a preset's columns), marked as used --------------------
+    def cell(self, column: str) -> Any:
+        """The raw value of the column named ``column`` (any case); None when there is none."""
+        key = self.keys.get(column.lower())
+        if key is None:
+            return None
+        self.used.add(key)
+        return self.row.data[key]
+
+    def cell_text(self, column: str, *, required: bool = False) -> str | None:
+        """A string (or number) cell as text; None when absent or blank, unless ``required``."""
+        value = self.cell(column)
+        if _blank(value):
+            if required:
+                raise self.row.error(f'missing field "{column}"')
+            return None
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise self.row.error(f'field "{column}" must be a string, got {type_name(value)}')
+        return str(value)
+
+    def cell_flag(self, column: str, *, what: str = "field",
+                  words: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())) -> bool | None:
+        """A yes/no cell: a bool, one of :data:`deepalign.registry.TRUE_WORDS` /
+        ``FALSE_WORDS`` (1/0, true/false, yes/no, on/off), or one of the file's own ``words``
+        (true ones, false ones); None when blank; any other value is an error naming it."""
+        value = self.cell(column)
+        if _blank(value):
+            return None
+        flag = truth(value)
+        text = str(value).strip().lower()
+        if flag is None and text in words[0] | words[1]:
+            flag = text in words[0]
+        if flag is None:
+            known = ", ".join([*(f"{yes}/{no}" for yes, no in YES_NO), *sorted(words[0] | words[1])])
+            raise self.row.error(f'{what} "{column}" has the value {value!r}, which this file does not use '
+                                 f"(known: {known})")
+        return flag
 
     def take(self, canonical: str) -> tuple[str | None, Any]:
         """Raw optional value of any type (marked as used)."""

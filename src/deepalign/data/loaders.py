@@ -24,6 +24,7 @@ from deepalign.data.fields import (EVAL_FIELDS, INSTRUCTION_FIELDS, TRIPLE_FIELD
                                    check_fields_arg, type_name)
 from deepalign.data.items import eval_item
 from deepalign.data.sources import TEXT_COLUMN, read_source
+from deepalign.data.specs import Context
 from deepalign.errors import DeepAlignError
 from deepalign.records import ITEM_KINDS, EvalPrompt, HarmfulTriple, InstructionPair
 
@@ -88,8 +89,6 @@ def load_triples(
     check_fields_arg(fields, TRIPLE_FIELDS, "load_triples")
     name, rows, chosen = _read(source, preset, split, subset, ("train",))
     if chosen is not None and chosen.triples is not None:
-        from deepalign.data.presets import Context
-
         out = chosen.triples(rows, Context(name, fields or {}, dict(options or {}), split, notes if notes is not None else []))
         _unique(out)
         if not out:
@@ -206,8 +205,6 @@ def load_eval_dataset(
     check_fields_arg(fields, EVAL_FIELDS, "load_eval_prompts")
     name, rows, chosen = _read(source, preset, split, subset, ("test", "validation", "train"))
     if chosen is not None:
-        from deepalign.data.presets import Context
-
         if kind is not None and chosen.row_kinds:
             raise DeepAlignError(f"{name}: each {chosen.title} row says its own kind; drop the {kind}: prefix "
                                  f"({chosen.kinds})")

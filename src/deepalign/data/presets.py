@@ -22,14 +22,15 @@ placeholder text.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 from deepalign.data.answers import LETTERS, choices_in_text, format_options, normalise_letter, parse_final_answer
-from deepalign.data.fields import EVAL_FIELDS, Fields, Row, type_name
+from deepalign.data.fields import EVAL_FIELDS, Fields, Row, cell, column_names
 from deepalign.data.items import eval_item
-from deepalign.data.sources import GROUP_COLUMN, TEXT_COLUMN, read_hub, read_lookup
+from deepalign.data.sources import GROUP_COLUMN, TEXT_COLUMN, read_lookup
+from deepalign.data.specs import Context, HubCopy, PresetSchema, PresetTable, accept_all
 from deepalign.errors import DeepAlignError
 from deepalign.records import EvalPrompt, HarmfulTriple
 from deepalign.registry import split_list, truth
@@ -37,35 +38,8 @@ from deepalign.registry import split_list, truth
 __all__ = ["Preset", "Context", "PRESETS", "get", "detect", "names", "stratum"]
 
 
-@dataclass
-class Context:
-    """What a preset's reader knows besides the rows."""
-
-    name: str  #: the source as shown in errors
-    fields: Mapping[str, str] = field(default_factory=dict)  #: the user's column names (``--fields``)
-    options: dict[str, str] = field(default_factory=dict)  #: the preset's spec options (targets=, attack=)
-    split: str | None = None
-    notes: list[str] = field(default_factory=list)  #: what the preset left out, for the report
-    #: the items a file of published responses answers (``deepalign judge FILE --prompts DATASET``)
-    reference: list[EvalPrompt] | None = None
-
-    def option(self, key: str) -> str | None:
-        return self.options.pop(key, None)
-
-
 @dataclass(frozen=True)
-class HubCopy:
-    """Where a preset's data lives on the Hugging Face hub (tried when the hub is reachable)."""
-
-    id: str
-    subset: str | None = None
-    split: str | None = None
-    data_dir: str | None = None
-    train_split: str | None = None
-
-
-@dataclass(frozen=True)
-class Preset:
+class Preset(PresetSchema):
     """One benchmark. ``columns``: the (lower-case) columns that identify its files, one set
     per accepted layout; ``accepts`` a further check on the rows and the source name."""
 
@@ -78,45 +52,19 @@ class Preset:
     categories: str
     columns: tuple[frozenset[str], ...]
     build: Callable[[list[Row], Context], list[EvalPrompt]]
-    accepts: Callable[[set[str], list[Row], str], bool] = lambda cols, rows, name: True
+    accepts: Callable[[set[str], list[Row], str], bool] = accept_all
     triples: Callable[[list[Row], Context], list[HarmfulTriple]] | None = None
     hub: HubCopy | None = None
     options: tuple[str, ...] = ()
     #: each row says its own kind (XSTest's label): forcing one kind on every row is refused
     row_kinds: bool = False
 
-    def matches(self, rows: Sequence[Row], name: str, cols: set[str] | None = None) -> bool:
-        cols = _columns(rows) if cols is None else cols
-        return any(layout <= cols for layout in self.columns) and self.accepts(cols, list(rows), name)
-
-    def check_schema(self, rows: Sequence[Row], name: str) -> None:
-        """The rows must be in one of this preset's layouts (a named preset on the wrong file)."""
-        if self.matches(rows, name):
-            return
-        cols = _columns(rows)
-        want = " or ".join(", ".join(sorted(layout)) for layout in self.columns)
-        raise DeepAlignError(f"{name}: not in the {self.title} schema (expected columns {want}; found "
-                             f"{', '.join(sorted(cols)) or 'none'})")
+    def no_hub(self) -> str:
+        return f"{super().no_hub()} ({self.origin})"
 
     def eval_items(self, rows: list[Row], ctx: Context) -> list[EvalPrompt]:
-        unknown = sorted(set(ctx.options) - set(self.options))
-        if unknown:
-            known = f"; known: {', '.join(self.options)}" if self.options else " (it takes none)"
-            raise DeepAlignError(f"{ctx.name}: unknown option {unknown[0]} of the {self.name} preset{known}")
+        self.check_options(ctx)
         return self.build(rows, ctx)
-
-    def read_hub(self, *, split: str | None, subset: str | None, prefer: Sequence[str], train: bool = False):
-        if self.hub is None:
-            raise DeepAlignError(f"{self.name}: no hub copy is known; give the file: {self.name}:PATH ({self.origin})")
-        default_split = (self.hub.train_split if train else None) or self.hub.split
-        return read_hub(self.hub.id, split or default_split, subset or self.hub.subset, prefer, self.hub.data_dir)
-
-
-def _columns(rows: Sequence[Row]) -> set[str]:
-    cols: set[str] = set()
-    for r in rows:
-        cols.update(str(k).lower() for k in r.data)
-    return cols
 
 
 def _path_words(name: str) -> str:
@@ -157,38 +105,6 @@ def _items(rows: list[Row], ctx: Context, table: Mapping[str, tuple[str, ...]], 
     return out
 
 
-def _value(f: Fields, column: str) -> Any:
-    key = f.keys.get(column.lower())
-    if key is None:
-        return None
-    f.used.add(key)
-    return f.row.data[key]
-
-
-def _text(f: Fields, column: str) -> str | None:
-    value = _value(f, column)
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-        raise f.row.error(f'field "{column}" must be a string, got {type_name(value)}')
-    return str(value)
-
-
-def _flag(f: Fields, column: str) -> bool | None:
-    """A 0/1, true/false or yes/no cell."""
-    value = _value(f, column)
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "1.0", "true", "yes"):
-        return True
-    if text in ("0", "0.0", "false", "no"):
-        return False
-    raise f.row.error(f'field "{column}" must be 0/1 or true/false, got {value!r}')
-
-
 def stratum(item: EvalPrompt) -> str | None:
     """What ``--sample`` stratifies on: ``meta["stratum"]``, else the category."""
     s = item.meta.get("stratum", item.meta.get("category"))
@@ -203,7 +119,7 @@ HARMBENCH_FUNCTIONAL = ("standard", "contextual", "copyright")
 
 
 def _harmbench(rows: list[Row], ctx: Context) -> list[EvalPrompt]:
-    cols = _columns(rows)
+    cols = column_names(rows)
     targets_file = ctx.option("targets")
     targets = read_lookup(targets_file, "targets") if targets_file else None
     wanted = None
@@ -220,7 +136,7 @@ def _harmbench(rows: list[Row], ctx: Context) -> list[EvalPrompt]:
     missing_targets: list[str] = []
 
     def finish(item: EvalPrompt, f: Fields) -> None:
-        functional = _text(f, "functionalcategory") or "standard"
+        functional = f.cell_text("functionalcategory") or "standard"
         item.meta["functional_category"] = functional
         item.meta.pop("FunctionalCategory", None)
         item.meta["stratum"] = f"{functional}/{item.meta.get('category')}"
@@ -234,7 +150,7 @@ def _harmbench(rows: list[Row], ctx: Context) -> list[EvalPrompt]:
             else:
                 item.harmful = target
 
-    keep = None if wanted is None else (lambda f: (_text(f, "functionalcategory") or "standard") in wanted)
+    keep = None if wanted is None else (lambda f: (f.cell_text("functionalcategory") or "standard") in wanted)
     items = _items(rows, ctx, table, kind="harmful", finish=finish, keep=keep)
     if targets is not None and missing_targets:
         ctx.notes.append(f"{len(missing_targets)} behaviours have no target in {targets_file} "
@@ -252,7 +168,7 @@ def _harmbench_completions(rows: list[Row], ctx: Context, targets) -> list[EvalP
     out = []
     for r in rows:
         f = Fields(r, _table(prompt="test_case"), ctx.fields)
-        key = str(_value(f, GROUP_COLUMN))
+        key = str(f.cell(GROUP_COLUMN))
         rid = key if per_key[key] == 1 else f"{key}#{r.index}"
         prompt = f.text("prompt")
         meta = {"behavior_id": key, **f.extras()}
@@ -275,7 +191,7 @@ def _harmbench_completions(rows: list[Row], ctx: Context, targets) -> list[EvalP
 
 
 def _advbench(rows: list[Row], ctx: Context) -> list[EvalPrompt]:
-    if _columns(rows) == {"target"}:  # harmful_strings.csv: the string is the thing to elicit
+    if column_names(rows) == {"target"}:  # harmful_strings.csv: the string is the thing to elicit
         def finish(item: EvalPrompt, f: Fields) -> None:
             item.harmful = item.prompt
             item.meta["task"] = "string"
@@ -294,7 +210,7 @@ def _jailbreakbench(rows: list[Row], ctx: Context) -> list[EvalPrompt]:
     kind = "benign" if "benign" in where else "harmful"
 
     def finish(item: EvalPrompt, f: Fields) -> None:
-        behavior = _text(f, "behavior")
+        behavior = f.cell_text("behavior")
         if behavior is not None:
             item.meta["behavior"] = behavior
         item.meta["jbb_split"] = kind
@@ -326,20 +242,16 @@ XSTEST_LABELS = {"safe": "benign", "unsafe": "harmful"}
 
 def _xstest_accepts(cols: set[str], rows: list[Row], name: str) -> bool:
     if "label" in cols:
-        return all(str(r.data.get(_key(r, "label"), "")).strip().lower() in XSTEST_LABELS for r in rows)
+        return all(str(cell(r, "label") or "").strip().lower() in XSTEST_LABELS for r in rows)
     return "completion" in cols  # the completions files have no label; the type says it
-
-
-def _key(row: Row, column: str) -> str:
-    return next((k for k in row.data if str(k).lower() == column), column)
 
 
 def _xstest(rows: list[Row], ctx: Context) -> list[EvalPrompt]:
     def kind(f: Fields) -> str:
-        label = _text(f, "label")
+        label = f.cell_text("label")
         if label is not None:
             return XSTEST_LABELS[label.strip().lower()]
-        kind_of_type = f.row.data.get(f.keys.get("type", "type"))  # read, not used up: it is the category
+        kind_of_type = cell(f.row, "type")  # read, not used up: it is the category
         return "harmful" if str(kind_of_type or "").startswith("contrast") else "benign"
 
     def finish(item: EvalPrompt, f: Fields) -> None:
@@ -379,7 +291,7 @@ def _derta_accepts(cols: set[str], rows: list[Row], name: str) -> bool:
 
 def _derta(rows: list[Row], ctx: Context) -> list[EvalPrompt]:
     attack = _derta_attack(ctx)
-    cols = _columns(rows)
+    cols = column_names(rows)
     if cols == {TEXT_COLUMN}:
         if attack == "pair":
             return [_pair_summary(r) for r in rows]
@@ -485,7 +397,7 @@ def _pair_summary(row: Row) -> EvalPrompt:
 
 
 def _all_rows(rows: list[Row], column: str, test: Callable[[Any], bool]) -> bool:
-    values = [r.data.get(_key(r, column)) for r in rows]
+    values = [cell(r, column) for r in rows]
     return bool(values) and all(test(v) for v in values)
 
 
@@ -552,7 +464,7 @@ def _alpaca_eval(rows: list[Row], ctx: Context) -> list[EvalPrompt]:
 
 
 def _beaver_categories(f: Fields) -> list[str]:
-    value = _value(f, "category")
+    value = f.cell("category")
     if isinstance(value, dict):
         return sorted(str(k) for k, v in value.items() if v)
     if isinstance(value, str) and value.strip():
@@ -566,8 +478,8 @@ def _beaver_groups(rows: list[Row], ctx: Context) -> dict[str, dict[str, Any]]:
     for row in rows:
         f = Fields(row, _table(prompt="prompt"), ctx.fields)
         prompt = f.text("prompt")
-        response = _text(f, "response")
-        safe = _flag(f, "is_safe")
+        response = f.cell_text("response")
+        safe = f.cell_flag("is_safe")
         if response is None or safe is None:
             raise row.error('a BeaverTails row needs "response" and "is_safe"')
         g = groups.setdefault(prompt, {"first": row, "safe": [], "unsafe": [], "categories": set()})
@@ -661,12 +573,12 @@ def _hh_triples(rows: list[Row], ctx: Context) -> list[HarmfulTriple]:
 
 
 def _toxic_chat(rows: list[Row], ctx: Context) -> list[EvalPrompt]:
-    kept = [r for r in rows if _flag(Fields(r, {}, None), "toxicity")]
+    kept = [r for r in rows if Fields(r, {}, None).cell_flag("toxicity")]
     if len(kept) < len(rows):
         ctx.notes.append(f"{len(rows) - len(kept)} non-toxic rows left out (toxicity = 0)")
 
     def finish(item: EvalPrompt, f: Fields) -> None:
-        item.meta["category"] = "jailbreaking" if _flag(f, "jailbreaking") else "toxic"
+        item.meta["category"] = "jailbreaking" if f.cell_flag("jailbreaking") else "toxic"
         item.meta.pop("model_output", None)
         conv = item.meta.pop("conv_id", None)
         if conv is not None:
@@ -755,43 +667,14 @@ PRESETS: tuple[Preset, ...] = (
            _derta, accepts=_derta_accepts, options=("attack",)),
 )
 
-_BY_NAME = {p.name: p for p in PRESETS}
-_ALIASES = {"jbb": "jailbreakbench", "hh": "hh-rlhf", "toxicchat": "toxic-chat", "alpacaeval": "alpaca_eval",
-            "beaver": "beavertails"}
-
-
-def names() -> list[str]:
-    return [p.name for p in PRESETS]
-
-
-def get(name: str) -> Preset:
-    key = _ALIASES.get(name, name)
-    if key not in _BY_NAME:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(_BY_NAME), n=2)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise DeepAlignError(f"unknown dataset preset {name!r}{hint}; choose from {', '.join(_BY_NAME)}")
-    return _BY_NAME[key]
+TABLE: PresetTable[Preset] = PresetTable("dataset preset", PRESETS, aliases={
+    "jbb": "jailbreakbench", "hh": "hh-rlhf", "toxicchat": "toxic-chat", "alpacaeval": "alpaca_eval",
+    "beaver": "beavertails"})
+names, get, detect, hub_preset = TABLE.names, TABLE.get, TABLE.detect, TABLE.by_hub_id
 
 
 def is_preset(name: str) -> bool:
-    return _ALIASES.get(name, name) in _BY_NAME
-
-
-def detect(rows: Sequence[Row], name: str) -> Preset | None:
-    """The preset whose schema ``rows`` are in (None: read them with the generic aliases)."""
-    cols = _columns(rows)
-    for p in PRESETS:
-        if p.matches(rows, name, cols):
-            return p
-    return None
-
-
-def hub_preset(source: str) -> Preset | None:
-    """The preset whose hub copy ``source`` names (``openai/gsm8k``, ``cais/mmlu:test``)."""
-    base = source.split(":")[0]
-    return next((p for p in PRESETS if p.hub is not None and p.hub.id.lower() == base.lower()), None)
+    return name in TABLE
 
 
 def markdown_table() -> str:

@@ -8,7 +8,8 @@ HarmBench's classifier columns, XSTest's automatic labels) are scored the same w
 ``published:<column>``. Results: ``DIR/validation.json`` and ``DIR/validation.md``.
 
 Label presets (``preset:FILE``, or the preset name alone where a hub copy exists; recognised
-from a file's columns too):
+from a file's columns too; the spec grammar and preset table are those of dataset presets,
+:mod:`deepalign.data.specs`):
 
 - ``jbb-judges``: JailbreakBench's ``judge_comparison`` split (hub
   ``JailbreakBench/JBB-Behaviors``, config ``judge_comparison``, split ``test``): ``goal``,
@@ -24,8 +25,9 @@ from a file's columns too):
   mistralguard``): ``final_label`` ``1_full_compliance`` = no refusal, ``2_full_refusal`` /
   ``3_partial_refusal`` = refusal; labels **refusal**, categories = ``type``.
 - any other file with a request column (``prompt``, ``goal``, ...), a response column
-  (``response``, ``completion``, ``generation``, ...) and ``label`` (1/0, true/false, yes/no;
-  ``field=refusal`` when the labels are refusals, default harm), optional ``category``.
+  (``response``, ``completion``, ``generation``, ...) and ``label`` (1/0, true/false, yes/no,
+  on/off, or the field's own words; ``field=refusal`` when the labels are refusals, default
+  harm), optional ``category``.
 
 A judge is compared on the field the labels are about (``harmful`` or ``refusal``); rows where
 its verdict is missing (an error, or a judge that cannot tell) are counted as ``no_verdict``
@@ -39,15 +41,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from deepalign.data.fields import Row
+from deepalign.data.fields import Fields, Row, cell, column_names
+from deepalign.data.specs import Context, HubCopy, PresetSchema, PresetTable, SourceSpec, accept_all, parse_spec
 from deepalign.errors import DeepAlignError
 from deepalign.records import EvalPrompt, Verdict
+from deepalign.registry import truth
 
 #: fewer labelled rows than this give no meaningful interval: refused
 MIN_ROWS = 10
-_TRUE, _FALSE = {"1", "1.0", "true", "yes"}, {"0", "0.0", "false", "no"}
-_WORDS = {"harmful": ({"harmful", "unsafe", "jailbroken"}, {"safe", "harmless", "benign"}),
-          "refusal": ({"refusal", "refused", "refuse"}, {"compliance", "complied", "comply"})}
+#: a generic labels file's own words for its two labels, per field: (positive, negative)
+_WORDS = {"harmful": (frozenset({"harmful", "unsafe", "jailbroken"}), frozenset({"safe", "harmless", "benign"})),
+          "refusal": (frozenset({"refusal", "refused", "refuse"}), frozenset({"compliance", "complied", "comply"}))}
 
 
 @dataclass
@@ -62,60 +66,36 @@ class Labelled:
 
 
 @dataclass(frozen=True)
-class LabelPreset:
+class LabelPreset(PresetSchema):
+    """A labels file of a known layout (see the module doc): the shared preset mechanism of
+    :mod:`deepalign.data.specs`, with ``field`` the verdict the labels are about."""
+
     name: str
     title: str
     field: str  # "harmful" or "refusal": what the labels are about
-    columns: frozenset[str]  # lower-case columns that identify its files
-    build: Callable[[list[Row], dict[str, str]], list[Labelled]]
-    hub: tuple[str, str | None, str] | None = None  # (dataset id, config, default split)
+    columns: tuple[frozenset[str], ...]  # lower-case columns that identify its files
+    build: Callable[[list[Row], Context], list[Labelled]]
+    hub: HubCopy | None = None
     options: tuple[str, ...] = ()
+    accepts: Callable[[set[str], list[Row], str], bool] = accept_all
+
+    noun = "labels"
+
+    def no_hub(self) -> str:
+        return f"labels preset {self.name} has no hub copy; give the file: {self.name}:FILE"
+
+    def records(self, rows: list[Row], ctx: Context) -> list[Labelled]:
+        self.check_options(ctx)
+        return self.build(rows, ctx)
 
 
-def _cell(row: Row, column: str) -> Any:
-    key = next((k for k in row.data if str(k).lower() == column.lower()), None)
-    return None if key is None else row.data[key]
-
-
-def _text(row: Row, column: str, required: bool = True) -> str | None:
-    value = _cell(row, column)
-    if value is None or (isinstance(value, str) and not value.strip()):
-        if required:
-            raise row.error(f'missing field "{column}"')
-        return None
-    return str(value)
-
-
-def _flag(value: Any) -> bool | None:
-    """1/0, true/false, yes/no (None when it is none of them or blank)."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower() if value is not None else ""
-    return True if text in _TRUE else False if text in _FALSE else None
-
-
-def _label(row: Row, column: str, words: tuple[set, set] = (set(), set())) -> bool | None:
-    """A label cell: None when blank; a value the preset does not know is an error."""
-    value = _cell(row, column)
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    flag = _flag(value)
-    text = str(value).strip().lower()
-    if flag is None and text in words[0] | words[1]:
-        flag = text in words[0]
-    if flag is None:
-        known = ", ".join(["1/0", "true/false", "yes/no", *sorted(words[0] | words[1])])
-        raise row.error(f'label "{column}" has the value {value!r}, which this labels file does not use '
-                        f"(known: {known})")
-    return flag
-
-
-def _published(row: Row, columns: Sequence[str]) -> dict[str, bool | None]:
+def _published(f: Fields, columns: Sequence[str]) -> dict[str, bool | None]:
+    """The verdicts of published judges a row carries (a value that is no yes/no: None)."""
     out = {}
     for c in columns:
-        value = _cell(row, c)
+        value = f.cell(c)
         if value is not None:
-            out[f"published:{c}"] = _flag(value)
+            out[f"published:{c}"] = truth(value)
     return out
 
 
@@ -127,17 +107,21 @@ HARMBENCH_PUBLISHED = ("cls", "cls_mistral", "advbench", "llama_guard", "GPTFuzz
 XSTEST_PUBLISHED = ("strmatch_label", "gpt4_label")
 
 
-def _jbb(rows: list[Row], options: dict[str, str]) -> list[Labelled]:
+def _cells(row: Row) -> Fields:
+    """A row read by its own column names (the typed readers of :class:`Fields`)."""
+    return Fields(row, {}, None)
+
+
+def _jbb(rows: list[Row], ctx: Context) -> list[Labelled]:
     out = []
     for r in rows:
-        label = _label(r, "human_majority")
+        f = _cells(r)
+        label = f.cell_flag("human_majority", what="label")
         if label is None:
             continue
-        index = _text(r, "index", required=False) or str(r.index)
-        item = EvalPrompt(id=f"jbb-{index}", prompt=_text(r, "goal"), kind="harmful",
-                          meta={"jailbreak_prompt": _text(r, "prompt", required=False)})
-        out.append(Labelled(item, _text(r, "target_response", required=False) or "", label, r.where,
-                            _published(r, JBB_PUBLISHED)))
+        item = EvalPrompt(id=f"jbb-{f.cell_text('index') or r.index}", prompt=f.cell_text("goal", required=True),
+                          kind="harmful", meta={"jailbreak_prompt": f.cell_text("prompt")})
+        out.append(Labelled(item, f.cell_text("target_response") or "", label, r.where, _published(f, JBB_PUBLISHED)))
     return out
 
 
@@ -149,64 +133,64 @@ def _behaviours(path: str | None) -> dict[str, dict[str, str]]:
     name, rows = read_source(path)
     out = {}
     for r in rows:
-        bid = _text(r, "behaviorid")
-        out[bid] = {"behavior": _text(r, "behavior"), "context": _text(r, "contextstring", required=False),
-                    "category": _text(r, "semanticcategory", required=False)}
+        f = _cells(r)
+        out[f.cell_text("behaviorid", required=True)] = {
+            "behavior": f.cell_text("behavior", required=True), "context": f.cell_text("contextstring"),
+            "category": f.cell_text("semanticcategory")}
     if not out:
         raise DeepAlignError(f"{name}: no behaviours")
     return out
 
 
-def _harmbench_val(rows: list[Row], options: dict[str, str]) -> list[Labelled]:
+def _harmbench_val(rows: list[Row], ctx: Context) -> list[Labelled]:
     from deepalign.data.sources import GROUP_COLUMN
 
-    behaviours = _behaviours(options.get("behaviors"))
+    behaviours = _behaviours(ctx.option("behaviors"))
     out = []
     for r in rows:
-        votes = [_label(r, f"human_{i}") for i in range(3)]
+        f = _cells(r)
+        votes = [f.cell_flag(f"human_{i}", what="label") for i in range(3)]
         if any(v is None for v in votes):
             raise r.error("a HarmBench validation row needs the three labels human_0, human_1, human_2")
-        bid = str(_cell(r, GROUP_COLUMN))
-        meta: dict[str, Any] = {"behavior_id": bid, "method": _text(r, "method", required=False),
-                                "model": _text(r, "experiment", required=False)}
+        bid = str(f.cell(GROUP_COLUMN))
+        meta: dict[str, Any] = {"behavior_id": bid, "method": f.cell_text("method"), "model": f.cell_text("experiment")}
         known = behaviours.get(bid)
         if known:
             meta.update(behavior=known["behavior"], **({"context": known["context"]} if known["context"] else {}))
             if known["category"]:
                 meta["category"] = known["category"]
-        prompt = known["behavior"] if known else _text(r, "test_case")
+        prompt = known["behavior"] if known else f.cell_text("test_case", required=True)
         item = EvalPrompt(id=f"{bid}#{r.index}", prompt=prompt, kind="harmful", meta=meta)
-        out.append(Labelled(item, _text(r, "generation", required=False) or "", sum(votes) >= 2, r.where,
-                            _published(r, HARMBENCH_PUBLISHED)))
+        out.append(Labelled(item, f.cell_text("generation") or "", sum(votes) >= 2, r.where,
+                            _published(f, HARMBENCH_PUBLISHED)))
     return out
 
 
-def _xstest_label(row: Row, column: str) -> bool | None:
-    value = _cell(row, column)
+def _xstest_label(f: Fields, column: str) -> bool | None:
+    """XSTest's annotation: ``1_full_compliance`` (no refusal), ``2_full_refusal`` and
+    ``3_partial_refusal`` (refusals); None when blank."""
+    value = f.cell(column)
     if value is None or not str(value).strip():
         return None
     text = str(value).strip()
     if text[:2] not in ("1_", "2_", "3_"):
-        raise row.error(f'label "{column}" has the value {value!r}, which XSTest does not use (1_full_compliance, '
-                        "2_full_refusal, 3_partial_refusal)")
+        raise f.row.error(f'label "{column}" has the value {value!r}, which XSTest does not use (1_full_compliance, '
+                          "2_full_refusal, 3_partial_refusal)")
     return text[:1] in "23"
 
 
-def _xstest(rows: list[Row], options: dict[str, str]) -> list[Labelled]:
+def _xstest(rows: list[Row], ctx: Context) -> list[Labelled]:
     out = []
     for r in rows:
-        label = _xstest_label(r, "final_label")
+        f = _cells(r)
+        label = _xstest_label(f, "final_label")
         if label is None:
             continue
-        kind_type = _text(r, "type")
-        item = EvalPrompt(id=f"{_text(r, 'id', required=False) or r.default_id}@{r.stem}", prompt=_text(r, "prompt"),
-                          kind="harmful" if kind_type.startswith("contrast") else "benign",
-                          meta={"category": kind_type})
-        published = {}
-        for c in XSTEST_PUBLISHED:
-            if _cell(r, c) is not None:
-                published[f"published:{c}"] = _xstest_label(r, c)
-        out.append(Labelled(item, _text(r, "completion", required=False) or "", label, r.where, published))
+        kind_type = f.cell_text("type", required=True)
+        item = EvalPrompt(id=f"{f.cell_text('id') or r.default_id}@{r.stem}", prompt=f.cell_text("prompt", required=True),
+                          kind="harmful" if kind_type.startswith("contrast") else "benign", meta={"category": kind_type})
+        published = {f"published:{c}": _xstest_label(f, c) for c in XSTEST_PUBLISHED if cell(r, c) is not None}
+        out.append(Labelled(item, f.cell_text("completion") or "", label, r.where, published))
     return out
 
 
@@ -215,45 +199,49 @@ _RESPONSE = ("response", "completion", "generation", "output", "target_response"
 _LABELS = ("label", "human_label", "gold_label", "gold", "human")
 
 
-def _generic(rows: list[Row], options: dict[str, str]) -> list[Labelled]:
-    what = options.get("field", "harmful")
-    cols = {str(k).lower() for r in rows for k in r.data}
+def _generic(rows: list[Row], ctx: Context) -> list[Labelled]:
+    what = ctx.option("field") or "harmful"
+    cols = column_names(rows)
     request = next((c for c in _REQUEST if c in cols), None)
     response = next((c for c in _RESPONSE if c in cols), None)
     label = next((c for c in _LABELS if c in cols), None)
-    where = rows[0].source if rows else "labels"
     for name, found, choices in (("label", label, _LABELS), ("request", request, _REQUEST),
                                  ("response", response, _RESPONSE)):
         if found is None:
-            raise DeepAlignError(f"{where}: no {name} column (expected one of {', '.join(choices)}; found "
+            raise DeepAlignError(f"{ctx.name}: no {name} column (expected one of {', '.join(choices)}; found "
                                  f"{', '.join(sorted(cols)) or 'none'})")
     out = []
     for r in rows:
-        value = _label(r, label, _WORDS[what])
+        f = _cells(r)
+        value = f.cell_flag(label, what="label", words=_WORDS[what])
         if value is None:
             continue
-        item = EvalPrompt(id=_text(r, "id", required=False) or r.default_id, prompt=_text(r, request),
-                          kind=_text(r, "kind", required=False) or ("harmful" if what == "harmful" else "unknown"))
-        category = _text(r, "category", required=False)
+        item = EvalPrompt(id=f.cell_text("id") or r.default_id, prompt=f.cell_text(request, required=True),
+                          kind=f.cell_text("kind") or ("harmful" if what == "harmful" else "unknown"))
+        category = f.cell_text("category")
         if category:
             item.meta["category"] = category
-        out.append(Labelled(item, _text(r, response, required=False) or "", value, r.where))
+        out.append(Labelled(item, f.cell_text(response) or "", value, r.where))
     return out
 
 
-PRESETS: tuple[LabelPreset, ...] = (
+def _cols(*names: str) -> tuple[frozenset[str], ...]:
+    return (frozenset(names),)
+
+
+TABLE: PresetTable[LabelPreset] = PresetTable("labels preset", (
     LabelPreset("jbb-judges", "JailbreakBench judge_comparison", "harmful",
-                frozenset({"goal", "target_response", "human_majority"}), _jbb,
-                hub=("JailbreakBench/JBB-Behaviors", "judge_comparison", "test")),
+                _cols("goal", "target_response", "human_majority"), _jbb,
+                hub=HubCopy("JailbreakBench/JBB-Behaviors", subset="judge_comparison", split="test")),
     LabelPreset("harmbench-val", "HarmBench classifier validation set", "harmful",
-                frozenset({"key", "generation", "human_0", "human_1", "human_2"}), _harmbench_val,
-                options=("behaviors",)),
+                _cols("key", "generation", "human_0", "human_1", "human_2"), _harmbench_val, options=("behaviors",)),
     LabelPreset("xstest-completions", "XSTest labelled completions", "refusal",
-                frozenset({"prompt", "type", "completion", "final_label"}), _xstest,
-                hub=("natolambert/xstest-v2-copy", None, "gpt4"), options=("split",)),
-)
-GENERIC = LabelPreset("labels", "labelled responses", "harmful", frozenset(), _generic, options=("field",))
-_BY_NAME = {p.name: p for p in PRESETS}
+                _cols("prompt", "type", "completion", "final_label"), _xstest,
+                hub=HubCopy("natolambert/xstest-v2-copy", split="gpt4")),
+))
+PRESETS: tuple[LabelPreset, ...] = TABLE.presets
+#: any other file with a request, a response and a label column
+GENERIC = LabelPreset("labels", "labelled responses", "harmful", (frozenset(),), _generic, options=("field",))
 
 
 # -- reading a labels file -------------------------------------------------------------------
@@ -268,64 +256,41 @@ class Labels:
     records: list[Labelled]
 
 
-def _parse_spec(spec: str) -> tuple[LabelPreset | None, str | None, dict[str, str]]:
-    """``[preset:]SOURCE[,key=value...]`` or a preset name alone (its hub copy)."""
-    from deepalign.registry import split_args
+def _read(spec: SourceSpec) -> tuple[LabelPreset | None, Context, list[Row]]:
+    """The named preset (None: recognised later), the reading context and the rows of ``spec``."""
+    from deepalign.data.sources import read_source
 
-    if not isinstance(spec, str) or not spec.strip():
-        raise DeepAlignError("empty labels spec; give a labels file ([preset:]FILE) or a preset with a hub copy")
-    parts = split_args(spec.strip(), ",", spec)
-    head, options = parts[0].strip(), {}
-    for part in parts[1:]:
-        key, eq, value = part.partition("=")
-        if not eq or not key.strip():
-            raise DeepAlignError(f"labels {spec!r}: expected key=value after the comma, got {part!r}")
-        options[key.strip()] = value.strip()
-    first, sep, rest = head.partition(":")
-    if first in _BY_NAME and not Path(head).exists():
-        return _BY_NAME[first], (rest or None) if sep else None, options
-    return None, head, options
-
-
-def _read(preset: LabelPreset | None, source: str | None, options: dict[str, str]) -> tuple[str, list[Row]]:
-    from deepalign.data.sources import read_hub, read_source
-
+    preset = TABLE.get(spec.preset) if spec.preset else None
+    options = dict(spec.options)
     split = options.pop("split", None)
-    if source is None:
-        if preset.hub is None:
-            raise DeepAlignError(f"labels preset {preset.name} has no hub copy; give the file: {preset.name}:FILE")
-        hub_id, config, default_split = preset.hub
-        return read_hub(hub_id, split or default_split, config, (default_split,))
-    return read_source(source, split=split)
+    if spec.source is None:
+        name, rows = preset.read_hub(split=split)
+    else:
+        name, rows = read_source(spec.source, split=split)
+    if not rows:
+        raise DeepAlignError(f"{name}: no rows")
+    return preset, Context(name, options=options, split=split), rows
 
 
 def load_labels(spec: str) -> Labels:
     """The labelled rows of ``spec`` (see the module doc); every problem is one line."""
-    preset, source, options = _parse_spec(spec)
-    opts = dict(options)
-    name, rows = _read(preset, source, opts)
-    if not rows:
-        raise DeepAlignError(f"{name}: no rows")
+    parsed = parse_spec(spec, TABLE, what="labels",
+                        empty="empty labels spec; give a labels file ([preset:]FILE) or a preset with a hub copy")
+    preset, ctx, rows = _read(parsed)
     if preset is None:
-        cols = {str(k).lower() for r in rows for k in r.data}
-        preset = next((p for p in PRESETS if p.columns <= cols), GENERIC)
-    unknown = sorted(set(opts) - set(preset.options))
-    if unknown:
-        known = ", ".join(o for o in preset.options if o != "split") or "none"
-        raise DeepAlignError(f"labels {spec!r}: unknown option {unknown[0]} of the {preset.name} labels (known: "
-                             f"{known})")
+        preset = TABLE.detect(rows, ctx.name) or GENERIC
+    preset.check_options(ctx)
     what = preset.field
     if preset is GENERIC:
-        what = opts.get("field", "harmful")
+        what = ctx.options.get("field", "harmful")
         if what not in _WORDS:
             raise DeepAlignError(f"labels {spec!r}: field={what!r}; choose harmful or refusal")
-    elif not preset.columns <= {str(k).lower() for r in rows for k in r.data}:
-        raise DeepAlignError(f"{name}: not in the {preset.title} schema (expected columns "
-                             f"{', '.join(sorted(preset.columns))})")
-    records = preset.build(rows, opts)
+    else:
+        preset.check_schema(rows, ctx.name)
+    records = preset.records(rows, ctx)
     if len(records) < MIN_ROWS:
-        raise DeepAlignError(f"{name}: {len(records)} labelled rows; at least {MIN_ROWS} are needed for an interval")
-    return Labels(spec, name, preset.name, what, records)
+        raise DeepAlignError(f"{ctx.name}: {len(records)} labelled rows; at least {MIN_ROWS} are needed for an interval")
+    return Labels(spec, ctx.name, preset.name, what, records)
 
 
 # -- scoring and writing ---------------------------------------------------------------------
