@@ -167,6 +167,38 @@ def test_judge_run_rejudges_only_what_is_new(tmp_path, counting_judge):
     assert len(verdicts) == 8 and {v["verdict"]["harmful"] for v in verdicts} == {True, False}
 
 
+class Misspelt(Judge):
+    """Returns words instead of verdicts (or too few verdicts)."""
+
+    name = "misspelt"
+    short = False
+
+    def judge(self, responses, items):
+        if Misspelt.short:
+            return [{"harmful": True}]
+        return ["harmful" for _ in responses]
+
+
+def test_validation_and_judge_runs_check_a_judges_verdicts_alike(tmp_path, monkeypatch):
+    """The batch judging of a validation and of a run is one helper: a judge that returns
+    something that is no verdict, or too few verdicts, is the same one-line error in both."""
+    from deepalign.evaluation.judging import judge_run
+
+    monkeypatch.setitem(JUDGES.entries, "misspelt", (lambda args, context: Misspelt(), "test judge"))
+    src = tmp_path / "responses.jsonl"
+    src.write_text("".join(json.dumps({"prompt": f"placeholder request {i}", "response": "Here it is."}) + "\n"
+                           for i in range(4)))
+    labels = f"jbb-judges:{LABELS / 'judge-comparison.csv'}"
+    for short, message in ((False, "judge misspelt: a verdict is a Verdict or a dict, got str"),
+                           (True, "judge misspelt returned 1 verdicts for 4 responses")):
+        Misspelt.short = short
+        with pytest.raises(DeepAlignError, match=message):
+            validate_judges(labels, "misspelt", tmp_path / f"v{short}", batch_size=4, cache=False)
+        with pytest.raises(DeepAlignError, match=message):
+            judge_run(run_dir=str(src), out_dir=str(tmp_path / f"run{short}"), judges=["misspelt"], cache=False,
+                      report=False, quiet=True)
+
+
 def test_cached_judge_keys_and_torn_lines(tmp_path):
     from deepalign.judges.cache import CachedJudge, cache_file, verdict_key
     from deepalign.judges.keyword import KeywordJudge

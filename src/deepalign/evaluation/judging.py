@@ -177,15 +177,6 @@ def import_responses(path: str, out_dir: str, *, kind: str | None = None, preset
     return run
 
 
-def _cached(judge, opts: JudgeOptions, run_path: Path):
-    """``judge`` behind the verdict cache (:mod:`deepalign.judges.cache`) when it is worth one."""
-    if not opts.cache or not judge.cacheable:
-        return judge
-    from deepalign.judges.cache import CachedJudge, cache_file
-
-    return CachedJudge(judge, cache_file(Path(opts.cache_dir) if opts.cache_dir else run_path / "judge_cache", judge))
-
-
 def _validate(opts: JudgeOptions) -> dict:
     """``--validate``: the judges against a labelled file (:mod:`deepalign.evaluation.validation`)."""
     from deepalign.evaluation.validation import validate_judges
@@ -224,14 +215,36 @@ def judge_run(options: JudgeOptions | None = None, **kwargs) -> dict:
         >>> summary["judges"]
         ['oracle', 'keyword', 'keyword:nocase']
     """
-    from deepalign.evaluation.runner import check_judges_gave_verdicts, judge_outputs
-    from deepalign.runs.runlog import judged_text
+    from deepalign.evaluation.runner import check_judges_gave_verdicts
     from deepalign.judges import make_judges
-    from deepalign.utils import progress, quiet_libraries
+    from deepalign.utils import quiet_libraries
 
     (opts,) = build(kwargs, needs=_judge_needs(), options=(JudgeOptions, options))
     if opts.validate:
         return _validate(opts)
+    run = _open_run(opts)
+    run.rows()  # a malformed run is refused before anything is touched
+    with quiet_libraries(opts.quiet):
+        judges = make_judges(opts.judges, world=opts.world, judge_target=opts.judge_model,
+                             device=opts.device) if opts.judges else []
+        info = _add_verdicts(run, judges, opts)
+    names = [j.name for j in judges]
+    if not opts.quiet:
+        _print_judged(run.rows(), names)
+    if not opts.report:
+        check_judges_gave_verdicts(run.rows(), names)
+        return {"judges": info.judges}
+    from deepalign.reports.run_report import build_report
+
+    summary = build_report(run.path, quiet=opts.quiet)
+    check_judges_gave_verdicts(run.rows(), names)
+    return summary
+
+
+def _open_run(opts: JudgeOptions) -> RunDir:
+    """The run directory to judge: ``run_dir`` itself, or a new one (``out_dir``) holding the
+    imported responses of a published file. Every wrong combination of options is refused
+    before anything is written."""
     if opts.register:
         raise OptionError("register", "notes a validation: it needs --validate LABELS")
     if not opts.run_dir:
@@ -240,19 +253,7 @@ def judge_run(options: JudgeOptions | None = None, **kwargs) -> dict:
     if not opts.judges and published is None:
         raise OptionError("judges", "is required: name the judges to add")
     source = Path(opts.run_dir)
-    if published is not None:
-        path, spec = published
-        if not opts.out_dir:
-            raise OptionError("out_dir", f"is required to judge a file of responses ({path}): the run directory to create")
-        from deepalign.judges.registry import JUDGES
-        from deepalign.registry import split_list
-
-        for s in split_list(opts.judges):  # names before the import writes anything
-            JUDGES.check_name(s)
-        run = import_responses(path, opts.out_dir, kind=spec.kind if spec else None,
-                               preset=spec.preset if spec else None, options=spec.options if spec else None,
-                               prompts=opts.prompts, world=opts.world)
-    else:
+    if published is None:
         if opts.prompts:
             raise OptionError("prompts", "is for a file of published responses, not a run directory")
         if opts.out_dir:  # the verdicts go into the run directory itself
@@ -260,48 +261,61 @@ def judge_run(options: JudgeOptions | None = None, **kwargs) -> dict:
                                          f"run directory go into it ({source})")
         if not source.exists():
             raise DeepAlignError(f"no such run directory or file: {source}")
-        run = RunDir(source).require().require_current()
-    run.rows()  # a malformed run is refused before anything is touched
-    with quiet_libraries(opts.quiet):
-        judges = make_judges(opts.judges, world=opts.world, judge_target=opts.judge_model,
-                             device=opts.device) if opts.judges else []
-        with run.lock():
-            rows = run.rows(repair=True)
-            items = run.items()
-            info = run.info()
-            todo = {j.name: [r for r in rows if j.name not in r.verdicts] for j in judges}
-            with progress(total=sum(len(v) for v in todo.values()), quiet=opts.quiet, desc="judge", unit="resp") as bar:
-                for j in judges:
-                    pending = [r for r in todo[j.name] if not r.no_response]
-                    scorer = _cached(j, opts, run.path) if pending else j
-                    missing = [r for r in todo[j.name] if r.no_response]
-                    if missing:  # nothing to judge: an error verdict, never "safe"
-                        run.append_verdicts((r.key, j.name, error_verdict(r.no_response)) for r in missing)
-                        bar.update(len(missing))
-                    for start in range(0, len(pending), opts.batch_size):
-                        batch = pending[start:start + opts.batch_size]
-                        verdicts, _ = judge_outputs([scorer], [judged_text(r.response, r.prompt, info.judge_scope)
-                                                               for r in batch],
-                                                    [_item_of(r, items) for r in batch])
-                        if start == 0 and all(v.error for v in verdicts[j.name]):
-                            # a judge that cannot judge: stop before its errors fill the run (a rerun retries)
-                            raise DeepAlignError(f"judge {j.name} gave no verdict on its first {len(batch)} responses "
-                                                 f"(first error: {verdicts[j.name][0].error[:200]}); nothing was "
-                                                 "written for it")
-                        run.append_verdicts((r.key, j.name, v) for r, v in zip(batch, verdicts[j.name]))
-                        bar.update(len(batch))
-            info.judges = list(info.judges) + [j.name for j in judges if j.name not in info.judges]
-            run.write_info(info)
-    if not opts.quiet:
-        _print_judged(run.rows(), [j.name for j in judges])
-    if not opts.report:
-        check_judges_gave_verdicts(run.rows(), [j.name for j in judges])
-        return {"judges": info.judges}
-    from deepalign.reports.run_report import build_report
+        return RunDir(source).require().require_current()
+    path, spec = published
+    if not opts.out_dir:
+        raise OptionError("out_dir", f"is required to judge a file of responses ({path}): the run directory to create")
+    from deepalign.judges.registry import JUDGES
+    from deepalign.registry import split_list
 
-    summary = build_report(run.path, quiet=opts.quiet)
-    check_judges_gave_verdicts(run.rows(), [j.name for j in judges])
-    return summary
+    for s in split_list(opts.judges):  # names before the import writes anything
+        JUDGES.check_name(s)
+    return import_responses(path, opts.out_dir, kind=spec.kind if spec else None, preset=spec.preset if spec else None,
+                            options=spec.options if spec else None, prompts=opts.prompts, world=opts.world)
+
+
+def _add_verdicts(run: RunDir, judges, opts: JudgeOptions) -> RunRecord:
+    """Each judge's verdict on every row of ``run`` it has not judged yet, appended as they
+    come; the run record then lists the judges. Returns the run record."""
+    from deepalign.utils import progress
+
+    with run.lock():
+        rows = run.rows(repair=True)
+        items = run.items()
+        info = run.info()
+        todo = {j.name: [r for r in rows if j.name not in r.verdicts] for j in judges}
+        with progress(total=sum(len(v) for v in todo.values()), quiet=opts.quiet, desc="judge", unit="resp") as bar:
+            for j in judges:
+                _judge_rows(run, j, todo[j.name], items, info, opts, bar)
+        info.judges = list(info.judges) + [j.name for j in judges if j.name not in info.judges]
+        run.write_info(info)
+    return info
+
+
+def _judge_rows(run: RunDir, judge, rows: list[ResponseRow], items: dict, info: RunRecord, opts: JudgeOptions,
+                bar) -> None:
+    """``judge`` over ``rows``, ``opts.batch_size`` at a time, each batch's verdicts appended to
+    the run as it comes. A row without a response gets an error verdict (never "safe"); a judge
+    whose whole first batch is errors stops before its errors fill the run (a rerun retries)."""
+    from deepalign.judges.base import judge_batches
+    from deepalign.judges.cache import cached
+    from deepalign.runs.runlog import judged_text
+
+    missing = [r for r in rows if r.no_response]
+    if missing:
+        run.append_verdicts((r.key, judge.name, error_verdict(r.no_response)) for r in missing)
+        bar.update(len(missing))
+    pending = [r for r in rows if not r.no_response]
+    if not pending:
+        return
+    scorer = cached(judge, (Path(opts.cache_dir) if opts.cache_dir else run.path / "judge_cache") if opts.cache else None)
+    texts = [judged_text(r.response, r.prompt, info.judge_scope) for r in pending]
+    for start, verdicts in judge_batches(scorer, texts, [_item_of(r, items) for r in pending], opts.batch_size):
+        if start == 0 and all(v.error for v in verdicts):
+            raise DeepAlignError(f"judge {judge.name} gave no verdict on its first {len(verdicts)} responses "
+                                 f"(first error: {verdicts[0].error[:200]}); nothing was written for it")
+        run.append_verdicts((r.key, judge.name, v) for r, v in zip(pending[start:start + len(verdicts)], verdicts))
+        bar.update(len(verdicts))
 
 
 def _print_judged(rows, names) -> None:

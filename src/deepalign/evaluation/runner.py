@@ -32,6 +32,7 @@ from typing import Any, Mapping, Sequence
 from deepalign.data.datasets import DATA_NEEDS, DataOptions
 from deepalign.decoding.base import GEN_NEEDS, GenConfig
 from deepalign.errors import DeepAlignError, OptionError
+from deepalign.judges.base import judge_batch
 from deepalign.runs.rundir import RunDir, row_key
 from deepalign.runs.runlog import JUDGE_SCOPES, DatasetRecord, ResponseRow, RunRecord, TargetRecord, judged_text, role_of
 from deepalign.options import Test, build, choice, number
@@ -106,14 +107,8 @@ def judge_outputs(judges, responses: Sequence[str], items: Sequence[EvalPrompt])
     seconds = {}
     for j in judges:
         t = time.perf_counter()
-        vs = j.judge(list(responses), list(items))
+        verdicts[j.name] = judge_batch(j, responses, items)
         seconds[j.name] = time.perf_counter() - t
-        if len(vs) != len(responses):
-            raise DeepAlignError(f"judge {j.name} returned {len(vs)} verdicts for {len(responses)} responses")
-        try:
-            verdicts[j.name] = [Verdict.coerce(v) for v in vs]
-        except TypeError as exc:
-            raise DeepAlignError(f"judge {j.name}: {exc}") from None
     return verdicts, seconds
 
 

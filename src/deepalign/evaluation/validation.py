@@ -298,17 +298,14 @@ def load_labels(spec: str) -> Labels:
 
 def _verdicts(judge, data: Labels, cache_dir: Path | None, batch_size: int, bar) -> list[Verdict]:
     """``judge``'s verdict on every labelled response, cached as they come when ``cache_dir``."""
-    from deepalign.judges.cache import CachedJudge, cache_file
+    from deepalign.judges.base import judge_batches
+    from deepalign.judges.cache import cached
 
-    j = CachedJudge(judge, cache_file(cache_dir, judge)) if cache_dir is not None and judge.cacheable else judge
     out: list[Verdict] = []
-    for start in range(0, len(data.records), batch_size):
-        chunk = data.records[start:start + batch_size]
-        got = j.judge([r.response for r in chunk], [r.item for r in chunk])
-        if len(got) != len(chunk):
-            raise DeepAlignError(f"judge {judge.name} returned {len(got)} verdicts for {len(chunk)} responses")
-        out.extend(Verdict.coerce(v) for v in got)
-        bar.update(len(chunk))
+    for _, verdicts in judge_batches(cached(judge, cache_dir), [r.response for r in data.records],
+                                     [r.item for r in data.records], batch_size):
+        out.extend(verdicts)
+        bar.update(len(verdicts))
     return out
 
 

@@ -10,7 +10,7 @@ never as safe).
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from deepalign.errors import DeepAlignError
 from deepalign.records import EvalPrompt, Verdict, error_verdict  # noqa: F401  (error_verdict: for judges)
@@ -43,3 +43,24 @@ class Judge:
 
     def __repr__(self) -> str:
         return f"<judge {self.name}>"
+
+
+def judge_batch(judge: Judge, responses: Sequence[str], items: Sequence[EvalPrompt | None]) -> list[Verdict]:
+    """``judge``'s verdicts on one batch as :class:`Verdict` records, one per response (a judge
+    may return records or flat dicts of verdict fields); a wrong count or a verdict that is no
+    verdict is an error naming the judge."""
+    got = judge.judge(list(responses), list(items))
+    if len(got) != len(responses):
+        raise DeepAlignError(f"judge {judge.name} returned {len(got)} verdicts for {len(responses)} responses")
+    try:
+        return [Verdict.coerce(v) for v in got]
+    except TypeError as exc:
+        raise DeepAlignError(f"judge {judge.name}: {exc}") from None
+
+
+def judge_batches(judge: Judge, responses: Sequence[str], items: Sequence[EvalPrompt | None],
+                  batch_size: int) -> Iterator[tuple[int, list[Verdict]]]:
+    """``judge`` over ``responses`` ``batch_size`` at a time: ``(start, verdicts)`` per batch, as
+    each is judged (the caller writes or counts them before the next one is asked)."""
+    for start in range(0, len(responses), batch_size):
+        yield start, judge_batch(judge, responses[start:start + batch_size], items[start:start + batch_size])

@@ -58,6 +58,14 @@ def cache_file(directory: str | Path, judge: Judge) -> Path:
     return Path(directory) / f"{slug}.{_digest(judge_identity(judge))[:10]}.jsonl"
 
 
+def cached(judge: Judge, directory: str | Path | None) -> Judge:
+    """``judge`` behind a cache in ``directory`` when it is worth one (a model judge), else
+    ``judge`` itself (no directory: no cache)."""
+    if directory is None or not judge.cacheable:
+        return judge
+    return CachedJudge(judge, cache_file(directory, judge))
+
+
 class CachedJudge(Judge):
     """``judge`` with its verdicts kept in ``path`` (see the module doc); ``hits`` and
     ``misses`` count the verdicts answered from the file and by the judge."""
