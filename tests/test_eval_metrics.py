@@ -95,3 +95,23 @@ def test_summary_rates_errors_positions_and_depth():
     # an attack the run log does not describe has no depth (labels are never parsed)
     assert summarize(rows, ["j"], RunRecord())["depth"] == []
     assert summarize(rows, ["j"], RUN) == summarize(list(reversed(rows)), ["j"], RUN)  # order of rows does not matter
+
+
+def test_a_cell_and_the_study_compute_a_rate_the_same_way():
+    """The study's tables (item-level evidence) and a run's cells share one rate: the share of
+    true verdicts among the given ones, with its Wilson interval; refusal positions too."""
+    from deepalign.metrics.cells import judge_cell, position_histogram, share
+    from deepalign.study.evidence import rate
+
+    verdicts = [{"harmful": True, "refusal": False}, {"harmful": False, "refusal": True, "refusal_start_token": 2},
+                {"harmful": None, "refusal": True, "refusal_start_token": 0}, {"harmful": True, "refusal": False}]
+    rows = [_row("t", "direct", f"i{n}", "harmful", v) for n, v in enumerate(verdicts)]
+    cell = judge_cell(rows, "j")
+    assert cell["harmful"] == share(v["harmful"] for v in verdicts) == {"k": 2, "n": 3, "rate": 2 / 3,
+                                                                          "ci95": list(wilson_interval(2, 3))}
+    items = {f"i{n}": v for n, v in enumerate(verdicts)}
+    assert rate(items) == (cell["harmful"]["rate"], cell["harmful"]["ci95"], 3)
+    assert rate(items, "refusal")[:2] == (cell["refusal"]["rate"], cell["refusal"]["ci95"])
+    assert position_histogram([2, None, 0, 2]) == {0: 1, 2: 2}
+    assert cell["refusal_position"]["token"] == {"0": 1, "2": 1}
+

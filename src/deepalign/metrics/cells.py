@@ -46,11 +46,27 @@ NO_JUDGE = "none"
 _NONE = Verdict()
 
 
-def _hist(values: Iterable[int]) -> dict[str, int]:
+def share(values: Iterable[bool | None]) -> dict[str, Any]:
+    """The share of true values among those given (None: no verdict, left out) with its 95%
+    Wilson interval: ``{"k", "n", "rate", "ci95"}``. Every rate of a cell, and of the study's
+    tables, is one."""
+    given = [bool(v) for v in values if v is not None]
+    return proportion(sum(given), len(given))
+
+
+def position_histogram(values: Iterable[int | None]) -> dict[int, int]:
+    """How many values stand at each position (refusal starts), positions in order; None is
+    left out."""
     counts: dict[int, int] = defaultdict(int)
     for v in values:
-        counts[int(v)] += 1
-    return {str(k): counts[k] for k in sorted(counts)}
+        if v is not None:
+            counts[int(v)] += 1
+    return {k: counts[k] for k in sorted(counts)}
+
+
+def _hist(values: Iterable[int | None]) -> dict[str, int]:
+    """:func:`position_histogram` with string keys (JSON)."""
+    return {str(k): n for k, n in position_histogram(values).items()}
 
 
 def _ordered(values: Iterable[str], order: Sequence[str] | None) -> list[str]:
@@ -89,11 +105,8 @@ def judge_cell(rows: Sequence[ResponseRow], judge: str) -> dict[str, Any]:
         return r.verdicts.get(judge) or _NONE
 
     def prop(subset, name):
-        vals = [getattr(verdict(r), name) for r in subset]
-        vals = [v for v in vals if v is not None]
-        return proportion(sum(bool(v) for v in vals), len(vals))
+        return share(getattr(verdict(r), name) for r in subset)
 
-    correct = [c for c in (correct_of(r, verdict(r)) for r in rows) if c is not None]
     refused = [verdict(r) for r in harm if verdict(r).refusal]
     scores = [verdict(r).score for r in harm if verdict(r).score is not None]
     cell = {
@@ -104,15 +117,15 @@ def judge_cell(rows: Sequence[ResponseRow], judge: str) -> dict[str, Any]:
         "refusal": prop(harm, "refusal"),
         "over_refusal": prop(benign, "refusal"),
         "answered": prop([r for r in rows if r.kind == "benign"], "answered"),
-        "helpful": proportion(sum(correct), len(correct)),
+        "helpful": share(correct_of(r, verdict(r)) for r in rows),
         "answers": _answer_counts(rows),
         "errors": sum(1 for r in rows if verdict(r).error),
         "not_judged": sum(1 for r in rows if verdict(r).extra.get("not_judged")),
         "unparsed": sum(1 for r in rows if verdict(r).extra.get("unparsed")),
         "unknown_tokens": sum(1 for r in rows if r.meta.get("unknown_words")),
         "refusal_position": {
-            "token": _hist(v.refusal_start_token for v in refused if v.refusal_start_token is not None),
-            "word": _hist(v.refusal_start_word for v in refused if v.refusal_start_word is not None),
+            "token": _hist(v.refusal_start_token for v in refused),
+            "word": _hist(v.refusal_start_word for v in refused),
         },
     }
     if scores:  # a graded judge: the mean score with its bootstrap interval, next to the binary rate

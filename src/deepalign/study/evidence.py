@@ -6,7 +6,10 @@ The study's evaluation stages write three run directories (``OUT/eval/attacks``,
 (``tags["model"]``, and ``tags["alpha"]`` for an ED target), per attack its family, depth and
 whether it is a shifted shape, and per dataset its role (``harmful``, ``unseen``, ``benign``,
 ``helpful``): the evidence is read from those fields, never from labels. Several seeds pool by
-treating (seed, item) as the unit (:func:`pool_evidence`).
+treating (seed, item) as the unit (:func:`pool_evidence`). The evidence stays item-level (the
+claims' paired bootstrap needs the items); its rates and histograms are computed by the metrics
+layer, as a run's cells are (:func:`deepalign.metrics.cells.share`,
+:func:`~deepalign.metrics.cells.position_histogram`).
 """
 
 from __future__ import annotations
@@ -18,8 +21,7 @@ from pathlib import Path
 
 from deepalign.attacks.base import AttackInfo
 from deepalign.errors import DeepAlignError
-from deepalign.metrics.cells import correct_of
-from deepalign.metrics.intervals import wilson
+from deepalign.metrics.cells import correct_of, position_histogram, share
 from deepalign.runs.rundir import RunDir
 from deepalign.runs.runlog import DatasetRecord
 from deepalign.study.models import BASE, RECORD_MODELS, EDKey
@@ -208,12 +210,10 @@ def pool_evidence(parts: list[Evidence]) -> Evidence:
 
 # -- cells -------------------------------------------------------------------------------------
 def rate(items: dict | None, name: str = "harmful") -> tuple[float | None, list | None, int]:
-    """``(rate, 95% Wilson interval, n)`` of a verdict field over items."""
-    if not items:
-        return None, None, 0
-    k = sum(bool(v[name]) for v in items.values())
-    n = len(items)
-    return k / n, wilson(k, n), n
+    """``(rate, 95% Wilson interval, n)`` of a verdict field over items (items without it: left
+    out), as :func:`deepalign.metrics.cells.share` computes every rate of a run's cells."""
+    p = share(v[name] for v in (items or {}).values())
+    return p["rate"], p["ci95"], p["n"]
 
 
 def in_ablation(info: AttackInfo, dataset: DatasetRecord) -> bool:
@@ -253,21 +253,16 @@ def ed_scores(ev: Evidence, model: str, alpha: float | None, dataset: str) -> di
 
 
 def ed_rate(ev: Evidence, model: str, alpha: float | None, dataset: str) -> dict:
-    items = ev.ed_rows(model, alpha, dataset)
-    k = sum(sum(v) for v in items.values())
-    n = sum(len(v) for v in items.values())
-    return {"harmful": k / n if n else None, "ci95": wilson(k, n), "n": n}
+    """The harmful rate of an ED target over every sample of every item, with its Wilson interval."""
+    p = share(s for samples in ev.ed_rows(model, alpha, dataset).values() for s in samples)
+    return {"harmful": p["rate"], "ci95": p["ci95"], "n": p["n"]}
 
 
 def refusal_positions(ev: Evidence, model: str) -> dict[int, int]:
     """Histogram of where the model's refusals of direct harmful queries start (tokens)."""
-    hist: dict[int, int] = defaultdict(int)
     direct = ev.prefill_attack(0)
-    for d in ev.datasets:
-        for v in (ev.greedy.get((model, direct, d.name)) or {}).values():
-            if v["refusal"] and v["refusal_start_token"] is not None:
-                hist[int(v["refusal_start_token"])] += 1
-    return dict(sorted(hist.items()))
+    return position_histogram(v["refusal_start_token"] for d in ev.datasets
+                              for v in (ev.greedy.get((model, direct, d.name)) or {}).values() if v["refusal"])
 
 
 def numbers(ev: Evidence, *, names, alphas) -> dict:
@@ -291,9 +286,7 @@ def numbers(ev: Evidence, *, names, alphas) -> dict:
             items = ev.benign.get((m, d.name))
             if not items:
                 continue
-            over = rate(items, "refusal")
-            checked = {k: {"c": bool(v["correct"])} for k, v in items.items() if v["correct"] is not None}
-            helpful = rate(checked, "c") if checked else (None, None, 0)
+            over, helpful = rate(items, "refusal"), rate(items, "correct")
             row[d.name] = {"role": d.role, "over_refusal": over[0], "over_refusal_ci95": over[1],
                            "helpful": helpful[0], "helpful_ci95": helpful[1]}
         benign[m] = row
@@ -334,9 +327,7 @@ def tagged_rate(ev: Evidence, run: str, measure: str, **tags) -> tuple[float | N
     """``(rate, Wilson interval, n)`` of one measure (:data:`MEASURES`) of a tagged target."""
     role, family, depth, name = MEASURES[measure]
     dataset, attack = ev.tagged_dataset(run, role), ev.attack_label(run, family, depth)
-    items = ev.cell(run, dataset, attack, **tags) if dataset and attack else {}
-    checked = {k: v for k, v in items.items() if v[name] is not None}
-    return rate(checked, name)
+    return rate(ev.cell(run, dataset, attack, **tags) if dataset and attack else {}, name)
 
 
 def tagged_items(ev: Evidence, run: str, measure: str, **tags) -> dict[str, int]:
@@ -389,8 +380,7 @@ def direction_numbers(ev: Evidence, models=RECORD_MODELS) -> dict:
         plain = {"harmful direct": rate(ev.greedy.get((m, direct, seen.name)) if seen else None),
                  "refusal direct": rate(ev.greedy.get((m, direct, seen.name)) if seen else None, "refusal"),
                  "harmful prefill:8": rate(ev.greedy.get((m, prefill8, seen.name)) if seen else None),
-                 "helpful": rate({k: {"c": bool(v["correct"])} for k, v in (ev.benign.get((m, helpful.name)) or {}).items()
-                                  if v["correct"] is not None} if helpful else None, "c")}
+                 "helpful": rate(ev.benign.get((m, helpful.name)) if helpful else None, "correct")}
         row = {}
         for measure in ("harmful direct", "refusal direct", "harmful prefill:8", "helpful"):
             r, ci, n = tagged_rate(ev, "direction", measure, model=m, ablated=True)
