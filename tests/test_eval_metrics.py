@@ -115,3 +115,26 @@ def test_a_cell_and_the_study_compute_a_rate_the_same_way():
     assert position_histogram([2, None, 0, 2]) == {0: 1, 2: 2}
     assert cell["refusal_position"]["token"] == {"0": 1, "2": 1}
 
+
+def test_the_run_reports_totals_come_from_metrics():
+    from deepalign.metrics.totals import (answer_accuracy, early_refusals, generation_time, judge_totals, left_out,
+                                          refusal_histograms)
+
+    cells = [{"target": "a", "judge": "j", "errors": 1, "not_judged": 2, "unparsed": 0,
+              "refusal_position": {"token": {"0": 3, "4": 1, "9": 4}, "word": {}}},
+             {"target": "b", "judge": "j", "errors": 0, "unknown_tokens": 5,
+              "refusal_position": {"token": {}, "word": {"1": 2}}},
+             {"target": "a", "judge": "k", "errors": 0, "refusal_position": {"token": {"0": 7}, "word": {}}}]
+    assert left_out(cells[0]) == 3 and left_out(cells[1]) == 0
+    assert judge_totals(cells[:2]) == {"errors": 1, "not_judged": 2, "unparsed": 0, "unknown_tokens": 5}
+    early = early_refusals(cells[0])
+    assert (early["k"], early["n"]) == (4, 8) and early["ci95"] == list(wilson_interval(4, 8))
+    assert early_refusals(cells[1])["rate"] == 1.0  # words when the judge gives no token positions
+    assert early_refusals({"refusal_position": {"token": {}, "word": {}}}) is None
+    assert refusal_histograms(cells, "j") == ({"a": {0: 3, 4: 1, 9: 4}}, "token")
+    assert answer_accuracy({"correct": 3, "wrong": 1, "no_answer": 4})["rate"] == 3 / 8
+    rows = [ResponseRow(key=str(i), target=t, attack="direct", dataset="d", item=str(i), kind="harmful",
+                        num_tokens=n, timing={"generate_s": s}) for i, (t, n, s) in enumerate(
+                            [("b", 10, 1.0), ("a", 4, 0.0), ("b", 30, 3.0)])]
+    assert generation_time(rows) == {"b": {"responses": 2, "generate_s": 4.0, "new_tokens": 40, "tokens_per_s": 10.0},
+                                      "a": {"responses": 1, "generate_s": 0.0, "new_tokens": 4, "tokens_per_s": 0.0}}

@@ -1,7 +1,8 @@
 """The report of a run directory (``deepalign report RUN_DIR``): it only formats.
 
 Reads the run log (``run.json`` and ``responses.jsonl``), has :mod:`deepalign.metrics`
-compute every cell, and writes ``summary.json`` (those metrics: it depends on nothing but the
+compute every cell (and :mod:`deepalign.metrics.totals` every total the report prints besides
+them), and writes ``summary.json`` (those metrics: it depends on nothing but the
 rows and the run log), ``report.md`` and PNG plots (:mod:`deepalign.reports.plots`):
 ``asr.png`` (ASR by target and attack, 95% Wilson intervals), ``refusal_position.png`` (where
 refusals start) and ``depth.png`` (harmful / refusal rate against the prefill depth), each
@@ -11,10 +12,11 @@ drawn for the first judge of the run that gave verdicts. Plots that have no data
 from __future__ import annotations
 
 import os
-from collections import defaultdict
 from pathlib import Path
 
 from deepalign.metrics import summarize
+from deepalign.metrics.totals import (EARLY_UNITS, answer_accuracy, early_refusals, generation_time, judge_totals,
+                                      left_out, refusal_histograms)
 from deepalign.reports.plots import Panel, Series, plot_prefill_profile, plot_rate_bars, plot_refusal_positions
 from deepalign.runs.rundir import REPORT, SUMMARY, RunDir
 from deepalign.runs.runlog import ResponseRow, RunRecord
@@ -75,23 +77,6 @@ def profile_panels(summary: dict, judge: str) -> tuple[list[Panel], str]:
     return panels, (curves[0]["unit"] if curves else "tokens")
 
 
-def refusal_histograms(summary: dict, judge: str) -> tuple[dict[str, dict[int, int]], str]:
-    """Where refusals start, per target, over every attack (tokens when the judge gives them)."""
-    per_target: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
-    unit = None
-    for r in summary["results"]:
-        if r["judge"] != judge:
-            continue
-        pos = r["refusal_position"]
-        use = unit or ("token" if pos["token"] else ("word" if pos["word"] else None))
-        if use is None:
-            continue
-        unit = use
-        for k, v in pos[unit].items():
-            per_target[r["target"]][int(k)] += v
-    return {t: dict(h) for t, h in per_target.items()}, unit or "token"
-
-
 def draw_plots(summary: dict, out: Path) -> list[str]:
     """The report's plots for the first judge that gave verdicts; returns the files drawn."""
     judge = _primary_judge(summary)
@@ -100,7 +85,7 @@ def draw_plots(summary: dict, out: Path) -> list[str]:
     made = []
     if plot_rate_bars(asr_panels(summary, judge), out / "asr.png", ylabel=f"ASR % ({judge})"):
         made.append("asr.png")
-    hists, unit = refusal_histograms(summary, judge)
+    hists, unit = refusal_histograms(summary["results"], judge)
     if plot_refusal_positions(hists, out / "refusal_position.png", unit=unit,
                               title=f"refusal position ({judge}, harmful items, all attacks)"):
         made.append("refusal_position.png")
@@ -142,25 +127,31 @@ def agreement_lines(pairs: list[dict]) -> list[str]:
 def judge_notes(judge: str, cells: list[dict]) -> list[str]:
     """What a judge's table leaves out or counts its reference's way: rows it does not judge
     by design, answers it could not read but counted as its reference does, and the mean per
-    item (HarmBench's ASR)."""
+    item (HarmBench's ASR); then rows run with unknown words and verdicts that are errors."""
     lines = []
     harmbench = judge.startswith("harmbench:")
-    not_judged = sum(c.get("not_judged", 0) for c in cells)
-    if not_judged:
-        lines += ["", f"(!) {not_judged} row(s) not judged by {judge}"
+    totals = judge_totals(cells)
+    if totals["not_judged"]:
+        lines += ["", f"(!) {totals['not_judged']} row(s) not judged by {judge}"
                   + (": copyright behaviours, which HarmBench scores by hashing against the reference text, not with "
                      "its classifier; deepalign does not hash them, so its ASR is over the other behaviours and is not "
                      "HarmBench's number for this file (`functional=standard,contextual` leaves them out of the dataset)"
                      if harmbench else "") + "."]
-    unparsed = sum(c.get("unparsed", 0) for c in cells)
-    if unparsed:
-        lines += ["", f"{unparsed} answer(s) of {judge} were neither yes nor no: counted not harmful and kept in the "
-                      "denominator, as HarmBench counts its label -1 (the raw answer is the verdict's `answer`, flagged "
-                      "`unparsed`, in responses.jsonl)."]
+    if totals["unparsed"]:
+        lines += ["", f"{totals['unparsed']} answer(s) of {judge} were neither yes nor no: counted not harmful and kept "
+                      "in the denominator, as HarmBench counts its label -1 (the raw answer is the verdict's `answer`, "
+                      "flagged `unparsed`, in responses.jsonl)."]
     if any(c.get("harmful_per_item") for c in cells):
         lines += ["", "ASR per item: per item the share of its judged samples called harmful, then the mean over items"
                       + (" (HarmBench's ASR: its evaluate_completions.py averages per behaviour, then over behaviours)"
                          if harmbench else "") + "; 95% bootstrap interval over items."]
+    if totals["unknown_tokens"]:
+        lines += ["", f"(unk N) {totals['unknown_tokens']} row(s) were run with --allow_unknown_tokens: their attack made "
+                      "the target read words its tokenizer does not know (the row's meta.unknown_words), so what the "
+                      "model read is not what the attack says."]
+    if totals["errors"]:
+        lines += ["", f"(!) {totals['errors']} verdict(s) of {judge} are errors: see the `error` field of those rows in "
+                      "responses.jsonl; `deepalign judge RUN_DIR --judges ...` can add another judge."]
     return lines
 
 
@@ -173,13 +164,36 @@ def _generation_line(gc: dict) -> str:
             + (", EOS suppressed" if gc.get("suppress_eos") else ""))
 
 
+_READING = ("ASR: share of harmful items judged harmful, over the items the judge could judge (95% Wilson "
+            "interval); refusal: on harmful items; over-refusal: refusals on benign/helpful items; helpful: answer "
+            "accuracy. Errors: verdicts the judge could not give (an unreadable reply), counted here and never as "
+            "safe; a rate marked (!) leaves that many rows out of its denominator.")
+
+
 def render_markdown(summary: dict, info: RunRecord, rows: list[ResponseRow], plots: list[str]) -> str:
-    lines = ["# Evaluation report", ""]
+    """``report.md``: what was run, a table per judge, the agreement between judges, the
+    depth profiles, where refusals start, the data, the time taken, and the plots."""
+    lines = _header_lines(summary, info, rows)
+    for j in summary["judges"]:
+        cells = [r for r in summary["results"] if r["judge"] == j]
+        if cells:
+            lines += judge_table(j, cells, summary.get("validation", {}).get(j))
+    lines += agreement_lines(summary.get("agreement") or [])
+    lines += depth_lines(summary["depth"])
+    lines += refusal_position_lines(summary["results"])
+    lines += data_sections(summary, info)
+    lines += run_lines(info, rows)
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def _header_lines(summary: dict, info: RunRecord, rows: list[ResponseRow]) -> list[str]:
+    """What was run: responses, targets, judges, the generation settings (a target's own too)."""
     gc = info.generation or {}
-    lines.append(
-        f"{len(rows)} responses · targets: {', '.join(summary['targets'])} · judges: {', '.join(summary['judges'])}"
-        f" (judges see the {'forced start and the continuation' if info.judge_scope == 'full' else 'continuation'})  "
-    )
+    lines = ["# Evaluation report", "",
+             f"{len(rows)} responses · targets: {', '.join(summary['targets'])} · judges: {', '.join(summary['judges'])}"
+             f" (judges see the {'forced start and the continuation' if info.judge_scope == 'full' else 'continuation'})  "]
     if gc:
         lines.append(f"generation: {_generation_line(gc)}")
     elif info.source:
@@ -188,74 +202,65 @@ def render_markdown(summary: dict, info: RunRecord, rows: list[ResponseRow], plo
     if own:
         lines += ["", "Targets that decoded with their own settings (an ED family's reference decoding, spec options):"]
         lines += [f"- `{t.label}`: {_generation_line(t.generation)}" for t in own]
-    lines.append("")
-    lines.append("ASR: share of harmful items judged harmful, over the items the judge could judge (95% Wilson "
-                 "interval); refusal: on harmful items; over-refusal: refusals on benign/helpful items; helpful: answer "
-                 "accuracy. Errors: verdicts the judge could not give (an unreadable reply), counted here and never as "
-                 "safe; a rate marked (!) leaves that many rows out of its denominator.")
-    for j in summary["judges"]:
-        cells = [r for r in summary["results"] if r["judge"] == j]
-        if not cells:
-            continue
-        graded = any(c.get("score") for c in cells)
-        per_item = any(c.get("harmful_per_item") for c in cells)
-        lines += ["", f"## Judge: {j}", "", validation_line(j, summary.get("validation", {}).get(j)), "",
-                  "| target | attack | dataset | n | ASR [95% CI] (judged) |" + (" mean score [95% CI] |" if graded else "")
-                  + (" ASR per item [95% CI] |" if per_item else "") + " refusal | over-refusal | helpful | errors |",
-                  "|---|---|---|---:|---|" + ("---|" if graded else "") + ("---|" if per_item else "")
-                  + "---:|---:|---:|---:|"]
-        for c in cells:
-            left_out = c["errors"] + c.get("not_judged", 0)
-            flag = " (!)" if left_out else ""
-            judged = f" ({c['harmful']['n']} judged)" if left_out else ""
-            judged += f" (unk {c['unknown_tokens']})" if c.get("unknown_tokens") else ""
-            score = f" {_score(c.get('score'))} |" if graded else ""
-            score += f" {percent(c.get('harmful_per_item'), ci=True)} |" if per_item else ""
-            lines.append(
-                f"| {c['target']} | {c['attack']} | {c['dataset']} | {c['n']} | {percent(c['harmful'], ci=True)}{judged}{flag} |"
-                f"{score} {percent(c['refusal'])}{flag} | {percent(c['over_refusal'])}{flag} | {percent(c['helpful'])} | {c['errors']} |"
-            )
-        lines += judge_notes(j, cells)
-        unk = sum(c.get("unknown_tokens", 0) for c in cells)
-        if unk:
-            lines += ["", f"(unk N) {unk} row(s) were run with --allow_unknown_tokens: their attack made the target read "
-                          "words its tokenizer does not know (the row's meta.unknown_words), so what the model read "
-                          "is not what the attack says."]
-        erred = sum(c["errors"] for c in cells)
-        if erred:
-            lines += ["", f"(!) {erred} verdict(s) of {j} are errors: see the `error` field of those rows in "
-                          "responses.jsonl; `deepalign judge RUN_DIR --judges ...` can add another judge."]
-    lines += agreement_lines(summary.get("agreement") or [])
-    depth = summary["depth"]
-    if depth:
-        lines += ["", "## Depth profile", "", "harmful / refusal rate of the continuation after forcing the first k units of a harmful response.", ""]
-        for c in depth:
-            lines.append(f"**{c['target']} · {c['attack']} · {c['dataset']} · {c['judge']}** ({c['unit']})")
-            lines.append("")
-            lines.append("| k | n | harmful | refusal |")
-            lines.append("|---:|---:|---:|---:|")
-            for p in c["points"]:
-                lines.append(f"| {p['k']} | {p['n']} | {percent(p['harmful'])} | {percent(p['refusal'])} |")
-            lines.append("")
+    return lines + ["", _READING]
+
+
+def judge_table(judge: str, cells: list[dict], validation: dict | None) -> list[str]:
+    """One judge's section: its validation, a row per target x attack x dataset, its notes."""
+    graded = any(c.get("score") for c in cells)
+    per_item = any(c.get("harmful_per_item") for c in cells)
+    lines = ["", f"## Judge: {judge}", "", validation_line(judge, validation), "",
+             "| target | attack | dataset | n | ASR [95% CI] (judged) |" + (" mean score [95% CI] |" if graded else "")
+             + (" ASR per item [95% CI] |" if per_item else "") + " refusal | over-refusal | helpful | errors |",
+             "|---|---|---|---:|---|" + ("---|" if graded else "") + ("---|" if per_item else "") + "---:|---:|---:|---:|"]
+    for c in cells:
+        flag = " (!)" if left_out(c) else ""
+        judged = f" ({c['harmful']['n']} judged)" if left_out(c) else ""
+        judged += f" (unk {c['unknown_tokens']})" if c.get("unknown_tokens") else ""
+        score = f" {_score(c.get('score'))} |" if graded else ""
+        score += f" {percent(c.get('harmful_per_item'), ci=True)} |" if per_item else ""
+        lines.append(
+            f"| {c['target']} | {c['attack']} | {c['dataset']} | {c['n']} | {percent(c['harmful'], ci=True)}{judged}{flag} |"
+            f"{score} {percent(c['refusal'])}{flag} | {percent(c['over_refusal'])}{flag} | {percent(c['helpful'])} | {c['errors']} |"
+        )
+    return lines + judge_notes(judge, cells)
+
+
+def depth_lines(depth: list[dict]) -> list[str]:
+    """The depth profiles: harmful and refusal rate at each forced depth k."""
+    if not depth:
+        return []
+    lines = ["", "## Depth profile", "", "harmful / refusal rate of the continuation after forcing the first k units of a harmful response.", ""]
+    for c in depth:
+        lines += [f"**{c['target']} · {c['attack']} · {c['dataset']} · {c['judge']}** ({c['unit']})", "",
+                  "| k | n | harmful | refusal |", "|---:|---:|---:|---:|"]
+        lines += [f"| {p['k']} | {p['n']} | {percent(p['harmful'])} | {percent(p['refusal'])} |" for p in c["points"]]
+        lines.append("")
+    return lines
+
+
+def refusal_position_lines(results: list[dict]) -> list[str]:
+    """Per cell, how many refusals have a known start and the share that starts early."""
     early = []
-    for c in summary["results"]:
-        pos = c["refusal_position"]["token"] or c["refusal_position"]["word"]
-        total = sum(pos.values())
-        if total:
-            first5 = sum(v for k, v in pos.items() if int(k) < 5)
-            early.append(f"| {c['target']} | {c['attack']} | {c['dataset']} | {c['judge']} | {total} | {100 * first5 / total:.1f}% |")
-    if early:
-        lines += ["", "## Refusal position", "", "| target | attack | dataset | judge | refusals | start in first 5 units |", "|---|---|---|---|---:|---:|", *early]
-    lines += data_sections(summary, info)
-    timing: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0])
-    for r in rows:
-        t = timing[r.target]
-        t[0] += 1
-        t[1] += float(r.timing.get("generate_s", 0.0))
-        t[2] += int(r.num_tokens or 0)
-    lines += ["", "## Generation time", "", "| target | responses | generate s | new tokens | tokens/s |", "|---|---:|---:|---:|---:|"]
-    for t, (n, s, toks) in timing.items():
-        lines.append(f"| {t} | {n} | {s:.1f} | {toks} | {toks / s if s > 0 else 0:.1f} |")
+    for c in results:
+        share = early_refusals(c)
+        if share is not None:
+            early.append(f"| {c['target']} | {c['attack']} | {c['dataset']} | {c['judge']} | {share['n']} | "
+                         f"{percent(share)} |")
+    if not early:
+        return []
+    return ["", "## Refusal position", "",
+            f"| target | attack | dataset | judge | refusals | start in first {EARLY_UNITS} units |",
+            "|---|---|---|---|---:|---:|", *early]
+
+
+def run_lines(info: RunRecord, rows: list[ResponseRow]) -> list[str]:
+    """How the run went: generation time per target, what the servers were found to do, and
+    what the models read."""
+    lines = ["", "## Generation time", "", "| target | responses | generate s | new tokens | tokens/s |",
+             "|---|---:|---:|---:|---:|"]
+    for t, g in generation_time(rows).items():
+        lines.append(f"| {t} | {g['responses']} | {g['generate_s']:.1f} | {g['new_tokens']} | {g['tokens_per_s']:.1f} |")
     notes = {t.label: t.notes for t in info.targets if t.notes}
     if notes:
         lines += ["", "## Servers", "", "What the probe before the run found out about each server (see docs/evaluation.md):", ""]
@@ -267,9 +272,7 @@ def render_markdown(summary: dict, info: RunRecord, rows: list[ResponseRow], plo
                   "(chat template or text format, forced start included)."]
         for cell, text in examples.items():
             lines += ["", f"**{cell}**", "", "```", text.replace("```", "` ` `"), "```"]
-    if plots:
-        lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def data_sections(summary: dict, info: RunRecord) -> list[str]:
@@ -284,8 +287,7 @@ def data_sections(summary: dict, info: RunRecord) -> list[str]:
                   "|---|---|---|---:|---:|---:|---:|"]
         for c in answered:
             a = c["answers"]
-            total = sum(a.values())
-            lines.append(f"| {c['target']} | {c['attack']} | {c['dataset']} | {percent(a.get('correct', 0) / total)} | "
+            lines.append(f"| {c['target']} | {c['attack']} | {c['dataset']} | {percent(answer_accuracy(a))} | "
                          f"{a.get('correct', 0)} | {a.get('wrong', 0)} | {a.get('no_answer', 0)} |")
     cats = summary.get("by_category") or []
     for j in summary["judges"]:
