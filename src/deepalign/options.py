@@ -202,6 +202,13 @@ def check_needs(needs: Needs, values: Mapping[str, Any], given: Iterable[str], f
 _GIVEN = "_deepalign_given"
 
 
+def option_fields(cls) -> list[dataclasses.Field]:
+    """The fields of option dataclass ``cls`` that are options: not those the stage sets itself
+    (metadata ``internal``, e.g. the Trainer's ``output_dir``, which ``train`` puts under
+    ``--out``): the command line has no flag for them, the Python function no keyword."""
+    return [f for f in dataclasses.fields(cls) if f.init and not f.metadata.get("internal")]
+
+
 def mark_given(obj: Any, given: Iterable[str], from_file: Iterable[str] = ()) -> None:
     """Record on option object ``obj`` which options were set explicitly (the CLI parser: on
     the command line, and in a ``--config`` file), for :func:`build`'s check of :data:`Needs`."""
@@ -237,8 +244,8 @@ def keyword_aliases(classes) -> dict[str, str]:
     command line, so ``out=`` names the output of every stage."""
     out: dict[str, str] = {}
     for cls in classes:
-        for f in dataclasses.fields(cls):
-            for flag in f.metadata.get("aliases", ()) if f.init else ():
+        for f in option_fields(cls):
+            for flag in f.metadata.get("aliases", ()):
                 name = flag.lstrip("-").replace("-", "_")
                 if name != f.name:
                     out.setdefault(name, f.name)
@@ -255,7 +262,7 @@ def build(kwargs: Mapping[str, Any], /, needs: Needs | None = None, **slots: tup
     (:func:`check_needs`); an option counts as set when it is a keyword argument, or set on a
     given object (see :func:`given_options`).
     """
-    names = {slot: {f.name for f in dataclasses.fields(cls) if f.init} for slot, (cls, _) in slots.items()}
+    names = {slot: {f.name for f in option_fields(cls)} for slot, (cls, _) in slots.items()}
     aliases = keyword_aliases(cls for cls, _ in slots.values())
     kwargs = {aliases.get(k, k) if not any(k in n for n in names.values()) else k: v for k, v in kwargs.items()}
     assigned: dict[str, dict[str, Any]] = {slot: {} for slot in slots}

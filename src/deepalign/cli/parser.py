@@ -115,6 +115,12 @@ class StageParser(HfArgumentParser):
                     self.renamed[old] = f"--{f.name}" + (f" ({note})" if note else "")
 
     # argparse hooks ---------------------------------------------------------------------------
+    @staticmethod
+    def _parse_dataclass_field(parser, field):
+        if field.metadata.get("internal"):  # set by the stage itself, no flag (deepalign.options.option_fields)
+            return
+        HfArgumentParser._parse_dataclass_field(parser, field)
+
     def add_argument(self, *args, **kwargs):
         kwargs.pop("was", None)  # our own field metadata (renamed flags), not argparse's
         dest = kwargs.get("dest") or (args[0].lstrip("-") if args and str(args[0]).startswith("--") else None)
