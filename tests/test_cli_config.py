@@ -156,7 +156,7 @@ def test_model_card_says_what_the_directory_holds(workspace):
     assert f"RTO target: `sorry` (id {info['refusal_token']['id']})" in card
     assert "| `learning_rate` | 0.0002 |" in card and "| `max_steps` | 2 |" in card
     assert "## Training loss" in card and f"| {info['loss_curve'][-1]['step']} |" in card
-    assert "deepalign train --model_name_or_path runs/base --output_dir runs/m" in card
+    assert "deepalign train --model_name_or_path runs/base --out runs/m" in card  # --out: the output flag
     assert "## Evaluation" not in card
     from deepalign.training.modelcard import add_evaluation
 
@@ -254,7 +254,7 @@ def test_the_first_command_lines_flags_still_work_on_train_and_pretrain(tmp_path
 
 
 def test_lora_targets_all_linear_means_every_linear_layer():
-    from deepalign.training.finetune import _lora_config
+    from deepalign.training.inputs import _lora_config
 
     cfg = _lora_config(TrainOptions(use_peft=True, lora_target_modules=["all-linear"]), {"model.layers.0.q_proj"})
     assert cfg.target_modules == "all-linear"
@@ -377,3 +377,75 @@ def test_python_functions_take_the_command_lines_aliases(tmp_path):
 
     (opts,) = build({"out": str(tmp_path), "target": ["hf:m"], "judge": ["keyword"]}, options=(EvalOptions, None))
     assert opts.out_dir == str(tmp_path) and opts.targets == ["hf:m"] and opts.judges == ["keyword"]
+
+
+# -- train's options per family of recipes (issue 26) ------------------------------------------------------------
+
+
+def test_each_recipe_is_given_the_options_of_its_family(tmp_path):
+    from deepalign.cli import train as train_cli
+    from deepalign.training.options import DeRTaOptions, DPOOptions, FinetuneAttackOptions
+
+    opts, _, _ = StageParser("train", train_cli.OPTIONS).parse(["--recipe", "dpo", "--beta", "0.2", "--lora"])
+    family = opts.family()
+    assert type(family) is DPOOptions and (family.beta, family.use_peft) == (0.2, True)
+    assert not hasattr(family, "helpful") and not hasattr(family, "objective")
+    assert type(TrainOptions().family()) is DeRTaOptions
+    attack = TrainOptions(recipe="identity-shift", objective="constrained", bias_factor=30.0).family()
+    assert type(attack) is FinetuneAttackOptions and attack.bias_factor == 30.0 and not hasattr(attack, "triples")
+    # what the train record says of the recipe comes from its family
+    assert TrainOptions(recipe="rto").hyperparameters() == {"rto_share": 0.5, "rto_append_safe": False}
+    assert TrainOptions(recipe="dpo").hyperparameters() == {"beta": 0.1}
+    assert TrainOptions(recipe="sft", use_peft=True).run_name() == "sft-lora"
+
+
+def test_an_option_of_another_family_is_refused_naming_the_recipes_that_read_it(tmp_path):
+    assert train_needs(tmp_path, None, "--recipe", "derta", "--objective", "mle") == (
+        "--objective is read only with --recipe sft or identity-shift; here it would be ignored")
+    assert train_needs(tmp_path, None, "--recipe", "dpo", "--dataset", "world:ft/harmful") == (
+        "--dataset_name is read only with --recipe sft or identity-shift; here it would be ignored")
+    assert train_needs(tmp_path, None, "--recipe", "sft", "--triples", "t.jsonl") == (
+        "--triples is read only with --recipe vanilla, harmful-prefix, rto, derta or dpo; here it would be ignored")
+    assert train_needs(tmp_path, None, "--recipe", "sft", "--objective", "mle", "--dataset", "d.jsonl") is None
+
+
+def test_train_takes_one_familys_options_object():
+    from deepalign.data.datasets import DataOptions
+    from deepalign.errors import OptionError
+    from deepalign.options import build
+    from deepalign.training.finetune import TRAIN_NEEDS
+    from deepalign.training.options import DeRTaOptions, DPOOptions
+
+    def built(options, **kwargs):
+        return build(kwargs, needs=TRAIN_NEEDS, options=(TrainOptions, TrainOptions.of(options)),
+                     training=(DeRTaConfig, None), data=(DataOptions, None))[0]
+
+    assert built(DPOOptions(beta=0.3)).family() == DPOOptions(beta=0.3)
+    assert built(DeRTaOptions(recipe="rto", rto_share=0.3), rto_keep=0.5).rto_share == 0.3
+    with pytest.raises(OptionError, match="--rto_share is read only with --recipe rto or derta and no --records"):
+        built(DeRTaOptions(recipe="vanilla", rto_share=0.3))
+
+
+def test_train_output_is_out_with_output_dir_and_out_dir_as_aliases(tmp_path):
+    from deepalign.cli import train as train_cli
+    from deepalign.data.datasets import DataOptions
+    from deepalign.options import build
+
+    parser = StageParser("train", train_cli.OPTIONS)
+    assert "--out OUT, --output_dir OUT" in " ".join(parser.format_help().split())
+    for flag in ("--out", "--output_dir", "--out_dir", "--output-dir"):
+        assert StageParser("train", train_cli.OPTIONS).parse([flag, "runs/x"])[0].out == "runs/x"
+    assert parse(tmp_path, "output_dir: runs/y\n")[0].out == "runs/y"
+    for name in ("out", "output_dir", "out_dir"):
+        opts, args, _ = build({name: "runs/z"}, options=(TrainOptions, None), training=(DeRTaConfig, None),
+                              data=(DataOptions, None))
+        assert opts.out == "runs/z", name
+
+
+def test_train_without_out_writes_runs_recipe(workspace):
+    """The documented default output, runs/<recipe>, not transformers' own 'trainer_output'."""
+    from deepalign import train
+
+    out = train(recipe="vanilla", max_steps=1, per_device_train_batch_size=4, quiet=True)
+    assert out == Path("runs/vanilla") and (out / "config.json").exists()
+    assert not Path("trainer_output").exists()

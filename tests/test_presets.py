@@ -269,7 +269,8 @@ def test_docs_table_lists_every_preset():
 
 
 def test_train_reads_presets_and_named_columns(tmp_path):
-    from deepalign.training.finetune import TrainOptions, _load_data
+    from deepalign.training.inputs import _load_data
+    from deepalign.training.options import TrainOptions
 
     spec = f"hh-rlhf:{FIX / 'hh_rlhf_harmless_base.jsonl'}"
     triples, _, _, data = _load_data(TrainOptions(recipe="dpo", triples=spec), DataOptions(limit=1))

@@ -250,11 +250,12 @@ def test_a_persona_with_a_query_template_gets_it_as_a_template_attack_file(tmp_p
     from deepalign.attacks.template import load_templates
     from deepalign.data.recipes import AOA
     from deepalign.registry import SpecArgs
-    from deepalign.training.finetune import TrainOptions, _persona_record
     from deepalign.training.modelcard import PERSONA_TEMPLATE, card_files
+    from deepalign.training.options import FinetuneAttackOptions
+    from deepalign.training.train_record import persona_record
 
     out = Path("runs/it's aoa")
-    record = _persona_record(AOA, out, TrainOptions(recipe="identity-shift", dataset_name="pairs.jsonl"))
+    record = persona_record(AOA, out, FinetuneAttackOptions(recipe="identity-shift", dataset_name="pairs.jsonl"))
     files = card_files({"recipe": "identity-shift", "base_model": "m", "persona": record})
     assert files[PERSONA_TEMPLATE] == AOA.query_template
     command = next(line for line in files["README.md"].splitlines() if line.startswith("deepalign eval "))

@@ -51,12 +51,13 @@ class DeRTaConfig(TrainingArguments):
     recipe (2 epochs, cosine, 3% warmup) with bf16 whenever the hardware has it; this class is
     the one place they are written."""
 
+    # the Trainer's own directory (checkpoints); deepalign train sets it to <out>/checkpoints, <out>
+    # being its --out (TrainOptions.out), so it is no option of the command
     output_dir: str | None = field(default=None, metadata={
-        "aliases": ["--out"],
-        "help": "the final model directory (default runs/<recipe>[-lora]); checkpoints go to <out>/checkpoints"})
+        "internal": True, "help": "the Trainer's checkpoint directory (deepalign train: <out>/checkpoints)"})
     learning_rate: float | None = field(default=None, metadata={
         "aliases": ["--lr"], "help": "peak learning rate; default: the reference's 2e-5 full / 1e-4 LoRA (DPO 5e-7 / 5e-6), "
-                "larger for models under 50M parameters (see training/finetune.py)"})
+                "larger for models under 50M parameters (see training/inputs.py)"})
     rto_keep: float | None = field(default=None, metadata={
         "help": "share of RTO positions kept per sequence; None = 0.05 for full fine-tuning, 1.0 with LoRA"})
     rto_weight: float = field(default=1.0, metadata={"help": "weight of an RTO pair relative to an MLE pair"})
