@@ -222,12 +222,7 @@ def pretrain(options: PretrainOptions | None = None, training: PretrainConfig | 
         >>> (base / "model.safetensors").exists(), (base / "README.md").exists()
         (True, True)
     """
-    import torch
-    from transformers import AutoTokenizer, Trainer
-
-    from deepalign import __version__
-    from deepalign.training.modelcard import TRAIN_INFO, render_card
-    from deepalign.utils import atomic_write, os_error, quiet_libraries, write_json
+    from deepalign.utils import quiet_libraries
     from deepalign.world.generator import load_manifest
 
     opts, cfg = build(kwargs, options=(PretrainOptions, options), training=(PretrainConfig, training))
@@ -235,65 +230,111 @@ def pretrain(options: PretrainOptions | None = None, training: PretrainConfig | 
     check_writable_dir(out)
     manifest = load_manifest(world)
     work = out.parent / f"{out.name}.partial"
+    checkpoint = _resume_point(opts, work)
+    tokenizer = _world_tokenizer(world)
+    texts = _corpus(world)
+    with quiet_libraries(opts.quiet):
+        trainer = _trainer(opts, cfg, tokenizer, texts, work)
+        seconds = _fit(trainer, checkpoint, work)
+        info = _record(opts, cfg, trainer, world, manifest, len(texts), seconds)
+        _save(trainer, tokenizer, info, out)
+    shutil.rmtree(work, ignore_errors=True)
+    if not opts.quiet:
+        final = info["final_loss"] if info["final_loss"] is not None else float("nan")
+        print(f"base model ({info['parameters'] / 1e6:.2f}M parameters, {cfg.max_steps} steps, {seconds:.0f}s, "
+              f"final loss {final:.3f}) -> {out}")
+    return out
+
+
+def _resume_point(opts: PretrainOptions, work: Path) -> str | None:
+    """The checkpoint to resume from (``--resume``); a partial run is never discarded without
+    ``--overwrite``."""
     checkpoint = last_complete_checkpoint(work) if opts.resume else None
     if work.exists() and not opts.resume and not opts.overwrite:
         raise DeepAlignError(f"{work} holds a partial pretraining run; pass --resume to continue it or "
                              "--overwrite to start over")
+    return checkpoint
+
+
+def _world_tokenizer(world: Path):
+    from transformers import AutoTokenizer
+
     try:
-        tokenizer = AutoTokenizer.from_pretrained(world / "tokenizer")
+        return AutoTokenizer.from_pretrained(world / "tokenizer")
     except Exception as exc:
         raise DeepAlignError(f"cannot load the world tokenizer from {world / 'tokenizer'}: "
                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
-    texts = _corpus(world)
 
-    with quiet_libraries(opts.quiet):
-        from datasets import Dataset
 
-        ids = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=opts.max_length)["input_ids"]
-        dataset = Dataset.from_dict({"input_ids": ids})
-        set_seed(cfg.seed)
-        model = build_model(opts, tokenizer)
-        if work.exists() and opts.overwrite:
-            shutil.rmtree(work)
-        # short runs still log a loss curve (about ten points)
-        logging_steps = min(cfg.logging_steps, max(1, cfg.max_steps // 10))
-        args = replace(cfg, output_dir=str(work), save_strategy="steps", data_seed=cfg.seed, logging_steps=logging_steps,
-                       disable_tqdm=bool(opts.quiet or cfg.disable_tqdm), dataloader_num_workers=0,
-                       use_cpu=not torch.cuda.is_available(), push_to_hub=False)
-        trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator(opts, tokenizer))
-        if opts.quiet:
-            from transformers.trainer_callback import PrinterCallback
+def _trainer(opts: PretrainOptions, cfg: PretrainConfig, tokenizer, texts: list[str], work: Path):
+    """A stock ``Trainer`` of a fresh model on the tokenized corpus, checkpointing into ``work``
+    (emptied first with ``--overwrite``)."""
+    import torch
+    from datasets import Dataset
+    from transformers import Trainer
 
-            trainer.remove_callback(PrinterCallback)
-        start = time.time()
-        try:
-            trainer.train(resume_from_checkpoint=checkpoint)
-        except OSError as exc:
-            raise os_error(exc, work) from None
-        seconds = time.time() - start
-        curve = [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h]
-        n_params = sum(p.numel() for p in model.parameters())
-        info = {
-            "recipe": "pretrain", "base_model": None, "parameters": n_params, "deepalign_version": __version__,
-            "data": {"corpus": {"source": str(world / "pretrain" / "corpus.jsonl"), "rows": len(texts)}},
-            "world": str(world), "world_seed": manifest.get("seed"), "world_files": manifest.get("files"),
-            "model_shape": {k: v for k, v in asdict(opts).items() if k in ("hidden_size", "num_layers", "num_heads",
-                                                                             "intermediate_size", "max_length")},
-            "hyperparameters": {k: getattr(getattr(cfg, k), "value", getattr(cfg, k)) for k in (
-                "max_steps", "per_device_train_batch_size", "learning_rate", "warmup_steps", "weight_decay",
-                "adam_beta2", "lr_scheduler_type", "seed")},
-            "steps": trainer.state.global_step, "train_seconds": round(seconds, 1), "loss_curve": curve,
-            "final_loss": curve[-1]["loss"] if curve else None, "seed": cfg.seed,
-        }
-        trainer.model.config.use_cache = True  # the saved model decodes with a KV cache
-        trainer.model.generation_config.use_cache = True
-        with atomic_dir(out) as tmp:
-            trainer.model.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
-            write_json(tmp / TRAIN_INFO, info)
-            atomic_write(tmp / "README.md", render_card(info))
-    shutil.rmtree(work, ignore_errors=True)
-    if not opts.quiet:
-        print(f"base model ({n_params / 1e6:.2f}M parameters, {cfg.max_steps} steps, {seconds:.0f}s, final loss "
-              f"{curve[-1]['loss'] if curve else float('nan'):.3f}) -> {out}")
-    return out
+    ids = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=opts.max_length)["input_ids"]
+    dataset = Dataset.from_dict({"input_ids": ids})
+    set_seed(cfg.seed)
+    model = build_model(opts, tokenizer)
+    if work.exists() and opts.overwrite:
+        shutil.rmtree(work)
+    # short runs still log a loss curve (about ten points)
+    logging_steps = min(cfg.logging_steps, max(1, cfg.max_steps // 10))
+    args = replace(cfg, output_dir=str(work), save_strategy="steps", data_seed=cfg.seed, logging_steps=logging_steps,
+                   disable_tqdm=bool(opts.quiet or cfg.disable_tqdm), dataloader_num_workers=0,
+                   use_cpu=not torch.cuda.is_available(), push_to_hub=False)
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator(opts, tokenizer))
+    if opts.quiet:
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def _fit(trainer, checkpoint: str | None, work: Path) -> float:
+    """Train (or resume); returns the seconds it took."""
+    from deepalign.utils import os_error
+
+    start = time.time()
+    try:
+        trainer.train(resume_from_checkpoint=checkpoint)
+    except OSError as exc:
+        raise os_error(exc, work) from None
+    return time.time() - start
+
+
+def _record(opts: PretrainOptions, cfg: PretrainConfig, trainer, world: Path, manifest: dict, n_texts: int,
+            seconds: float) -> dict:
+    """The train record of the base model (``deepalign_train.json``, read by its model card)."""
+    from deepalign import __version__
+
+    curve = [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h]
+    return {
+        "recipe": "pretrain", "base_model": None, "parameters": sum(p.numel() for p in trainer.model.parameters()),
+        "deepalign_version": __version__,
+        "data": {"corpus": {"source": str(world / "pretrain" / "corpus.jsonl"), "rows": n_texts}},
+        "world": str(world), "world_seed": manifest.get("seed"), "world_files": manifest.get("files"),
+        "model_shape": {k: v for k, v in asdict(opts).items() if k in ("hidden_size", "num_layers", "num_heads",
+                                                                         "intermediate_size", "max_length")},
+        "hyperparameters": {k: getattr(getattr(cfg, k), "value", getattr(cfg, k)) for k in (
+            "max_steps", "per_device_train_batch_size", "learning_rate", "warmup_steps", "weight_decay",
+            "adam_beta2", "lr_scheduler_type", "seed")},
+        "steps": trainer.state.global_step, "train_seconds": round(seconds, 1), "loss_curve": curve,
+        "final_loss": curve[-1]["loss"] if curve else None, "seed": cfg.seed,
+    }
+
+
+def _save(trainer, tokenizer, info: dict, out: Path) -> None:
+    """The model (decoding with a KV cache), its tokenizer, train record and card, written to
+    ``out`` atomically."""
+    from deepalign.training.modelcard import TRAIN_INFO, render_card
+    from deepalign.utils import atomic_write, write_json
+
+    trainer.model.config.use_cache = True  # the saved model decodes with a KV cache
+    trainer.model.generation_config.use_cache = True
+    with atomic_dir(out) as tmp:
+        trainer.model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / TRAIN_INFO, info)
+        atomic_write(tmp / "README.md", render_card(info))
