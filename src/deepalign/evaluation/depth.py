@@ -34,6 +34,7 @@ from deepalign.errors import DeepAlignError, OptionError
 from deepalign.evaluation.forcing import as_items, load_component, mean_ci
 from deepalign.options import build, number
 from deepalign.registry import split_list
+from deepalign.reports.depth_plots import plot_refusal_projection, plot_token_profile
 
 
 def _log_probs(model, rows: list[list[int]], starts: list[int], lengths: list[int], pad: int, width: int, batch_size: int):
@@ -212,46 +213,6 @@ def shallowness(result: dict, head: int = 5) -> float | None:
     return None if total <= 0 else sum(kl[:head]) / total
 
 
-def plot_token_profile(results: dict[str, dict], path: str | os.PathLike, *, title: str | None = None) -> None:
-    """One figure, two panels: per-token KL(aligned || base) and the refusal-token probability
-    at each forced depth, one line per aligned model (``results``: label -> result)."""
-    from deepalign.reports.plots import pyplot, save_figure
-
-    plt = pyplot()
-    first = next(iter(results.values()))
-    pieces = [t["piece"] for t in first["refusal_tokens"]]
-    several = len(pieces) > 1 and "refusal_by_token" in first
-    fig, axes = plt.subplots(1, 3 if several else 2, figsize=(16 if several else 11, 4))
-    ax1, panels = axes[0], list(axes[1:])
-    for i, (label, r) in enumerate(results.items()):
-        xs = r["positions"]
-        ax1.plot(xs, r["kl"], color=f"C{i}", label=label)
-        lo = [c[0] if c else None for c in r["kl_ci95"]]
-        hi = [c[1] if c else None for c in r["kl_ci95"]]
-        if all(v is not None for v in lo + hi):
-            ax1.fill_between(xs, lo, hi, color=f"C{i}", alpha=0.15)
-        curves = ([r["refusal_by_token"][pieces[0]], r["refusal"]] if several else [r["refusal"]])
-        for ax, ys in zip(panels, curves):
-            ax.plot(xs, ys, color=f"C{i}", label=label)
-    names = [f"P({pieces[0]!r})", "P(" + " or ".join(repr(p) for p in pieces) + ")"] if several else \
-        ["P(" + " or ".join(repr(p) for p in pieces) + ")"]
-    for ax, name in zip(panels, names):
-        ax.set_xlabel("forced depth k (tokens of the harmful response)")
-        ax.set_ylabel(f"{name} after k forced tokens")
-        ax.set_ylim(-0.03, 1.03)
-        ax.set_title(f"Refusal {'token' if name == names[0] else 'openers'}: {name}", fontsize="medium")
-        ax.legend(fontsize="small")
-    panels[-1].plot(first["positions"], first["base_refusal"], color="black", linestyle=":", label="base")
-    panels[-1].legend(fontsize="small")
-    ax1.set_xlabel("response position t (tokens of the harmful response forced)")
-    ax1.set_ylabel("KL(aligned || base) at t (nats)")
-    ax1.set_title("Per-token KL along harmful responses")
-    ax1.legend(fontsize="small")
-    if title:
-        fig.suptitle(title)
-    save_figure(fig, Path(path))
-
-
 TABLE_POSITIONS = (0, 1, 2, 4, 8, 16, 32, 48)
 
 
@@ -296,8 +257,6 @@ def write_depth(out: str | os.PathLike, results: dict[str, dict], *, dataset: st
         write_json(tmp / "depth.json", {"dataset": dataset, "models": results})
         plot_token_profile(results, tmp / "depth.png", title=dataset)
         if projections:
-            from deepalign.evaluation.projection import plot_refusal_projection
-
             write_json(tmp / "projection.json", {"dataset": dataset, "models": projections})
             plot_refusal_projection(projections, tmp / "projection.png", depth=results, title=dataset)
         first = next(iter(results.values()))

@@ -10,19 +10,18 @@ token, where a direction at position -1 was found. A shallowly aligned model's p
 from the harmful prompts' mean towards the harmless prompts' mean (both in ``direction.json``)
 as the harmful answer goes on; a deeply aligned one keeps it up.
 
-:func:`plot_refusal_projection` draws the projections next to ``deepalign depth``'s per-token
-KL and refusal probability.
+:func:`deepalign.reports.depth_plots.plot_refusal_projection` draws the projections next to
+``deepalign depth``'s per-token KL and refusal probability.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 
 from deepalign.errors import DeepAlignError
+from deepalign.reports.depth_plots import plot_refusal_projection  # noqa: F401  (drawn by deepalign depth)
 
 
 
@@ -108,47 +107,3 @@ def projection_profiles(models: Mapping[str, Any], directions: Mapping[str, Any]
                           "harmless_mean": means.get("harmless")}
         del comp
     return results
-
-
-def plot_refusal_projection(projections: Mapping[str, dict], path: str | os.PathLike, *,
-                            depth: Mapping[str, dict] | None = None, title: str | None = None) -> None:
-    """One figure: the projection on each model's refusal direction at each forced depth
-    (dashed: the mean projections of its harmful and harmless prompts), with, when ``depth``
-    (label -> :func:`~deepalign.evaluation.depth.depth_profiles` result) is given, the
-    per-token KL and the refusal-token probability of the same models beside it."""
-    from deepalign.reports.plots import pyplot, save_figure
-
-    plt = pyplot()
-    depth = {k: v for k, v in (depth or {}).items() if k in projections}
-    fig, axes = plt.subplots(1, 3 if depth else 1, figsize=(16 if depth else 6, 4), squeeze=False)
-    axes = list(axes[0])
-    ax = axes[-1]
-    for i, (label, r) in enumerate(projections.items()):
-        xs = r["positions"]
-        ax.plot(xs, r["projection"], color=f"C{i}", label=f"{label} (layer {r['layer']})")
-        if all(c is not None for c in r["projection_ci95"]):
-            ax.fill_between(xs, [c[0] for c in r["projection_ci95"]], [c[1] for c in r["projection_ci95"]],
-                            color=f"C{i}", alpha=0.15)
-        for key in ("harmful_mean", "harmless_mean"):
-            if r.get(key) is not None:
-                ax.axhline(r[key], color=f"C{i}", linestyle="--" if key == "harmful_mean" else ":", linewidth=0.8)
-        if label in depth:
-            d = depth[label]
-            axes[0].plot(d["positions"], d["kl"], color=f"C{i}", label=label)
-            axes[1].plot(d["positions"], d["refusal"], color=f"C{i}", label=label)
-    ax.set_xlabel("forced depth k (tokens of the harmful response)")
-    ax.set_ylabel("projection on the refusal direction")
-    ax.set_title("Refusal direction along harmful responses\n(dashed: harmful prompts' mean, dotted: harmless)",
-                 fontsize="medium")
-    ax.legend(fontsize="small")
-    if depth:
-        pieces = [t["piece"] for t in next(iter(depth.values()))["refusal_tokens"]]
-        axes[0].set(xlabel="response position t", ylabel="KL(aligned || base) at t (nats)",
-                    title="Per-token KL along harmful responses")
-        axes[1].set(xlabel="forced depth k", ylabel="P(" + " or ".join(repr(p) for p in pieces) + ")",
-                    title="Refusal-token probability", ylim=(-0.03, 1.03))
-        for a in axes[:2]:
-            a.legend(fontsize="small")
-    if title:
-        fig.suptitle(title)
-    save_figure(fig, Path(path))

@@ -2,6 +2,10 @@
 computed: grouped bars of rates (with intervals when given), rate curves against the prefill
 depth, and where refusals start. Both the evaluation report and the study report draw with
 these; every figure is written atomically as PNG.
+
+A figure of curves is a row of :class:`Frame` panels (:func:`plot_frames`): each holds
+:class:`Curve` lines (with an optional 95% band) and :class:`Level` reference lines; the
+depth figures (:mod:`deepalign.reports.depth_plots`) are drawn the same way.
 """
 
 from __future__ import annotations
@@ -94,48 +98,126 @@ def plot_rate_bars(panels: Sequence[Panel], path: Path, *, ylabel: str) -> bool:
     return True
 
 
-def plot_prefill_profile(panels: Sequence[Panel], path: Path, *, xlabel: str, ylabel: str, title: str | None = None,
-                         symlog: bool = False) -> bool:
-    """Rates against the prefill depth ``k`` (the harmful answer forced so far): one panel per
-    rate, one curve per series (target x dataset). False without data."""
-    panels = [p for p in panels if any(v is not None for s in p.series for v in s.values)]
-    if not panels:
+@dataclass
+class Curve:
+    """One line of a :class:`Frame`: a y (or None: no point) per x, drawn through the xs that
+    have one; ``band``: a (low, high) per x (or None) shaded around it; ``step``: drawn as
+    steps centred on each x."""
+
+    label: str | None
+    xs: Sequence
+    ys: Sequence[float | None]
+    band: Sequence[Sequence[float] | None] | None = None
+    style: str = "-"
+    color: str | None = None
+    marker: str | None = None
+    step: bool = False
+
+
+@dataclass
+class Level:
+    """A horizontal reference line across a frame (a mean the curves are read against)."""
+
+    y: float
+    color: str | None = None
+    style: str = "--"
+
+
+@dataclass
+class Frame:
+    """One panel of a figure: its curves, reference levels, labels and y range; ``legend``:
+    the legend's keyword arguments (None: no legend); ``symlog``: a symmetric log x axis with
+    a tick at each x of the first curve; ``integer_x``: whole-number x ticks only (positions)."""
+
+    curves: list[Curve]
+    xlabel: str = ""
+    ylabel: str = ""
+    title: str | None = None
+    ylim: tuple[float, float] | None = None
+    levels: list[Level] = field(default_factory=list)
+    legend: dict | None = field(default_factory=lambda: {"fontsize": "small"})
+    symlog: bool = False
+    integer_x: bool = False
+
+
+def _draw_frame(ax, frame: Frame) -> None:
+    import numpy as np
+
+    for level in frame.levels:  # first: the y range makes room for them as for the curves
+        ax.axhline(level.y, color=level.color, linestyle=level.style, linewidth=0.8)
+    for c in frame.curves:
+        points = [(x, y, b) for x, y, b in zip(c.xs, c.ys, c.band or [None] * len(c.xs)) if y is not None]
+        if not points:
+            continue
+        xs, ys = [x for x, _, _ in points], [y for _, y, _ in points]
+        if c.step:
+            ax.step(xs, ys, where="mid", marker=c.marker, color=c.color, label=c.label)
+        else:
+            ax.plot(xs, ys, c.style, marker=c.marker, color=c.color, label=c.label)
+        if c.band is not None and any(b is not None for _, _, b in points):
+            lo = np.array([np.nan if b is None else b[0] for _, _, b in points], dtype=float)
+            hi = np.array([np.nan if b is None else b[1] for _, _, b in points], dtype=float)
+            ax.fill_between(xs, lo, hi, color=ax.get_lines()[-1].get_color(), alpha=0.15, linewidth=0)
+    ax.set_xlabel(frame.xlabel)
+    ax.set_ylabel(frame.ylabel)
+    if frame.title:
+        ax.set_title(frame.title, fontsize="medium")
+    if frame.ylim is not None:
+        ax.set_ylim(*frame.ylim)
+    if frame.symlog:
+        ax.set_xscale("symlog", linthresh=2)
+        xs = list(frame.curves[0].xs) if frame.curves else []
+        ax.set_xticks(xs, [str(x) for x in xs])
+    if frame.integer_x:
+        from matplotlib.ticker import MaxNLocator
+
+        xs = [int(x) for c in frame.curves for x, y in zip(c.xs, c.ys) if y is not None]
+        if xs and max(xs) - min(xs) < 4:  # a few positions: a tick at each, not fractions between them
+            ax.set_xlim(min(xs) - 0.5, max(xs) + 0.5)
+            ax.set_xticks(range(min(xs), max(xs) + 1))
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if frame.legend is not None and ax.get_legend_handles_labels()[0]:
+        ax.legend(**frame.legend)
+
+
+def plot_frames(frames: Sequence[Frame], path: Path, *, title: str | None = None,
+                size: tuple[float, float] | None = None) -> bool:
+    """Frames side by side in one figure (``size``: inches; default about 5.3 wide a frame);
+    False (nothing drawn) when no curve has a point."""
+    if not any(y is not None for f in frames for c in f.curves for y in c.ys):
         return False
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 if len(panels) == 1 else 5 * len(panels), 4), squeeze=False)
-    for ax, panel in zip(axes[0], panels):
-        for s in panel.series:  # each curve on the depths it has (series of one run may use different grids)
-            points = [(x, _pct(v)) for x, v in zip(panel.xs, s.values) if v is not None]
-            ax.plot([x for x, _ in points], [y for _, y in points], s.style, marker="o", color=s.color, label=s.label)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(panel.title or ylabel)
-        ax.set_ylim(-3, 103)
-        if symlog:
-            ax.set_xscale("symlog", linthresh=2)
-            ax.set_xticks(list(panel.xs), [str(k) for k in panel.xs])
-    axes[0][0].legend(fontsize="x-small", ncol=2)
+    fig, axes = plt.subplots(1, len(frames), figsize=size or (6.5 if len(frames) == 1 else 5.3 * len(frames), 4),
+                             squeeze=False)
+    for ax, frame in zip(axes[0], frames):
+        _draw_frame(ax, frame)
     if title:
         fig.suptitle(title)
     save_figure(fig, path)
     return True
 
 
+def plot_prefill_profile(panels: Sequence[Panel], path: Path, *, xlabel: str, ylabel: str, title: str | None = None,
+                         symlog: bool = False) -> bool:
+    """Rates against the prefill depth ``k`` (the harmful answer forced so far): one panel per
+    rate, one curve per series (target x dataset; each through the depths it has). False
+    without data."""
+    panels = [p for p in panels if any(v is not None for s in p.series for v in s.values)]
+    frames = [Frame([Curve(s.label, p.xs, [_pct(v) for v in s.values], style=s.style, color=s.color, marker="o")
+                     for s in p.series], xlabel=xlabel, ylabel=p.title or ylabel, ylim=(-3, 103), symlog=symlog,
+                    legend={"fontsize": "x-small", "ncol": 2} if i == 0 else None) for i, p in enumerate(panels)]
+    return plot_frames(frames, path, title=title, size=(6.5 if len(frames) == 1 else 5 * len(frames), 4))
+
+
 def plot_refusal_positions(hists: dict[str, dict[int, int]], path: Path, *, unit: str = "token",
                            title: str = "where refusals start") -> bool:
     """The share of refusals starting at each response position, one line per series
     (``hists``: label -> {position: count}). False without data."""
-    hists = {k: v for k, v in hists.items() if v}
-    if not hists:
-        return False
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+    curves = []
     for label, hist in hists.items():
-        xs = sorted(hist)
-        total = sum(hist.values())
-        ax.step(xs, [100 * hist[x] / total for x in xs], where="mid", marker=".", label=label)
-    ax.set_xlabel(f"refusal starts at {unit} index")
-    ax.set_ylabel("% of refusals")
-    ax.set_title(title)
-    ax.legend(fontsize="small")
-    save_figure(fig, path)
-    return True
+        if hist:
+            xs, total = sorted(hist), sum(hist.values())
+            curves.append(Curve(label, xs, [100 * hist[x] / total for x in xs], marker=".", step=True))
+    frame = Frame(curves, xlabel=f"refusal starts at {unit} index", ylabel="% of refusals", title=title, integer_x=True)
+    return plot_frames([frame], path, size=(7, 3.6))
