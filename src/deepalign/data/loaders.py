@@ -151,7 +151,14 @@ def load_instructions(
     return out
 
 
-def load_eval_prompts(
+def load_eval_prompts(source: Any, kind: str | None = None, **how: Any) -> list[EvalPrompt]:
+    """Load evaluation prompts: the items of :func:`load_eval_dataset`, which takes the same
+    arguments (``split``, ``subset``, ``fields``, ``preset``, ``options``, ``notes``) and says
+    how it read them."""
+    return load_eval_dataset(source, kind, **how)[0]
+
+
+def load_eval_dataset(
     source: Any,
     kind: str | None = None,
     *,
@@ -161,8 +168,11 @@ def load_eval_prompts(
     preset: str | None = None,
     options: Mapping[str, str] | None = None,
     notes: list[str] | None = None,
-) -> list[EvalPrompt]:
-    """Load evaluation prompts.
+    reference: list[EvalPrompt] | None = None,
+) -> tuple[list[EvalPrompt], str | None, str]:
+    """Load evaluation prompts: ``(items, the preset that read the rows (None: the generic
+    aliases), the source's display name)``. ``reference``: the items a file of published
+    responses answers (joined by the presets that need them).
 
     A file in a known benchmark's schema (or ``preset=NAME``; ``source=None`` with a preset
     loads its hub copy) gets that benchmark's kinds, categories and answers (see
@@ -180,26 +190,6 @@ def load_eval_prompts(
     ``choices`` list, from ``A``/``B``/``C``/``D`` columns, or from ``-(A) ...`` option lines
     inside the prompt (the DeRTa MMLU file; the prompt is then left as it is).
     """
-    items, _, _ = load_eval_dataset(source, kind, split=split, subset=subset, fields=fields, preset=preset,
-                                    options=options, notes=notes)
-    return items
-
-
-def load_eval_dataset(
-    source: Any,
-    kind: str | None = None,
-    *,
-    split: str | None = None,
-    subset: str | None = None,
-    fields: Mapping[str, str] | None = None,
-    preset: str | None = None,
-    options: Mapping[str, str] | None = None,
-    notes: list[str] | None = None,
-    reference: list[EvalPrompt] | None = None,
-) -> tuple[list[EvalPrompt], str | None, str]:
-    """:func:`load_eval_prompts` that also says which preset read the rows (None: the generic
-    aliases) and the source's display name. ``reference``: the items a file of published
-    responses answers (joined by the presets that need them)."""
     if kind is not None and kind not in ITEM_KINDS:
         raise DeepAlignError(f"unknown kind {kind!r}; choose from {', '.join(ITEM_KINDS)}")
     check_fields_arg(fields, EVAL_FIELDS, "load_eval_prompts")
