@@ -37,41 +37,36 @@ def _q(word: str) -> str:
     return json.dumps(word, ensure_ascii=False)
 
 
+def _program(decode: str, name: str, init: str, lines: list[str]) -> str:
+    """The program of one structure: its ``decode`` function, then the function that builds the
+    structure ``name`` (``init``, then one line per word) and asks for the steps."""
+    body = "".join(f"    {line}\n" for line in lines)
+    return decode + "\n\n\ndef output_list_initialization():\n" + f"    {name} = {init}\n" + body + _TAIL.format(name=name)
+
+
 def _list_program(words: list[str]) -> str:
-    body = "".join(f"    my_list.append({_q(w)})\n" for w in words)
-    return (
-        "def decode(input_list):\n"
-        "    # The task is split into words, one per element, in order.\n"
-        "    return \" \".join(input_list)\n\n\n"
-        "def output_list_initialization():\n"
-        "    my_list = []\n" + body + _TAIL.format(name="my_list")
-    )
+    return _program("def decode(input_list):\n"
+                    "    # The task is split into words, one per element, in order.\n"
+                    "    return \" \".join(input_list)",
+                    "my_list", "[]", [f"my_list.append({_q(w)})" for w in words])
 
 
 def _stack_program(words: list[str]) -> str:
-    body = "".join(f"    my_stack.append({_q(w)})\n" for w in reversed(words))
-    return (
-        "from collections import deque\n\n\n"
-        "def decode(input_stack):\n"
-        "    # The words of the task were pushed last word first; popping gives them in order.\n"
-        "    words = []\n"
-        "    while input_stack:\n"
-        "        words.append(input_stack.pop())\n"
-        "    return \" \".join(words)\n\n\n"
-        "def output_list_initialization():\n"
-        "    my_stack = deque()\n" + body + _TAIL.format(name="my_stack")
-    )
+    return _program("from collections import deque\n\n\n"
+                    "def decode(input_stack):\n"
+                    "    # The words of the task were pushed last word first; popping gives them in order.\n"
+                    "    words = []\n"
+                    "    while input_stack:\n"
+                    "        words.append(input_stack.pop())\n"
+                    "    return \" \".join(words)",
+                    "my_stack", "deque()", [f"my_stack.append({_q(w)})" for w in reversed(words)])
 
 
 def _dict_program(words: list[str]) -> str:
-    body = "".join(f"    my_dict[{i}] = {_q(w)}\n" for i, w in enumerate(words))
-    return (
-        "def decode(input_dict):\n"
-        "    # The keys are the positions of the task's words.\n"
-        "    return \" \".join(input_dict[i] for i in sorted(input_dict))\n\n\n"
-        "def output_list_initialization():\n"
-        "    my_dict = {}\n" + body + _TAIL.format(name="my_dict")
-    )
+    return _program("def decode(input_dict):\n"
+                    "    # The keys are the positions of the task's words.\n"
+                    "    return \" \".join(input_dict[i] for i in sorted(input_dict))",
+                    "my_dict", "{}", [f"my_dict[{i}] = {_q(w)}" for i, w in enumerate(words)])
 
 
 STRUCTURES = {"list": _list_program, "stack": _stack_program, "dict": _dict_program}
