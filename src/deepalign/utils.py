@@ -11,7 +11,7 @@ import random
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from deepalign.errors import DeepAlignError
 
@@ -81,13 +81,7 @@ def read_log(path: str | os.PathLike, *, repair: bool = False) -> list[tuple[int
         raise os_error(exc, path, "read") from None
     end = data.rfind(b"\n") + 1  # bytes up to and including the last newline
     if end < len(data) and repair:
-        try:
-            with open(path, "r+b") as fh:
-                fh.truncate(end)
-                fh.flush()
-                os.fsync(fh.fileno())
-        except OSError as exc:
-            raise os_error(exc, path) from None
+        _synced(path, "r+b", lambda fh: fh.truncate(end))
     out = []
     for lineno, raw in enumerate(data[:end].split(b"\n")[:-1], start=1):
         if not raw.strip():
@@ -158,15 +152,23 @@ def append_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> int:
     if not rows:
         return 0
     blob = "".join(dumps(r) + "\n" for r in rows).encode("utf-8")
+    _synced(path, "ab", lambda fh: fh.write(blob), parent=True)
+    return len(rows)
+
+
+def _synced(path: str | os.PathLike, mode: str, change: Callable[[Any], Any], *, parent: bool = False) -> None:
+    """Open ``path`` in ``mode``, ``change(fh)``, then flush and fsync before returning (the
+    append-only logs' one way of writing: what returned is on disk); ``parent``: create the
+    folder first. An OSError is one line naming the path."""
     try:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "ab") as fh:
-            fh.write(blob)
+        if parent:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with open(path, mode) as fh:
+            change(fh)
             fh.flush()
             os.fsync(fh.fileno())
     except OSError as exc:
         raise os_error(exc, path) from None
-    return len(rows)
 
 
 def current_umask() -> int:
