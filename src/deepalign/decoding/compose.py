@@ -28,7 +28,7 @@ from typing import Sequence
 import torch
 
 from deepalign.decoding.base import GenConfig, Generation, Request
-from deepalign.decoding.hf import PromptIds, apply_overrides, chunks, left_pad, mark_forced
+from deepalign.decoding.hf import Batched, PromptIds, left_pad, mark_forced
 from deepalign.decoding.output import continuation_text, eos_ids, find_stop, group_generations, pad_id
 from deepalign.errors import DeepAlignError
 from deepalign.models import load_causal_lm, load_tokenizer, logits_width
@@ -149,7 +149,7 @@ class Decoded:
     dists: list[list[torch.Tensor]] | None = None  # per row, per step: composed log-probs
 
 
-class ComposedTarget:
+class ComposedTarget(Batched):
     """A :class:`~deepalign.decoding.base.Target` decoding from a weighted sum of models."""
 
     def __init__(self, components: Sequence[Component], *, name: str | None = None, batch_size: int = 16,
@@ -192,13 +192,6 @@ class ComposedTarget:
     # -- Target protocol ----------------------------------------------------------------
     def render(self, request: Request) -> str:
         return self.decoder.encoder.decode(self.decoder.ids(request)[0])
-
-    def generate(self, requests: Sequence[Request], config: GenConfig) -> list[list[Generation]]:
-        config = apply_overrides(config, self.generation)
-        out: list[list[Generation]] = []
-        for batch in chunks(list(requests), self.batch_size):
-            out.extend(self._generate_batch(batch, config))
-        return out
 
     def forced(self, requests: Sequence[Request]) -> list[list[int]]:
         """The forced ids of each request: the first component's tokenisation of the prefill,

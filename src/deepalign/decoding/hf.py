@@ -80,7 +80,23 @@ class PromptIds:
         return own[: request.prefill_tokens] if request.prefill_tokens is not None else own
 
 
-class HFTarget:
+class Batched:
+    """What the local targets share: requests are generated ``batch_size`` at a time
+    (``_generate_batch``), with the target's own decoding settings (``generation``: an ED
+    family's reference decoding, spec options) over the run's."""
+
+    batch_size: int
+    generation: dict
+
+    def generate(self, requests: Sequence[Request], config: GenConfig) -> list[list[Generation]]:
+        config = apply_overrides(config, self.generation)
+        out: list[list[Generation]] = []
+        for batch in chunks(list(requests), self.batch_size):
+            out.extend(self._generate_batch(batch, config))
+        return out
+
+
+class HFTarget(Batched):
     """A Hugging Face causal LM answering requests in its own prompt format.
 
     ``model`` / ``tokenizer`` may be loaded objects or, for ``model``, a directory / hub id
@@ -130,13 +146,6 @@ class HFTarget:
 
     def render(self, request: Request) -> str:
         return self.encoder.decode(self.ids(request)[0])
-
-    def generate(self, requests: Sequence[Request], config: GenConfig) -> list[list[Generation]]:
-        config = apply_overrides(config, self.generation)
-        out: list[list[Generation]] = []
-        for batch in chunks(list(requests), self.batch_size):
-            out.extend(self._generate_batch(batch, config))
-        return out
 
     @torch.inference_mode()
     def _generate_batch(self, requests: list[Request], config: GenConfig) -> list[list[Generation]]:
