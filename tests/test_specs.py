@@ -93,3 +93,12 @@ def test_labels_and_datasets_read_yes_no_cells_alike(tmp_path):
                                              r"use \(known: 1/0"):
         load_eval_prompts(beaver, preset="beavertails")
     assert presets.get("beaver").name == "beavertails"
+
+
+def test_the_reference_files_safe_field_reads_the_same_yes_no_words(tmp_path):
+    from deepalign.data.reference import load_reference_training
+
+    path = tmp_path / "train.json"
+    rows = [{"prefix": "placeholder prompt", "text": " placeholder", "safe": safe} for safe in ("TRUE", "yes", 1, "0")]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert [ex.objective for ex in load_reference_training(path)] == ["rto", "rto", "rto", "mle"]

@@ -33,6 +33,7 @@ from deepalign.data.fields import ID_FIELDS, Ids
 from deepalign.data.sources import read_source
 from deepalign.records import HarmfulTriple
 from deepalign.errors import DeepAlignError
+from deepalign.registry import truth
 from deepalign.utils import write_jsonl
 
 __all__ = [
@@ -121,13 +122,12 @@ def _split_text(text: str) -> tuple[str, dict[str, Any]]:
 
 
 def _safe_flag(value: Any, row) -> str:
-    if value is None:
-        return "mle"
-    if isinstance(value, bool):
-        return "rto" if value else "mle"
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        return "rto" if value.strip().lower() == "true" else "mle"
-    raise row.error(f'field "safe" must be "true" or "false", got {value!r}')
+    """The objective a row's ``safe`` field asks for: ``"true"`` RTO, ``"false"`` (or none)
+    MLE; read with the project's one set of yes/no words (:func:`deepalign.registry.truth`)."""
+    flag = False if value is None else truth(value)
+    if flag is None:
+        raise row.error(f'field "safe" must be "true" or "false", got {value!r}')
+    return "rto" if flag else "mle"
 
 
 def load_reference_training(path: str | os.PathLike) -> list[ReferenceExample]:
