@@ -4,7 +4,7 @@ Is exporting cheap enough to do at the end of every run or study? Measured side 
 
 * an evaluation run on the embedded world (a tiny random-init Llama in the world's format, an
   attack battery, the oracle and keyword judges, the report): its wall time, then the export of
-  its logs (:func:`deepalign.evaluation.inspect_log.export_logs`) in the same process, and
+  its logs (:func:`deepalign.reports.inspect_log.export_logs`) in the same process, and
   ``import inspect_ai.log`` in a fresh interpreter (a one-off cost the export pays first);
 * with ``--study``: a small ``deepalign study`` (world, pretraining, five alignment recipes, every
   evaluation stage, at the test suite's toy settings): its wall time, then the export of every
@@ -39,7 +39,7 @@ def import_seconds() -> float:
 def export_seconds(path: Path) -> tuple[float, int, int]:
     """Wall time of writing every log of ``path`` (forced: logs made before are rewritten);
     returns (seconds, logs, rows)."""
-    from deepalign.evaluation.inspect_log import export_logs
+    from deepalign.reports.inspect_log import export_logs
 
     t0 = time.perf_counter()
     done = export_logs(path, force=True)

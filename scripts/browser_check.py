@@ -78,7 +78,7 @@ def pick_row(run: Path, attack: str | None = None, target: str | None = None, it
     (then the forced start and the continuation both show); with its log file."""
     from inspect_ai.log import read_eval_log
 
-    from deepalign.evaluation.inspect_log import LOGS, read_rows
+    from deepalign.reports.inspect_log import LOGS, read_rows
     from deepalign.runs.rundir import RunDir
 
     runs = [run] if RunDir(run).is_run() else sorted(p.parent for p in run.rglob("run.json") if RunDir(p.parent).is_run())
@@ -162,7 +162,7 @@ def wait_gone(driver, text: str, what: str) -> None:
 def check(run: Path, screenshots: Path | None, pick: dict) -> None:
     from inspect_ai.log import read_eval_log
 
-    from deepalign.evaluation.inspect_log import view_dir
+    from deepalign.reports.inspect_log import view_dir
 
     with tempfile.TemporaryDirectory(prefix="deepalign-browser-") as tmp:
         site = Path(tmp) / "site"

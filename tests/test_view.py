@@ -17,7 +17,7 @@ from inspect_ai.log import read_eval_log
 
 from deepalign.cli import main
 from deepalign.decoding.base import GenConfig, Generation
-from deepalign.evaluation.inspect_log import LOGS, STAMP, export_logs, read_rows
+from deepalign.reports.inspect_log import LOGS, STAMP, export_logs, read_rows
 from deepalign.evaluation.judging import judge_run
 from deepalign.metrics import summarize
 from deepalign.runs.rundir import RunDir

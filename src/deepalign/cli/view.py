@@ -6,7 +6,7 @@ instead. RUN_DIR may be a directory holding several runs (a study's ``--out``). 
 ``view`` extra: ``pip install 'deepalign[view]'``.
 """
 
-from deepalign.evaluation.inspect_log import ViewOptions, view
+from deepalign.reports.inspect_log import ViewOptions, view
 
 OPTIONS = (ViewOptions,)
 POSITIONAL = "run_dir"
