@@ -73,7 +73,7 @@ class SpecArgs:
     spec: str
     what: str
     positional: list[str] = field(default_factory=list)
-    options: dict[str, str] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
     known: list[str] = field(default_factory=list)
 
     @classmethod
@@ -96,9 +96,11 @@ class SpecArgs:
         self.known.append(key)
         if key not in self.options:
             return default
-        raw = self.options.pop(key)
+        raw = self.options.pop(key)  # a string, or a number given from Python (TargetSpec), used as it is
         try:
             value = type_(raw)
+            if type_ is int and isinstance(raw, float) and value != raw:
+                raise ValueError(raw)
         except (TypeError, ValueError):
             kind = getattr(type_, "__name__", "value")
             raise DeepAlignError(f"{self.what} {self.spec!r}: option {key}={raw!r} is not a valid {kind}") from None
@@ -113,7 +115,7 @@ class SpecArgs:
                 self.positional.remove(key)
                 return True
             return default
-        raw = self.options.pop(key).strip().lower()
+        raw = str(self.options.pop(key)).strip().lower()
         value = truth(raw)
         if value is not None:
             return value
