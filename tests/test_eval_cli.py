@@ -142,6 +142,60 @@ def test_ed_target_spec_through_the_runner(world_dir, tiny_model, tmp_path):
         make_target(f"ed:base={tiny_model},aligned={tiny_model},alpha=inf")
 
 
+def test_an_ed_alpha_reaches_the_composed_weights_as_given_and_a_spec_is_parsed_once(world_dir, tiny_model, tmp_path,
+                                                                                     monkeypatch):
+    """An ED alpha travels from Python (``TargetSpec.ed``) or the command line (``deepalign ed
+    --alpha``, ``--target ed:...,alpha=``) to the decoding loop's weights with no round trip
+    through a string, and a run parses each spec once (checking it and building it later read
+    the same parsed value)."""
+    import numpy as np
+
+    from deepalign.decoding import compose
+    from deepalign.decoding.registry import TARGETS, TargetSpec, make_target
+    from deepalign.runs.rundir import RunDir
+
+    weights, parsed = [], []
+    real_init = compose.ComposedTarget.__init__
+
+    def spy_init(self, components, **kwargs):
+        weights.append([c.weight for c in components])
+        real_init(self, components, **kwargs)
+
+    monkeypatch.setattr(compose.ComposedTarget, "__init__", spy_init)
+    factory, help_ = TARGETS.entries["ed"]
+    monkeypatch.setitem(TARGETS.entries, "ed", (lambda args, ctx: parsed.append(args.spec) or factory(args, ctx), help_))
+    alpha = 0.1 + 0.2  # 0.30000000000000004
+    for given in (alpha, np.float32(0.1)):  # str(np.float32(0.1)) is '0.1', another float
+        t = make_target(TargetSpec.ed(tiny_model, tiny_model, given))
+        assert [c.weight for c in t.components] == [1.0 + float(given), -float(given)]
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("name a river\n")
+    common = ["--prompts", str(prompts), "--judges", "keyword", "--max_new_tokens", "2", "--quiet", "--no_report"]
+    weights.clear(), parsed.clear()
+    assert main(["ed", "--base", str(tiny_model), "--aligned", str(tiny_model), "--alpha", repr(alpha), *common,
+                 "--out", str(tmp_path / "ed")]) == 0
+    assert weights == [[1.0 + alpha, -alpha]] and len(parsed) == 1
+    [target] = RunDir(tmp_path / "ed").info().targets
+    assert target.tags == {"alpha": alpha} and "alpha=0.30000000000000004" in target.label
+    weights.clear(), parsed.clear()
+    spec = f"ed:base={tiny_model},aligned={tiny_model},alpha=0.30000000000000004"
+    assert main(["eval", "--target", spec, "--attacks", "direct", "--dataset", str(prompts), "--judge", "keyword",
+                 "--max_new_tokens", "2", "--out", str(tmp_path / "eval"), "--quiet", "--no_report"]) == 0
+    assert weights == [[1.0 + alpha, -alpha]] and parsed == [spec]
+    assert [t.label for t in RunDir(tmp_path / "eval").info().targets] == [spec]
+
+
+def test_a_composed_targets_options_reach_every_component_unless_one_says_otherwise(tiny_model):
+    """An option given unprefixed (``truncate=true``, ``system=...``) applies to every component
+    of a composed target; a component's own (``aligned.truncate=false``) wins for it."""
+    from deepalign.decoding.registry import make_target
+
+    t = make_target(f"ed:base={tiny_model},aligned={tiny_model},alpha=0.5,truncate=true,system=be brief")
+    assert [(c.truncate, c.prompt_format.system) for c in t.components] == [(True, "be brief"), (True, "be brief")]
+    t = make_target(f"eft:large={tiny_model},tuned={tiny_model},small={tiny_model},truncate=true,tuned.truncate=false")
+    assert [c.truncate for c in t.components] == [True, False, True]
+
+
 def test_sampled_run_resumed_mid_batch_equals_an_uninterrupted_one(world_dir, tiny_model, tmp_path):
     """Sampling through a Hugging Face target: a run cut after a batch and a half (as a kill
     leaves it) and resumed draws exactly the samples of an uninterrupted run, because batches

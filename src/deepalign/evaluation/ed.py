@@ -93,21 +93,18 @@ ED_NEEDS = {
 
 
 def ed_specs(opts: EDOptions) -> list:
-    """One :class:`~deepalign.decoding.registry.TargetSpec` per alpha: the models, family and
-    formats of ``opts``, tagged with the alpha (the run log keeps it)."""
+    """One parsed ED spec (:class:`~deepalign.decoding.spec.EDSpec`) per alpha: the models,
+    family and formats of ``opts``, tagged with the alpha (the run log keeps it). Every alpha
+    goes into its spec as the float given; the spec parser checks everything else, once."""
     from deepalign.decoding import presets
-    from deepalign.decoding.registry import TargetSpec
-    from deepalign.tokens import PromptFormat
+    from deepalign.decoding.spec import TargetSpec, parse_target
 
     fam = presets.family(opts.family) if opts.family else None
     base = opts.base or (fam.base if fam else None)
     aligned = opts.aligned or (fam.aligned if fam else None)
     if not base or not aligned:
         raise OptionError("base", "and --aligned are required (or --family)")
-    from deepalign.decoding.compose import refuse_servers
-
-    refuse_servers({"base": base, "aligned": aligned}, "ed")
-    alphas = opts.alpha or [presets.ed_alpha(None, fam) if fam else 0.3]
+    alphas = opts.alpha or [fam.alpha if fam else 0.3]
     if len(set(alphas)) != len(alphas):
         raise OptionError("alpha", f"holds a value twice: {alphas}")
     options: dict = {}
@@ -115,12 +112,12 @@ def ed_specs(opts: EDOptions) -> list:
         options.update(family=opts.family, reference_decoding=opts.reference_decoding)
     for role, fmt in (("base", opts.base_format), ("aligned", opts.aligned_format)):
         if fmt:
-            PromptFormat.parse(fmt)  # a malformed format fails here, with its option's name
             options[f"{role}.format"] = fmt
     options.update(dtype=opts.dtype)
     if opts.trust_remote_code:
         options["trust_remote_code"] = True
-    return [TargetSpec.ed(base, aligned, a, name=f"ED alpha {a}", tags={"alpha": a}, options=options) for a in alphas]
+    return [parse_target(TargetSpec.ed(base, aligned, a, name=f"ED alpha {a}", tags={"alpha": a}, options=options))
+            for a in alphas]
 
 
 def export_rows(run_dir, path) -> int:
@@ -186,7 +183,7 @@ def run_ed(options: EDOptions | None = None, generation: EDGenConfig | None = No
 
 
 def _check_before_wiping(specs, opts: EDOptions, data_opts: DataOptions) -> None:
-    """What --overwrite must not throw away a run for: the models and the prompts must load."""
+    """What --overwrite must not throw away a run for: the models and the prompts must be there."""
     from deepalign.data.datasets import open_dataset
     from deepalign.decoding.registry import check_target
 

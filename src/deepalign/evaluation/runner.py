@@ -195,8 +195,8 @@ def applicability(attacks, data: Mapping[str, list[EvalPrompt]]) -> list[dict]:
 
 @dataclass
 class _Target:
-    """One target of a run: what it is (its record), how to build it (``spec``, or the object
-    itself) and the generation settings it really uses."""
+    """One target of a run: what it is (its record), how to build it (``spec``: its parsed
+    spec, or the object itself) and the generation settings it really uses."""
 
     spec: Any
     record: TargetRecord
@@ -216,23 +216,22 @@ class _Target:
 
 
 def open_target(spec, gen: GenConfig, *, batch_size: int, device) -> _Target:
-    """A run's target from a spec string, a :class:`~deepalign.decoding.registry.TargetSpec` or a
-    Target object. Local models are only checked (spec, paths) and loaded when they have work;
-    a server target is built now (its probe runs before any work)."""
+    """A run's target from a spec string, a :class:`~deepalign.decoding.spec.TargetSpec`, a
+    parsed spec or a Target object. A spec is parsed here, once; a local model is only checked
+    (paths, direction files) and loaded when it has work; a server target is built now (its
+    probe runs before any work)."""
     from deepalign.decoding.hf import apply_overrides
-    from deepalign.decoding.registry import TargetSpec, check_target, is_local, label, make_target, spec_text
+    from deepalign.decoding.registry import check_target, make_target
+    from deepalign.decoding.spec import ParsedSpec, TargetSpec, parse_target
 
-    if isinstance(spec, (str, TargetSpec)):
-        text = spec_text(spec)
-        name, tags = (spec.name, spec.tag_dict) if isinstance(spec, TargetSpec) else (None, {})
+    if isinstance(spec, (str, TargetSpec, ParsedSpec)):
+        spec = parse_target(spec)
         built, models = None, {}
-        if is_local(text):
-            plan = check_target(text)
-            overrides, kind, models = plan.generation, plan.kind, plan.models
+        if spec.local:
+            models = check_target(spec).models
         else:
-            built = make_target(text, batch_size=batch_size, device=device)
-            overrides, kind = dict(getattr(built, "generation", {}) or {}), text.partition(":")[0]
-        shown = label(text)
+            built = make_target(spec, batch_size=batch_size, device=device)
+        overrides, kind, shown, name, tags = spec.generation, spec.kind, spec.label, spec.name, spec.tag_dict
     else:
         if not callable(getattr(spec, "generate", None)):
             raise DeepAlignError(f"not a target: {spec!r}")
