@@ -68,8 +68,8 @@ def with_direction(study) -> list[str]:
 def ablated_targets(study) -> list[TargetSpec]:
     """Each aligned model with its own direction ablated (tagged like the study's models, plus
     ``ablated``)."""
-    return [TargetSpec("ablate", None, (("model", str(study.models / m)), ("direction", str(direction_dir(study, m)))),
-                       name=f"{m} ablated", tags=(("model", m), ("ablated", True))) for m in with_direction(study)]
+    return [TargetSpec.ablate(study.models / m, direction_dir(study, m), name=f"{m} ablated",
+                              tags={"model": m, "ablated": True}) for m in with_direction(study)]
 
 
 def harmless_kl(study) -> dict[str, dict]:
