@@ -89,12 +89,6 @@ def check_model(path: str, direction: Direction | None = None) -> str:
     return source
 
 
-def _check_model(path: str, direction: dict | None) -> str:
-    """:func:`check_model` with the direction as a dict (``direction``, ``allow_foreign``)."""
-    d = None if direction is None else Direction(direction["direction"], allow_foreign=direction["allow_foreign"])
-    return check_model(path, d)
-
-
 # -- building --------------------------------------------------------------------------------
 
 

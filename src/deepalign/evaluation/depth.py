@@ -359,9 +359,10 @@ def run_depth(options: DepthOptions | None = None, data=None, **kwargs) -> dict[
     for spec in (opts.base, *opts.aligned):  # every model path checked before any work
         model_source(spec)
     for spec, direction in zip(opts.aligned, opts.directions):
-        from deepalign.decoding.registry import _check_model
+        from deepalign.decoding.registry import check_model
+        from deepalign.decoding.spec import Direction
 
-        _check_model(spec, {"direction": direction, "allow_foreign": False})
+        check_model(spec, Direction(direction))
     for fmt in (opts.base_format, opts.aligned_format):
         if fmt:
             PromptFormat.parse(fmt)
