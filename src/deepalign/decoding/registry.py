@@ -20,12 +20,7 @@ from deepalign.decoding.spec import (TARGETS, ComposedSpec, Direction, EDSpec, H
 from deepalign.errors import DeepAlignError
 
 __all__ = ["TARGETS", "TargetSpec", "TargetPlan", "ParsedSpec", "parse_target", "make_target", "check_target",
-           "check_model", "is_local", "label", "spec_text", "shared_models", "keep_models"]
-
-
-def spec_text(spec) -> str:
-    """The spec string of a :class:`TargetSpec`, a parsed spec or a string."""
-    return spec.text if isinstance(spec, (TargetSpec, ParsedSpec)) else spec
+           "check_model", "label", "shared_models", "keep_models"]
 
 
 def make_target(spec, *, batch_size: int = 16, device: str | None = None):
@@ -64,12 +59,6 @@ def check_target(spec) -> TargetPlan:
     parsed = parse_target(spec)
     models = {role: check_model(m.path, m.direction) for role, m in parsed.models.items()}
     return TargetPlan(parsed.kind, models, dict(parsed.generation))
-
-
-def is_local(spec) -> bool:
-    """Whether building ``spec`` loads model weights on this machine (loaded lazily, when the
-    target has work)."""
-    return parse_target(spec).local
 
 
 def check_model(path: str, direction: Direction | None = None) -> str:
