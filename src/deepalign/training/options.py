@@ -273,7 +273,7 @@ class FinetuneAttackOptions(BaseTrainOptions):
         return hp
 
 
-#: the families, in the order their options are listed
+#: the families, in the order of RECIPES
 FAMILIES: tuple[type[BaseTrainOptions], ...] = (DeRTaOptions, DPOOptions, FinetuneAttackOptions)
 
 
@@ -283,7 +283,7 @@ def family_of(recipe: str) -> type[BaseTrainOptions]:
 
 
 @dataclass
-class TrainOptions(FinetuneAttackOptions, DPOOptions, DeRTaOptions):
+class TrainOptions(DPOOptions, FinetuneAttackOptions, DeRTaOptions):
     """Every family's options in one class: what ``deepalign train`` parses from its flags and
     ``--config`` files, and what :func:`~deepalign.training.finetune.train` takes as
     ``options``; :meth:`family` is the recipe's own options."""
