@@ -449,3 +449,12 @@ def test_train_without_out_writes_runs_recipe(workspace):
     out = train(recipe="vanilla", max_steps=1, per_device_train_batch_size=4, quiet=True)
     assert out == Path("runs/vanilla") and (out / "config.json").exists()
     assert not Path("trainer_output").exists()
+
+
+def test_an_option_given_under_two_of_its_names_is_refused():
+    from deepalign.errors import DeepAlignError
+    from deepalign.evaluation.runner import EvalOptions
+    from deepalign.options import build
+
+    with pytest.raises(DeepAlignError, match=r"out= and another name of the same option \(out_dir\) are both given"):
+        build({"out_dir": "a", "out": "b"}, options=(EvalOptions, None))

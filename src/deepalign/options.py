@@ -264,7 +264,13 @@ def build(kwargs: Mapping[str, Any], /, needs: Needs | None = None, **slots: tup
     """
     names = {slot: {f.name for f in option_fields(cls)} for slot, (cls, _) in slots.items()}
     aliases = keyword_aliases(cls for cls, _ in slots.values())
-    kwargs = {aliases.get(k, k) if not any(k in n for n in names.values()) else k: v for k, v in kwargs.items()}
+    named: dict[str, Any] = {}
+    for key, value in kwargs.items():
+        field_name = aliases.get(key, key) if not any(key in n for n in names.values()) else key
+        if field_name in named:  # out= and output_dir= both given: one would be dropped without a word
+            raise DeepAlignError(f"{key}= and another name of the same option ({field_name}) are both given; give one")
+        named[field_name] = value
+    kwargs = named
     assigned: dict[str, dict[str, Any]] = {slot: {} for slot in slots}
     for key, value in kwargs.items():
         slot = next((s for s in slots if key in names[s]), None)
