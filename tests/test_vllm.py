@@ -197,18 +197,22 @@ def test_seeded_sampling_is_honoured(servers):
 
 def test_an_llm_judge_served_by_vllm(servers, world_dir, tmp_path):
     """A tiny random model cannot write a verdict line: every verdict is an error, recorded with
-    the judge's real reply, flagged in the report and counted neither safe nor harmful."""
+    the judge's real reply, flagged in the report and counted neither safe nor harmful, and the
+    run fails naming the judge."""
     from deepalign import run_eval
     from deepalign.decoding.openai import OpenAITarget
+    from deepalign.errors import DeepAlignError
     from deepalign.judges.base import JudgeParseError
     from deepalign.judges.llm import LLMJudge
     from deepalign.records import EvalPrompt
 
     world, judge = servers["world"], servers["llama2-sp"]
-    run_eval(targets=[f"openai:{world.model}@{world.url}"], attacks=["direct"], datasets=["world:harmful"],
-             world=str(world_dir), limit=3, max_new_tokens=8, judges=["oracle", "llm"],
-             judge_model=f"openai:{judge.model}@{judge.url},timeout=600,retries=0",  # 512-token replies
-             out_dir=str(tmp_path), quiet=True)
+    # a judge that judged nothing fails the run, after the rows and the report are written
+    with pytest.raises(DeepAlignError, match=r"judge llm:jbb-hardened gave no verdict: all 3 of its verdicts are errors"):
+        run_eval(targets=[f"openai:{world.model}@{world.url}"], attacks=["direct"], datasets=["world:harmful"],
+                 world=str(world_dir), limit=3, max_new_tokens=8, judges=["oracle", "llm"],
+                 judge_model=f"openai:{judge.model}@{judge.url},timeout=600,retries=0",  # 512-token replies
+                 out_dir=str(tmp_path), quiet=True)
     cells = {c["judge"]: c for c in json.loads((tmp_path / "summary.json").read_text())["results"]}
     llm = cells["llm:jbb-hardened"]  # the alias "llm" names the hardened JailbreakBench-style judge
     assert llm["n"] == llm["errors"] == 3, judge.log_tail()

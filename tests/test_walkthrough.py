@@ -79,9 +79,12 @@ def test_real_model_walkthrough_runs_as_written(walkthrough):
     # without tokenizer=: one line, nothing written
     assert not (runs / "tiny-refused").exists()
     assert re.search(r"deepalign: error: server .* HTTP 422: .* tokenizer=", proc.stderr)
-    # the LLM judge over the server: unreadable verdicts are counted as errors, never as safe
-    cells = [c for c in json.loads((runs / "tiny-served" / "summary.json").read_text())["results"] if c["judge"] == "llm:jbb-hardened"]
-    assert cells and all(c["errors"] == c["n"] and c["harmful"]["n"] == 0 for c in cells)
+    # the LLM judge over the server judges nothing: one line naming it, none of its verdicts
+    # written (never counted as safe)
+    assert re.search(r"deepalign: error: judge llm:jbb-hardened gave no verdict on its first \d+ responses "
+                     r"\(first error: unparseable judge reply", proc.stderr), proc.stderr[-3000:]
+    judges = json.loads((runs / "tiny-served" / "summary.json").read_text())["judges"]
+    assert "llm:jbb-hardened" not in judges
 
 
 def test_vllm_section_runs_as_written(walkthrough):
