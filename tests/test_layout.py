@@ -1,6 +1,7 @@
 """The layout of docs/architecture.md holds: every import of ``src/deepalign`` (at the top of a
 module or inside a function) points down the layers, so no folder imports one that stands
-later in the flow, and no folder holds more than a sixth of the code."""
+later in the flow, no folder holds more than a sixth of the code, and no function is over 80
+lines."""
 
 from __future__ import annotations
 
@@ -69,3 +70,12 @@ def test_no_folder_holds_more_than_a_sixth_of_the_code():
     total = sum(lines.values())
     big = {u: n for u, n in lines.items() if n > total / 6}
     assert not big, f"over a sixth of {total} lines: {big}"
+
+
+def test_no_function_over_80_lines():
+    long = []
+    for path in ROOT.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 80:
+                long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
+    assert not long, f"functions over 80 lines (split them into their steps): {long}"

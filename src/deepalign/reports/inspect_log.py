@@ -375,15 +375,61 @@ def export_run(run: RunDir, logs: Path, *, force: bool = False) -> Export:
     return Export(run.path, logs, True, [logs / f.name for f in files], n)
 
 
+def _sample(r: ResponseRow, name: str, cell: dict, item, info: RunRecord):
+    """One row as an Inspect sample: the messages the model read, its output, each judge's
+    verdict as a score, and the row's metadata."""
+    from inspect_ai.log import EvalSample
+
+    from deepalign.runs.runlog import judged_text
+
+    messages = _messages(r, name)
+    reply, output = _output(r, name)
+    return EvalSample(
+        id=r.item, epoch=r.sample + 1, input=messages, target=(item.answer or "") if item else "",
+        choices=item.choices if item and item.choices else None, messages=[*messages, reply], output=output,
+        scores={j: _score(j, v, judged_text(r.response, r.prompt, info.judge_scope)) for j, v in r.verdicts.items()},
+        model_usage={name: output.usage} if output.usage is not None else {},
+        total_time=round(sum(r.timing.values()), 6) if r.timing else None,
+        working_time=r.timing.get("generate_s"),
+        metadata=_sample_metadata(r, cell, item))
+
+
+def _spec(run: RunDir, info: RunRecord, key: tuple[str, str, str], cell_rows: list[ResponseRow], *, name: str,
+          eval_id: str, run_id: str, created: str, stamp: str, cell: dict, judges: list[str]):
+    """The Inspect eval spec of one target x attack x dataset cell: its task (attack and
+    dataset), model (the target and its generation settings) and deepalign's own records."""
+    from inspect_ai.log import EvalConfig, EvalDataset, EvalSpec
+
+    from deepalign import __version__
+
+    t, a, d = key
+    trec, arec, drec = info.target(t), info.attack(a), info.dataset(d)
+    task = f"{a} · {d}"
+    return EvalSpec(
+        eval_id=eval_id, run_id=run_id, created=created, task=task, task_id=eval_id, tags=[run.path.name],
+        task_display_name=task, task_args=arec.to_dict() if arec else {},
+        dataset=EvalDataset(name=d, location=drec.spec if drec else None, samples=len({r.item for r in cell_rows}),
+                            sample_ids=sorted({r.item for r in cell_rows})),
+        model=name, model_args={k: v for k, v in (trec.to_dict() if trec else {"label": t}).items()},
+        model_generate_config=_generate_config(trec.generation if trec else info.generation),
+        config=EvalConfig(epochs=max(r.sample for r in cell_rows) + 1),
+        packages={"deepalign": __version__},
+        metadata={"deepalign": {
+            "run_dir": str(run.path.resolve()), "stamp": stamp, "export_version": EXPORT_VERSION,
+            "format_version": FORMAT_VERSION, "cell": cell,
+            "target": trec.to_dict() if trec else None, "attack": arec.to_dict() if arec else None,
+            "dataset": drec.to_dict() if drec else None, "judges": judges, "judge_scope": info.judge_scope,
+            "run_generation": info.generation, "source": info.source,
+            "example_prompt": info.examples.get(f"{t} | {a} | {d}"),
+            "not_applied": [x for x in info.not_applied if x.get("attack") == a and x.get("dataset") == d]}})
+
+
 def write_logs(run: RunDir, out: Path, stamp: str = "") -> tuple[list[Path], int]:
     """Write one ``.eval`` log per target x attack x dataset of ``run`` into ``out``; returns
     the files and the number of rows."""
-    from inspect_ai.log import EvalConfig, EvalDataset, EvalLog, EvalPlan, EvalPlanStep, EvalSample, EvalSpec, \
-        EvalStats, write_eval_log
+    from inspect_ai.log import EvalLog, EvalPlan, EvalPlanStep, EvalStats, write_eval_log
 
-    from deepalign import __version__
     from deepalign.metrics import summarize
-    from deepalign.runs.runlog import judged_text
 
     info = run.info() or RunRecord()
     rows = run.rows()
@@ -409,41 +455,14 @@ def write_logs(run: RunDir, out: Path, stamp: str = "") -> tuple[list[Path], int
              if (t, a, d) in groups]
     for index, (t, a, d) in enumerate(order):
         cell_rows = groups[(t, a, d)]
-        trec, arec, drec = info.target(t), info.attack(a), info.dataset(d)
+        trec, arec = info.target(t), info.attack(a)
         name = (trec.name if trec and trec.name else t)
         cell = _cell_metadata(info, t, a, d)
-        samples, seconds = [], sum(sum(r.timing.values()) for r in cell_rows)
-        for r in cell_rows:
-            messages = _messages(r, name)
-            reply, output = _output(r, name)
-            item = items.get((r.dataset, r.item))
-            samples.append(EvalSample(
-                id=r.item, epoch=r.sample + 1, input=messages, target=(item.answer or "") if item else "",
-                choices=item.choices if item and item.choices else None, messages=[*messages, reply], output=output,
-                scores={j: _score(j, v, judged_text(r.response, r.prompt, info.judge_scope)) for j, v in r.verdicts.items()},
-                model_usage={name: output.usage} if output.usage is not None else {},
-                total_time=round(sum(r.timing.values()), 6) if r.timing else None,
-                working_time=r.timing.get("generate_s"),
-                metadata=_sample_metadata(r, cell, item)))
-        task = f"{a} · {d}"
+        seconds = sum(sum(r.timing.values()) for r in cell_rows)
+        samples = [_sample(r, name, cell, items.get((r.dataset, r.item)), info) for r in cell_rows]
         eval_id = _short_id(run_id, t, a, d)
-        spec = EvalSpec(
-            eval_id=eval_id, run_id=run_id, created=completed, task=task, task_id=eval_id, tags=[run.path.name],
-            task_display_name=task, task_args=arec.to_dict() if arec else {},
-            dataset=EvalDataset(name=d, location=drec.spec if drec else None, samples=len({r.item for r in cell_rows}),
-                                sample_ids=sorted({r.item for r in cell_rows})),
-            model=name, model_args={k: v for k, v in (trec.to_dict() if trec else {"label": t}).items()},
-            model_generate_config=_generate_config(trec.generation if trec else info.generation),
-            config=EvalConfig(epochs=max(r.sample for r in cell_rows) + 1),
-            packages={"deepalign": __version__},
-            metadata={"deepalign": {
-                "run_dir": str(run.path.resolve()), "stamp": stamp, "export_version": EXPORT_VERSION,
-                "format_version": FORMAT_VERSION, "cell": cell,
-                "target": trec.to_dict() if trec else None, "attack": arec.to_dict() if arec else None,
-                "dataset": drec.to_dict() if drec else None, "judges": judges, "judge_scope": info.judge_scope,
-                "run_generation": info.generation, "source": info.source,
-                "example_prompt": info.examples.get(f"{t} | {a} | {d}"),
-                "not_applied": [x for x in info.not_applied if x.get("attack") == a and x.get("dataset") == d]}})
+        spec = _spec(run, info, (t, a, d), cell_rows, name=name, eval_id=eval_id, run_id=run_id, created=completed,
+                     stamp=stamp, cell=cell, judges=judges)
         plan = EvalPlan(name="deepalign", steps=[
             EvalPlanStep(solver=f"attack:{a}", params=arec.to_dict() if arec else {}),
             EvalPlanStep(solver="generate", params=dict(trec.generation or {}) if trec else {})])
