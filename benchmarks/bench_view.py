@@ -47,27 +47,12 @@ def export_seconds(path: Path) -> tuple[float, int, int]:
 
 
 def eval_run(tmp: Path, limit: int, max_new_tokens: int) -> tuple[float, Path]:
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
     from deepalign.evaluation.runner import run_eval
     from deepalign.utils import no_weight_bars
-    from deepalign.world.generator import build_world
+    from deepalign.world.tiny import random_model, small_world
 
-    n = max(limit, 2)
-    world = tmp / "world"
-    build_world(out=str(world), seed=0, quiet=True, n_pretrain=500, n_train_triples=20, n_train_helpful=20,
-                n_test_harmful=n, n_test_unseen=n, n_test_benign=n, n_test_helpful=n, n_dev_harmful=n,
-                n_dev_unseen=n, n_dev_benign=n)
-    tok = AutoTokenizer.from_pretrained(world / "tokenizer")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    model = tmp / "model"
-    with no_weight_bars():
-        LlamaForCausalLM(cfg).save_pretrained(model)
-    tok.save_pretrained(model)
+    world = small_world(tmp / "world", max(limit, 2), n_pretrain=500)
+    model = random_model(world, tmp / "model", hidden=128, layers=4, heads=4, max_positions=512)  # the study's shape
     run = tmp / "run"
     t0 = time.perf_counter()
     with no_weight_bars():

@@ -40,25 +40,10 @@ WAIT_S = 90
 def small_run(workdir: Path) -> Path:
     """A small real run: the embedded world, a tiny random-init model in its format, three
     attacks (one forcing a start) judged by the world oracle and the keyword judge."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from deepalign.world.tiny import random_model, small_world
 
-    from deepalign.utils import no_weight_bars
-    from deepalign.world.generator import build_world
-
-    world = workdir / "world"
-    build_world(out=str(world), seed=0, quiet=True, n_pretrain=200, n_train_triples=20, n_train_helpful=20,
-                n_test_harmful=4, n_test_unseen=4, n_test_benign=4, n_test_helpful=4, n_dev_harmful=4,
-                n_dev_unseen=4, n_dev_benign=4)
-    tok = AutoTokenizer.from_pretrained(world / "tokenizer")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    model = workdir / "tiny"
-    with no_weight_bars():
-        LlamaForCausalLM(cfg).save_pretrained(model)
-    tok.save_pretrained(model)
+    world = small_world(workdir / "world", 4, n_pretrain=200)
+    model = random_model(world, workdir / "tiny", hidden=32, layers=1, heads=2, max_positions=256)
     run = workdir / "run"
     deepalign(["eval", "--target", f"hf:{model}", "--attacks", "direct,prefill:4,completion:3w", "--world", str(world),
                "--limit", "2", "--max-new-tokens", "10", "--log_prompts", "--out", str(run), "--quiet"])
