@@ -45,9 +45,12 @@ def stage(argv=None):  # the end of a multi-process eval: every shard written, t
     torch.randn(256, 256) @ torch.randn(256, 256)
     state.wait_for_everyone()
     gather_object([state.process_index])
+    # The work is done once gathered: say so before the main process's last writes, so that a
+    # launch whose other process aborts at exit (and torchrun then ends this one mid-write)
+    # counts as failed at exit, not as a launch that never finished its work.
+    print(f"{MARK} {state.process_index}", flush=True)
     if state.process_index == 0:
         time.sleep(0.5)  # the main process folds the shards and writes the report
-    print(f"{MARK} {state.process_index}", flush=True)
     return 0
 
 
