@@ -462,3 +462,85 @@ def test_cli_end_to_end_and_resume(world, tmp_path, capsys):
 def test_tokenizer_round_trip_keeps_chat_template(world):
     tok = AutoTokenizer.from_pretrained(world["paths"]["aligned"])
     assert tok.chat_template == CHAT and len(tok) == len(world["words"])
+
+
+# -- the KV cache that grows in place ---------------------------------------------------------
+
+
+def _kv(model, cache) -> dict:
+    """The model's KV-cache argument (``cache`` from transformers 5.24, before it ``past_key_values``)."""
+    import inspect
+
+    return {"cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values": cache}
+
+
+def _steps(model, cache, prompt, n):
+    """Greedy steps on ``cache``: every step's logits, and the storage address of layer 0's keys."""
+    logits, where = [], []
+    with torch.no_grad():
+        out = model(input_ids=prompt, use_cache=True, **_kv(model, cache))
+        for _ in range(n):
+            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+            out = model(input_ids=nxt, use_cache=True, **_kv(model, cache))
+            logits.append(out.logits[:, -1])
+            where.append(cache.layers[0].keys.data_ptr())
+    return torch.stack(logits), where
+
+
+def test_reserved_cache_grows_in_place_with_dynamic_cache_bits(world):
+    from transformers import DynamicCache
+
+    from deepalign.decoding.cache import ReservedLayer, reserved_cache
+
+    model, _ = pair(world, "base")
+    prompt = torch.tensor([[1, 8, 9, 10, 11], [1, 12, 13, 14, 15], [1, 16, 17, 18, 19]])
+    plain, _ = _steps(model, DynamicCache(config=model.config), prompt, 10)
+    cache = reserved_cache(model, reserve=4)
+    assert all(type(layer) is ReservedLayer for layer in cache.layers)
+    ours, where = _steps(model, cache, prompt, 10)
+    assert torch.equal(ours, plain)  # bit for bit, not merely close
+    # no copy while the reserve lasts: 5 prompt positions + 4 reserved hold steps 1-4; then the
+    # buffer doubles (18 positions), which holds the rest
+    assert len(set(where[:4])) == 1 and len(set(where)) == 2
+    # rows leave the batch (the composed loop) and are repeated (samples): still in place, same bits
+    cache = reserved_cache(model, reserve=16)
+    ref = DynamicCache(config=model.config)
+    for c in (cache, ref):
+        with torch.no_grad():
+            model(input_ids=prompt, use_cache=True, **_kv(model, c))
+        c.batch_select_indices(torch.tensor([0, 2]))
+        c.batch_repeat_interleave(2)
+    keep = prompt[[0, 0, 2, 2], -1:]
+    with torch.no_grad():
+        a = model(input_ids=keep, use_cache=True, **_kv(model, cache)).logits
+        b = model(input_ids=keep, use_cache=True, **_kv(model, ref)).logits
+    assert torch.equal(a, b) and cache.get_seq_length() == ref.get_seq_length() == 6
+    assert cache.layers[0]._kbuf.shape[2] >= 6 + 15
+
+
+def test_reserved_cache_keeps_other_layer_kinds():
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from deepalign.decoding.cache import ReservedLayer, reserved_cache
+
+    cfg = MistralConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        num_key_value_heads=1, sliding_window=4)
+    kinds = {type(layer) for layer in reserved_cache(MistralForCausalLM(cfg), 8).layers}
+    assert ReservedLayer not in kinds and kinds  # a sliding window is not grown in place
+
+
+def test_hf_target_greedy_and_sampled_tokens_equal_generate_with_its_own_cache(world):
+    """The reserved cache changes no token: HFTarget's rows equal ``generate`` with the
+    ``DynamicCache`` it would build itself, greedy and sampled (same seed), logprobs included."""
+    model, tok = pair(world, "base")
+    target = HFTarget(model, tok, prompt_format=TEMPLATE, batch_size=4)
+    for cfg in (GenConfig(max_new_tokens=12, return_logprobs=True),
+                GenConfig(max_new_tokens=12, do_sample=True, num_samples=2, seed=3, return_logprobs=True)):
+        ours = target.generate(reqs(), cfg)
+        target._cache = lambda config: None  # generate builds its DynamicCache
+        try:
+            ref = target.generate(reqs(), cfg)
+        finally:
+            del target._cache
+        assert [[(g.text, g.token_logprobs) for g in row] for row in ours] == [[(g.text, g.token_logprobs) for g in row]
+                                                                         for row in ref]

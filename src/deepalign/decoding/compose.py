@@ -10,7 +10,8 @@ Emulated Disalignment, emulated fine-tuning / proxy-tuning and weak-to-strong ja
 are all instances (see :mod:`deepalign.decoding.presets`).
 
 The loop is compact and cached: every model is prefilled once on its left-padded batch of
-prompts and then advanced one token per step with its own KV cache (``DynamicCache``),
+prompts and then advanced one token per step with its own KV cache (a ``DynamicCache`` growing in place,
+:mod:`deepalign.decoding.cache`),
 attention mask and position ids; nothing is re-tokenised. Rows that finish leave the batch.
 Sampling draws each row's uniforms from its own generator, seeded by (seed, request id,
 sample index), so a row's sample does not depend on what else is in the batch.
@@ -28,6 +29,7 @@ from typing import Sequence
 import torch
 
 from deepalign.decoding.base import GenConfig, Generation, Request
+from deepalign.decoding.cache import reserved_cache
 from deepalign.decoding.hf import Batched, PromptIds, left_pad, mark_forced
 from deepalign.decoding.output import continuation_text, eos_ids, find_stop, group_generations, pad_id
 from deepalign.errors import DeepAlignError
@@ -228,14 +230,12 @@ class ComposedTarget(Batched):
         out = c.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **extra)
         return out.logits[:, -1, : self.vocab_size].float()
 
-    def _prefill(self, k: int, prompts: list[list[int]], copies: int) -> _State:
-        from transformers import DynamicCache
-
+    def _prefill(self, k: int, prompts: list[list[int]], copies: int, reserve: int) -> _State:
         c = self.active[k]
         device = next(c.model.parameters()).device
         ids, mask = left_pad(prompts, pad_id(c.tokenizer, eos_ids(c.model, c.tokenizer)), device)
         pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
-        cache = DynamicCache(config=c.model.config)
+        cache = reserved_cache(c.model, reserve)
         logits = self._forward(k, ids, mask, pos, cache)
         last = pos[:, -1]
         if copies > 1:
@@ -277,7 +277,7 @@ class ComposedTarget(Batched):
         forced = self.forced(requests) if forced is None else forced
         prompts = [[c.ids(r, config.max_new_tokens, forced=f)[0] for r, f in zip(requests, forced)]
                    for c in self.active]
-        states = [self._prefill(k, prompts[k], copies) for k in range(len(self.active))]
+        states = [self._prefill(k, prompts[k], copies, config.max_new_tokens) for k in range(len(self.active))]
 
         uniforms = None
         warpers = None

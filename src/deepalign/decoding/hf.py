@@ -1,11 +1,12 @@
 """A plain Hugging Face causal LM as a :class:`~deepalign.decoding.base.Target`: batches of
 requests answered with ``model.generate`` (left padding, greedy or sampling, stop strings,
-EOS suppression, per-token log-probs), every prompt and forced start tokenised by the token
+EOS suppression, per-token log-probs; a KV cache that grows in place, :mod:`deepalign.decoding.cache`), every prompt and forced start tokenised by the token
 contract of :mod:`deepalign.tokens`.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import zlib
 from typing import Any, Sequence
@@ -13,6 +14,7 @@ from typing import Any, Sequence
 import torch
 
 from deepalign.decoding.base import GenConfig, Generation, Request
+from deepalign.decoding.cache import reserved_cache
 from deepalign.decoding.output import StopOnText, eos_ids, group_generations, pad_id
 from deepalign.errors import DeepAlignError
 from deepalign.models import left_pad, load_causal_lm, load_tokenizer, logits_width  # noqa: F401
@@ -139,6 +141,9 @@ class HFTarget(Batched):
         self.generation = dict(generation or {})
         self.eos = eos_ids(model, tokenizer)
         self.pad = pad_id(tokenizer, self.eos)
+        # generate() takes a KV cache as `cache` where the model does (transformers >= 5.24), else
+        # as `past_key_values`
+        self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     @property
     def device(self) -> torch.device:
@@ -146,6 +151,17 @@ class HFTarget(Batched):
 
     def render(self, request: Request) -> str:
         return self.encoder.decode(self.ids(request)[0])
+
+    def _cache(self, config: GenConfig):
+        """A KV cache that grows in place (:mod:`deepalign.decoding.cache`: the same tokens as
+        ``generate``'s own ``DynamicCache``, without its copy at every step), where ``generate``
+        would build a ``DynamicCache`` itself; else None (``generate`` builds its own)."""
+        model = self.model
+        supports = getattr(model, "_supports_default_dynamic_cache", None)
+        if (getattr(model.config, "is_encoder_decoder", False) or supports is None or not supports()
+                or getattr(getattr(model, "generation_config", None), "cache_implementation", None) is not None):
+            return None
+        return reserved_cache(model, config.max_new_tokens)
 
     @torch.inference_mode()
     def _generate_batch(self, requests: list[Request], config: GenConfig) -> list[list[Generation]]:
@@ -177,6 +193,9 @@ class HFTarget(Batched):
             suppress |= self.eos
         if suppress:
             kwargs["suppress_tokens"] = sorted(suppress)
+        cache = self._cache(config)
+        if cache is not None:
+            kwargs[self._cache_arg] = cache
         if config.stop_strings:
             kwargs["stopping_criteria"] = StoppingCriteriaList(
                 [StopOnText(self.tokenizer, config.stop_strings, input_ids.shape[1], prompts)]
