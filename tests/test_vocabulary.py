@@ -120,3 +120,31 @@ def test_items_an_attack_skips_are_not_checked(sp_without_byte_fallback, tmp_pat
     rows = [json.loads(x) for x in (tmp_path / "run" / "responses.jsonl").read_text().splitlines()]
     assert sorted((r["attack"], r["item"]) for r in rows) == [("completion:3w", "plain"), ("direct", "carried"),
                                                               ("direct", "plain")]
+
+
+def test_targets_that_read_words_alike_are_checked_once(world_dir, base_model_dir, tmp_path, monkeypatch,
+                                                        sp_without_byte_fallback):
+    """The study's six world models share one tokenizer: the check runs once per tokenizer,
+    not once per target, and a tokenizer that reads words differently is still checked."""
+    import deepalign.evaluation.vocabulary as vocab
+    from deepalign.evaluation.vocabulary import fingerprint
+
+    calls = []
+    real = vocab.unknown_words
+
+    def counted(tokenizer, *args, **kwargs):
+        calls.append(fingerprint(tokenizer))
+        return real(tokenizer, *args, **kwargs)
+
+    monkeypatch.setattr(vocab, "unknown_words", counted)
+    import shutil
+
+    twin = shutil.copytree(base_model_dir, tmp_path / "twin")
+    run_eval(targets=[f"hf:{base_model_dir}", f"hf:{twin}"], attacks=["prefill:2"],
+             datasets=["world:harmful"], world=str(world_dir), judges=["oracle"], limit=1, out_dir=str(tmp_path / "r"),
+             max_new_tokens=2, quiet=True)
+    assert len(calls) == 1
+    from transformers import AutoTokenizer
+
+    assert fingerprint(AutoTokenizer.from_pretrained(base_model_dir)) == calls[0]
+    assert fingerprint(sp_without_byte_fallback) != calls[0]

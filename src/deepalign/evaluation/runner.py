@@ -392,11 +392,18 @@ def check_vocabulary(targets: list[_Target], attacks, data, *, allow: bool) -> N
     """No attack may make a target read a word its tokenizer does not know
     (:mod:`deepalign.evaluation.vocabulary`): refused before any work, or with ``allow`` kept
     per row for the report to flag."""
-    from deepalign.evaluation.vocabulary import unknown_words
+    from deepalign.evaluation.vocabulary import fingerprint, unknown_words
 
+    found: dict[str, dict] = {}  # targets that read words alike are checked once
     for t in targets:
         tokenizer = _tokenizer(t)
-        t.unknown = unknown_words(tokenizer, attacks, data, applies=_runs_on) if tokenizer is not None else {}
+        if tokenizer is None:
+            t.unknown = {}
+        else:
+            key = fingerprint(tokenizer)
+            if key not in found:
+                found[key] = unknown_words(tokenizer, attacks, data, applies=_runs_on)
+            t.unknown = found[key]
         if t.unknown and not allow:
             (attack, _, _), words = next(iter(t.unknown.items()))
             cells = sum(1 for key in t.unknown if key[0] == attack)

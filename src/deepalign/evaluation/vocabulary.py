@@ -48,6 +48,7 @@ class WordCheck:
         backend = getattr(tokenizer, "backend_tokenizer", None)
         self.normalizer = getattr(backend, "normalizer", None)
         self.seen: dict[str, bool] = {}
+        self.counts: dict[str, int] = {}
 
     def _normalized(self, word: str) -> str:
         return self.normalizer.normalize_str(word) if self.normalizer is not None else word
@@ -66,8 +67,35 @@ class WordCheck:
             if used >= k:
                 break
             out.append(word)
-            used += len(self.tokenizer(word, add_special_tokens=False)["input_ids"])
+            if word not in self.counts:
+                self.counts[word] = len(self.tokenizer(word, add_special_tokens=False)["input_ids"])
+            used += self.counts[word]
         return " ".join(out)
+
+
+def fingerprint(tokenizer) -> str:
+    """What decides how a tokenizer reads words: its serialised pipeline (vocabulary,
+    normaliser, added tokens) where it has one, else its class, source and size."""
+    import hashlib
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else repr(
+        (type(tokenizer).__name__, getattr(tokenizer, "name_or_path", None), len(tokenizer),
+         getattr(tokenizer, "unk_token_id", None)))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+#: one WordCheck per tokenizer fingerprint for the life of the process: the study's targets share
+#: a tokenizer, and each of its evaluations checks the same words again
+_CHECKS: dict[str, WordCheck] = {}
+
+
+def word_check(tokenizer) -> WordCheck:
+    """The process's :class:`WordCheck` for a tokenizer that reads words as ``tokenizer`` does."""
+    key = fingerprint(tokenizer)
+    if key not in _CHECKS:
+        _CHECKS[key] = WordCheck(tokenizer)
+    return _CHECKS[key]
 
 
 def _applies(attack, item: EvalPrompt) -> bool:
@@ -95,7 +123,7 @@ def unknown_words(tokenizer, attacks: Sequence, data: Mapping[str, list[EvalProm
     """``(attack label, dataset, item id) -> unknown words`` for every cell where an attack
     makes this tokenizer read its unknown token (only cells where ``applies(attack, item)``:
     the runner passes its own rule, so no run is refused over items it would skip)."""
-    check = WordCheck(tokenizer)
+    check = word_check(tokenizer)
     out: dict[tuple[str, str, str], list[str]] = {}
     for attack in attacks:
         for dname, items in data.items():
