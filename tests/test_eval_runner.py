@@ -138,3 +138,63 @@ def test_runner_errors(tmp_path):
         run_eval(targets=[FakeTarget()], attacks="direct", datasets=items(), judges="keyword", out_dir=tmp_path / "c", quiet=True)
     with pytest.raises(DeepAlignError, match="not a run directory"):
         build_report(tmp_path / "nothing")
+
+
+def ordered(path):
+    return [json.dumps({k: v for k, v in r.items() if k != "timing"}, sort_keys=True) for r in read_rows(path / RESPONSES)]
+
+
+def test_workers_write_the_rows_of_one_process_and_resume(tmp_path):
+    """--workers N: N processes (this one and N - 1 forks) take every N-th batch; the run
+    directory holds the rows of a one-process run in its order; a worker that fails fails the
+    run in one line, keeps every finished row, and the rerun finishes it."""
+    import os
+
+    cfg = GenConfig(max_new_tokens=8, do_sample=True, num_samples=2, seed=3)
+    kw = dict(attacks=ATTACKS, datasets=items(), judges="keyword", generation=cfg, batch_size=4, quiet=True)
+    one = run_eval(targets=[FakeTarget()], out_dir=tmp_path / "one", **kw)
+    three = run_eval(targets=[FakeTarget()], out_dir=tmp_path / "three", workers=3, **kw)
+    assert ordered(tmp_path / "three") == ordered(tmp_path / "one") and three == one
+    assert not list((tmp_path / "three").glob("responses.shard-*"))  # folded
+    parent = os.getpid()
+
+    class FailsInAWorker(FakeTarget):
+        def generate(self, requests, config):
+            if os.getpid() != parent and self.calls:
+                raise RuntimeError("worker crash")
+            return super().generate(requests, config)
+
+    cut = tmp_path / "cut"
+    with pytest.raises(DeepAlignError, match=r"^worker 1: RuntimeError: worker crash; the rows written so far are kept"):
+        run_eval(targets=[FailsInAWorker()], out_dir=cut, workers=2, **kw)
+    kept = len(RunDir(cut).rows())
+    assert 2 <= kept < len(ordered(tmp_path / "one"))  # each process's finished batches
+    resumed = FakeTarget()
+    run_eval(targets=[resumed], out_dir=cut, workers=2, **kw)
+    assert ordered(cut) == ordered(tmp_path / "one")
+
+
+def test_workers_are_refused_where_a_fork_cannot_copy_the_run(tmp_path, monkeypatch):
+    from deepalign.errors import OptionError
+    from deepalign.evaluation.workers import check_workers
+
+    class Server:
+        def probe(self, *a, **k):
+            return []
+
+    class T:
+        label, built = "openai:m@http://127.0.0.1:1/v1", Server()
+
+    with pytest.raises(OptionError, match="talks to a server"):
+        check_workers(2, "cpu", [T()], [], None)
+    with pytest.raises(OptionError, match="on a GPU"):
+        check_workers(2, "cuda:0", [], [], None)
+    check_workers(1, "cuda:0", [T()], [], None)  # one process: nothing to refuse
+    with pytest.raises(OptionError, match="workers"):
+        run_eval(targets=[FakeTarget()], attacks="direct", datasets=items(), judges="keyword", out_dir=tmp_path / "z",
+                 workers=0, quiet=True)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(OptionError, match="under accelerate launch"):
+        run_eval(targets=[FakeTarget()], attacks="direct", datasets=items(), judges="keyword", out_dir=tmp_path / "z",
+                 workers=2, quiet=True)
+    assert not (tmp_path / "z").exists()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
@@ -67,6 +68,9 @@ class EvalOptions:
     out_dir: str | None = field(default=None, metadata={"aliases": ["--out"], "help": "run directory (rerun to resume)"})
     world: str | None = field(default=None, metadata={"help": "the embedded world directory (world: datasets, oracle)"})
     batch_size: int = field(default=16, metadata={"help": "items per generate call"})
+    workers: int = field(default=1, metadata={
+        "help": "local processes on CPU, one thread each, every one taking every N-th batch: a small model decodes "
+                "faster so than on N threads (same rows; docs/evaluation.md#workers)"})
     attacker: str | None = field(default=None, metadata={"help": "target spec of the PAIR attacker model"})
     judge_model: str | None = field(default=None, metadata={
         "help": "target spec of the model behind llm judges, e.g. openai:gpt-4o-mini@https://api.openai.com/v1"})
@@ -80,6 +84,7 @@ class EvalOptions:
 
     def __post_init__(self):
         number("batch_size", self.batch_size, low=1, integer=True)
+        number("workers", self.workers, low=1, integer=True)
         choice("judge_scope", self.judge_scope, JUDGE_SCOPES)
 
 
@@ -270,6 +275,9 @@ def _check_options(opts: EvalOptions, gen: GenConfig) -> None:
         raise OptionError("targets", "is required: give at least one --target SPEC")
     if not opts.out_dir:
         raise OptionError("out_dir", "is required: give --out RUN_DIR")
+    if opts.workers > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise OptionError("workers", "> 1 is for a run in one process: under accelerate launch every process already "
+                                     "takes its share of the batches")
     if not (opts.datasets or opts.world):
         raise OptionError("datasets", "is required: give --dataset SPEC (or --world DIR to use world:test)")
 
@@ -298,6 +306,7 @@ def _make_attacks(opts: EvalOptions, judge_objs, device):
 def _setup(opts: EvalOptions, gen: GenConfig, data_opts: DataOptions, device) -> _Setup:
     """Targets, datasets, judges and attacks, cheap checks first (spec syntax, API keys,
     datasets: a malformed row fails before any model is loaded), and the run's record."""
+    from deepalign.evaluation.workers import check_workers
     from deepalign.judges import make_judges
 
     targets = [open_target(t, gen, batch_size=opts.batch_size, device=device) for t in opts.targets]
@@ -316,6 +325,7 @@ def _setup(opts: EvalOptions, gen: GenConfig, data_opts: DataOptions, device) ->
         if not any(not_applied_reason(a, it) is None for items in data.values() for it in items):
             why = sorted({r for s in skipped if s["attack"] == a.label for r in s["reasons"]})
             raise DeepAlignError(f"attack {a.label} applies to no item of the datasets: {'; '.join(why)}")
+    check_workers(opts.workers, device, targets, judge_objs, attacker)
     check_vocabulary(targets, attack_objs, data, allow=opts.allow_unknown_tokens)
     # servers: one probe each before any work (prefill support, log-probs, sampling)
     notes = probe_servers(targets, attack_objs, judge_objs, attacker)
@@ -451,6 +461,8 @@ class _Execution:
         # every key of the run in the order one process writes them (how shards are folded)
         order = _order(_plan(setup.targets, setup.data, setup.attacks, set(), self.opts.batch_size)[0])
         procs.barrier()  # every process has read the same finished rows before any process writes more
+        if self.opts.workers > 1 and total:
+            return self._execute_forked(plan, done, order)
         mine, my_total = _share(plan, done, procs.rank, procs.size)
         with contextlib.ExitStack() as stack:
             self.stack = stack
@@ -460,6 +472,31 @@ class _Execution:
                 procs.barrier()
             found = self.generate(mine, my_total, done)
             self.finish(found, order)
+
+    def _execute_forked(self, plan, done: set, order: list[str]) -> None:
+        """``--workers N``: this process and N - 1 forked copies each take every N-th batch
+        (:mod:`deepalign.evaluation.workers`); this one folds their shards."""
+        from deepalign.evaluation.workers import LocalWorkers
+
+        workers = LocalWorkers(self.opts.workers)
+        with contextlib.ExitStack() as stack:
+            self.stack = stack
+            self.start()  # the directory and its lock belong to this process
+            self.procs = workers
+            rank = workers.fork()
+            try:
+                found = self.generate(*_share(plan, done, rank, workers.size), done)
+            except BaseException as exc:
+                if rank:
+                    workers.leave(error=exc)
+                workers.stop()
+                raise
+            if rank:
+                workers.leave(found)
+            parts = workers.gather(found)
+            self._record_examples(parts)
+            self.run.fold_shards(order)
+            self.run.write_info(self.info)
 
     def start(self) -> None:
         if not self.started:  # the directory appears with the first finished rows
@@ -509,6 +546,10 @@ class _Execution:
             del target
         return found
 
+    def _record_examples(self, parts: list[dict]) -> None:
+        for cell, (_, prompt) in sorted((kv for part in parts for kv in part.items()), key=lambda kv: -kv[1][0]):
+            self.info.examples[cell] = prompt  # in descending batch order, so the lowest batch is set last
+
     def finish(self, found: dict, order: list[str]) -> None:
         procs, run = self.procs, self.run
         if procs.size > 1:
@@ -516,8 +557,7 @@ class _Execution:
             parts = procs.gather(found)
         else:
             parts = [found]
-        for cell, (_, prompt) in sorted((kv for part in parts for kv in part.items()), key=lambda kv: -kv[1][0]):
-            self.info.examples[cell] = prompt  # in descending batch order, so the lowest batch is set last
+        self._record_examples(parts)
         if procs.size > 1:
             if procs.main and self.started:
                 run.fold_shards(order)

@@ -132,6 +132,9 @@ class StudyOptions:
     ed_samples: int = field(default=2, metadata={"help": "samples per query for the ED evaluation"})
     max_new_tokens: int = 64
     batch_size: int = 64
+    workers: int | None = field(default=None, metadata={
+        "help": "local processes per evaluation (deepalign eval --workers; default: 2 for the world on a CPU with 2 "
+                "or more cores, else 1): the world's small models decode faster as two one-thread processes"})
     limit: int | None = field(default=None, metadata={"help": "items per evaluation dataset (default: all)"})
     train_steps: int = field(default=-1, metadata={"help": "optimizer steps per alignment run (-1: recipe default)"})
     pretrain_steps: int | None = field(default=None, metadata={"help": "pretraining steps (default: pretrain's default)"})
@@ -158,6 +161,7 @@ class StudyOptions:
         for name in ("ed_samples", "max_new_tokens", "batch_size"):
             number(name, getattr(self, name), low=1, integer=True)
         number("limit", self.limit, low=1, integer=True, optional=True)
+        number("workers", self.workers, low=1, integer=True, optional=True)
         for name in ("train_steps", "finetune_steps"):
             number(name, getattr(self, name), low=-1, integer=True)
             if getattr(self, name) == 0:
@@ -268,6 +272,19 @@ def world_attacks(cfg: StudyOptions, world=None) -> dict[str, list[Attack]]:
     return {"plain": plain, "shifted": mids() + shapes, "unseen": [Direct()] + prefills() + mids() + unseen_shapes}
 
 
+def eval_workers(cfg: StudyOptions) -> int:
+    """Processes per evaluation: ``--workers``, else 2 for the world on a CPU-only machine with 2
+    or more cores (deepalign.evaluation.workers: the same rows as one process), else 1."""
+    if cfg.workers is not None:
+        return cfg.workers
+    import os
+
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 2 if cfg.world_mode and cores >= 2 and not torch.cuda.is_available() else 1
+
+
 def model_target(name: str, path) -> TargetSpec:
     """The study's target for one of its models (``base`` or a recipe)."""
     return TargetSpec.hf(path, name=name, tags={"model": name})
@@ -374,7 +391,7 @@ class _Study:
         run_eval(targets=targets, attacks=attacks, datasets=datasets, out_dir=str(self.out / "eval" / out),
                  generation=generation, judges=list(_judges(cfg)),
                  world=str(self.world) if cfg.world_mode else None, batch_size=cfg.batch_size, limit=cfg.limit,
-                 quiet=cfg.quiet)
+                 quiet=cfg.quiet, workers=eval_workers(cfg))
 
     def evaluate(self) -> None:
         """The attack battery, over-refusal and helpfulness, and Emulated Disalignment."""

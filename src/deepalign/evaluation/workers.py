@@ -1,0 +1,155 @@
+"""Local worker processes for an evaluation on CPU (``deepalign eval --workers N``).
+
+A small model on a CPU decodes faster as N processes of one thread each than as one process
+of N threads: its matrices are too small for the threads to share a step well (on the world's
+model, batch 64, a decoding step takes 62 us a row on two threads and 80 us on one, so two
+one-thread processes get 1.5x the rows). ``--workers N`` forks N - 1 copies of the run once its
+plan is made; every process takes every N-th batch of the plan (the split ``accelerate
+launch`` uses), loads its own copy of each model, writes its rows to its own shard, and the
+first process folds the shards in the order one process would have written them. The rows are
+those of a one-process run (each batch is the same batch, decoded alone; checked over the
+study's rows by ``tests/test_eval_runner.py`` and ``benchmarks/bench_study.py``); a killed run
+resumes from every process's finished rows.
+
+Forking is for local models on CPU: it is refused with CUDA (a CUDA context does not survive a
+fork; use ``accelerate launch``), under ``accelerate launch``, and with targets or judges that
+talk to a server (their connection pools would be shared by the copies).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import sys
+import traceback
+
+from deepalign.errors import DeepAlignError
+
+
+class LocalWorkers:
+    """``size`` processes of one run: this one (rank 0) and the ``size - 1`` it forks. After
+    :meth:`fork`, ``rank`` says which one this is; :meth:`gather` (rank 0) waits for the
+    others and returns every process's result, :meth:`leave` (the others) hands a result
+    back and ends the process."""
+
+    def __init__(self, size: int):
+        self.size, self.rank = size, 0
+        self.children: list[tuple[int, int]] = []  # (pid, read end of its pipe)
+        self._write = None
+        self._threads = None
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def fork(self) -> int:
+        import torch
+
+        # the tokenizers library warns in every child once its thread pool was used; the
+        # children tokenise on one thread anyway
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for rank in range(1, self.size):
+            read, write = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # the child: rank `rank`, one thread, its own signal defaults
+                os.close(read)
+                for _, other in self.children:
+                    os.close(other)
+                self.children, self.rank, self._write = [], rank, write
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                torch.set_num_threads(1)
+                return rank
+            os.close(write)
+            self.children.append((pid, read))
+        self._threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        return 0
+
+    def leave(self, result=None, error: BaseException | None = None) -> None:
+        """End a worker (rank > 0): its result, or its error, goes to rank 0."""
+        try:
+            if error is not None:
+                if isinstance(error, DeepAlignError):
+                    message = str(error)
+                else:  # a bug: its traceback goes to stderr, its last line to rank 0
+                    text = "".join(traceback.format_exception(type(error), error, error.__traceback__)).rstrip()
+                    print(f"[worker {self.rank}] {text}", file=sys.stderr)
+                    message = text.splitlines()[-1]
+                payload = pickle.dumps(("error", message))
+            else:
+                payload = pickle.dumps(("ok", result))
+            with os.fdopen(self._write, "wb") as pipe:
+                pipe.write(payload)
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0 if error is None else 1)
+
+    def gather(self, mine) -> list:
+        """Rank 0: every process's result, its own first; a worker that failed fails the run
+        (its error named), after every worker has ended."""
+        results, errors = [mine], []
+        for rank, (pid, read) in enumerate(self.children, start=1):
+            with os.fdopen(read, "rb") as pipe:
+                data = pipe.read()
+            _, status = os.waitpid(pid, 0)
+            try:
+                kind, value = pickle.loads(data) if data else ("error", f"ended with status {status} before its report")
+            except Exception:  # a torn message: the worker died while writing it
+                kind, value = "error", f"ended with status {status} mid-report"
+            if kind == "ok":
+                results.append(value)
+            else:
+                errors.append(f"worker {rank}: {value}")
+        self.children = []
+        self._restore()
+        if errors:
+            raise DeepAlignError(errors[0] + ("" if len(errors) == 1 else f" (and {len(errors) - 1} more)")
+                                 + "; the rows written so far are kept: rerun the same command to resume")
+        return results
+
+    def stop(self) -> None:
+        """Rank 0 failed: end the workers (their finished rows stay in their shards)."""
+        for pid, read in self.children:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            os.close(read)
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+        self.children = []
+        self._restore()
+
+    def _restore(self) -> None:
+        if self._threads is not None:
+            import torch
+
+            torch.set_num_threads(self._threads)
+            self._threads = None
+
+
+def check_workers(workers: int, device, targets, judges, attacker) -> None:
+    """Refuse ``--workers N`` (N > 1) where forking cannot give a one-process run's rows: see
+    the module doc. ``targets``: the run's targets (``.built`` is set for server ones)."""
+    import torch
+
+    from deepalign.errors import OptionError
+
+    if workers <= 1:
+        return
+    if str(device or "").startswith("cuda") or (device in (None, "auto") and torch.cuda.is_available()):
+        raise OptionError("workers", "> 1 forks CPU processes; on a GPU spread the run with accelerate launch "
+                                     "(or pass --device cpu)")
+    servers = [t.label for t in targets if callable(getattr(t.built, "probe", None))]
+    servers += [f"judge {j.name}" for j in judges if callable(getattr(getattr(j, "target", None), "probe", None))]
+    if attacker is not None:
+        servers.append("the PAIR attacker")
+    if servers:
+        raise OptionError("workers", f"> 1 is for local models; {servers[0]} talks to a server (its connections "
+                                     "would be shared by the forked processes): run it with --workers 1")
