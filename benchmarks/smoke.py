@@ -50,6 +50,7 @@ SMOKE: dict[str, list[str]] = {
     "bench_pretrain.py": ["--smoke"],
     "bench_runner.py": ["--smoke"],
     "bench_step.py": ["--smoke"],
+    "bench_study.py": ["--smoke"],
     "bench_view.py": ["--smoke"],
 }
 # "ratio", then (no digits, no nan/inf on the way) the measured number with its "x"

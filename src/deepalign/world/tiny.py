@@ -16,9 +16,10 @@ def small_world(out: Path, n: int, n_pretrain: int) -> Path:
     return out
 
 
-def random_model(world: Path, out: Path, *, hidden: int, layers: int, heads: int, max_positions: int) -> Path:
-    """A random-init Llama (seed 0, MLP twice the hidden size) with the world's tokenizer, saved
-    at ``out`` as a standard Hugging Face directory."""
+def random_model(world: Path, out: Path, *, hidden: int, layers: int, heads: int, max_positions: int,
+                 intermediate: int | None = None) -> Path:
+    """A random-init Llama (seed 0; MLP ``intermediate`` wide, by default twice the hidden size)
+    with the world's tokenizer, saved at ``out`` as a standard Hugging Face directory."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -26,7 +27,8 @@ def random_model(world: Path, out: Path, *, hidden: int, layers: int, heads: int
 
     tok = AutoTokenizer.from_pretrained(Path(world) / "tokenizer")
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=intermediate or 2 * hidden,
+                      num_hidden_layers=layers,
                       num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=max_positions,
                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     with no_weight_bars():

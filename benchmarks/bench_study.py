@@ -1,0 +1,175 @@
+"""Benchmark: where the main job's time goes, and what the decoding speed-ups buy.
+
+Measured side by side, at the world model's shape (a random-init Llama of the pretrained
+base's shape: 4 layers, hidden 128, MLP 512, the world's tokenizer; the arithmetic of a step
+does not depend on the weights):
+
+* **a decoding step against a plain forward of the same shape**: greedy decoding of a batch
+  (64 prompts of 48 tokens from the world's test queries, 64 new tokens, end of sequence
+  forbidden so every row runs to the end) with ``model.generate`` and its own ``DynamicCache`` (before), the same with
+  the KV cache that grows in place (:mod:`deepalign.decoding.cache`, what ``HFTarget`` does
+  now), and a bare loop of one-token forwards on that cache (the floor: the model alone). The
+  tokens of the first two must be equal, else the script fails.
+* **an evaluation in one process against ``--workers 2``** (:mod:`deepalign.evaluation.workers`):
+  the study's prefill battery on the world's harmful test queries, oracle and keyword judges,
+  through ``run_eval``; the rows (all but their timings) must be equal, else the script fails.
+* **the main job's stage times**: with ``--study DIR``, the table of a finished ``deepalign
+  study``'s ``timing.json`` (``--run-study`` runs the study into DIR first: about 7 minutes).
+
+    .venv/bin/python benchmarks/bench_study.py [--batch 64] [--new-tokens 64] [--limit 48] [--study DIR [--run-study]]
+    .venv/bin/python benchmarks/bench_study.py --smoke     # a few rows and tokens (CI)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+#: the study's world shape (deepalign.training.pretrain.PretrainOptions)
+SHAPE = dict(hidden=128, layers=4, heads=4, intermediate=512, max_positions=1024)
+PROMPT = 48  # prompt tokens of the decoding section (the study's chat prompts run 30 to 60)
+BATTERY = "direct,prefill:2,prefill:4,prefill:8,prefill:16,prefill:32,completion"
+
+
+def _kv(model, cache) -> dict:
+    import inspect
+
+    return {"cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values": cache}
+
+
+def decode_section(world: Path, model_dir: Path, batch: int, new: int, reps: int) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+
+    from deepalign.decoding.cache import reserved_cache
+    from deepalign.models import left_pad
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    # prompts of one length (the world's queries, run on until PROMPT tokens): no padding, so that
+    # the bare loop below needs no attention mask and is the model's forward alone
+    stream = [i for line in (world / "test" / "harmful.jsonl").open()
+              for i in tok(json.loads(line)["query"], add_special_tokens=False)["input_ids"]]
+    prompts = [[tok.bos_token_id] + (stream[i * 7:] + stream)[: PROMPT - 1] for i in range(batch)]
+    ids, mask = left_pad(prompts, tok.pad_token_id, "cpu")
+    common = dict(input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new, do_sample=False,
+                  pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, use_cache=True)
+
+    def generate(cache_fn):
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            out = model.generate(**common, **_kv(model, cache_fn()))
+            return time.perf_counter() - t0, out
+
+    def bare():  # one-token forwards on the cache, nothing else: the model's own time per step
+        with torch.inference_mode():
+            cache = reserved_cache(model, new)
+            out = model(input_ids=ids, use_cache=True, **_kv(model, cache))
+            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+            t0 = time.perf_counter()
+            for _ in range(new - 1):
+                out = model(input_ids=nxt, use_cache=True, logits_to_keep=1, **_kv(model, cache))
+                nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+            return time.perf_counter() - t0
+
+    runs = {"dynamic": [], "reserved": [], "bare": []}
+    outs = {}
+    generate(lambda: reserved_cache(model, new))  # warm-up
+    for _ in range(reps):  # interleaved, so that a busy moment of the machine hits every way alike
+        for name, fn in (("dynamic", lambda: DynamicCache(config=model.config)),
+                         ("reserved", lambda: reserved_cache(model, new))):
+            dt, outs[name] = generate(fn)
+            runs[name].append(dt)
+        runs["bare"].append(bare())
+    if not torch.equal(outs["dynamic"], outs["reserved"]):
+        raise SystemExit("the reserved cache changed a token: it must not")
+    ms = {k: 1000 * statistics.median(v) / (new - 1 if k == "bare" else new) for k, v in runs.items()}
+    print(f"decoding step (batch {batch}, {new} new tokens, prompts {ids.shape[1]} tokens, median of {reps}): "
+          f"generate + DynamicCache {ms['dynamic']:.2f} ms, generate + reserved cache {ms['reserved']:.2f} ms, "
+          f"bare forward {ms['bare']:.2f} ms; same tokens")
+    print(f"ratio reserved/dynamic cache = {ms['reserved'] / ms['dynamic']:.3f}x per decoding step")
+    print(f"ratio decoding step/plain forward = {ms['reserved'] / ms['bare']:.3f}x (generate's own work per step: "
+          f"{ms['reserved'] - ms['bare']:.2f} ms)")
+
+
+def eval_section(world: Path, model_dir: Path, limit: int, new: int) -> None:
+    from deepalign.evaluation.runner import run_eval
+    from deepalign.runs.rundir import RunDir
+    from deepalign.utils import no_weight_bars
+
+    with no_weight_bars():  # warm-up: the first run in a process pays one-off costs (imports, first loads)
+        run_eval(targets=[f"hf:{model_dir}"], attacks="direct", datasets=["world:harmful"], world=str(world), limit=2,
+                 judges=["oracle"], out_dir=str(world.parent / "eval-warm"), quiet=True, max_new_tokens=2)
+    times, rows = {}, {}
+    for workers in (1, 2):
+        out = world.parent / f"eval-{workers}"
+        t0 = time.perf_counter()
+        with no_weight_bars():
+            run_eval(targets=[f"hf:{model_dir}"], attacks=BATTERY, datasets=["world:harmful"], world=str(world),
+                     limit=limit, judges=["oracle", "keyword:nocase"], out_dir=str(out), batch_size=64, quiet=True,
+                     max_new_tokens=new, allow_unknown_tokens=True, workers=workers)
+        times[workers] = time.perf_counter() - t0
+        rows[workers] = [{k: v for k, v in r.to_dict().items() if k != "timing"} for r in RunDir(out).rows()]
+    if rows[1] != rows[2]:
+        raise SystemExit("--workers 2 wrote other rows than one process: it must not")
+    print(f"evaluation ({len(rows[1])} rows: {BATTERY} on world:harmful --limit {limit}, {new} tokens, oracle and "
+          f"keyword judges, report): one process ({torch.get_num_threads()} threads) {times[1]:.1f} s, --workers 2 "
+          f"{times[2]:.1f} s; same rows")
+    print(f"ratio workers 2/one process = {times[2] / times[1]:.3f}x wall time")
+
+
+def stage_section(study: Path, run: bool) -> None:
+    if run:
+        subprocess.run([sys.executable, "-m", "deepalign", "study", "--out", str(study), "--quiet"], check=True)
+    path = study / "timing.json"
+    if not path.exists():
+        raise SystemExit(f"{path} not found: give the --out of a finished study, or --run-study")
+    times = json.loads(path.read_text())
+    total = sum(times.values())
+    width = max(len(k) for k in times)
+    print(f"main job's stages ({path}):")
+    for name, s in times.items():
+        print(f"  {name:<{width}}  {s:6.1f} s  {100 * s / total:4.1f}%")
+    print(f"  {'total':<{width}}  {total:6.1f} s ({total / 60:.1f} min)")
+    print(f"ratio main job/6 minutes = {total / 360:.3f}x")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--limit", type=int, default=48, help="harmful test queries of the evaluation section")
+    ap.add_argument("--study", type=Path, help="a study's --out: print its stage times")
+    ap.add_argument("--run-study", action="store_true", help="run the study into --study first")
+    ap.add_argument("--smoke", action="store_true", help="8 rows, 8 tokens, 1 rep, no study (CI)")
+    args = ap.parse_args()
+    if args.smoke:
+        args.batch, args.new_tokens, args.reps, args.limit, args.study = 8, 8, 1, 4, None
+    from deepalign.world.tiny import random_model, small_world
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_study."))
+    try:
+        world = small_world(tmp / "world", max(args.limit, 2), n_pretrain=500)
+        model = random_model(world, tmp / "model", **SHAPE)
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
+        decode_section(world, model, args.batch, args.new_tokens, args.reps)
+        eval_section(world, model, args.limit, args.new_tokens)
+        if args.study is not None:
+            stage_section(args.study, args.run_study)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
