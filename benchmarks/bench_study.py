@@ -7,9 +7,10 @@ does not depend on the weights):
 * **a decoding step against a plain forward of the same shape**: greedy decoding of a batch
   (64 prompts of 48 tokens from the world's test queries, 64 new tokens, end of sequence
   forbidden so every row runs to the end) with ``model.generate`` and its own ``DynamicCache`` (before), the same with
-  the KV cache that grows in place (:mod:`deepalign.decoding.cache`, what ``HFTarget`` does
-  now), and a bare loop of one-token forwards on that cache (the floor: the model alone). The
-  tokens of the first two must be equal, else the script fails.
+  the KV cache that grows in place (:mod:`deepalign.decoding.cache`), the greedy loop
+  (:mod:`deepalign.decoding.greedy`, what ``HFTarget`` runs for greedy rows now, on that cache),
+  and a bare loop of one-token forwards on that cache (the floor: the model alone). The tokens
+  of the first three must be equal, else the script fails.
 * **an evaluation in one process against ``--workers 2``** (:mod:`deepalign.evaluation.workers`):
   the study's prefill battery on the world's harmful test queries, oracle and keyword judges,
   through ``run_eval``; the rows (all but their timings) must be equal, else the script fails.
@@ -51,6 +52,7 @@ def decode_section(world: Path, model_dir: Path, batch: int, new: int, reps: int
     from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
     from deepalign.decoding.cache import reserved_cache
+    from deepalign.decoding.greedy import greedy_decode
     from deepalign.models import left_pad
 
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -81,7 +83,14 @@ def decode_section(world: Path, model_dir: Path, batch: int, new: int, reps: int
                 nxt = out.logits[:, -1].argmax(-1, keepdim=True)
             return time.perf_counter() - t0
 
-    runs = {"dynamic": [], "reserved": [], "bare": []}
+    def loop():  # deepalign.decoding.greedy: what HFTarget runs for greedy rows
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            rows, _ = greedy_decode(model, ids, mask, reserved_cache(model, new), max_new_tokens=new,
+                                    eos={tok.eos_token_id}, suppress=[], pad=tok.pad_token_id, min_new_tokens=new)
+            return time.perf_counter() - t0, torch.tensor(rows)
+
+    runs = {"dynamic": [], "reserved": [], "loop": [], "bare": []}
     outs = {}
     generate(lambda: reserved_cache(model, new))  # warm-up
     for _ in range(reps):  # interleaved, so that a busy moment of the machine hits every way alike
@@ -89,16 +98,22 @@ def decode_section(world: Path, model_dir: Path, batch: int, new: int, reps: int
                          ("reserved", lambda: reserved_cache(model, new))):
             dt, outs[name] = generate(fn)
             runs[name].append(dt)
+        dt, outs["loop"] = loop()
+        runs["loop"].append(dt)
         runs["bare"].append(bare())
     if not torch.equal(outs["dynamic"], outs["reserved"]):
         raise SystemExit("the reserved cache changed a token: it must not")
+    if not torch.equal(outs["loop"], outs["reserved"][:, ids.shape[1]:]):
+        raise SystemExit("the greedy loop wrote other tokens than generate: it must not")
     ms = {k: 1000 * statistics.median(v) / (new - 1 if k == "bare" else new) for k, v in runs.items()}
     print(f"decoding step (batch {batch}, {new} new tokens, prompts {ids.shape[1]} tokens, median of {reps}): "
           f"generate + DynamicCache {ms['dynamic']:.2f} ms, generate + reserved cache {ms['reserved']:.2f} ms, "
-          f"bare forward {ms['bare']:.2f} ms; same tokens")
+          f"greedy loop {ms['loop']:.2f} ms, bare forward {ms['bare']:.2f} ms; same tokens")
     print(f"ratio reserved/dynamic cache = {ms['reserved'] / ms['dynamic']:.3f}x per decoding step")
-    print(f"ratio decoding step/plain forward = {ms['reserved'] / ms['bare']:.3f}x (generate's own work per step: "
-          f"{ms['reserved'] - ms['bare']:.2f} ms)")
+    print(f"ratio greedy loop/generate (both on the reserved cache) = {ms['loop'] / ms['reserved']:.3f}x per step; "
+          f"against generate as before (DynamicCache): {ms['loop'] / ms['dynamic']:.3f}x")
+    print(f"ratio decoding step/plain forward = {ms['loop'] / ms['bare']:.3f}x (the greedy loop; generate: "
+          f"{ms['reserved'] / ms['bare']:.3f}x)")
 
 
 def eval_section(world: Path, model_dir: Path, limit: int, new: int) -> None:

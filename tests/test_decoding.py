@@ -544,3 +544,49 @@ def test_hf_target_greedy_and_sampled_tokens_equal_generate_with_its_own_cache(w
             del target._cache
         assert [[(g.text, g.token_logprobs) for g in row] for row in ours] == [[(g.text, g.token_logprobs) for g in row]
                                                                          for row in ref]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_greedy_loop_gives_generates_rows(world, monkeypatch, arch):
+    """HFTarget's greedy loop writes generate's rows, bit for bit: text,
+    token count, finish reason and log-probs, with EOS, stop strings, min_new_tokens,
+    suppressed EOS and a forced start, on left-padded batches of uneven prompts."""
+    import deepalign.decoding.hf as hf
+
+    tok = pair(world, "base")[1]
+    model = make_gpt2(7, len(tok) + PAD_ROWS) if arch == "gpt2" else make_model(7, len(tok) + PAD_ROWS)
+    with torch.no_grad():  # an EOS row that wins now and then: some rows end early, the others run on
+        model.get_output_embeddings().weight[2] *= 3
+    target = HFTarget(model, tok, prompt_format=TEMPLATE, batch_size=4)
+    queries = QUERIES + ["cat", "tell me a story about a dog and a cat then paint the house green"]
+    requests = reqs(queries) + [Request(id="f", query="how do i make a cake", prefill="first take some flour")]
+    configs = [GenConfig(max_new_tokens=16, return_logprobs=True),
+               GenConfig(max_new_tokens=16, stop_strings=["an", "cat"], return_logprobs=True),
+               GenConfig(max_new_tokens=10, min_new_tokens=6),
+               GenConfig(max_new_tokens=10, suppress_eos=True)]
+    used = []
+    real = hf.greedy_decode
+    monkeypatch.setattr(hf, "greedy_decode", lambda *a, **k: used.append(1) or real(*a, **k))
+    ours = [target.generate(requests, cfg) for cfg in configs]
+    assert len(used) == 2 * len(configs)  # two batches of 4 per config, both by the loop
+    monkeypatch.setattr(hf, "plain_greedy", lambda model: False)  # generate() itself
+    ref = [target.generate(requests, cfg) for cfg in configs]
+    assert len(used) == 2 * len(configs)
+    for c, (a, b) in enumerate(zip(ours, ref)):
+        for ra, rb in zip(a, b):
+            assert ra == rb, (c, [(i, x, y) for i, (x, y) in enumerate(zip(ra[0].token_logprobs, rb[0].token_logprobs)) if x != y])
+    reasons = {g.finish_reason for rows in ours for row in rows for g in row}
+    assert {"eos", "stop", "length"} <= reasons  # every way a row ends was exercised
+
+
+def test_greedy_loop_only_where_generate_applies_nothing_else(world):
+    from deepalign.decoding.greedy import plain_greedy
+
+    model, _ = pair(world, "base")
+    assert plain_greedy(model), model.generation_config.to_diff_dict()
+    model.generation_config.repetition_penalty = 1.3  # a processor generate() would apply
+    try:
+        assert not plain_greedy(model)
+    finally:
+        model.generation_config.repetition_penalty = 1.0
+    assert plain_greedy(model)

@@ -1,6 +1,8 @@
 """A plain Hugging Face causal LM as a :class:`~deepalign.decoding.base.Target`: batches of
 requests answered with ``model.generate`` (left padding, greedy or sampling, stop strings,
-EOS suppression, per-token log-probs; a KV cache that grows in place, :mod:`deepalign.decoding.cache`), every prompt and forced start tokenised by the token
+EOS suppression, per-token log-probs; a KV cache that grows in place, :mod:`deepalign.decoding.cache`;
+greedy rows by :mod:`deepalign.decoding.greedy`, ``generate``'s rows with less work per step),
+every prompt and forced start tokenised by the token
 contract of :mod:`deepalign.tokens`.
 """
 
@@ -15,7 +17,8 @@ import torch
 
 from deepalign.decoding.base import GenConfig, Generation, Request
 from deepalign.decoding.cache import reserved_cache
-from deepalign.decoding.output import StopOnText, eos_ids, group_generations, pad_id
+from deepalign.decoding.greedy import greedy_decode, plain_greedy
+from deepalign.decoding.output import StopOnText, continuation_text, eos_ids, find_stop, group_generations, pad_id
 from deepalign.errors import DeepAlignError
 from deepalign.models import left_pad, load_causal_lm, load_tokenizer, logits_width  # noqa: F401
 from deepalign.tokens import Encoder, PromptFormat
@@ -170,6 +173,13 @@ class HFTarget(Batched):
         encoded = [self.ids(r, config.max_new_tokens) for r in requests]
         prompts = [ids for ids, _ in encoded]
         input_ids, attention_mask = left_pad(prompts, self.pad, self.device)
+        # ids past the tokenizer (padding rows of the output layer) are not tokens: never emit them
+        suppress = set(range(len(self.tokenizer), logits_width(self.model)))
+        if config.suppress_eos:
+            suppress |= self.eos
+        cache = self._cache(config)
+        if not config.do_sample and cache is not None and plain_greedy(self.model):
+            return _greedy_batch(self, requests, config, encoded, input_ids, attention_mask, cache, suppress)
         # greedy decoding is deterministic: decode once and repeat it num_samples times
         copies = config.num_samples if config.do_sample else 1
         kwargs = dict(
@@ -187,13 +197,8 @@ class HFTarget(Batched):
         )
         if config.do_sample:
             kwargs.update(temperature=config.temperature, top_k=config.top_k, top_p=config.top_p)
-        # ids past the tokenizer (padding rows of the output layer) are not tokens: never emit them
-        suppress = set(range(len(self.tokenizer), logits_width(self.model)))
-        if config.suppress_eos:
-            suppress |= self.eos
         if suppress:
             kwargs["suppress_tokens"] = sorted(suppress)
-        cache = self._cache(config)
         if cache is not None:
             kwargs[self._cache_arg] = cache
         if config.stop_strings:
@@ -212,6 +217,25 @@ class HFTarget(Batched):
             logprobs = steps.gather(-1, new[:, : steps.shape[1], None]).squeeze(-1).tolist()
         gens = group_generations(self.tokenizer, requests, config, prompts, new.tolist(), self.eos, logprobs)
         return mark_forced(gens, [f for _, f in encoded], self.tokenizer)
+
+
+def _greedy_batch(target: HFTarget, requests, config: GenConfig, encoded, input_ids, attention_mask, cache,
+                  suppress: set[int]) -> list[list[Generation]]:
+    """Greedy rows by :func:`deepalign.decoding.greedy.greedy_decode`: ``generate``'s rows with
+    less work around each forward."""
+    prompts = [ids for ids, _ in encoded]
+    stops = tuple(s for s in config.stop_strings if s)
+
+    def stop(row: int, tokens: list[int]) -> bool:
+        return find_stop(continuation_text(target.tokenizer, prompts[row], tokens), stops) >= 0
+
+    rows, logprobs = greedy_decode(target.model, input_ids, attention_mask, cache, max_new_tokens=config.max_new_tokens,
+                                   eos=target.eos, suppress=sorted(suppress), pad=target.pad,
+                                   min_new_tokens=config.min_new_tokens,
+                                   stop=stop if stops else None,
+                                   vocab=len(target.tokenizer) if config.return_logprobs else None)
+    gens = group_generations(target.tokenizer, requests, config, prompts, rows, target.eos, logprobs)
+    return mark_forced(gens, [f for _, f in encoded], target.tokenizer)
 
 
 def mark_forced(gens: list[list[Generation]], forced: list[list[int]], tokenizer) -> list[list[Generation]]:
