@@ -125,3 +125,34 @@ def test_padding_truncation_and_missing_refusal_token():
     assert (b["labels"][b["attention_mask"] == 0] == IGNORE_INDEX).all()
     with pytest.raises(ValueError, match="no refusal token id"):
         DeRTaCollator(pad_token_id=0)(encode_records([r for r in recs if r.kind == "rto"], Encoder(tok)))
+
+
+def test_padding_free_packs_records_whole_with_their_own_positions():
+    """Packed rows: each record whole and contiguous, positions 0..n-1, its labels and RTO
+    labels where the padded batch has them (shifted with the record), fewer positions than the
+    padded batch when short and long records mix, and the same draw of kept RTO positions."""
+    import dataclasses
+
+    tok = word_tokenizer()
+    recs = build_records("derta", _trip(6), _help(6), seed=0)
+    rid = find_refusal_token(tok)[0]
+    feats = encode_records(recs, Encoder(tok))
+    padded = DeRTaCollator(pad_token_id=tok.pad_token_id, refusal_token_id=rid, rto_keep=0.5, seed=1)(feats)
+    col = DeRTaCollator(pad_token_id=tok.pad_token_id, refusal_token_id=rid, rto_keep=0.5, seed=1, padding_free=True)
+    packed = col(feats)
+    assert packed["input_ids"].numel() < padded["input_ids"].numel() and packed["input_ids"].shape[0] < len(feats)
+    width = max(len(f["input_ids"]) for f in feats)
+    assert packed["input_ids"].shape[1] == width  # rows never longer than the longest record
+    found = 0
+    for row in range(packed["input_ids"].shape[0]):
+        starts = (packed["position_ids"][row] == 0).nonzero().flatten().tolist()
+        for s in starts:
+            n = next(len(f["input_ids"]) for f in feats
+                     if packed["input_ids"][row, s:s + len(f["input_ids"])].tolist() == f["input_ids"])
+            i = next(i for i, f in enumerate(feats) if packed["input_ids"][row, s:s + n].tolist() == f["input_ids"])
+            assert packed["position_ids"][row, s:s + n].tolist() == list(range(n))
+            for key in ("labels", "rto_labels"):
+                assert packed[key][row, s:s + n].tolist() == padded[key][i, :n].tolist()
+            found += 1
+    assert found == len(feats)
+    assert dataclasses.replace(col, padding_free=False)(feats)["input_ids"].equal(padded["input_ids"])

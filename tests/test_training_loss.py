@@ -346,3 +346,54 @@ def test_tile_plan_stays_within_its_budget(n, vocab, hidden):
     else:
         assert rows == min(n, BLOCK_ROWS) and rows * cols <= TILE_ELEMENTS and cols * hidden <= TILE_ELEMENTS
         assert 1 <= cols <= vocab
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2-tied"])
+def test_padding_free_batches_give_the_padded_loss_and_gradients(tmp_path, arch):
+    """--padding_free packs a batch into a few rows (positions restarting at every record):
+    the loss and gradients are the padded batch's, computed on fewer positions."""
+    import dataclasses
+
+    trainer, tok, recs = _tiny_setup(tmp_path, arch="qwen2" if arch.startswith("qwen2") else "llama", rto_keep=0.3,
+                                     padding_free=True)
+    model = trainer.model
+    feats = [trainer.train_dataset[i] for i in range(len(recs))]
+    packed = trainer.data_collator(feats)
+    padded = dataclasses.replace(trainer.data_collator, padding_free=False)(feats)
+    assert "attention_mask" not in packed and packed["input_ids"].numel() <= padded["input_ids"].numel()
+    assert int((packed["position_ids"] == 0).sum()) == len(recs)
+    # every labelled pair of the padded batch, once
+    for key in ("labels", "rto_labels"):
+        assert sorted(packed[key][packed[key] != IGNORE_INDEX].tolist()) == sorted(
+            padded[key][padded[key] != IGNORE_INDEX].tolist())
+    results = []
+    for batch in (packed, padded):
+        model.zero_grad()
+        loss = trainer.compute_loss(model, dict(batch))
+        loss.backward()
+        results.append((loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    assert results[0][0] == pytest.approx(results[1][0], abs=1e-5)
+    for n in results[0][1]:
+        torch.testing.assert_close(results[0][1][n], results[1][1][n], atol=1e-5, rtol=1e-4, msg=n)
+
+
+def test_padding_free_is_refused_for_a_model_that_mixes_packed_sequences(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    from deepalign.errors import DeepAlignError
+    from deepalign.training.trainer import check_packing
+
+    class PositionBlind(LlamaForCausalLM):
+        """An architecture that does not read packed positions (its own position scheme)."""
+
+        def forward(self, input_ids=None, position_ids=None, **kwargs):
+            return super().forward(input_ids=input_ids, **kwargs)
+
+    torch.manual_seed(0)
+    blind = PositionBlind(LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2))
+    with pytest.raises(DeepAlignError, match=r"^--padding_free: PositionBlind lets packed sequences attend"):
+        check_packing(blind)
+    trainer, _, _ = _tiny_setup(tmp_path, padding_free=True)  # Llama and GPT-2 keep them apart: accepted
+    check_packing(trainer.model)
+    check_packing(GPT2LMHeadModel(GPT2Config(vocab_size=40, n_embd=32, n_layer=2, n_head=4, n_positions=64)))

@@ -9,7 +9,10 @@ conversation cut after each span and taking the common prefix with the whole (th
 does the same with ``prefix`` and ``prefix+text``), so a token that straddles a boundary
 belongs to the later span.
 
-:class:`DeRTaCollator` pads a batch (right padding) and builds, on the same sequence:
+:class:`DeRTaCollator` pads a batch (right padding), or with ``padding_free`` packs it into a few
+rows with positions restarting at every record (the model keeps packed records apart by their
+positions, as in pretraining: on the world's alignment data 58% of a padded batch was
+padding), and builds, on the same sequence:
 
 * ``labels``: the token id at MLE-target positions, ``-100`` elsewhere (Hugging Face
   convention: unshifted; position ``t`` is predicted from position ``t-1``);
@@ -102,36 +105,65 @@ class DeRTaCollator:
     seed: int = 0
     pad_to_multiple_of: int | None = None
     epoch: int = 0
+    padding_free: bool = False
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
 
-        width = max(len(f["input_ids"]) for f in features)
+        places = self._places(features)  # per feature: (row, start column)
+        rows = 1 + max(r for r, _ in places)
+        width = max(at + len(f["input_ids"]) for f, (_, at) in zip(features, places))
         if self.pad_to_multiple_of:
             width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        b = len(features)
-        input_ids = torch.full((b, width), self.pad_token_id, dtype=torch.long)
-        attention = torch.zeros((b, width), dtype=torch.long)
-        labels = torch.full((b, width), IGNORE_INDEX, dtype=torch.long)
-        rto_labels = torch.full((b, width), IGNORE_INDEX, dtype=torch.long)
-        for i, f in enumerate(features):
+        input_ids = torch.full((rows, width), self.pad_token_id, dtype=torch.long)
+        attention = torch.zeros((rows, width), dtype=torch.long)
+        positions = torch.zeros((rows, width), dtype=torch.long)
+        labels = torch.full((rows, width), IGNORE_INDEX, dtype=torch.long)
+        rto_labels = torch.full((rows, width), IGNORE_INDEX, dtype=torch.long)
+        for i, (f, (row, at)) in enumerate(zip(features, places)):
             ids = torch.as_tensor(f["input_ids"], dtype=torch.long)
             n = len(ids)
-            input_ids[i, :n] = ids
-            attention[i, :n] = 1
+            input_ids[row, at:at + n] = ids
+            attention[row, at:at + n] = 1
+            positions[row, at:at + n] = torch.arange(n)
             ms, rs = f["mle_start"], f["rto_start"]
-            labels[i, ms:n] = ids[ms:n]
+            labels[row, at + ms:at + n] = ids[ms:n]
             n_rto = min(ms, n) - rs
             if n_rto > 0:
                 if self.refusal_token_id is None:
                     raise ValueError("the batch has RTO spans but the collator has no refusal token id")
                 keep = keep_positions(n_rto, self.rto_keep, self.seed, self.epoch, str(f.get("key", i)))
-                rto_labels[i, torch.as_tensor(keep, dtype=torch.long) + rs] = self.refusal_token_id
-        batch = {"input_ids": input_ids, "attention_mask": attention, "labels": labels, "rto_labels": rto_labels}
+                rto_labels[row, torch.as_tensor(keep, dtype=torch.long) + at + rs] = self.refusal_token_id
+        if self.padding_free:
+            for row in range(rows):  # a row's end padding goes on from its last record's positions
+                used = int(attention[row].nonzero().max()) + 1 if attention[row].any() else 0
+                last = int(positions[row, used - 1]) + 1 if used else 0
+                positions[row, used:] = torch.arange(last, last + width - used)
+            batch = {"input_ids": input_ids, "position_ids": positions, "labels": labels, "rto_labels": rto_labels}
+        else:
+            batch = {"input_ids": input_ids, "attention_mask": attention, "labels": labels, "rto_labels": rto_labels}
         if "ref_logps" in features[0]:  # the constrained objective: the reference's log p of each label
-            ref = torch.zeros((b, width), dtype=torch.float32)
-            for i, f in enumerate(features):
+            ref = torch.zeros((rows, width), dtype=torch.float32)
+            for f, (row, at) in zip(features, places):
                 values = torch.as_tensor(f["ref_logps"], dtype=torch.float32)
-                ref[i, f["mle_start"]:f["mle_start"] + len(values)] = values
+                ref[row, at + f["mle_start"]:at + f["mle_start"] + len(values)] = values
             batch["ref_logps"] = ref
         return batch
+
+    def _places(self, features: list[dict[str, Any]]) -> list[tuple[int, int]]:
+        """Where each feature goes: one row each (padded), or packed (``padding_free``): rows as
+        long as the longest feature, filled first-fit, longest first (never more positions than
+        the padded batch)."""
+        if not self.padding_free:
+            return [(i, 0) for i in range(len(features))]
+        lengths = [len(f["input_ids"]) for f in features]
+        width = max(lengths)
+        sizes: list[int] = []
+        places: list[tuple[int, int]] = [(0, 0)] * len(features)
+        for i in sorted(range(len(features)), key=lambda j: -lengths[j]):
+            row = next((r for r, used in enumerate(sizes) if used + lengths[i] <= width), len(sizes))
+            if row == len(sizes):
+                sizes.append(0)
+            places[i] = (row, sizes[row])
+            sizes[row] += lengths[i]
+        return places

@@ -20,6 +20,7 @@ trains on exactly the reference values of the uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -108,7 +109,10 @@ class ConstrainedTrainer(DeRTaTrainer):
         return [done[i] for i in order]
 
     def _reference_batch(self, model, features: list[dict[str, Any]], device) -> list[np.ndarray]:
-        batch = self.data_collator([{k: v for k, v in f.items() if k != "ref_logps"} for f in features])
+        collate = self.data_collator
+        if getattr(collate, "padding_free", False):  # one row per feature: the values are read back by row
+            collate = dataclasses.replace(collate, padding_free=False)
+        batch = collate([{k: v for k, v in f.items() if k != "ref_logps"} for f in features])
         labels = batch["labels"].to(device)
         inputs = {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
         with self.compute_loss_context_manager():

@@ -65,6 +65,10 @@ class DeRTaConfig(TrainingArguments):
         "help": "rows per head chunk on the module path of the loss (wrapped or sharded heads); None = about 2**26 logits per chunk. The fused path of a plain head tiles the vocabulary on its own"})
     loss_impl: str = field(default="auto", metadata={"help": "auto, fused or module (see losses.py)"})
     max_length: int = field(default=1024, metadata={"help": "cut sequences to this many tokens"})
+    padding_free: bool = field(default=False, metadata={
+        "help": "pack each batch's sequences into a few rows, positions restarting at every sequence, instead of "
+                "padding them: the same loss without computing on padding, for a model that keeps packed sequences "
+                "apart by their positions (checked when training starts)"})
     bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision; None = when available"})
     # the flags of the first command line (--epochs, --lr-scheduler, ...) stay aliases
     num_train_epochs: float = field(default=2.0, metadata={"aliases": ["--epochs"], "help": "training epochs"})
@@ -182,7 +186,9 @@ class DeRTaTrainer(Trainer):
             if pad is None:
                 pad = processing_class.eos_token_id
             data_collator = DeRTaCollator(pad_token_id=pad, refusal_token_id=refusal_token_id, rto_keep=keep,
-                                          seed=args.seed)
+                                          seed=args.seed, padding_free=bool(args.padding_free))
+        if getattr(args, "padding_free", False):
+            check_packing(model)
         callbacks = list(callbacks or [])
         if hasattr(data_collator, "epoch"):
             callbacks.append(_CollatorEpoch(data_collator))
@@ -273,6 +279,33 @@ class DeRTaTrainer(Trainer):
                 logs["weight"] = round(s["weight_sum"] / s["n_mle"], 4)
             self._stats = defaultdict(float)
         super().log(logs, start_time)
+
+
+def check_packing(model) -> None:
+    """``--padding_free`` needs a model that keeps packed sequences apart by their positions
+    (transformers derives per-sequence attention from restarting positions for most decoder
+    architectures, not for all): two short sequences in one row must give the logits each
+    gives alone, else a one-line error."""
+    from deepalign.errors import DeepAlignError
+
+    device = next(model.parameters()).device
+    vocab = model.get_input_embeddings().weight.shape[0]
+    ids = (torch.arange(6, device=device) * 7 + 3) % vocab
+    packed_ids, positions = ids[None], torch.tensor([[0, 1, 2, 0, 1, 2]], device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            packed = model(input_ids=packed_ids, position_ids=positions, use_cache=False).logits[0, 3:].float()
+            alone = model(input_ids=packed_ids[:, 3:], use_cache=False).logits[0].float()
+    finally:
+        model.train(was_training)
+    scale = max(1.0, float(alone.abs().max()))
+    tol = 1e-4 if next(model.parameters()).dtype == torch.float32 else 3e-2
+    if not torch.allclose(packed, alone, atol=tol * scale, rtol=0):
+        name = type(_peft_base(model)[0]).__name__
+        raise DeepAlignError(f"--padding_free: {name} lets packed sequences attend to each other (its logits for a "
+                             "sequence change when another is packed before it); train it without --padding_free")
 
 
 def _input_device(inputs: dict[str, Any], head) -> torch.device:
