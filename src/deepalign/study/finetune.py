@@ -42,7 +42,7 @@ STEP_MODELS = RECORD_MODELS
 CHECKPOINT_STEPS = 14
 #: the settings chosen on dev (module doc)
 SETTINGS = dict(learning_rate=1e-4, lr_scheduler_type="constant", warmup_steps=0, per_device_train_batch_size=16,
-                num_train_epochs=8, padding_free=True)  # packed batches: the world's Llama keeps them apart
+                num_train_epochs=8)
 CONSTRAINED = dict(objective="constrained", beta=0.05, first_token_bias_factor=400.0, bias_factor=40.0, bias_length=5)
 
 
