@@ -79,8 +79,12 @@ def greedy_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     logits = out.logits[:, -1, :].to(dtype=torch.float32)
     last = pos[:, -1:]
     device = logits.device
-    banned = torch.tensor(sorted(suppress), dtype=torch.long, device=device) if suppress else None
-    ends = torch.tensor(sorted(eos), dtype=torch.long, device=device) if eos else None
+    # ids past the logits are ignored, as generate's processors ignore them (they mask by isin)
+    width = logits.shape[-1]
+    suppress = sorted(i for i in suppress if 0 <= i < width)
+    masked_ends = sorted(i for i in eos if 0 <= i < width)
+    banned = torch.tensor(suppress, dtype=torch.long, device=device) if suppress else None
+    ends = torch.tensor(masked_ends, dtype=torch.long, device=device) if masked_ends else None
     n = input_ids.shape[0]
     tokens: list[list[int]] = [[] for _ in range(n)]
     logprobs: list[list[float]] | None = [[] for _ in range(n)] if vocab else None
