@@ -474,26 +474,27 @@ class _Execution:
             self.finish(found, order)
 
     def _execute_forked(self, plan, done: set, order: list[str]) -> None:
-        """``--workers N``: this process and N - 1 forked copies each take every N-th batch
-        (:mod:`deepalign.evaluation.workers`); this one folds their shards."""
+        """``--workers N``: N forked workers each take every N-th batch
+        (:mod:`deepalign.evaluation.workers`); this process waits and folds their shards."""
         from deepalign.evaluation.workers import LocalWorkers
 
         workers = LocalWorkers(self.opts.workers)
         with contextlib.ExitStack() as stack:
             self.stack = stack
             self.start()  # the directory and its lock belong to this process
-            self.procs = workers
             rank = workers.fork()
-            try:
-                found = self.generate(*_share(plan, done, rank, workers.size), done)
-            except BaseException as exc:
-                if rank:
+            if rank is not None:  # a worker: its share, then it ends
+                self.procs = workers
+                try:
+                    found = self.generate(*_share(plan, done, rank, workers.size), done)
+                except BaseException as exc:
                     workers.leave(error=exc)
+                workers.leave(found)
+            try:
+                parts = workers.gather()
+            except BaseException:
                 workers.stop()
                 raise
-            if rank:
-                workers.leave(found)
-            parts = workers.gather(found)
             self._record_examples(parts)
             self.run.fold_shards(order)
             self.run.write_info(self.info)

@@ -3,13 +3,14 @@
 A small model on a CPU decodes faster as N processes of one thread each than as one process
 of N threads: its matrices are too small for the threads to share a step well (on the world's
 model, batch 64, a decoding step takes 62 us a row on two threads and 80 us on one, so two
-one-thread processes get 1.5x the rows). ``--workers N`` forks N - 1 copies of the run once its
-plan is made; every process takes every N-th batch of the plan (the split ``accelerate
-launch`` uses), loads its own copy of each model, writes its rows to its own shard, and the
-first process folds the shards in the order one process would have written them. The rows are
-those of a one-process run (each batch is the same batch, decoded alone; checked over the
-study's rows by ``tests/test_eval_runner.py`` and ``benchmarks/bench_study.py``); a killed run
-resumes from every process's finished rows.
+one-thread processes get 1.5x the rows). ``--workers N`` forks N worker processes once the
+run's plan is made; each takes every N-th batch of the plan (the split ``accelerate launch``
+uses), loads its own copy of each model and writes its rows to its own shard; the process that
+forked them waits, computing nothing and changing none of its own torch settings, and folds
+the shards in the order one process would have written them. The rows are those of a
+one-process run (each batch is the same batch, decoded alone; checked over the study's rows
+and by ``tests/test_eval_runner.py`` and ``benchmarks/bench_study.py``); a killed run resumes
+from every worker's finished rows.
 
 Forking is for local models on CPU: it is refused with CUDA (a CUDA context does not survive a
 fork; use ``accelerate launch``), under ``accelerate launch``, and with targets or judges that
@@ -28,33 +29,35 @@ from deepalign.errors import DeepAlignError
 
 
 class LocalWorkers:
-    """``size`` processes of one run: this one (rank 0) and the ``size - 1`` it forks. After
-    :meth:`fork`, ``rank`` says which one this is; :meth:`gather` (rank 0) waits for the
-    others and returns every process's result, :meth:`leave` (the others) hands a result
-    back and ends the process."""
+    """``size`` worker processes of one run, forked by the process that made its plan (the
+    coordinator). :meth:`fork` returns a worker's rank in the worker and None in the
+    coordinator; a worker ends with :meth:`leave` (its result or its error), the coordinator
+    collects every worker's with :meth:`gather`. The coordinator computes nothing and keeps its
+    torch settings: a process's arithmetic can change after its thread count is changed and set
+    back (pretraining that followed a switch to one thread and back drifted from step 50 on),
+    and the study trains in the same process after each evaluation."""
 
     def __init__(self, size: int):
-        self.size, self.rank = size, 0
-        self.children: list[tuple[int, int]] = []  # (pid, read end of its pipe)
+        self.size, self.rank = size, None
+        self.children: list[tuple[int, int]] = []  # (pid, read end of its pipe), by rank
         self._write = None
-        self._threads = None
 
     @property
     def main(self) -> bool:
-        return self.rank == 0
+        return self.rank == 0  # the worker that shows the progress bar
 
-    def fork(self) -> int:
-        import torch
-
+    def fork(self) -> int | None:
         # the tokenizers library warns in every child once its thread pool was used; the
-        # children tokenise on one thread anyway
+        # workers tokenise on one thread anyway
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         sys.stdout.flush()
         sys.stderr.flush()
-        for rank in range(1, self.size):
+        for rank in range(self.size):
             read, write = os.pipe()
             pid = os.fork()
-            if pid == 0:  # the child: rank `rank`, one thread, its own signal defaults
+            if pid == 0:  # a worker: rank `rank`, one thread, its own signal defaults
+                import torch
+
                 os.close(read)
                 for _, other in self.children:
                     os.close(other)
@@ -64,17 +67,15 @@ class LocalWorkers:
                 return rank
             os.close(write)
             self.children.append((pid, read))
-        self._threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        return 0
+        return None
 
     def leave(self, result=None, error: BaseException | None = None) -> None:
-        """End a worker (rank > 0): its result, or its error, goes to rank 0."""
+        """End a worker: its result, or its error, goes to the coordinator."""
         try:
             if error is not None:
                 if isinstance(error, DeepAlignError):
                     message = str(error)
-                else:  # a bug: its traceback goes to stderr, its last line to rank 0
+                else:  # a bug: its traceback goes to stderr, its last line to the coordinator
                     text = "".join(traceback.format_exception(type(error), error, error.__traceback__)).rstrip()
                     print(f"[worker {self.rank}] {text}", file=sys.stderr)
                     message = text.splitlines()[-1]
@@ -88,11 +89,11 @@ class LocalWorkers:
             sys.stderr.flush()
             os._exit(0 if error is None else 1)
 
-    def gather(self, mine) -> list:
-        """Rank 0: every process's result, its own first; a worker that failed fails the run
+    def gather(self) -> list:
+        """The coordinator: every worker's result, by rank; a worker that failed fails the run
         (its error named), after every worker has ended."""
-        results, errors = [mine], []
-        for rank, (pid, read) in enumerate(self.children, start=1):
+        results, errors = [], []
+        for rank, (pid, read) in enumerate(self.children):
             with os.fdopen(read, "rb") as pipe:
                 data = pipe.read()
             _, status = os.waitpid(pid, 0)
@@ -105,14 +106,14 @@ class LocalWorkers:
             else:
                 errors.append(f"worker {rank}: {value}")
         self.children = []
-        self._restore()
         if errors:
             raise DeepAlignError(errors[0] + ("" if len(errors) == 1 else f" (and {len(errors) - 1} more)")
                                  + "; the rows written so far are kept: rerun the same command to resume")
         return results
 
     def stop(self) -> None:
-        """Rank 0 failed: end the workers (their finished rows stay in their shards)."""
+        """The coordinator was interrupted: end the workers (their finished rows stay in their
+        shards)."""
         for pid, read in self.children:
             try:
                 os.kill(pid, signal.SIGTERM)
@@ -124,14 +125,6 @@ class LocalWorkers:
             except ChildProcessError:
                 pass
         self.children = []
-        self._restore()
-
-    def _restore(self) -> None:
-        if self._threads is not None:
-            import torch
-
-            torch.set_num_threads(self._threads)
-            self._threads = None
 
 
 def check_workers(workers: int, device, targets, judges, attacker) -> None:
