@@ -69,8 +69,8 @@ class EvalOptions:
     world: str | None = field(default=None, metadata={"help": "the embedded world directory (world: datasets, oracle)"})
     batch_size: int = field(default=16, metadata={"help": "items per generate call"})
     workers: int = field(default=1, metadata={
-        "help": "local processes on CPU, one thread each, every one taking every N-th batch: a small model decodes "
-                "faster so than on N threads (same rows; docs/evaluation.md#workers)"})
+        "help": "forked CPU worker processes of one thread each, each taking every N-th batch: a small model decodes "
+                "faster on N such processes than on N threads of one (same rows; docs/evaluation.md#workers)"})
     attacker: str | None = field(default=None, metadata={"help": "target spec of the PAIR attacker model"})
     judge_model: str | None = field(default=None, metadata={
         "help": "target spec of the model behind llm judges, e.g. openai:gpt-4o-mini@https://api.openai.com/v1"})
