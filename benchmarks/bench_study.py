@@ -43,9 +43,9 @@ BATTERY = "direct,prefill:2,prefill:4,prefill:8,prefill:16,prefill:32,completion
 
 
 def _kv(model, cache) -> dict:
-    import inspect
+    from deepalign.decoding.cache import cache_kwarg
 
-    return {"cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values": cache}
+    return {cache_kwarg(model): cache}
 
 
 def decode_section(world: Path, model_dir: Path, batch: int, new: int, reps: int) -> None:

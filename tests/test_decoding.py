@@ -469,9 +469,9 @@ def test_tokenizer_round_trip_keeps_chat_template(world):
 
 def _kv(model, cache) -> dict:
     """The model's KV-cache argument (``cache`` from transformers 5.24, before it ``past_key_values``)."""
-    import inspect
+    from deepalign.decoding.cache import cache_kwarg
 
-    return {"cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values": cache}
+    return {cache_kwarg(model): cache}
 
 
 def _steps(model, cache, prompt, n):

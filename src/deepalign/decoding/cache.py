@@ -15,6 +15,8 @@ quantised caches) are kept as transformers builds them.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
@@ -83,6 +85,12 @@ class ReservedLayer(DynamicLayer):
     def reset(self) -> None:
         self._kbuf = self._vbuf = None
         super().reset()
+
+
+def cache_kwarg(model) -> str:
+    """The name ``model``'s forward (and ``generate``) takes its KV cache by: ``cache`` from
+    transformers 5.24 (``past_key_values`` is deprecated there), else ``past_key_values``."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def reserved_cache(model, reserve: int) -> DynamicCache:

@@ -29,7 +29,7 @@ from typing import Sequence
 import torch
 
 from deepalign.decoding.base import GenConfig, Generation, Request
-from deepalign.decoding.cache import reserved_cache
+from deepalign.decoding.cache import cache_kwarg, reserved_cache
 from deepalign.decoding.hf import Batched, PromptIds, left_pad, mark_forced
 from deepalign.decoding.output import continuation_text, eos_ids, find_stop, group_generations, pad_id
 from deepalign.errors import DeepAlignError
@@ -182,9 +182,7 @@ class ComposedTarget(Batched):
         self._eos_tensor = torch.tensor(sorted(self.eos), dtype=torch.long)
         params = [inspect.signature(c.model.forward).parameters for c in self.active]
         self._keep_arg = ["logits_to_keep" in p for p in params]
-        # the KV cache goes in as `cache` where the model takes it (transformers >= 5.24; the older
-        # `past_key_values` is deprecated there), else as `past_key_values`
-        self._cache_arg = ["cache" if "cache" in p else "past_key_values" for p in params]
+        self._cache_arg = [cache_kwarg(c.model) for c in self.active]
         self._warned = False
 
     @property

@@ -29,12 +29,15 @@ from typing import Callable
 
 import torch
 
+from deepalign.decoding.cache import cache_kwarg
+
 # generation-config fields that change nothing in greedy decoding (sampling settings, ids,
-# lengths, output switches); any other field set on a model sends it to ``generate``
+# lengths, output switches; HFTarget passes its own num_return_sequences); any other field set on
+# a model sends it to ``generate``
 _HARMLESS = {"bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "transformers_version",
              "_from_model_config", "use_cache", "do_sample", "temperature", "top_k", "top_p", "typical_p", "min_p",
              "max_length", "max_new_tokens", "output_attentions", "output_hidden_states", "output_scores",
-             "output_logits", "return_dict_in_generate", "num_return_sequences", "trust_remote_code"}
+             "output_logits", "return_dict_in_generate", "num_return_sequences"}
 
 
 def plain_greedy(model) -> bool:
@@ -44,8 +47,7 @@ def plain_greedy(model) -> bool:
     if config is None:
         return False
     diff = config.to_diff_dict()
-    return diff.get("num_return_sequences") in (None, 1) and all(
-        key in _HARMLESS or _neutral(key, value) for key, value in diff.items())
+    return all(key in _HARMLESS or _neutral(key, value) for key, value in diff.items())
 
 
 def _neutral(key: str, value) -> bool:
@@ -59,11 +61,6 @@ def _neutral(key: str, value) -> bool:
     return key in ("no_repeat_ngram_size", "encoder_no_repeat_ngram_size", "min_length", "min_new_tokens") and value == 0
 
 
-def _forward_args(model) -> tuple[str, bool]:
-    params = inspect.signature(model.forward).parameters
-    return ("cache" if "cache" in params else "past_key_values"), "logits_to_keep" in params
-
-
 @torch.inference_mode()
 def greedy_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache, *, max_new_tokens: int,
                   eos: set[int], suppress: list[int], pad: int, min_new_tokens: int = 0,
@@ -71,8 +68,8 @@ def greedy_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
                   vocab: int | None = None) -> tuple[list[list[int]], list[list[float]] | None]:
     """Greedy rows for a left-padded batch (see the module doc): per row its new tokens (the
     end-of-sequence id included where it ended so), and with ``vocab`` its log-probs."""
-    cache_arg, keep_arg = _forward_args(model)
-    extra = {cache_arg: cache, **({"logits_to_keep": 1} if keep_arg else {})}
+    keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+    extra = {cache_kwarg(model): cache, **({"logits_to_keep": 1} if keep else {})}
     mask = attention_mask
     pos = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=pos, use_cache=True, **extra)

@@ -8,7 +8,6 @@ contract of :mod:`deepalign.tokens`.
 
 from __future__ import annotations
 
-import inspect
 import os
 import zlib
 from typing import Any, Sequence
@@ -16,7 +15,7 @@ from typing import Any, Sequence
 import torch
 
 from deepalign.decoding.base import GenConfig, Generation, Request
-from deepalign.decoding.cache import reserved_cache
+from deepalign.decoding.cache import cache_kwarg, reserved_cache
 from deepalign.decoding.greedy import greedy_decode, plain_greedy
 from deepalign.decoding.output import StopOnText, continuation_text, eos_ids, find_stop, group_generations, pad_id
 from deepalign.errors import DeepAlignError
@@ -144,9 +143,7 @@ class HFTarget(Batched):
         self.generation = dict(generation or {})
         self.eos = eos_ids(model, tokenizer)
         self.pad = pad_id(tokenizer, self.eos)
-        # generate() takes a KV cache as `cache` where the model does (transformers >= 5.24), else
-        # as `past_key_values`
-        self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        self._cache_arg = cache_kwarg(model)  # generate() takes the cache by the model's name for it
 
     @property
     def device(self) -> torch.device:
