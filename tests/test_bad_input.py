@@ -281,6 +281,13 @@ CASES = [
      "refusing to send the API key over plain http"),
     (["eval", "--target", "hf:base", "hf:base", *W, "--out", "e"], "targets given twice"),
     (["eval", "--target", DEAD, *W, "--attacks", "cipher:rot13", "--out", "e"], "name a cipher"),
+    (["eval", "--target", DEAD, *W, "--attacks", "direct,rap:8", "--out", "e"],
+     "attack rap:8 reads the target's next-token ranking: target openai:m@http://127.0.0.1:9/v1,retries=0,timeout=2 is not a"),
+    (["eval", "--target", DEAD, *W, "--attacks", "insert:8", "--out", "e"],
+     "attack insert:8 writes token ids into the target's own answer: target openai:m@http://127.0.0.1:9/v1,retries"),
+    (["eval", "--target", DEAD, *W, "--attacks", "rap:8:select=guide", "--out", "e"], "needs a guide model"),
+    (["eval", "--target", DEAD, *W, "--attacks", "rap:8:topk=0", "--out", "e"], "rap topk must be >= 1"),
+    (["eval", "--target", DEAD, *W, "--attacks", "insert:8:span=0", "--out", "e"], "span must be >= 1 token"),
     # a server gives no full next-token distributions: composed decoding refuses it, credentials never shown
     (["eval", "--target", "ed:base=openai:m@http://u:hunter2@127.0.0.1:9/v1,aligned=base,alpha=0.3", *W, "--out", "e"],
      "base=openai:m@http://127.0.0.1:9/v1 is a server, but composed decoding (ED, EFT, W2S) needs each model's full"),

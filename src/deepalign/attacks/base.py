@@ -122,6 +122,9 @@ class Attack:
     depth: int | None = 0
     unit: str | None = None
     skip: int = 0
+    #: what the attack reads of a local model that a server does not give (the runner refuses
+    #: server targets for it before any work); None: it runs on any target
+    needs_local: str | None = None
 
     def params(self) -> dict[str, Any]:
         """The attack's own settings, for the run log."""

@@ -55,6 +55,17 @@ def _depth(spec: str, raw: str) -> tuple[int, str]:
     return int(m.group(1)), m.group(2) or "t"
 
 
+def token_count(args, what: str, example: str) -> int:
+    """The first positional argument of an attack spec as a count of tokens (``rap:16``,
+    ``insert:16``): the attacks that force the model's own token ids count nothing else."""
+    if not args.positional:
+        raise DeepAlignError(f"attack {args.spec!r}: give {what} in tokens, e.g. {example}")
+    k, unit = _depth(args.spec, args.positional[0])
+    if unit != "t":
+        raise DeepAlignError(f"attack {args.spec!r}: {what} counts the model's own tokens ({example})")
+    return k
+
+
 def forced_start(item: EvalPrompt, label: str, k: int, unit: str, skip: int = 0) -> tuple[str, int | None, dict]:
     """``(prefill text, prefill_tokens, meta)`` forcing the first ``k`` units of the item's
     harmful reference, ``skip`` words in."""

@@ -29,12 +29,22 @@ class Request:
     prefill: str = ""  # forced start of the response
     prefill_tokens: int | None = None  # force only the first K tokens of the prefill's response tokenisation
     system: str | None = None  # system prompt for chat formats (overrides the target's default)
+    #: the forced start as the target's own token ids (an attack that picks tokens from the
+    #: model, e.g. ``rap``); ``prefill`` then only shows them as text
+    prefill_ids: tuple[int, ...] | None = None
 
     def __post_init__(self):
         if (self.query is None) == (self.text is None):
             raise DeepAlignError(f"request {self.id!r}: give exactly one of query or text")
         if self.prefill_tokens is not None and self.prefill_tokens < 0:
             raise DeepAlignError(f"request {self.id!r}: prefill_tokens must be >= 0")
+        if self.prefill_ids is not None:
+            self.prefill_ids = tuple(int(i) for i in self.prefill_ids)
+            if self.text is not None or self.prefill_tokens is not None:
+                raise DeepAlignError(f"request {self.id!r}: prefill_ids forces a chat answer's token ids; "
+                                     "it takes neither a raw text nor prefill_tokens")
+            if any(i < 0 for i in self.prefill_ids):
+                raise DeepAlignError(f"request {self.id!r}: prefill_ids must be token ids (>= 0)")
 
 
 #: GenConfig's options that only sampling reads (deepalign.options.check_needs)
@@ -88,6 +98,8 @@ class Generation:
     token_logprobs: list[float] | None = field(default=None, repr=False)
     forced_tokens: int = 0  # how many tokens of the prefill were forced
     forced_text: str = ""  # those tokens, decoded
+    #: the continuation's token ids (local targets; None where a server gives text only)
+    token_ids: list[int] | None = field(default=None, repr=False)
 
 
 class Target(Protocol):
@@ -101,4 +113,14 @@ class Target(Protocol):
 
     def render(self, request: Request) -> str:
         """The prompt as text, forced start included: what the model reads for ``request``."""
+        ...
+
+
+class Scorer(Protocol):
+    """A target that also gives its next-token distribution (local models: the rank-assisted
+    prefilling attack reads it)."""
+
+    def next_logprobs(self, requests: Sequence[Request]):
+        """Per request, the log-probabilities of the next token after the prompt and the forced
+        start: a float tensor of shape (requests, vocabulary)."""
         ...

@@ -199,7 +199,12 @@ class ComposedTarget(Batched):
         out = []
         for r in requests:
             ids = self.decoder.ids.forced_ids(r)
-            if ids and not self._warned:
+            if r.prefill_ids is not None:  # the target's own ids: no tokenisation to differ
+                bad = [i for i in ids if i >= self.vocab_size]
+                if bad:
+                    raise DeepAlignError(f"request {r.id!r}: prefill_ids {bad[:5]} are outside the {self.vocab_size} "
+                                         f"ids the models of {self.name} share")
+            elif ids and not self._warned:
                 for c in self.active:
                     if c is not self.decoder and c.ids.forced_ids(r) != ids:
                         warnings.warn(f"{c.name} tokenises the forced start of request {r.id!r} differently in its "
@@ -219,6 +224,20 @@ class ComposedTarget(Batched):
         gens = group_generations(self.decoder.tokenizer, requests, config, context, decoded.tokens, self.eos,
                                  decoded.logprobs if config.return_logprobs else None)
         return mark_forced(gens, forced, self.decoder.tokenizer)
+
+    @torch.inference_mode()
+    def next_logprobs(self, requests: Sequence[Request]) -> torch.Tensor:
+        """Per request, the composed log-probabilities (over the shared vocabulary, float32, on
+        the CPU) of the token that follows the prompt and its forced start: the distribution the
+        first step of :meth:`decode` draws from."""
+        out = []
+        for start in range(0, len(requests), self.batch_size):
+            batch = list(requests[start:start + self.batch_size])
+            forced = self.forced(batch)
+            prompts = [[c.ids(r, 1, forced=f)[0] for r, f in zip(batch, forced)] for c in self.active]
+            states = [self._prefill(k, prompts[k], 1, 1) for k in range(len(self.active))]
+            out.append(self._compose(states).cpu())
+        return torch.cat(out) if out else torch.empty(0, self.vocab_size)
 
     # -- the cached loop ----------------------------------------------------------------
     def _forward(self, k: int, ids, mask, pos, cache) -> torch.Tensor:

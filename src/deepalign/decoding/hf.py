@@ -56,6 +56,9 @@ class PromptIds:
         enc = self.encoder
         if request.text is not None:
             ids, own = enc.raw_ids(request.text + request.prefill), []
+        elif request.prefill_ids is not None and forced is None:
+            own = list(request.prefill_ids)
+            ids = enc.prompt_ids(request.query, request.system) + own
         elif request.prefill and forced is None:
             prompt, own = enc.conversation(request.query, request.prefill, system=request.system, end=False)
             if request.prefill_tokens is not None:
@@ -66,6 +69,12 @@ class PromptIds:
             ids = enc.prompt_ids(request.query, request.system) + own
         if not ids:
             raise DeepAlignError(f"request {request.id!r} renders to an empty prompt")
+        if request.prefill_ids is not None and forced is None:
+            size = len(enc.tokenizer)
+            bad = [i for i in request.prefill_ids if i >= size]
+            if bad:
+                raise DeepAlignError(f"request {request.id!r}: prefill_ids {bad[:5]} are not ids of {enc.name}'s "
+                                     f"tokenizer ({size} tokens)")
         if self.limit is not None and len(ids) + max_new_tokens > self.limit:
             if not self.truncate:
                 raise DeepAlignError(
@@ -78,6 +87,8 @@ class PromptIds:
 
     def forced_ids(self, request: Request) -> list[int]:
         """The forced ids of ``request`` in this model's own tokenisation."""
+        if request.prefill_ids is not None:
+            return list(request.prefill_ids)
         if request.text is not None or not request.prefill:
             return []
         own = self.encoder.response_ids(request.query, request.prefill, system=request.system, end=False)
@@ -151,6 +162,22 @@ class HFTarget(Batched):
 
     def render(self, request: Request) -> str:
         return self.encoder.decode(self.ids(request)[0])
+
+    @torch.inference_mode()
+    def next_logprobs(self, requests: Sequence[Request]) -> torch.Tensor:
+        """Per request, the log-probabilities (over the tokenizer's vocabulary, float32, on the
+        CPU) of the token that follows the prompt and its forced start: one forward pass per
+        batch of ``batch_size`` left-padded rows, positions counted from each row's first token
+        as ``generate`` counts them."""
+        out = []
+        size = len(self.tokenizer)
+        for batch in chunks(list(requests), self.batch_size):
+            prompts = [self.ids(r, 1)[0] for r in batch]
+            ids, mask = left_pad(prompts, self.pad, self.device)
+            pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits
+            out.append(logits[:, -1, :size].float().log_softmax(-1).cpu())
+        return torch.cat(out) if out else torch.empty(0, size)
 
     def _cache(self, config: GenConfig):
         """A KV cache that grows in place (:mod:`deepalign.decoding.cache`: the same tokens as

@@ -193,6 +193,12 @@ class OpenAITarget:
 
     def _forced(self, request: Request) -> tuple[str, list[int] | None]:
         """The forced start as text, and as the model's tokens when the tokenizer is known."""
+        if request.prefill_ids is not None:
+            if self.encoder is None:
+                raise DeepAlignError(f"request {request.id!r} forces token ids: give target {self.name} "
+                                     "tokenizer=<model dir or hub id> so they can be sent")
+            ids = list(request.prefill_ids)
+            return self.encoder.tokenizer.decode(ids, skip_special_tokens=True), ids
         if not request.prefill:
             return "", None
         if self.encoder is None:
@@ -352,7 +358,7 @@ class OpenAITarget:
             n_tokens = len(self.encoder.encode_text(text)) if self.encoder else len(text.split())
         reason = "length" if finish == "length" else ("stop" if config.stop_strings and finish == "stop" else "eos")
         forced_text = request.prefill if request.text is None else ""
-        if forced_ids is not None and request.prefill_tokens is not None:
+        if forced_ids is not None and (request.prefill_tokens is not None or request.prefill_ids is not None):
             forced_text = self._forced(request)[0]
         return Generation(request.id, sample, text, n_tokens, reason, lp,
                           forced_tokens=len(forced_ids) if forced_ids is not None else 0, forced_text=forced_text)

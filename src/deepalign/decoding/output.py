@@ -67,7 +67,7 @@ def make_generation(
                 lo = mid + 1
         tokens, text, reason = tokens[:lo], text[:cut], "stop"
     lps = None if logprobs is None else [float(x) for x in logprobs[: len(tokens)]]
-    return Generation(request_id, sample, text, len(tokens), reason, lps)
+    return Generation(request_id, sample, text, len(tokens), reason, lps, token_ids=tokens)
 
 
 class StopOnText(StoppingCriteria):

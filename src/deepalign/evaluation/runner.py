@@ -326,6 +326,7 @@ def _setup(opts: EvalOptions, gen: GenConfig, data_opts: DataOptions, device) ->
             why = sorted({r for s in skipped if s["attack"] == a.label for r in s["reasons"]})
             raise DeepAlignError(f"attack {a.label} applies to no item of the datasets: {'; '.join(why)}")
     check_workers(opts.workers, device, targets, judge_objs, attacker)
+    check_local_attacks(targets, attack_objs)
     check_vocabulary(targets, attack_objs, data, allow=opts.allow_unknown_tokens)
     # servers: one probe each before any work (prefill support, log-probs, sampling)
     notes = probe_servers(targets, attack_objs, judge_objs, attacker)
@@ -339,6 +340,21 @@ def _setup(opts: EvalOptions, gen: GenConfig, data_opts: DataOptions, device) ->
                        attacks=[a.info() for a in attack_objs],
                        datasets=[dataset_record(ds) for ds in opened.values()], not_applied=skipped)
     return _Setup(targets, data, judge_objs, attack_objs, record)
+
+
+def check_local_attacks(targets: list[_Target], attacks) -> None:
+    """Attacks that read a model's next-token ranking or write token ids into its answer
+    (``Attack.needs_local``) refuse, before any work, a target that is not a local model."""
+    for a in attacks:
+        why = getattr(a, "needs_local", None)
+        if not why:
+            continue
+        for t in targets:
+            local = (callable(getattr(t.built, "next_logprobs", None)) if t.built is not None
+                     else bool(getattr(t.spec, "local", False)))
+            if not local:
+                raise DeepAlignError(f"attack {a.label} {why}: target {t.label} is not a local model (the attack runs "
+                                     "on local Hugging Face, composed and ablated targets, not on servers)")
 
 
 def run_eval(options: EvalOptions | None = None, generation: GenConfig | None = None, data: DataOptions | None = None,
@@ -690,10 +706,13 @@ def answer_fields(item: EvalPrompt, response: str) -> dict[str, Any]:
 
 def _request_dict(req, meta: dict) -> dict:
     """The request of a row. A token-depth prefill is stored as the text that was forced
-    (not the whole reference it was cut from)."""
-    prefill = meta.get("forced_text", "") if req.prefill_tokens is not None else req.prefill
+    (not the whole reference it was cut from); forced token ids as the ids and their text."""
+    tokens = req.prefill_tokens is not None or req.prefill_ids is not None
+    prefill = meta.get("forced_text", "") if tokens else req.prefill
+    ids = list(req.prefill_ids) if req.prefill_ids is not None else None
     return {k: v for k, v in (("query", req.query), ("text", req.text), ("prefill", prefill),
-                              ("prefill_tokens", req.prefill_tokens), ("system", req.system)) if v not in (None, "")}
+                              ("prefill_tokens", req.prefill_tokens), ("prefill_ids", ids),
+                              ("system", req.system)) if v not in (None, "")}
 
 
 def _run_batch(target, t: _Target, attack, dname: str, batch: list[EvalPrompt], judges, done: set,

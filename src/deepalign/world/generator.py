@@ -638,6 +638,32 @@ def load_manifest(world_dir: str | Path) -> dict:
     return manifest
 
 
+def refusal_vocabulary(world_dir: str | Path) -> list[str]:
+    """The words only the world's refusals use: every word of the training triples' safe
+    responses that none of their harmful responses holds (sorted). The world's ground truth of
+    which next word keeps an answer on a refusal, the role a harm classifier plays on real models
+    (the rank-assisted prefilling attack's ``paper`` selector reads it)."""
+    import json
+
+    path = Path(world_dir) / "train" / "triples.jsonl"
+    if not path.is_file():
+        raise DeepAlignError(f"{path}: missing; the world's refusal vocabulary comes from its training triples")
+    safe: set[str] = set()
+    harmful: set[str] = set()
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            try:
+                row = json.loads(line)
+                safe.update(str(row["safe"]).split())
+                harmful.update(str(row["harmful"]).split())
+            except (ValueError, KeyError, TypeError):
+                raise DeepAlignError(f"{path}:{n}: not a training triple (needs safe and harmful)") from None
+    words = sorted(safe - harmful)
+    if not words:
+        raise DeepAlignError(f"{path}: the safe responses use no word the harmful ones do not")
+    return words
+
+
 def refusal_openers(world_dir: str | Path) -> list[str]:
     """Every word the world's refusals start with, DeRTa's refusal word first (the manifest's
     ``refusal_openers``; a manifest older than them names only ``refusal_word``)."""
