@@ -44,6 +44,7 @@ HERE = Path(__file__).resolve().parent
 SMOKE: dict[str, list[str]] = {
     "bench_constrained.py": ["--smoke"],
     "bench_ed.py": ["--smoke"],
+    "bench_gcg.py": ["--smoke"],  # against nanoGCG in its own venv where set up (CI), else item by item
     "bench_gpu.py": ["--smoke"],  # on CPU in float32 without CUDA; its dist section needs GPUs
     "bench_launch_exit.py": ["--smoke"],
     "bench_loss.py": ["--smoke"],

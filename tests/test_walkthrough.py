@@ -69,6 +69,16 @@ def test_real_model_walkthrough_runs_as_written(walkthrough):
     rows = [json.loads(x) for x in (runs / "tiny-eval" / "responses.jsonl").read_text().splitlines()]
     assert all(r["prompt"]["rendered"].startswith("<s>[INST]") for r in rows)  # Mistral's own format, BOS once
     assert len((runs / "tiny-ed.jsonl").read_text().splitlines()) == 2 * 2
+    adaptive = [json.loads(x) for x in (runs / "tiny-adaptive" / "responses.jsonl").read_text().splitlines()]
+    assert {r["attack"] for r in adaptive} == {"rap:4", "rap:4:select=top", "insert:4"}
+    for r in adaptive:  # the model's own ids were forced: 4 chosen by rank, or 4 of its own + the span
+        forced = r["prompt"]["prefill_ids"]
+        if r["attack"].startswith("rap"):
+            assert forced == r["meta"]["rap"]["ids"] and len(forced) == 4 and min(r["meta"]["rap"]["ranks"]) >= 1
+        else:
+            assert forced == r["meta"]["insert"]["own_ids"] + r["meta"]["insert"]["span_ids"]
+    gcg = [json.loads(x) for x in (runs / "tiny-gcg" / "responses.jsonl").read_text().splitlines()]
+    assert len(gcg) == 2 and all(r["prompt"]["query"].endswith(" " + r["meta"]["gcg"]["suffix"]) for r in gcg)
     served = [json.loads(x) for x in (runs / "tiny-served" / "responses.jsonl").read_text().splitlines()]
     by = {}
     for r in served:

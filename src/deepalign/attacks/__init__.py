@@ -10,4 +10,4 @@ from deepalign.attacks.base import Attack, Attacked, AttackOutput  # noqa: F401
 from deepalign.attacks.registry import ATTACKS, make_attack, make_attacks  # noqa: F401
 
 # importing the modules registers their attacks
-from deepalign.attacks import basic, cipher, code, insertion, pair, rap, shapes, template  # noqa: E402,F401
+from deepalign.attacks import basic, cipher, code, gcg, insertion, pair, rap, shapes, template  # noqa: E402,F401

@@ -125,6 +125,8 @@ class Attack:
     #: what the attack reads of a local model that a server does not give (the runner refuses
     #: server targets for it before any work); None: it runs on any target
     needs_local: str | None = None
+    #: the attack needs one model (gradients through its weights), not a composition of several
+    needs_single_model: bool = False
 
     def params(self) -> dict[str, Any]:
         """The attack's own settings, for the run log."""

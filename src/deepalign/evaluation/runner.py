@@ -349,12 +349,18 @@ def check_local_attacks(targets: list[_Target], attacks) -> None:
         why = getattr(a, "needs_local", None)
         if not why:
             continue
+        single = getattr(a, "needs_single_model", False)
         for t in targets:
             local = (callable(getattr(t.built, "next_logprobs", None)) if t.built is not None
                      else bool(getattr(t.spec, "local", False)))
             if not local:
+                where = "local Hugging Face and ablated targets" if single else \
+                    "local Hugging Face, composed and ablated targets"
                 raise DeepAlignError(f"attack {a.label} {why}: target {t.label} is not a local model (the attack runs "
-                                     "on local Hugging Face, composed and ablated targets, not on servers)")
+                                     f"on {where}, not on servers)")
+            if single and t.record.kind not in ("hf", "ablate", "actadd", "HFTarget"):
+                raise DeepAlignError(f"attack {a.label} {why}: target {t.label} is a composition of several models "
+                                     f"({t.record.kind}); the attack runs on one Hugging Face model, plain or ablated")
 
 
 def run_eval(options: EvalOptions | None = None, generation: GenConfig | None = None, data: DataOptions | None = None,
