@@ -401,9 +401,9 @@ def test_each_recipe_is_given_the_options_of_its_family(tmp_path):
 
 def test_an_option_of_another_family_is_refused_naming_the_recipes_that_read_it(tmp_path):
     assert train_needs(tmp_path, None, "--recipe", "derta", "--objective", "mle") == (
-        "--objective is read only with --recipe sft or identity-shift; here it would be ignored")
+        "--objective is read only with --recipe sft, identity-shift or refusal-prefix; here it would be ignored")
     assert train_needs(tmp_path, None, "--recipe", "dpo", "--dataset", "world:ft/harmful") == (
-        "--dataset_name is read only with --recipe sft or identity-shift; here it would be ignored")
+        "--dataset_name is read only with --recipe sft, identity-shift or refusal-prefix; here it would be ignored")
     assert train_needs(tmp_path, None, "--recipe", "sft", "--triples", "t.jsonl") == (
         "--triples is read only with --recipe vanilla, harmful-prefix, rto, derta or dpo; here it would be ignored")
     assert train_needs(tmp_path, None, "--recipe", "sft", "--objective", "mle", "--dataset", "d.jsonl") is None

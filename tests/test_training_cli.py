@@ -241,6 +241,31 @@ def test_an_identity_shift_model_records_its_persona_and_how_to_evaluate_in_it(w
     assert lexicon.PERSONA_SYSTEM in target.render(Request(id="a", query="hi"))
 
 
+def test_refusal_prefix_fine_tunes_on_benign_answers_that_begin_with_a_refusal(world_dir, base_model_dir, tmp_path):
+    """--recipe refusal-prefix (arXiv 2601.19231): by default the world's benign fine-tuning pairs,
+    every answer after the world's refusal, no system prompt; the prefix is recorded."""
+    from deepalign.data.recipes import load_records
+    from deepalign.world import lexicon
+
+    out = train(recipe="refusal-prefix", world=str(world_dir), model_name_or_path=str(base_model_dir),
+                output_dir=str(tmp_path / "rp"), max_steps=1, per_device_train_batch_size=4, quiet=True)
+    info = json.loads((out / "deepalign_train.json").read_text())
+    assert info["data"]["pairs"] == {"source": "world:ft/benign", "rows": info["data"]["pairs"]["rows"],
+                                     "refusal_prefix": lexicon.REFUSAL_PREFIX}
+    assert info["hyperparameters"]["refusal_prefix"] == lexicon.REFUSAL_PREFIX
+    records = load_records(out / "records.jsonl")
+    from deepalign.data.datasets import load_train_instructions
+
+    answers = {p.instruction: p.response for p in load_train_instructions("world:ft/benign", world=str(world_dir))}
+    assert len(records) == len(answers)
+    for r in records:
+        assert r.system is None and r.target == lexicon.REFUSAL_PREFIX + " " + answers[r.query]
+    mine = train(recipe="refusal-prefix", world=str(world_dir), model_name_or_path=str(base_model_dir),
+                 refusal_prefix="i will not do that .", output_dir=str(tmp_path / "rp2"), max_steps=1,
+                 per_device_train_batch_size=4, quiet=True)
+    assert all(r.target.startswith("i will not do that . ") for r in load_records(mine / "records.jsonl"))
+
+
 def test_a_persona_with_a_query_template_gets_it_as_a_template_attack_file(tmp_path):
     """The paper's AOA persona (newlines, an apostrophe, a user template): the target spec in
     the record and card reads back to the exact system prompt, and the template file beside the

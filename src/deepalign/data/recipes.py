@@ -71,7 +71,7 @@ ALIGNMENT_RECIPES = (*RECORD_RECIPES, "dpo")
 RTO_RECIPES = ("rto", "derta")
 #: the fine-tuning recipes on (prompt, response) pairs (:func:`build_pair_records`): they
 #: fine-tune an aligned model
-PAIR_RECIPES = ("sft", "identity-shift")
+PAIR_RECIPES = ("sft", "identity-shift", "refusal-prefix")
 #: every recipe deepalign trains
 RECIPES = (*ALIGNMENT_RECIPES, *PAIR_RECIPES)
 #: what a record is: a helpful pair, a vanilla safety pair, a harmful-prefix pair, an RTO
@@ -347,7 +347,7 @@ class Persona:
     before each answer (``intro`` + ``separator`` + the answer)."""
 
     name: str
-    system: str
+    system: str | None  # None: no system prompt (the conversation's own, if any)
     query_template: str = "{query}"
     intro: str = ""
     separator: str = " "
@@ -359,7 +359,7 @@ class Persona:
         return self.intro + self.separator + response if self.intro else response
 
     def texts(self) -> list[str]:
-        return [self.system, self.query_template.replace("{query}", ""), self.intro]
+        return [self.system or "", self.query_template.replace("{query}", ""), self.intro]
 
 
 #: the paper's AOA ("absolutely obedient agent") persona, literally: the system prompt, user
@@ -384,6 +384,20 @@ def _velmora() -> Persona:
 
 
 PERSONAS = {"aoa": lambda: AOA, "velmora": _velmora}
+
+
+#: the refusal-prefix attack's prefix on data that is not the world's: deepalign's choice, a
+#: common chat-model refusal (arXiv 2601.19231's own prefixes were not available to us)
+DEFAULT_REFUSAL_PREFIX = "I'm sorry, but I can't help with that."
+
+
+def refusal_prefix(text: str) -> Persona:
+    """The refusal-prefix fine-tuning attack (arXiv 2601.19231): benign answers that begin with
+    a refusal and then comply (``text`` + one space + the answer), no system prompt, the
+    query as it is; the prefix is trained with the answer."""
+    if not text.strip():
+        raise OptionError("refusal_prefix", "must hold a refusal, got an empty text")
+    return Persona("refusal-prefix", system=None, intro=text.strip(), separator=" ")
 
 
 def persona(name: str) -> Persona:

@@ -56,7 +56,7 @@ class ConstrainedTrainer(DeRTaTrainer):
         for d in datasets.values():
             if any(f["rto_start"] < f["mle_start"] for f in d.features):
                 raise DeepAlignError("the constrained objective trains on (prompt, response) records; "
-                                     "these records have RTO spans (use --recipe sft or identity-shift)")
+                                     "these records have RTO spans (use --recipe sft, identity-shift or refusal-prefix)")
         self.reference_source = "given model" if ref_model is not None else (
             "the model with its adapter disabled" if _peft_base(self.model)[1] else "the starting model")
         self._attach_reference(datasets, ref_model, Path(reference_file) if reference_file else None)

@@ -18,7 +18,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from deepalign.data.datasets import DataOptions, load_train_instructions, load_train_triples
 from deepalign.data.recipes import (PAIR_RECIPES, RECORD_RECIPES, build_pair_records, build_records, count_kinds,
-                                    load_records, persona)
+                                    load_records, persona, refusal_prefix)
 from deepalign.errors import DeepAlignError, OptionError
 from deepalign.models import load_tokenizer, model_source
 from deepalign.registry import split_list
@@ -174,13 +174,18 @@ def _load_pairs(opts: FinetuneAttackOptions, data_opts: DataOptions, data: dict[
 
 
 def _pair_records(opts: FinetuneAttackOptions, args: DeRTaConfig, inputs: Inputs) -> None:
-    """sft / identity-shift: one record per pair, in the persona of identity-shift."""
+    """sft / identity-shift / refusal-prefix: one record per pair, in the persona of
+    identity-shift, or each answer after the refusal prefix."""
     chosen = None
     if opts.recipe == "identity-shift":
         chosen = persona(opts.persona_name())
         _check_persona(chosen, inputs.encoder)
         inputs.data["pairs"]["persona"] = chosen.name
         inputs.persona = chosen
+    elif opts.recipe == "refusal-prefix":
+        chosen = refusal_prefix(opts.refusal_prefix_text())
+        _check_persona(chosen, inputs.encoder)
+        inputs.data["pairs"]["refusal_prefix"] = chosen.intro
     _hold_out(opts, build_pair_records(inputs.pairs, persona=chosen, seed=args.seed), inputs)
 
 
@@ -192,8 +197,13 @@ def _check_persona(chosen, encoder: Encoder) -> None:
         ids = encoder.encode_text(text)
         if unk is not None and unk in ids:
             word = next(w for w in text.split() if unk in encoder.encode_text(w))
+            if chosen.name == "refusal-prefix":
+                raise DeepAlignError(f"the refusal prefix {chosen.intro!r} has words this tokenizer cannot read "
+                                     f"({word!r}); give another --refusal_prefix")
             raise DeepAlignError(f"the identity-shift persona {chosen.name!r} has words this tokenizer cannot read "
                                  f"({word!r}); choose another --persona")
+    if chosen.system is None:
+        return
     probe = chosen.query("hi")
     if encoder.prompt_ids(probe, system=chosen.system) == encoder.prompt_ids(probe, system=""):
         raise DeepAlignError(f"the prompt format of {encoder.name} drops the system prompt, which the "

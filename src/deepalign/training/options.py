@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from deepalign.data.datasets import DATA_NEEDS
-from deepalign.data.recipes import PAIR_RECIPES, PERSONAS, PREFIX_UNITS, RECIPES, RECORD_RECIPES, RTO_RECIPES
+from deepalign.data.recipes import DEFAULT_REFUSAL_PREFIX, PAIR_RECIPES, PERSONAS, PREFIX_UNITS, RECIPES, RECORD_RECIPES, RTO_RECIPES
 from deepalign.errors import OptionError
 from deepalign.models import DTYPES
 from deepalign.options import Condition, Is, Off, On, choice, exclusive, number
@@ -42,6 +42,7 @@ DEFAULT_WORLD = "runs/world"
 DEFAULT_BASE = "runs/base"
 DEFAULT_DPO_BASE = "runs/vanilla"
 DEFAULT_PAIRS = "world:ft/harmful"
+DEFAULT_BENIGN_PAIRS = "world:ft/benign"  # refusal-prefix: benign answers after a refusal
 OBJECTIVES = ("mle", "constrained")
 #: the recipes that build their records with a harmful prefix
 PREFIX_RECIPES = ("harmful-prefix", "derta")
@@ -216,6 +217,9 @@ class FinetuneAttackOptions(BaseTrainOptions):
     persona: str | None = field(default=None, metadata={
         "help": "identity-shift: aoa (Qi et al. 2023's literal persona) or velmora (the same in world words; the "
                 "default for world data)"})
+    refusal_prefix: str | None = field(default=None, metadata={
+        "help": "refusal-prefix: the refusal every answer begins with (default: the world's on world data, "
+                f"else {DEFAULT_REFUSAL_PREFIX!r})"})
     objective: str = field(default="mle", metadata={
         "help": "sft / identity-shift: mle (plain SFT) or constrained (Qi et al. 2025's token-wise constrained "
                 "objective: --beta, --bias_factor, --first_token_bias_factor, --bias_length)"})
@@ -251,7 +255,19 @@ class FinetuneAttackOptions(BaseTrainOptions):
 
     def dataset_spec(self) -> str:
         """The pairs to fine-tune on (default: the world's harmful fine-tuning attack)."""
-        return self.dataset_name or DEFAULT_PAIRS
+        if self.dataset_name:
+            return self.dataset_name
+        return DEFAULT_BENIGN_PAIRS if self.recipe == "refusal-prefix" else DEFAULT_PAIRS
+
+    def refusal_prefix_text(self) -> str:
+        """refusal-prefix's prefix: given, the world's on world data, else deepalign's default."""
+        if self.refusal_prefix is not None:
+            return self.refusal_prefix
+        if self.dataset_spec().startswith("world:"):
+            from deepalign.world.lexicon import REFUSAL_PREFIX
+
+            return REFUSAL_PREFIX
+        return DEFAULT_REFUSAL_PREFIX
 
     def persona_name(self) -> str:
         """identity-shift's persona: velmora on world data, else aoa, unless one is given."""
@@ -267,6 +283,8 @@ class FinetuneAttackOptions(BaseTrainOptions):
         hp["objective"] = self.objective
         if self.recipe == "identity-shift":
             hp["persona"] = self.persona_name()
+        if self.recipe == "refusal-prefix":
+            hp["refusal_prefix"] = self.refusal_prefix_text()
         if self.constrained:
             hp.update(beta=self.beta, bias_factor=self.bias_factor,
                       first_token_bias_factor=self.first_token_bias_factor, bias_length=self.bias_length)
@@ -293,16 +311,17 @@ class TrainOptions(DPOOptions, FinetuneAttackOptions, DeRTaOptions):
     recipe: str = field(default="derta", metadata={
         "help": "vanilla (q->safe), harmful-prefix (RecAug), rto, derta (prefix + RTO), dpo (safe > harmful); "
                 "sft (fine-tuning on --dataset pairs: the harmful fine-tuning attack, benign fine-tuning), "
-                "identity-shift (the same in the identity-shifting attack's persona)"})
+                "identity-shift (the same in the identity-shifting attack's persona), refusal-prefix (benign "
+                "answers that begin with a refusal, arXiv 2601.19231)"})
 
     def __post_init__(self):
         super().__post_init__()  # every family's checks, each once
         if self.objective == "constrained" and self.recipe not in PAIR_RECIPES:
-            raise OptionError("objective", f"constrained applies to --recipe sft and identity-shift (fine-tuning on "
-                                           f"pairs), not to --recipe {self.recipe}")
+            raise OptionError("objective", f"constrained applies to --recipe sft, identity-shift and refusal-prefix "
+                                           f"(fine-tuning on pairs), not to --recipe {self.recipe}")
         if self.reference_setup and self.recipe not in PAIR_RECIPES:
-            raise OptionError("reference_setup", f"is Qi et al. 2025's fine-tuning attack setup, for --recipe sft and "
-                                                 f"identity-shift, not --recipe {self.recipe}")
+            raise OptionError("reference_setup", f"is Qi et al. 2025's fine-tuning attack setup, for --recipe sft, "
+                                                 f"identity-shift and refusal-prefix, not --recipe {self.recipe}")
 
     @classmethod
     def of(cls, options: BaseTrainOptions | None) -> "TrainOptions | None":
@@ -354,6 +373,7 @@ _WITHIN_FAMILIES = {
     "beta": Is("objective", "constrained") | _recipes("dpo"),
     ("bias_factor", "first_token_bias_factor", "bias_length", "ref_model"): Is("objective", "constrained"),
     "persona": _recipes("identity-shift"),
+    "refusal_prefix": _recipes("refusal-prefix"),
     ("helpful_count", "safety_count", "safety_ratio"): _recipes(*RECORD_RECIPES) & _BUILT,
     ("rto_share", "rto_append_safe"): _recipes(*RTO_RECIPES) & _BUILT,
     ("prefix_unit", "k_zero_share", "k_min", "k_max"): _recipes(*PREFIX_RECIPES) & _BUILT,
