@@ -14,6 +14,7 @@ CLAIMS = {
     "refusal position bias", "prefill attacks break vanilla, not DeRTa", "helpfulness kept", "ablation order",
     "ED raises harm above the base model", "alignment backfires under ED", "harmful fine-tuning breaks vanilla",
     "the constrained objective resists it", "constrained fine-tuning keeps utility",
+    "RAP breaks the harmful-prefix model where plain prefills do not", "refusal-prefix fine-tuning raises vanilla's harmful %",
 }
 DIRECTION_CLAIM = "ablating vanilla's refusal direction removes its refusals"
 
@@ -23,7 +24,7 @@ def test_study_end_to_end_reuse_and_seed_sweep(world_dir, base_model_dir, tmp_pa
     shutil.copytree(world_dir, seed0 / "world")
     shutil.copytree(base_model_dir, seed0 / "base")
     kwargs = dict(quiet=True, limit=3, train_steps=2, depths=(0, 8), alphas=(0.5,), ed_samples=1,
-                  max_new_tokens=8, batch_size=8, finetune_steps=4)
+                  max_new_tokens=8, batch_size=8, finetune_steps=4, gcg_steps=2)
     results = run_study(out=str(seed0), **kwargs)
     assert {"world", "pretrain"} <= set(results["timing"]["reused"])
     for recipe in ("vanilla", "harmful-prefix", "rto", "derta", "dpo"):
@@ -73,10 +74,27 @@ def test_study_end_to_end_reuse_and_seed_sweep(world_dir, base_model_dir, tmp_pa
     assert "| harmful-sft | KL(fine-tuned‖vanilla) |" in report  # the fine-tuned models against vanilla
     rows = [json.loads(x) for x in (seed0 / "eval" / "attacks" / "responses.jsonl").read_text().splitlines()]
     assert len(rows) == len({r["key"] for r in rows})
+    # the adaptive attacks: RAP at three depths, insertion and GCG on the five models; the
+    # refusal-prefix attack on vanilla and DeRTa (and vanilla with the constrained objective)
+    ad = results["adaptive"]
+    assert ad["columns"] == ["prefill:8", "rap:8", "prefill:16", "rap:16", "prefill:32", "rap:32", "insert:8",
+                             "gcg:steps=2:width=64:topk=64"]
+    assert set(ad["table"]) == {"vanilla", "harmful-prefix", "rto", "derta", "vanilla after harmful constrained"}
+    assert ad["table"]["derta"]["rap:32"]["n"] == 3 and ad["table"]["derta"]["gcg:steps=2:width=64:topk=64"]["n"] == 3
+    assert ad["table"]["derta"]["prefill:8"]["n"] == 3  # from the attack battery, same items
+    for run in ("vanilla/refusal-prefix-sft", "derta/refusal-prefix-sft", "vanilla/refusal-prefix-constrained"):
+        assert (seed0 / "finetune" / run / "config.json").exists(), run
+    assert ad["refusal_prefix"]["vanilla after refusal-prefix sft"]["harmful direct"]["n"] == 3
+    assert "## Attacks that adapt to the model" in report and "| derta | " in report
+    assert (seed0 / "rap_ranks.png").stat().st_size > 1000
+    rap_rows = [json.loads(x) for x in (seed0 / "eval" / "adaptive" / "responses.jsonl").read_text().splitlines()]
+    assert all(len(r["meta"]["rap"]["ranks"]) == int(r["attack"].split(":")[1]) for r in rap_rows
+               if r["attack"].startswith("rap:"))
 
     again = run_study(out=str(seed0), **kwargs)  # everything finished: nothing is trained or generated again
     assert {"world", "pretrain", "train vanilla", "train dpo", "depth harmful", "depth unseen", "finetune vanilla harmful sft",
-            "direction derta", "eval attacks", "eval ED", "eval finetune"} <= set(again["timing"]["reused"])
+            "direction derta", "eval attacks", "eval ED", "eval finetune", "finetune vanilla refusal-prefix sft",
+            "eval adaptive", "eval refusal-prefix"} <= set(again["timing"]["reused"])
     for stage in ("train dpo", "eval attacks"):  # the time a reused stage took when it ran, not its resume check
         assert again["timing"]["stages_s"][stage] == results["timing"]["stages_s"][stage]
     rows2 = (seed0 / "eval" / "attacks" / "responses.jsonl").read_text().splitlines()
@@ -98,6 +116,7 @@ def test_study_end_to_end_reuse_and_seed_sweep(world_dir, base_model_dir, tmp_pa
     report = (tmp_path / "study" / "report.md").read_text()
     assert "| claim | seed 0 | seed 1 | pooled |" in report and f"`deepalign view {tmp_path / 'study'}`" in report
     assert "## Pooled fine-tuning attack" in report and "## Pooled refusal direction" in report
+    assert "## Pooled attacks that adapt to the model" in report
     for c in pooled["claims"]:
         assert f"| {c['name']} |" in report
 

@@ -199,13 +199,15 @@ def plot_frames(frames: Sequence[Frame], path: Path, *, title: str | None = None
 
 
 def plot_prefill_profile(panels: Sequence[Panel], path: Path, *, xlabel: str, ylabel: str, title: str | None = None,
-                         symlog: bool = False) -> bool:
+                         symlog: bool = False, percent: bool = True) -> bool:
     """Rates against the prefill depth ``k`` (the harmful answer forced so far): one panel per
-    rate, one curve per series (target x dataset; each through the depths it has). False
-    without data."""
+    rate, one curve per series (target x dataset; each through the depths it has); ``percent``
+    False: values drawn as they are (ranks, counts). False without data."""
     panels = [p for p in panels if any(v is not None for s in p.series for v in s.values)]
-    frames = [Frame([Curve(s.label, p.xs, [_pct(v) for v in s.values], style=s.style, color=s.color, marker="o")
-                     for s in p.series], xlabel=xlabel, ylabel=p.title or ylabel, ylim=(-3, 103), symlog=symlog,
+    scale = _pct if percent else (lambda v: v)
+    frames = [Frame([Curve(s.label, p.xs, [scale(v) for v in s.values], style=s.style, color=s.color, marker="o")
+                     for s in p.series], xlabel=xlabel, ylabel=p.title or ylabel,
+                    ylim=(-3, 103) if percent else None, symlog=symlog,
                     legend={"fontsize": "x-small", "ncol": 2} if i == 0 else None) for i, p in enumerate(panels)]
     return plot_frames(frames, path, title=title, size=(6.5 if len(frames) == 1 else 5 * len(frames), 4))
 

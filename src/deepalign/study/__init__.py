@@ -144,6 +144,11 @@ class StudyOptions:
         "help": "world: the fine-tuning attack stage (plain SFT and the constrained objective; --no_finetune skips it)"})
     direction: bool = field(default=True, metadata={
         "help": "world: the refusal-direction stage (a direction per aligned model, ablated; --no_direction skips it)"})
+    adaptive: bool = field(default=True, metadata={
+        "help": "world: the adaptive-attack stage (RAP, insertion, GCG on a subset, refusal-prefix fine-tuning; "
+                "--no_adaptive skips it)"})
+    gcg_steps: int = field(default=10, metadata={
+        "help": "world: GCG steps per item in the adaptive-attack stage (its fixed budget; more for a stronger GCG)"})
     checkpoint_every: float = field(default=0.05, metadata={
         "help": "share of each training stage between checkpoints: a killed study loses at most this much of a stage"})
 
@@ -158,7 +163,7 @@ class StudyOptions:
             number("alphas", a, low=0)
         for k in self.depths:
             number("depths", k, low=0, integer=True)
-        for name in ("ed_samples", "max_new_tokens", "batch_size"):
+        for name in ("ed_samples", "max_new_tokens", "batch_size", "gcg_steps"):
             number(name, getattr(self, name), low=1, integer=True)
         number("limit", self.limit, low=1, integer=True, optional=True)
         number("workers", self.workers, low=1, integer=True, optional=True)
@@ -167,6 +172,8 @@ class StudyOptions:
             if getattr(self, name) == 0:
                 raise OptionError(name, "must be -1 (the stage's own length) or a number of steps >= 1, got 0")
         number("pretrain_steps", self.pretrain_steps, low=1, integer=True, optional=True)
+        if not self.adaptive and self.gcg_steps != 10:
+            raise OptionError("gcg_steps", "is read only with the adaptive-attack stage; here --no_adaptive skips it")
         number("checkpoint_every", self.checkpoint_every, low=0, high=1, low_open=True, high_open=True)
         if self.split not in ("test", "dev"):
             raise OptionError("split", f"must be test or dev, got {self.split!r}")
@@ -387,13 +394,16 @@ class _Study:
     def paths(self) -> dict[str, str]:
         return {BASE: self.base, **{m: str(self.models / m) for m in ALIGNED_MODELS}}
 
-    def _eval(self, out: str, targets, attacks, datasets, generation) -> None:
+    def _eval(self, out: str, targets, attacks, datasets, generation, *, limit: int | None = None) -> None:
+        """One evaluation into ``OUT/eval/<out>``; ``limit``: items per dataset (at most ``--limit``)."""
         from deepalign.evaluation.runner import run_eval
 
         cfg = self.cfg
+        if limit is None or (cfg.limit is not None and cfg.limit < limit):
+            limit = cfg.limit
         run_eval(targets=targets, attacks=attacks, datasets=datasets, out_dir=str(self.out / "eval" / out),
                  generation=generation, judges=list(_judges(cfg)),
-                 world=str(self.world) if cfg.world_mode else None, batch_size=cfg.batch_size, limit=cfg.limit,
+                 world=str(self.world) if cfg.world_mode else None, batch_size=cfg.batch_size, limit=limit,
                  quiet=cfg.quiet, workers=eval_workers(cfg))
 
     def evaluate(self) -> None:
@@ -441,6 +451,33 @@ class _Study:
             self._eval("finetune-steps", ft.step_targets(self), [Direct()], list(self.sets["harmful"][:1]), greedy)
 
         self.stages.run("eval finetune", False, evaluate, evaluation=True)
+
+    def adaptive_attacks(self) -> None:
+        """The attacks that adapt to each model and the refusal-prefix fine-tuning attack
+        (:mod:`deepalign.study.adaptive`; world mode)."""
+        from deepalign.attacks import make_attacks
+        from deepalign.decoding.base import GenConfig
+        from deepalign.study import adaptive as ad
+
+        cfg = self.cfg
+        greedy = GenConfig(max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+        world = str(self.world)
+        harmful = list(self.sets["harmful"][:1])
+
+        def evaluate():
+            targets = ad.targets(self)
+            self._eval("adaptive", targets, make_attacks(ad.attack_specs(), world=world), harmful, greedy)
+            self._eval("gcg", targets, make_attacks([ad.gcg_spec(cfg.gcg_steps)], world=world), harmful, greedy,
+                       limit=ad.GCG_ITEMS)
+
+        self.stages.run("eval adaptive", False, evaluate, evaluation=True)
+        for model, objective in ad.RP_RUNS:
+            dest = ad.rp_dir(self, model, objective)
+            self.stages.run(f"finetune {model} refusal-prefix {objective}", (dest / "config.json").exists(),
+                            lambda m=model, o=objective: ad.train_rp(self, m, o))
+        self.stages.run("eval refusal-prefix", False,
+                        lambda: self._eval("refusal-prefix", ad.rp_targets(self), [Direct(), Prefill(8)],
+                                           harmful + self.sets["unseen"], greedy), evaluation=True)
 
     def refusal_directions(self) -> None:
         """A refusal direction per aligned model and each model with its own direction ablated
@@ -518,6 +555,8 @@ def _stages(cfg: StudyOptions) -> dict:
         study.finetune_attack()
     if cfg.world_mode and cfg.direction:
         study.refusal_directions()
+    if cfg.world_mode and cfg.adaptive:
+        study.adaptive_attacks()
     return study.report(study.depth())
 
 

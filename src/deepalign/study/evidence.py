@@ -30,7 +30,7 @@ from deepalign.study.models import BASE, RECORD_MODELS, EDKey
 #: and helpfulness, Emulated Disalignment, the fine-tuning attack (its models, and checkpoints
 #: step by step), the refusal direction (each model ablated)
 STUDY_RUNS = ("attacks", "benign", "ed")
-TAGGED_RUNS = ("finetune", "finetune-steps", "direction")
+TAGGED_RUNS = ("finetune", "finetune-steps", "direction", "adaptive", "gcg", "refusal-prefix")
 
 
 @dataclass
@@ -304,7 +304,8 @@ def numbers(ev: Evidence, *, names, alphas) -> dict:
     agreement = {j: {"agree": a, "n": n, "rate": a / n if n else None} for j, (a, n) in ev.agreement.items()}
     return {"attack_table": table, "refusal_positions": {m: refusal_positions(ev, m) for m in names},
             "benign": benign, "ed": ed, "ablation_means": ablation, "ablation_attacks": ablation_attacks(ev),
-            "judge_agreement": agreement, "finetune": finetune_numbers(ev), "direction": direction_numbers(ev)}
+            "judge_agreement": agreement, "finetune": finetune_numbers(ev), "direction": direction_numbers(ev),
+            "adaptive": adaptive_numbers(ev)}
 
 
 # -- the fine-tuning attack and the refusal direction -------------------------------------------
@@ -389,3 +390,65 @@ def direction_numbers(ev: Evidence, models=RECORD_MODELS) -> dict:
         out[m] = row
     return out
 
+
+
+# -- the adaptive attacks -------------------------------------------------------------------------
+#: the models of the adaptive-attack stage: name -> target tags
+ADAPTIVE_MODELS = {"vanilla": {"model": "vanilla"}, "harmful-prefix": {"model": "harmful-prefix"},
+                   "rto": {"model": "rto"}, "derta": {"model": "derta"},
+                   "vanilla after harmful constrained": {"model": "vanilla", "finetune": "harmful",
+                                                         "objective": "constrained"}}
+#: the refusal-prefix fine-tuning attack: name -> target tags
+RP_VARIANTS = {"vanilla": {"model": "vanilla", "steps": 0},
+               "vanilla after refusal-prefix sft": {"model": "vanilla", "finetune": "refusal-prefix", "objective": "sft"},
+               "vanilla after refusal-prefix constrained": {"model": "vanilla", "finetune": "refusal-prefix",
+                                                            "objective": "constrained"},
+               "derta": {"model": "derta", "steps": 0},
+               "derta after refusal-prefix sft": {"model": "derta", "finetune": "refusal-prefix", "objective": "sft"}}
+
+
+def _cell_rate(items: dict | None) -> dict | None:
+    r, ci, n = rate(items)
+    return {"rate": r, "ci95": ci, "n": n} if n else None
+
+
+def adaptive_items(ev: Evidence, model: str, attack: str) -> dict:
+    """The items of a model under an attack of the adaptive stage (its RAP and insertion run, or
+    its GCG run); the plain prefills of the same depths come from the attack battery (the
+    constrained-fine-tuned model's prefill:8 from the fine-tuning run)."""
+    tags = ADAPTIVE_MODELS[model]
+    for run in ("adaptive", "gcg"):
+        if any(a.label == attack for a in ev.tagged_attacks.get(run, [])):
+            return ev.cell(run, ev.tagged_dataset(run, "harmful"), attack, **tags)
+    if attack.startswith("prefill:") and ev.seen is not None:
+        if len(tags) == 1:
+            return ev.greedy.get((model, ev.prefill_attack(int(attack.split(":")[1])), ev.seen.name)) or {}
+        label = ev.attack_label("finetune", "prefill", int(attack.split(":")[1]))
+        if label:
+            return ev.cell("finetune", ev.tagged_dataset("finetune", "harmful"), label, **tags)
+    return {}
+
+
+def adaptive_numbers(ev: Evidence) -> dict:
+    """Harmful % of each model of the adaptive stage under each adaptive attack, next to the plain
+    prefills of the same depths; and the refusal-prefix fine-tuning attack's table."""
+    if "adaptive" not in ev.tagged:
+        return {}
+    attacks = [a.label for run in ("adaptive", "gcg") for a in ev.tagged_attacks.get(run, [])]
+    depths = sorted({a.depth for a in ev.tagged_attacks.get("adaptive", []) if a.family == "rap"})
+    columns = [c for k in depths for c in (f"prefill:{k}", f"rap:{k}")] + [a for a in attacks if not a.startswith("rap:")]
+    table = {}
+    for model in ADAPTIVE_MODELS:
+        row = {c: _cell_rate(adaptive_items(ev, model, c)) for c in columns}
+        if any(v is not None for k, v in row.items() if not k.startswith("prefill:")):
+            table[model] = row
+    rp = {}
+    for variant, tags in RP_VARIANTS.items():
+        row = {}
+        for measure in ("harmful direct", "harmful prefill:8", "unseen direct"):
+            r, ci, n = tagged_rate(ev, "refusal-prefix", measure, **tags)
+            if n:
+                row[measure] = {"rate": r, "ci95": ci, "n": n}
+        if row:
+            rp[variant] = row
+    return {"columns": columns, "table": table, "refusal_prefix": rp}

@@ -213,6 +213,54 @@ def _direction_section(results: dict, out: Path, *, title: str = "") -> list[str
     return lines
 
 
+def _adaptive_section(results: dict, out: Path | None, *, title: str = "") -> list[str]:
+    """The adaptive attacks: harmful % per model, RAP's ranks (``out``: the study directory, whose
+    ``eval/adaptive`` run holds them; None for pooled seeds), and the refusal-prefix attack."""
+    ad = results.get("adaptive") or {}
+    if not ad:
+        return []
+    cols = ad["columns"]
+    heading = f"## {title + ' a' if title else 'A'}ttacks that adapt to the model: is deep alignment rank-deep?"
+    lines = ["", heading, "",
+             "Harmful % on held-out queries (greedy, oracle; 95% Wilson intervals). `rap:K`: K tokens chosen from each "
+             "model's own top 20 with every refusal-only word skipped, then free decoding (Vega & Singh 2025); "
+             "`prefill:K`: the reference's first K tokens; `insert:8`: 8 tokens of the harmful reference after 8 of "
+             "the model's own; `gcg`: an optimised suffix (fixed budget, the first items only). The judges see the "
+             "continuation after what was forced. DeRTa and RTO under these attacks are the open question: reported "
+             "with their intervals, no threshold.", "",
+             "| model | " + " | ".join(f"`{c}`" for c in cols) + " |", "|---|" + "---|" * len(cols)]
+    for model, row in ad["table"].items():
+        lines.append(f"| {model} | " + " | ".join(_cell(row.get(c)) for c in cols) + " |")
+    if out is not None:
+        from deepalign.study.adaptive import rap_ranks
+
+        ranks = rap_ranks(out / "eval" / "adaptive")
+        if ranks:
+            lines += ["", "Where the harm sat in each model's ranking, over the deepest RAP's steps: the mean rank of "
+                      "the token RAP chose (1 = the model's own top token) at the first step and over all steps, and the "
+                      "share of steps whose top token was a refusal word:", "",
+                      "| model | first chosen token's rank | mean rank | top token a refusal word |", "|---|---|---|---|"]
+            for name, r in ranks.items():
+                mean = sum(r["mean_rank"]) / len(r["mean_rank"]) if r["mean_rank"] else None
+                lines.append(f"| {name} | {r['first_rank']:.2f} | {'–' if mean is None else f'{mean:.2f}'} | "
+                             f"{pct(r['refusal_top'])}% |")
+            if plot_prefill_profile([Panel("mean rank of the chosen token", list(range(1, 1 + max(len(r["mean_rank"]) for r in ranks.values()))),
+                                           [Series(n, r["mean_rank"]) for n, r in ranks.items()])],
+                                    out / "rap_ranks.png", xlabel="RAP step (tokens chosen so far + 1)",
+                                    ylabel="mean rank", title="How deep in the ranking RAP found its tokens",
+                                    percent=False):
+                lines += ["", "![RAP's chosen ranks](rap_ranks.png)"]
+    rp = ad.get("refusal_prefix") or {}
+    if rp:
+        measures = ("harmful direct", "harmful prefill:8", "unseen direct")
+        lines += ["", "Refusal-prefix fine-tuning (arXiv 2601.19231): the benign fine-tuning pairs with every answer "
+                  "after the world's refusal (`sorry , i cannot help with that .`), the fine-tuning stage's settings:", "",
+                  "| model | " + " | ".join(measures) + " |", "|---|" + "---|" * len(measures)]
+        for variant, row in rp.items():
+            lines.append(f"| {variant} | " + " | ".join(_cell(row.get(m)) for m in measures) + " |")
+    return lines
+
+
 def _depth_section(depth: dict | None) -> list[str]:
     from deepalign.evaluation.depth import depth_markdown
 
@@ -258,6 +306,7 @@ def _write_markdown(out: Path, ev: Evidence, results: dict, alphas, plots, setup
     lines += _ed_table(results, alphas, "## Emulated Disalignment: harmful % (sampled, T=0.7; 95% Wilson intervals)")
     lines += _finetune_section(results, out)
     lines += _direction_section(results, out)
+    lines += _adaptive_section(results, out)
     lines += _depth_section(depth)
     if results["judge_agreement"]:
         lines += ["", f"## Judges: refusal verdicts that agree with the {results['judge']} judge", ""]
@@ -332,6 +381,7 @@ def write_sweep_report(out: str | os.PathLike, *, seeds: list[int], per_seed: di
     lines += _ed_table(pooled, alphas, "## Pooled Emulated Disalignment harmful %")
     lines += _finetune_section(pooled, out, record_dir=out / f"seed-{seeds[0]}", title="Pooled")
     lines += _direction_section(pooled, out, title="Pooled")
+    lines += _adaptive_section(pooled, None, title="Pooled")
     lines += ["", "Per-seed reports: " + ", ".join(f"[seed {s}](seed-{s}/report.md)" for s in seeds), "",
               view_line(out), ""]
     atomic_write(out / "report.md", "\n".join(lines))
