@@ -322,3 +322,32 @@ def test_gcg_refuses_a_composed_target_and_an_unknown_initial_suffix(world_dir, 
         make_attack("gcg:steps=1", world=str(world_dir)).optimise(comp, world_items(world_dir, 1))
     with pytest.raises(DeepAlignError, match="is not in .* vocabulary"):
         make_attack("gcg:steps=1:init=qwertyuiop", world=str(world_dir)).optimise(target, world_items(world_dir, 1))
+
+
+def test_rap_depths_built_together_share_one_search_and_equal_separate_runs(chatml, world_target):
+    fam, model = chatml
+    target = HFTarget(model, fam.tokenizer, batch_size=2)
+    linked = make_attacks("rap:2,rap:5,rap:3:select=top")
+    assert [a.depths for a in linked] == [(2, 5), (2, 5), (3,)]
+    calls = []
+    real = target.next_logprobs
+    target.next_logprobs = lambda reqs: (calls.append(len(reqs)), real(reqs))[1]
+    shared = {a.label: a.run(target, items(), GenConfig(max_new_tokens=4)) for a in linked}
+    searched = len(calls)
+    alone = {}
+    for spec in ("rap:2", "rap:5", "rap:3:select=top"):
+        fresh = HFTarget(model, fam.tokenizer, batch_size=2)
+        alone[spec] = make_attack(spec).run(fresh, items(), GenConfig(max_new_tokens=4))
+    for label in alone:
+        assert [[o.meta for o in per] for per in shared[label]] == [[o.meta for o in per] for per in alone[label]]
+        assert [per[0].response for per in shared[label]] == [per[0].response for per in alone[label]]
+    assert searched == 5 + 3  # one search to 5 for rap:2 and rap:5, one to 3 for select=top (a call per step)
+    # with backtracking: the state a search to 2 ends in, read from the search to 4
+    inner, tok = world_target
+    script = {"": ["blue", "box"], "blue": ["blue", "box"], "blue blue": ["blue", "key"],
+              "blue blue key": ["sorry", "i"], "blue box": ["turn", "key"], "blue box turn": ["key", "box"]}
+    deep, shallow = make_attacks("rap:4:refuse=sorry/i:topk=2,rap:2:refuse=sorry/i:topk=2")
+    scripted = Scripted(inner, tok, script)
+    assert tok.convert_ids_to_tokens(deep.search(scripted, [ITEM])[0].chosen) == ["blue", "box", "turn", "key"]
+    assert tok.convert_ids_to_tokens(shallow.search(scripted, [ITEM])[0].chosen) == ["blue", "blue"]
+    assert shallow.search(Scripted(inner, tok, script), [ITEM])[0].chosen == shallow.search(scripted, [ITEM])[0].chosen

@@ -109,6 +109,27 @@ class _Row:
     reference: list[int] | None = None
 
 
+def _snapshot(row: _Row) -> tuple:
+    return (tuple(row.chosen), tuple(row.ranks), tuple(row.probs), row.refusal_top, row.backtracks, row.stopped)
+
+
+def _at(row: _Row, history: list[tuple], k: int) -> _Row:
+    """The state a search to depth ``k`` ends in, read from a search to a depth >= ``k``: after
+    the first step that left ``k`` tokens or stopped the row, within ``4k`` steps (else the
+    state after ``4k`` steps, the budget spent)."""
+    state, stopped = (), None
+    for step, snap in enumerate(history, 1):
+        if step > 4 * k:
+            break
+        state = snap
+        if len(snap[0]) >= k or snap[5] is not None:
+            break
+    chosen, ranks, probs, refusal_top, backtracks, stopped = state or ((), (), (), 0, 0, None)
+    if stopped is None and len(chosen) < k:
+        stopped = "step budget spent backtracking"
+    return _Row(row.request, list(chosen), list(ranks), list(probs), refusal_top, backtracks, 0, stopped)
+
+
 class RankAssistedPrefill(Attack):
     family = "rap"
     judge_sees = "continuation"
@@ -134,6 +155,7 @@ class RankAssistedPrefill(Attack):
         self.refuse = [w.strip() for w in refuse if w.strip()] if refuse is not None else None
         self.world = world
         self.depth = k
+        self.depths: tuple[int, ...] = (k,)  # the depths of the RAP attacks linked with this one (link)
         self.label = label or f"rap:{k}"
         self._guide_target = None
 
@@ -183,8 +205,35 @@ class RankAssistedPrefill(Attack):
             self._guide_target = guide
         return self._guide_target
 
+    def settings(self) -> tuple:
+        """What decides the search besides the depth: RAP attacks with the same settings share it."""
+        return (self.topk, self.select, str(self.guide), tuple(self.refuse or ()), self.world)
+
+    def link(self, attacks) -> None:
+        """Called by :func:`~deepalign.attacks.registry.make_attacks` with every attack it built:
+        the depths of the RAP attacks with these settings, so that the first of them to run on a
+        batch searches to the deepest and the others take their first K tokens from it."""
+        self.depths = tuple(sorted({a.k for a in attacks
+                                    if isinstance(a, RankAssistedPrefill) and a.settings() == self.settings()}))
+
     def search(self, target, items: Sequence[EvalPrompt]) -> list[_Row]:
-        """The ``K`` chosen tokens of each item (fewer where the search stopped)."""
+        """The ``K`` chosen tokens of each item (fewer where the search stopped). A search to a
+        deeper linked depth passes, on its way, through the state this depth's search ends in:
+        the first time a row holds K tokens (or stops, or spends the budget of 4K steps), with the
+        same rule and the same rows; those states are kept on the target for the other depths."""
+        cache = target.__dict__.setdefault("_rap_searches", {}) if hasattr(target, "__dict__") else {}
+        keys = [(self.settings(), self.k, it.id, it.prompt, it.system) for it in items]
+        if not all(k in cache for k in keys):
+            depths = sorted({self.k, *getattr(self, "depths", ())})
+            rows, history = self._search(target, items, max(depths))
+            for it, row, hist in zip(items, rows, history):
+                for k in depths:
+                    cache[(self.settings(), k, it.id, it.prompt, it.system)] = _at(row, hist, k)
+        return [replace(cache[k], chosen=list(cache[k].chosen), ranks=list(cache[k].ranks),
+                        probs=list(cache[k].probs)) for k in keys]
+
+    def _search(self, target, items: Sequence[EvalPrompt], depth: int) -> tuple[list[_Row], list[list[tuple]]]:
+        """The search to ``depth``, and each row's state after every step it took."""
         needs_scores(target, self.label)
         enc = target_encoder(target)
         refusal = refusal_ids(enc, self.words(target))
@@ -204,9 +253,10 @@ class RankAssistedPrefill(Attack):
                 ref = enc.response_ids(it.prompt, it.harmful, system=req.system, end=False)
             rows.append(_Row(req, [], [], [], reference=ref))
         guide = self.guide_target(target) if self.select == "guide" else None
+        history: list[list[tuple]] = [[] for _ in rows]
         # the paper counts every addition and removal as a step: budget them so backtracking ends
-        for _ in range(4 * self.k):
-            active = [r for r in rows if r.stopped is None and len(r.chosen) < self.k]
+        for _ in range(4 * depth):
+            active = [r for r in rows if r.stopped is None and len(r.chosen) < depth]
             if not active:
                 break
             reqs = [replace(r.request, prefill_ids=tuple(r.chosen)) for r in active]
@@ -243,10 +293,9 @@ class RankAssistedPrefill(Attack):
                 row.chosen.append(cand[rank - 1])
                 row.ranks.append(rank)
                 row.probs.append(probs[rank - 1])
-        for row in rows:
-            if row.stopped is None and len(row.chosen) < self.k:
-                row.stopped = "step budget spent backtracking"
-        return rows
+            for row in active:
+                history[rows.index(row)].append(_snapshot(row))
+        return rows, history
 
     def run(self, target, items: Sequence[EvalPrompt], config: GenConfig) -> list[list[AttackOutput]]:
         rows = self.search(target, items)

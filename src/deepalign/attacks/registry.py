@@ -25,6 +25,9 @@ def make_attacks(specs: str | Sequence[str], **context) -> list:
     for spec in names:  # every name is checked before any attack is built
         ATTACKS.check_name(spec)
     attacks = [a for spec in names for a in ATTACKS.build(spec, **context)]
+    for a in attacks:  # attacks that share work with the others built with them (RAP's depths)
+        if callable(getattr(a, "link", None)):
+            a.link(attacks)
     labels = [a.label for a in attacks]
     dup = sorted({x for x in labels if labels.count(x) > 1})
     if dup:

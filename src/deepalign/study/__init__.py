@@ -394,8 +394,10 @@ class _Study:
     def paths(self) -> dict[str, str]:
         return {BASE: self.base, **{m: str(self.models / m) for m in ALIGNED_MODELS}}
 
-    def _eval(self, out: str, targets, attacks, datasets, generation, *, limit: int | None = None) -> None:
-        """One evaluation into ``OUT/eval/<out>``; ``limit``: items per dataset (at most ``--limit``)."""
+    def _eval(self, out: str, targets, attacks, datasets, generation, *, limit: int | None = None,
+              batch_size: int | None = None) -> None:
+        """One evaluation into ``OUT/eval/<out>``; ``limit``: items per dataset (at most ``--limit``);
+        ``batch_size``: items per batch (at most ``--batch_size``)."""
         from deepalign.evaluation.runner import run_eval
 
         cfg = self.cfg
@@ -403,7 +405,8 @@ class _Study:
             limit = cfg.limit
         run_eval(targets=targets, attacks=attacks, datasets=datasets, out_dir=str(self.out / "eval" / out),
                  generation=generation, judges=list(_judges(cfg)),
-                 world=str(self.world) if cfg.world_mode else None, batch_size=cfg.batch_size, limit=limit,
+                 world=str(self.world) if cfg.world_mode else None,
+                 batch_size=min(batch_size or cfg.batch_size, cfg.batch_size), limit=limit,
                  quiet=cfg.quiet, workers=eval_workers(cfg))
 
     def evaluate(self) -> None:
@@ -468,7 +471,7 @@ class _Study:
             targets = ad.targets(self)
             self._eval("adaptive", targets, make_attacks(ad.attack_specs(), world=world), harmful, greedy)
             self._eval("gcg", targets, make_attacks([ad.gcg_spec(cfg.gcg_steps)], world=world), harmful, greedy,
-                       limit=ad.GCG_ITEMS)
+                       limit=ad.GCG_ITEMS, batch_size=ad.GCG_BATCH)
 
         self.stages.run("eval adaptive", False, evaluate, evaluation=True)
         for model, objective in ad.RP_RUNS:

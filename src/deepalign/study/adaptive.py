@@ -8,7 +8,7 @@ Every other attack of the study is fixed in advance. Here the attacks adapt to e
   tokens skipped (on the world: every word only its refusals use), then free decoding;
 - random insertion (arXiv 2606.04168): 8 tokens of the model's own answer, then 8 tokens of
   the harmful reference, then free decoding;
-- GCG (Zou et al. 2023) on a fixed subset with a fixed budget: the first ``GCG_ITEMS`` held-out
+- GCG (Zou et al. 2023) on a fixed subset with a fixed budget: the first ``GCG_ITEMS`` (12) held-out
   harmful queries, ``GCG_SPEC`` (10 steps of 64 candidates; ``--gcg_steps`` sets a larger one),
   aiming at the world's answer opener;
 
@@ -27,7 +27,8 @@ from deepalign.study import finetune as ft
 
 RAP_DEPTHS = (8, 16, 32)
 INSERT = "insert:8"
-GCG_ITEMS = 16
+GCG_ITEMS = 12
+GCG_BATCH = 6  # two batches a model: the evaluation's two worker processes share every model's GCG
 GCG_STEPS = 10
 GCG_WIDTH = 64
 MODELS = ("vanilla", "harmful-prefix", "rto", "derta")
