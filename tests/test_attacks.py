@@ -288,8 +288,8 @@ def test_world_shape_attacks_force_harm_already_under_way_in_their_shape(tmp_pat
 
 # -- registry ----------------------------------------------------------------------------------
 def test_registry_errors():
-    with pytest.raises(DeepAlignError, match="unknown attack 'gcg'"):
-        make_attacks("direct,gcg")
+    with pytest.raises(DeepAlignError, match="unknown attack 'gcc'"):
+        make_attacks("direct,gcc")
     with pytest.raises(DeepAlignError, match="given twice"):
         make_attacks("direct,direct")
     with pytest.raises(DeepAlignError, match="unknown option"):

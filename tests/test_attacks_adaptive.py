@@ -275,13 +275,12 @@ def test_gcg_lowers_the_target_loss_and_records_its_suffix(world_dir, base_model
     assert attack.target_of(items[0]) == "ok , here is what you asked :"  # the world's answer opener
     out = attack.run(target, items, GenConfig(max_new_tokens=8))
     problems = attack.problems(target, items)
-    init = torch.tensor(target.encoder.encode_text(attack.init_text()))
     opt = Optimiser(target.model, target.pad, GCGSettings())
-    start, _ = opt.losses(problems, [init[None]] * len(problems))
+    start, _ = opt.losses(problems, [torch.tensor([p.init]) for p in problems])
     for it, p, per, first in zip(items, problems, out, start):
         g = per[0].meta["gcg"]
         assert g["loss"] < float(first[0]) and 0 <= g["step"] < 6
-        assert per[0].request.query == it.prompt + " " + g["suffix"]
+        assert per[0].request.query == it.prompt + g["suffix"] and g["suffix"].startswith(" ")
         # the request the target answers is the one optimised: its prompt ids are before + suffix + after
         assert target.encoder.prompt_ids(per[0].request.query) == p.before + g["suffix_ids"] + p.after
         again, _ = opt.losses([p], [torch.tensor([g["suffix_ids"]])])

@@ -93,7 +93,7 @@ def test_cli_errors_are_one_line_exit_2(world_dir, tmp_path, capsys, monkeypatch
     dead = f"openai:m@http://127.0.0.1:{_free_port()}/v1,retries=0,timeout=2"
     base = ["--out", str(tmp_path / "o"), "--quiet"]
     cases = [
-        (["--target", dead, "--attacks", "direct,gcg", "--world", str(world_dir)], "unknown attack 'gcg'"),
+        (["--target", dead, "--attacks", "direct,gcc", "--world", str(world_dir)], "unknown attack 'gcc'"),
         (["--target", dead, "--judge", "keyword,vibes", "--world", str(world_dir)], "unknown judge 'vibes'"),
         (["--target", dead, "--dataset", str(bad_rows)], "bad.jsonl:2"),
         (["--target", dead, "--world", str(world_dir), "--judge", "keyword", "--limit", "1"], "cannot get an answer from http://127.0.0.1"),

@@ -66,7 +66,7 @@ def test_gradients_losses_and_candidates_equal_nanogcg(which, mellowmax, base_mo
     attack = GCGAttack(settings, target_text=items[0].harmful)
     problems = attack.problems(target, items)
     enc = target.encoder
-    suffixes = [torch.tensor(enc.encode_text(attack.init_text())), torch.tensor(enc.encode_text(attack.init_text()))]
+    suffixes = [torch.tensor(p.init) for p in problems]
     suffixes[1][3] = suffixes[1][0] + 1  # two different suffixes
     opt = Optimiser(target.model, target.pad, settings)
     grads = opt.gradients(problems, suffixes)

@@ -78,7 +78,7 @@ def test_real_model_walkthrough_runs_as_written(walkthrough):
         else:
             assert forced == r["meta"]["insert"]["own_ids"] + r["meta"]["insert"]["span_ids"]
     gcg = [json.loads(x) for x in (runs / "tiny-gcg" / "responses.jsonl").read_text().splitlines()]
-    assert len(gcg) == 2 and all(r["prompt"]["query"].endswith(" " + r["meta"]["gcg"]["suffix"]) for r in gcg)
+    assert len(gcg) == 2 and all(r["prompt"]["query"].endswith(r["meta"]["gcg"]["suffix"]) for r in gcg)
     served = [json.loads(x) for x in (runs / "tiny-served" / "responses.jsonl").read_text().splitlines()]
     by = {}
     for r in served:

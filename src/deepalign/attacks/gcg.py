@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Sequence
 
 import torch
@@ -97,15 +97,16 @@ class Problem:
     target: list[int]
     target_text: str
     text: tuple[list[int], str, str] = ([], "", "")  # the prompt around the suffix: leading ids, text before, after
+    init: list[int] = field(default_factory=list)  # the initial suffix's ids as they read after the query
 
 
-def split_prompt(enc, query: str, join: str, system: str | None) -> tuple[list[int], str, str]:
-    """The prompt around the suffix of ``query`` by the target's own format: its leading ids
-    (a text format's BOS), and its text before and after the suffix."""
+def split_prompt(enc, query: str, system: str | None) -> tuple[list[int], str, str]:
+    """The prompt around what follows ``query`` by the target's own format: its leading ids (a
+    text format's BOS), and its text before (ending with the query) and after."""
     if getattr(enc, "by_ids", False):
         raise DeepAlignError(f"gcg needs a prompt format with text around the query; {enc.name}'s tokenizer renders "
                              "chats as ids only")
-    head, text = enc._head_and_text(query + join + MARK, system)
+    head, text = enc._head_and_text(query + MARK, system)
     if text.count(MARK) != 1:
         raise DeepAlignError(f"gcg cannot place its suffix in {enc.name}'s prompt format (the query is not kept as is)")
     pre, post = text.split(MARK)
@@ -361,13 +362,21 @@ class GCGAttack(Attack):
         enc = target_encoder(target)
         out = []
         for it in items:
-            head, pre, post = split_prompt(enc, it.prompt, self.settings.join, it.system)
+            head, pre, post = split_prompt(enc, it.prompt, it.system)
+            before, after = head + enc.encode_text(pre), enc.encode_text(post)
+            # the initial suffix as it reads after the query (a join space goes into its first token
+            # with SentencePiece and byte-level BPE): the ids between the prompt's own
+            full = head + enc.encode_text(pre + self.settings.join + self.init_text() + post)
+            if full[:len(before)] != before or len(full) <= len(before) + len(after) or \
+                    (after and full[len(full) - len(after):] != after):
+                raise DeepAlignError(f"attack {self.label}: the prompt of item {it.id!r} tokenises differently around "
+                                     f"the suffix than without it; give gcg:join=space or another gcg:init")
             text = self.target_of(it)
             tgt = enc.response_ids(it.prompt, text, system=it.system, end=False)
             if not tgt:
                 raise DeepAlignError(f"attack {self.label}: the target string of item {it.id!r} tokenises to nothing")
-            out.append(Problem(it, it.prompt, head + enc.encode_text(pre), enc.encode_text(post), tgt, text,
-                               (head, pre, post)))
+            out.append(Problem(it, it.prompt, before, after, tgt, text, (head, pre, post),
+                               full[len(before): len(full) - len(after)]))
         return out
 
     def optimise(self, target, items: Sequence[EvalPrompt], progress=None) -> list[_State]:
@@ -384,19 +393,18 @@ class GCGAttack(Attack):
         banned = not_allowed(tok, s.allow_non_ascii, size)
         if size < model.get_input_embeddings().weight.shape[0]:  # padding rows of the embedding: never tokens
             banned = torch.cat([banned, torch.arange(size, model.get_input_embeddings().weight.shape[0])])
-        init = enc.encode_text(self.init_text())
         unk = getattr(tok, "unk_token_id", None)
-        if not init or (unk is not None and unk in init):
-            raise DeepAlignError(f"attack {self.label}: the initial suffix {self.init_text()!r} is not in "
-                                 f"{enc.name}'s vocabulary; give gcg:init=TEXT with words it knows")
         opt = Optimiser(model, target.pad, s)
         states = []
         for p in self.problems(target, items):
+            if unk is not None and unk in p.init:
+                raise DeepAlignError(f"attack {self.label}: the initial suffix {self.init_text()!r} is not in "
+                                     f"{enc.name}'s vocabulary; give gcg:init=TEXT with words it knows")
             if unk is not None and unk in p.target:
                 raise DeepAlignError(f"attack {self.label}: the target string {p.target_text!r} has words "
                                      f"{enc.name}'s tokenizer cannot encode")
             gen = torch.Generator().manual_seed(zlib.crc32(f"{s.seed}:{p.item.id}".encode("utf-8")))
-            states.append(_State(p, gen, [], torch.tensor(init, dtype=torch.long)))
+            states.append(_State(p, gen, [], torch.tensor(p.init, dtype=torch.long)))
         self._init_buffers(opt, states, tok, size)
         was_training = model.training
         model.eval()
@@ -463,8 +471,7 @@ class GCGAttack(Attack):
     def _renders_as_optimised(self, enc, p: Problem, row: list[int]) -> bool:
         """Whether the prompt of the query with this suffix, rendered by the target's format and
         tokenised, is the sequence of ids that was optimised."""
-        text = enc.tokenizer.decode(row)
-        return enc.prompt_ids(p.query + self.settings.join + text, p.item.system) == p.before + row + p.after
+        return enc.prompt_ids(p.query + suffix_text(enc, p, row), p.item.system) == p.before + row + p.after
 
     def _exact_best(self, enc, p: Problem, cands: torch.Tensor, losses: torch.Tensor) -> int:
         """The candidate of lowest loss whose prompt renders as optimised. The filter compared
@@ -488,7 +495,7 @@ class GCGAttack(Attack):
             ok = [a == b for a, b in zip(enc.encode_texts(texts), rows)]
         head, pre, post = p.text
         want_len = len(p.before) + cands.shape[1] + len(p.after)
-        full = enc.encode_texts([pre + t + post for t, good in zip(texts, ok) if good])
+        full = enc.encode_texts([pre + suffix_text(enc, p, row) + post for row, good in zip(rows, ok) if good])
         it = iter(full)
         keep = []
         for row, good in zip(rows, ok):
@@ -508,20 +515,29 @@ class GCGAttack(Attack):
         states = self.optimise(target, items)
         enc = target_encoder(target)
         requests = []
+        texts = []
         for it, st in zip(items, states):
             loss, ids, step = st.best
-            text = enc.tokenizer.decode(ids)
+            texts.append(suffix_text(enc, st.problem, ids))
             base = self.attacked(it).request
-            requests.append(replace(base, query=st.problem.query + self.settings.join + text, prefill=""))
+            requests.append(replace(base, query=st.problem.query + texts[-1], prefill=""))
         gens = target.generate(requests, config)
         check_generations(target, requests, gens, config.num_samples)
         out = []
-        for st, req, per in zip(states, requests, gens):
+        for st, req, per, text in zip(states, requests, gens, texts):
             loss, ids, step = st.best
-            meta = {"gcg": {"suffix_ids": ids, "suffix": enc.tokenizer.decode(ids), "loss": round(loss, 6),
+            meta = {"gcg": {"suffix_ids": ids, "suffix": text, "loss": round(loss, 6),
                             "step": step, "target": st.problem.target_text, "filtered_out": st.filtered_out}}
             out.append([AttackOutput(req, g.text, g.text, g.num_tokens, g.finish_reason, dict(meta)) for g in per])
         return out
+
+
+def suffix_text(enc, p: Problem, ids: list[int]) -> str:
+    """The text ``ids`` add after the query's ids: what the request appends to the query (its
+    first token's space included)."""
+    from deepalign.decoding.output import continuation_text
+
+    return continuation_text(enc.tokenizer, p.before, list(ids))
 
 
 def opt_ids(tok, text: str) -> list[int]:
