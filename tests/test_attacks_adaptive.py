@@ -350,3 +350,33 @@ def test_rap_depths_built_together_share_one_search_and_equal_separate_runs(chat
     assert tok.convert_ids_to_tokens(deep.search(scripted, [ITEM])[0].chosen) == ["blue", "box", "turn", "key"]
     assert tok.convert_ids_to_tokens(shallow.search(scripted, [ITEM])[0].chosen) == ["blue", "blue"]
     assert shallow.search(Scripted(inner, tok, script), [ITEM])[0].chosen == shallow.search(scripted, [ITEM])[0].chosen
+
+
+def test_a_server_ranking_needs_token_ids(chatml, tmp_path, monkeypatch):
+    """A server's top log-probs count only when they name token ids (vLLM's
+    return_tokens_as_token_ids); a server that names tokens by text is refused by name."""
+    from types import SimpleNamespace
+
+    from deepalign.decoding.registry import make_target
+
+    fam, model = chatml
+    model.save_pretrained(tmp_path / "m")
+    fam.tokenizer.save_pretrained(tmp_path / "m")
+    target = make_target(f"openai:m@http://127.0.0.1:9/v1,tokenizer={tmp_path / 'm'}")
+    sent = []
+
+    def answer(tops):
+        def call(endpoint, **kw):
+            sent.append((endpoint, kw))
+            return SimpleNamespace(choices=[SimpleNamespace(logprobs=SimpleNamespace(top_logprobs=[tops]))])
+        return call
+
+    monkeypatch.setattr(target, "_call", answer({"token_id:7": -0.5, "token_id:3": -0.1}))
+    req = Request(id="a", query=QUERIES[0], prefill_ids=(5, 6))
+    assert target.top_logprobs([req], 20) == [[(3, -0.1), (7, -0.5)]]
+    endpoint, kw = sent[0]
+    assert endpoint == "completions" and kw["prompt"] == fam.prompt(QUERIES[0]) + [5, 6] and kw["logprobs"] == 20
+    assert kw["extra_body"] == {"return_tokens_as_token_ids": True} and kw["max_tokens"] == 1
+    monkeypatch.setattr(target, "_call", answer({"Sure": -0.1}))
+    with pytest.raises(DeepAlignError, match="names its top tokens by text"):
+        target.top_logprobs([req], 20)

@@ -286,7 +286,8 @@ CASES = [
     (["eval", "--target", "hf:base", "hf:base", *W, "--out", "e"], "targets given twice"),
     (["eval", "--target", DEAD, *W, "--attacks", "cipher:rot13", "--out", "e"], "name a cipher"),
     (["eval", "--target", DEAD, *W, "--attacks", "direct,rap:8", "--out", "e"],
-     "attack rap:8 reads the target's next-token ranking: target openai:m@http://127.0.0.1:9/v1,retries=0,timeout=2 is not a"),
+     "attack rap:8 reads the target's next-token ranking: server target openai:m@http://127.0.0.1:9/v1,retries=0,timeout=2 "
+     "needs the model's tokenizer for it; give tokenizer="),
     (["eval", "--target", DEAD, *W, "--attacks", "insert:8", "--out", "e"],
      "attack insert:8 writes token ids into the target's own answer: target openai:m@http://127.0.0.1:9/v1,retries"),
     (["eval", "--target", DEAD, *W, "--attacks", "rap:8:select=guide", "--out", "e"], "needs a guide model"),

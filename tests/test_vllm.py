@@ -148,6 +148,25 @@ def test_greedy_responses_equal_the_local_models(servers, world_dir, tmp_path, n
     assert forced and all(r["prompt"]["prefill_tokens"] == 8 for r in forced)
 
 
+def test_rap_reads_the_servers_ranking_as_the_local_model_gives_it(servers, world_dir, tmp_path):
+    """Rank-assisted prefilling through vLLM: the server's top 20 by token id (the prompt sent as
+    ids, rendered locally) give the tokens, ranks and probabilities the local model gives."""
+    from deepalign import run_eval
+
+    server = servers["world"]
+    model = server.model
+    run_eval(targets=[f"openai:{model}@{server.url},tokenizer={model}", f"hf:{model}"],
+             attacks=["rap:6", "rap:6:select=top"], datasets=["world:harmful"], world=str(world_dir), limit=6,
+             max_new_tokens=10, judges=["keyword"], quiet=True, out_dir=str(tmp_path / "rap"))
+    by = _by_target(_rows(tmp_path / "rap"))
+    assert len(by) == 12, server.log_tail()
+    for key, pair in sorted(by.items()):
+        served, local = pair["openai"]["meta"]["rap"], pair["hf"]["meta"]["rap"]
+        assert (served["ids"], served["ranks"]) == (local["ids"], local["ranks"]), (key, served, local)
+        assert served["probs"] == pytest.approx(local["probs"], rel=1e-3, abs=1e-4), key
+        assert pair["openai"]["prompt"]["prefill_ids"] == pair["hf"]["prompt"]["prefill_ids"]
+
+
 def test_the_probe_finds_a_server_that_takes_every_request(servers):
     from deepalign.decoding.base import GenConfig, Request
     from deepalign.decoding.hf import HFTarget

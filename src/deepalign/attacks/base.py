@@ -127,6 +127,8 @@ class Attack:
     needs_local: str | None = None
     #: the attack needs one model (gradients through its weights), not a composition of several
     needs_single_model: bool = False
+    #: a target method that lets a server target serve the attack after all (RAP: top_logprobs)
+    server_method: str | None = None
 
     def params(self) -> dict[str, Any]:
         """The attack's own settings, for the run log."""

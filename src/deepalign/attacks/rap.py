@@ -38,6 +38,7 @@ refusal token, so a reader sees how deep in the ranking the harm sat.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, replace
 from typing import Sequence
@@ -72,11 +73,26 @@ def target_model(target):
     return model
 
 
-def needs_scores(target, label: str) -> None:
-    if not callable(getattr(target, "next_logprobs", None)) or target_encoder(target) is None:
+def needs_scores(target, label: str, *, full: bool = False) -> None:
+    """The target gives its next-token ranking: a local model's whole distribution, or (unless
+    ``full``) a server's top tokens by id."""
+    ok = callable(getattr(target, "next_logprobs", None)) or (not full and callable(getattr(target, "top_logprobs", None)))
+    if not ok or target_encoder(target) is None:
         name = getattr(target, "name", type(target).__name__)
+        where = "local Hugging Face and composed targets" if full else \
+            "local Hugging Face and composed targets, and servers with tokenizer= that give top log-probs by id (vLLM)"
         raise DeepAlignError(f"attack {label} reads the target's next-token ranking, which target {name} does not give "
-                             "(local Hugging Face and composed targets do; servers do not)")
+                             f"({where} do)")
+
+
+def ranked(target, requests, k: int) -> tuple[list[list[int]], list[list[float]]]:
+    """Per request, the target's ``k`` most likely next token ids and their probabilities, best first."""
+    if callable(getattr(target, "next_logprobs", None)):
+        lp = target.next_logprobs(requests)
+        vals, idx = lp.topk(min(k, lp.shape[-1]), dim=-1)
+        return idx.tolist(), vals.exp().tolist()
+    tops = target.top_logprobs(requests, k)
+    return [[t for t, _ in row] for row in tops], [[math.exp(v) for _, v in row] for row in tops]
 
 
 def refusal_ids(encoder, words: Sequence[str]) -> dict[int, str]:
@@ -136,6 +152,7 @@ class RankAssistedPrefill(Attack):
     forced = "tokens"
     unit = "tokens"
     needs_local = "reads the target's next-token ranking"
+    server_method = "top_logprobs"  # a server target that gives its top tokens by id is enough
 
     def __init__(self, k: int, *, topk: int = DEFAULT_TOPK, select: str = "paper", guide=None,
                  refuse: Sequence[str] | None = None, world: str | None = None, label: str | None = None):
@@ -196,7 +213,7 @@ class RankAssistedPrefill(Attack):
             if isinstance(spec, str) and os.path.isdir(spec):  # a model directory: a plain Hugging Face target
                 spec = "hf:" + spec
             guide = make_target(spec, batch_size=getattr(target, "batch_size", 16))
-            needs_scores(guide, f"{self.label} (its guide)")
+            needs_scores(guide, f"{self.label} (its guide)", full=True)
             mine, theirs = target_encoder(target).tokenizer, target_encoder(guide).tokenizer
             if mine.get_vocab() != theirs.get_vocab():
                 raise DeepAlignError(f"attack {self.label}: the guide {guide.name} and the target "
@@ -238,6 +255,8 @@ class RankAssistedPrefill(Attack):
         enc = target_encoder(target)
         refusal = refusal_ids(enc, self.words(target))
         eos = set(getattr(target, "eos", ()) or ())
+        if getattr(enc.tokenizer, "eos_token_id", None) is not None:
+            eos.add(enc.tokenizer.eos_token_id)
         texts: dict[int, str] = {}
 
         def text_of(tok: int) -> str:  # a token's text, stripped (the paper's repeat test)
@@ -260,12 +279,11 @@ class RankAssistedPrefill(Attack):
             if not active:
                 break
             reqs = [replace(r.request, prefill_ids=tuple(r.chosen)) for r in active]
-            lp = target.next_logprobs(reqs)
-            vals, idx = lp.topk(min(self.topk, lp.shape[-1]), dim=-1)
+            idx, prob = ranked(target, reqs, self.topk)
             guide_lp = guide.next_logprobs(reqs) if guide is not None else None
             for j, row in enumerate(active):
-                cand = idx[j].tolist()
-                probs = vals[j].exp().tolist()
+                cand = idx[j]
+                probs = prob[j]
                 if cand[0] in refusal:
                     row.refusal_top += 1
                 ok = [rank for rank, tok in enumerate(cand, 1)

@@ -389,6 +389,36 @@ class OpenAITarget:
             out[i][s] = f.result()
         return out  # type: ignore[return-value]
 
+    def top_logprobs(self, requests: Sequence[Request], k: int) -> list[list[tuple[int, float]]]:
+        """Per request, the server's ``k`` most likely next tokens after the prompt and its forced
+        ids, as ``(token id, log-prob)`` best first: one ``/v1/completions`` call each, the prompt
+        sent as token ids (rendered locally: needs ``tokenizer=``), one greedy token, ``logprobs=k``
+        and vLLM's ``return_tokens_as_token_ids``. A server that names its tokens by their text
+        only is refused: text does not name a token id."""
+        if self.encoder is None:
+            raise DeepAlignError(f"target {self.name}: the next-token ranking of a server needs the model's tokenizer: "
+                                 f"give tokenizer=<model dir or hub id>")
+
+        def one(r: Request) -> list[tuple[int, float]]:
+            ids = self.encoder.prompt_ids(r.query, r.system) + list(r.prefill_ids or ())
+            answer = self._call("completions", model=self.model, prompt=ids, max_tokens=1, temperature=0.0,
+                                logprobs=k, extra_body={"return_tokens_as_token_ids": True})
+            logprobs = getattr(answer.choices[0], "logprobs", None) if getattr(answer, "choices", None) else None
+            tops = getattr(logprobs, "top_logprobs", None) if logprobs is not None else None
+            if not tops or not tops[0]:
+                raise DeepAlignError(f"server {self.url} gave no top log-probs for request {r.id!r}")
+            out = []
+            for token, lp in tops[0].items():
+                if not str(token).startswith("token_id:"):
+                    raise DeepAlignError(f"server {self.url} names its top tokens by text ({str(token)!r}), not by id; "
+                                         "the ranking needs a server that returns token ids (vLLM does)")
+                out.append((int(str(token).split(":", 1)[1]), float(lp)))
+            return sorted(out, key=lambda x: -x[1])[:k]
+
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="openai")
+        return list(self._pool.map(one, requests))
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)

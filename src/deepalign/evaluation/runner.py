@@ -350,9 +350,15 @@ def check_local_attacks(targets: list[_Target], attacks) -> None:
         if not why:
             continue
         single = getattr(a, "needs_single_model", False)
+        method = getattr(a, "server_method", None)
         for t in targets:
             local = (callable(getattr(t.built, "next_logprobs", None)) if t.built is not None
                      else bool(getattr(t.spec, "local", False)))
+            if not local and method and callable(getattr(t.built, method, None)):
+                if getattr(t.built, "encoder", None) is None:
+                    raise DeepAlignError(f"attack {a.label} {why}: server target {t.label} needs the model's "
+                                         "tokenizer for it; give tokenizer=<model dir or hub id>")
+                continue
             if not local:
                 where = "local Hugging Face and ablated targets" if single else \
                     "local Hugging Face, composed and ablated targets"
