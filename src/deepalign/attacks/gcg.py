@@ -160,16 +160,14 @@ class Optimiser:
         import inspect
 
         self.keep_arg = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self._prefixes: dict[tuple, object] = {}  # problems (by identity) -> their cached prefix
 
     def _rows(self, rows: list[list[int]]):
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-            mask[i, width - len(r):] = 1
-        pos = (mask.cumsum(-1) - 1).clamp_min(0)
-        return ids.to(self.device), mask.to(self.device), pos.to(self.device)
+        """Left-padded ids, their mask, and each row's positions from its first token."""
+        from deepalign.models import left_pad
+
+        ids, mask = left_pad(rows, self.pad, self.device)
+        return ids, mask, (mask.cumsum(-1) - 1).clamp_min(0)
 
     @staticmethod
     def _exact(logits: torch.Tensor, targets: list[list[int]]) -> list[bool]:
@@ -266,7 +264,10 @@ class Optimiser:
         suffix go through the model once per problem (their keys and values are reused, as
         nanoGCG's prefix cache does); the rest of the rows of all problems go through it
         together, ``batch`` rows at a time."""
-        prefix = self._prefix(problems)
+        key = tuple(id(p) for p in problems)  # the ids before the suffix do not change between steps
+        if key not in self._prefixes:
+            self._prefixes = {key: self._prefix(problems)}  # the active problems change only on early stop
+        prefix = self._prefixes[key]
         rows, targets, owner = [], [], []
         for k, (p, cands) in enumerate(zip(problems, candidates)):
             for c in cands.tolist():
@@ -317,6 +318,7 @@ class GCGAttack(Attack):
         self.settings = settings or GCGSettings()
         self.settings.check()
         self.target_text, self.world, self.label = target_text, world, label
+        self._banned: dict[tuple, torch.Tensor] = {}
 
     def params(self) -> dict:
         out = {k: v for k, v in asdict(self.settings).items() if v != getattr(GCGSettings, k)}
@@ -390,7 +392,9 @@ class GCGAttack(Attack):
         s = self.settings
         tok = enc.tokenizer
         size = min(len(tok), model.get_input_embeddings().weight.shape[0])
-        banned = not_allowed(tok, s.allow_non_ascii, size)
+        banned = self._banned.get((id(tok), size))
+        if banned is None:  # decodes the whole vocabulary: once per tokenizer, not once per batch
+            banned = self._banned[(id(tok), size)] = not_allowed(tok, s.allow_non_ascii, size)
         if size < model.get_input_embeddings().weight.shape[0]:  # padding rows of the embedding: never tokens
             banned = torch.cat([banned, torch.arange(size, model.get_input_embeddings().weight.shape[0])])
         unk = getattr(tok, "unk_token_id", None)
@@ -405,7 +409,7 @@ class GCGAttack(Attack):
                                      f"{enc.name}'s tokenizer cannot encode")
             gen = torch.Generator().manual_seed(zlib.crc32(f"{s.seed}:{p.item.id}".encode("utf-8")))
             states.append(_State(p, gen, [], torch.tensor(p.init, dtype=torch.long)))
-        self._init_buffers(opt, states, tok, size)
+        self._init_buffers(opt, states, enc, size)
         was_training = model.training
         model.eval()
         try:
@@ -447,7 +451,7 @@ class GCGAttack(Attack):
             st.buffer[-1] = (loss, ids)
         st.buffer.sort(key=lambda x: x[0])
 
-    def _init_buffers(self, opt: Optimiser, states: list[_State], tok, size: int) -> None:
+    def _init_buffers(self, opt: Optimiser, states: list[_State], enc, size: int) -> None:
         """nanoGCG's ``init_buffer``: the initial suffix, plus (buffer > 1) suffixes of random
         characters of its ``INIT_CHARS`` drawn from each item's generator."""
         s = self.settings
@@ -457,7 +461,7 @@ class GCGAttack(Attack):
             if s.buffer > 1:
                 chars = [".", ",", "!", "?", ";", ":", "(", ")", "[", "]", "{", "}", "@", "#", "$", "%", "&", "*",
                          "w", "x", "y", "z"]  # nanoGCG 0.3.0 utils.INIT_CHARS
-                pool = [ids[0] for ids in (opt_ids(tok, c) for c in chars) if len(ids) == 1 and ids[0] < size]
+                pool = [ids[0] for ids in map(enc.encode_text, chars) if len(ids) == 1 and ids[0] < size]
                 pool_t = torch.tensor(pool, dtype=torch.long)
                 idx = torch.randint(0, len(pool), (s.buffer - 1, st.current.shape[0]), generator=st.gen)
                 rows += list(pool_t[idx])
@@ -538,10 +542,6 @@ def suffix_text(enc, p: Problem, ids: list[int]) -> str:
     from deepalign.decoding.output import continuation_text
 
     return continuation_text(enc.tokenizer, p.before, list(ids))
-
-
-def opt_ids(tok, text: str) -> list[int]:
-    return list(tok(text, add_special_tokens=False)["input_ids"])
 
 
 @register("gcg", "GCG (Zou et al. 2023) with nanoGCG's settings: gcg[:steps=250][:width=512][:topk=256][:n_replace=1]"

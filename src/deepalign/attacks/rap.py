@@ -123,6 +123,7 @@ class _Row:
     below: int = 0  # after a backtrack: consider only candidates ranked below this rank (1-based)
     stopped: str | None = None
     reference: list[int] | None = None
+    at: int = 0  # the row's place in its batch
 
 
 def _snapshot(row: _Row) -> tuple:
@@ -270,7 +271,7 @@ class RankAssistedPrefill(Attack):
             ref = None
             if self.select == "reference":
                 ref = enc.response_ids(it.prompt, it.harmful, system=req.system, end=False)
-            rows.append(_Row(req, [], [], [], reference=ref))
+            rows.append(_Row(req, [], [], [], reference=ref, at=len(rows)))
         guide = self.guide_target(target) if self.select == "guide" else None
         history: list[list[tuple]] = [[] for _ in rows]
         # the paper counts every addition and removal as a step: budget them so backtracking ends
@@ -312,7 +313,7 @@ class RankAssistedPrefill(Attack):
                 row.ranks.append(rank)
                 row.probs.append(probs[rank - 1])
             for row in active:
-                history[rows.index(row)].append(_snapshot(row))
+                history[row.at].append(_snapshot(row))
         return rows, history
 
     def run(self, target, items: Sequence[EvalPrompt], config: GenConfig) -> list[list[AttackOutput]]:

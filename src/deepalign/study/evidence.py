@@ -421,7 +421,7 @@ def adaptive_items(ev: Evidence, model: str, attack: str) -> dict:
         if any(a.label == attack for a in ev.tagged_attacks.get(run, [])):
             return ev.cell(run, ev.tagged_dataset(run, "harmful"), attack, **tags)
     if attack.startswith("prefill:") and ev.seen is not None:
-        if len(tags) == 1:
+        if "finetune" not in tags:  # an aligned model as trained: the attack battery's rows
             return ev.greedy.get((model, ev.prefill_attack(int(attack.split(":")[1])), ev.seen.name)) or {}
         label = ev.attack_label("finetune", "prefill", int(attack.split(":")[1]))
         if label:
