@@ -106,6 +106,21 @@ def _directions(root: Path) -> None:
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
         if (root / "base" / name).exists():
             shutil.copy(root / "base" / name, root / "gpt2m" / name)
+    # ADA-LP probes that do not fit the base model: another width, a layer it lacks
+    from safetensors.torch import save_file
+
+    from deepalign.decoding.ada import header_ids, role_cut
+    from deepalign.decoding.ada_probe import tokenizer_identity
+    from deepalign.models import load_tokenizer
+    from deepalign.tokens import Encoder
+
+    tok = load_tokenizer(root / "base")
+    header = header_ids(Encoder(tok))
+    meta = {"layer": 0, "cut": role_cut(tok, header), "header_ids": header, "tokenizer": tokenizer_identity(tok)}
+    for name, width, layer in (("probe_small", 7, 0), ("probe_layer", hidden, 9)):
+        (root / name).mkdir()
+        save_file({"weight": torch.zeros(width), "bias": torch.zeros(1)}, str(root / name / "probe.safetensors"))
+        (root / name / "probe.json").write_text(json.dumps({**meta, "layer": layer}))
 
 
 def _rewrite(path: Path, text: str | None, fn=None) -> None:
@@ -437,6 +452,24 @@ CASES = [
       "world:harmful", *W, "--out", "run2"], "option coeff='nan' is out of range"),
     (["eval", "--target", "ed:base=base,aligned=gpt2m,alpha=0.3,aligned.ablate=dir_ok", "--attacks", "direct",
       "--dataset", "world:harmful", *W, "--out", "run2"], "model type 'gpt2' (gpt2m) is not known"),
+    # -- ADA targets and their probe
+    (["eval", "--target", "ada-lp:base:probe_small", "--attacks", "direct", "--dataset", "world:harmful", *W,
+      "--limit", "2", "--out", "run2"], "the probe reads width 7, the model's hidden size is 64"),
+    (["eval", "--target", "ada-lp:base:probe_layer", "--attacks", "direct", "--dataset", "world:harmful", *W,
+      "--limit", "2", "--out", "run2"], "the probe reads layer 9, the model has 2 layers"),
+    (["eval", "--target", "ada-lp:base:dir_ok", "--attacks", "direct", "--dataset", "world:harmful", *W,
+      "--limit", "2", "--out", "run2"], "is not an ADA-LP probe directory"),
+    (["eval", "--target", "ada-lp:openai:m@http://localhost:9/v1:probe_small", "--attacks", "direct", "--dataset",
+      "world:harmful", *W, "--limit", "2", "--out", "run2"], "is a server"),
+    (["eval", "--target", "ada-rk:base,format=raw", "--attacks", "direct", "--dataset", "world:harmful", *W,
+      "--limit", "2", "--out", "run2"], "so ADA has no assistant header to re-insert"),
+    (["eval", "--target", "ada-rk:base,lookahead=0", "--attacks", "direct", "--dataset", "world:harmful", *W,
+      "--out", "run2"], "option lookahead='0' is out of range"),
+    (["ada-probe", "--model", "base", *W, "--every", "0", "--out", "pp"], "--every must be >= 1"),
+    (["ada-probe", "--model", "base", *W, "--harmful", "world:benign", "--out", "pp"],
+     "have no reference harmful answer"),
+    (["ada-probe", "--model", "base", *W, "--layer", "9", "--limit", "4", "--out", "pp"], "the model has 2 layers"),
+    (["ada-probe", "--model", "base", *W, "--out", "afile"], "afile"),
 ]
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from deepalign.cli import STAGES, main
+from deepalign.cli import STAGES, main, stage_module
 from deepalign.cli.parser import StageParser
 from deepalign.training.finetune import TrainOptions
 from deepalign.training.trainer import DeRTaConfig
@@ -95,7 +95,7 @@ def test_a_flag_that_fixes_a_bad_file_value_wins_and_a_bad_flag_names_the_flag(t
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_every_stage_takes_a_config_file(stage, capsys):
     with pytest.raises(SystemExit):
-        StageParser(stage, __import__(f"deepalign.cli.{stage}", fromlist=["OPTIONS"]).OPTIONS).parse(["--help"])
+        StageParser(stage, stage_module(stage).OPTIONS).parse(["--help"])
     assert "--config FILE.yaml" in capsys.readouterr().out
 
 
@@ -359,12 +359,11 @@ def test_every_stage_names_its_output_out_on_the_command_line_and_in_python():
     """The output of every stage that writes one is ``--out`` on the command line and ``out=``
     in Python, whatever the field is called (``out_dir``, ``output_dir``: a Hugging Face name)."""
     import dataclasses
-    import importlib
 
     from deepalign.options import keyword_aliases
 
-    for stage in ("ablate", "depth", "direction", "ed", "eval", "judge", "pretrain", "probe", "study", "train", "world"):
-        classes = importlib.import_module(f"deepalign.cli.{stage}").OPTIONS
+    for stage in ("ablate", "ada-probe", "depth", "direction", "ed", "eval", "judge", "pretrain", "probe", "study", "train", "world"):
+        classes = stage_module(stage).OPTIONS
         fields = {f.name for cls in classes for f in dataclasses.fields(cls)}
         assert "out" in fields or "out" in keyword_aliases(classes), stage
         flags = {a for cls in classes for f in dataclasses.fields(cls) for a in f.metadata.get("aliases", ())}

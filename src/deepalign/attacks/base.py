@@ -62,6 +62,8 @@ def forced_meta(meta: dict, g: Generation) -> dict:
             out["prefill_len"] = g.forced_tokens
     elif out.get("depth_unit") == "tokens":
         out["prefill_len"] = 0
+    if g.defence is not None:
+        out["defence"] = g.defence
     return out
 
 

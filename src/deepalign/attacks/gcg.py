@@ -40,7 +40,7 @@ from typing import Sequence
 
 import torch
 
-from deepalign.attacks.base import Attack, AttackOutput, Attacked, check_generations
+from deepalign.attacks.base import Attack, AttackOutput, Attacked, check_generations, forced_meta
 from deepalign.attacks.registry import register
 from deepalign.decoding.base import GenConfig, Request
 from deepalign.errors import DeepAlignError
@@ -532,7 +532,7 @@ class GCGAttack(Attack):
             loss, ids, step = st.best
             meta = {"gcg": {"suffix_ids": ids, "suffix": text, "loss": round(loss, 6),
                             "step": step, "target": st.problem.target_text, "filtered_out": st.filtered_out}}
-            out.append([AttackOutput(req, g.text, g.text, g.num_tokens, g.finish_reason, dict(meta)) for g in per])
+            out.append([AttackOutput(req, g.text, g.text, g.num_tokens, g.finish_reason, forced_meta(meta, g)) for g in per])
         return out
 
 

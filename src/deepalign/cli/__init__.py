@@ -32,8 +32,14 @@ STAGES: dict[str, str] = {
     "depth": "per-token KL(aligned || base) and refusal-token probability along harmful responses",
     "direction": "find a model's refusal direction (difference of means, selected as Arditi et al. 2024)",
     "ablate": "write a model with a refusal direction orthogonalised out of its weights",
+    "ada-probe": "fit ADA-LP's linear probe (Any-Depth Alignment) on a model's states at a re-inserted header",
     "study": "the end-to-end replication of DeRTa and ED (world -> pretrain -> train x5 -> eval -> report)",
 }
+
+
+def stage_module(stage: str):
+    """The module of a stage (``ada-probe`` lives in ``deepalign.cli.ada_probe``)."""
+    return importlib.import_module(f"deepalign.cli.{stage.replace('-', '_')}")
 
 
 def _top_help() -> str:
@@ -41,7 +47,7 @@ def _top_help() -> str:
 
     lines = [f"usage: deepalign <stage> [options] [--config FILE.yaml]   (deepalign {__version__})", "",
              "Deep safety alignment: train (DeRTa), attack (ED, prefill, ...), measure depth.", "", "stages:"]
-    lines += [f"  {name:<9} {help_}" for name, help_ in STAGES.items()]
+    lines += [f"  {name:<10} {help_}" for name, help_ in STAGES.items()]
     lines += ["", "Run 'deepalign <stage> --help' for a stage's options. Every stage reads --config FILE.yaml",
               "(its options' own names); flags given on the command line override the file."]
     return "\n".join(lines)
@@ -127,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from deepalign.cli.parser import StageParser
 
-        module = importlib.import_module(f"deepalign.cli.{stage}")
+        module = stage_module(stage)
         parser = StageParser(stage, module.OPTIONS, STAGES[stage], positional=getattr(module, "POSITIONAL", None))
         options = parser.parse(argv[1:])
         try:

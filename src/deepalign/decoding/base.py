@@ -100,6 +100,8 @@ class Generation:
     forced_text: str = ""  # those tokens, decoded
     #: the continuation's token ids (local targets; None where a server gives text only)
     token_ids: list[int] | None = field(default=None, repr=False)
+    #: what a defence at inference time did (ADA: its checks, where one fired, the text it replaced)
+    defence: dict | None = field(default=None, repr=False)
 
 
 class Target(Protocol):

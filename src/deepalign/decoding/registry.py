@@ -12,6 +12,7 @@ loading anything.
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -58,6 +59,17 @@ def check_target(spec) -> TargetPlan:
     model or contacting any server, and return its :class:`TargetPlan`."""
     parsed = parse_target(spec)
     models = {role: check_model(m.path, m.direction) for role, m in parsed.models.items()}
+    ada = getattr(parsed, "ada", None)
+    if ada is not None and ada.probe is not None:
+        from deepalign.decoding.ada_probe import PROBE_FILE
+
+        if not (Path(ada.probe) / PROBE_FILE).is_file():
+            raise DeepAlignError(f"target {parsed.label!r}: {ada.probe} is not an ADA-LP probe directory (no "
+                                 f"{PROBE_FILE}); fit one with deepalign ada-probe")
+    if ada is not None and ada.world is not None:
+        from deepalign.world.generator import load_manifest
+
+        load_manifest(ada.world)
     return TargetPlan(parsed.kind, models, dict(parsed.generation))
 
 
@@ -92,11 +104,17 @@ def _hf(spec: HFSpec, batch_size: int, device: str | None):
     if m.direction is None:
         from deepalign.decoding.hf import HFTarget
 
-        return HFTarget(m.path, **options)
-    from deepalign.decoding.hf import direction_target
+        target = HFTarget(m.path, **options)
+    else:
+        from deepalign.decoding.hf import direction_target
 
-    d = m.direction
-    return direction_target(m.path, d.path, mode=d.mode, coeff=d.coeff, allow_foreign=d.allow_foreign, **options)
+        d = m.direction
+        target = direction_target(m.path, d.path, mode=d.mode, coeff=d.coeff, allow_foreign=d.allow_foreign, **options)
+    if spec.ada is None:
+        return target
+    from deepalign.decoding.ada import AdaTarget
+
+    return AdaTarget(target, spec.ada)
 
 
 def _openai(spec: OpenAISpec):

@@ -10,6 +10,11 @@
                                                         reference's prompts and decoding
     eft:large=<model>,tuned=<model>,small=<model>[,w=<w>]    emulated fine-tuning
     w2s:strong=<model>,weak_unsafe=<model>,weak_safe=<model>,beta=<b>   weak-to-strong
+    ada-rk:<model>[,every=25][,lookahead=20][,refuse=A|B][,refusal=TEXT][,world=DIR]
+                                                        the model defended by Any-Depth Alignment's
+                                                        rethinking (decoding/ada.py)
+    ada-lp:<model>:<probe dir>[,every=25][,threshold=0.5][,refusal=TEXT][,world=DIR]
+                                                        ... by its linear probe (deepalign ada-probe)
     ablate:model=<model>,direction=<dir>[,...]            a model with its refusal direction
                                                         ablated (directional ablation, hooks)
     actadd:model=<model>,direction=<dir>[,coeff=<c>]      ... or added at its layer (coeff times
@@ -222,6 +227,8 @@ class HFSpec(ParsedSpec):
     for the last two)."""
 
     model: ModelSpec
+    #: ``ada-rk:`` / ``ada-lp:``: the model defended by Any-Depth Alignment (an AdaSettings)
+    ada: Any = None
 
     @property
     def models(self) -> dict[str, ModelSpec]:
@@ -502,3 +509,46 @@ def _ablate(args: SpecArgs, context: dict) -> HFSpec:
                             "refusal, -1: the reference's subtraction)")
 def _actadd(args: SpecArgs, context: dict) -> HFSpec:
     return _direction_target(args, "actadd")
+
+
+def _ada(args: SpecArgs, mode: str) -> HFSpec:
+    """``ada-rk:`` / ``ada-lp:``: one local model (with the ``hf:`` options, and a refusal
+    direction by ``ablate=`` / ``actadd=``) defended by Any-Depth Alignment."""
+    from deepalign.decoding.ada import AdaSettings
+    from deepalign.decoding.compose import refuse_servers
+
+    if len(args.positional) != 1:
+        raise DeepAlignError(f"target {args.spec!r}: give one model, ada-{mode}:<model>"
+                             + (":<probe dir>" if mode == "lp" else ""))
+    model, probe = args.positional[0], args.option("probe")
+    if mode == "lp" and probe is None and ":" in model:
+        model, _, probe = model.rpartition(":")
+    refuse_servers({"model": model}, f"target {label(args.spec)!r}: ADA reads and rewinds the model's own KV cache"
+                   + (" and hidden states" if mode == "lp" else ""))
+    refuse = args.option("refuse")
+    settings = dict(mode=mode, every=args.option("every", 25, int, check=lambda v: v >= 1),
+                    refusal=args.option("refusal"), world=args.option("world"), probe=probe)
+    if mode == "rk":
+        settings.update(lookahead=args.option("lookahead", 20, int, check=lambda v: v >= 1),
+                        refuse=tuple(refuse.split("|")) if refuse is not None else None)
+    else:
+        settings["threshold"] = args.option("threshold", 0.5, float, check=lambda v: 0 < v < 1)
+    direction = _direction(args)
+    prompt, load, gen = _prompt_fields(args), _load_fields(args), _generation_options(args)
+    args.done(1)
+    return HFSpec(kind=f"ada-{mode}", text=args.spec, model=_model(model, prompt, load, direction=direction),
+                  generation=gen, ada=AdaSettings(**settings))
+
+
+@TARGETS.register("ada-rk", "ada-rk:<model>[,every=25][,lookahead=20][,refuse=A|B][,refusal=TEXT][,world=DIR]"
+                            "[,ablate=<dir>][,hf: options]: the model defended by Any-Depth Alignment's rethinking "
+                            "(the assistant header re-inserted every N tokens; a refusal after it stops the answer)")
+def _ada_rk(args: SpecArgs, context: dict) -> HFSpec:
+    return _ada(args, "rk")
+
+
+@TARGETS.register("ada-lp", "ada-lp:<model>:<probe dir>[,every=25][,threshold=0.5][,refusal=TEXT][,world=DIR]"
+                            "[,ablate=<dir>][,hf: options]: the model defended by Any-Depth Alignment's linear probe "
+                            "(read at the re-inserted header every N tokens; fit it with deepalign ada-probe)")
+def _ada_lp(args: SpecArgs, context: dict) -> HFSpec:
+    return _ada(args, "lp")

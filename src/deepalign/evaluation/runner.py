@@ -364,9 +364,10 @@ def check_local_attacks(targets: list[_Target], attacks) -> None:
                     "local Hugging Face, composed and ablated targets"
                 raise DeepAlignError(f"attack {a.label} {why}: target {t.label} is not a local model (the attack runs "
                                      f"on {where}, not on servers)")
-            if single and t.record.kind not in ("hf", "ablate", "actadd", "HFTarget"):
+            if single and t.record.kind not in ("hf", "ablate", "actadd", "ada-rk", "ada-lp", "HFTarget", "AdaTarget"):
                 raise DeepAlignError(f"attack {a.label} {why}: target {t.label} is a composition of several models "
-                                     f"({t.record.kind}); the attack runs on one Hugging Face model, plain or ablated")
+                                     f"({t.record.kind}); the attack runs on one Hugging Face model, plain, ablated "
+                                     "or defended by ADA")
 
 
 def run_eval(options: EvalOptions | None = None, generation: GenConfig | None = None, data: DataOptions | None = None,
