@@ -42,12 +42,14 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 # each benchmark's smoke arguments (a new bench_*.py must get an entry here)
 SMOKE: dict[str, list[str]] = {
+    "bench_ada.py": ["--smoke"],
     "bench_constrained.py": ["--smoke"],
     "bench_ed.py": ["--smoke"],
     "bench_gcg.py": ["--smoke"],  # against nanoGCG in its own venv where set up (CI), else item by item
     "bench_gpu.py": ["--smoke"],  # on CPU in float32 without CUDA; its dist section needs GPUs
     "bench_launch_exit.py": ["--smoke"],
     "bench_loss.py": ["--smoke"],
+    "bench_presto.py": ["--smoke"],
     "bench_pretrain.py": ["--smoke"],
     "bench_runner.py": ["--smoke"],
     "bench_step.py": ["--smoke"],

@@ -20,7 +20,11 @@ padding), and builds, on the same sequence:
   ``t`` of the RTO span means "at ``t-1`` (having read the query and ``r_harm[<t]``) predict
   the refusal token instead of the harmful token ``t``";
 * ``ref_logps``, when the features carry them (the constrained objective): the reference
-  model's log-probability of each MLE label, at the label's position, ``0`` elsewhere.
+  model's log-probability of each MLE label, at the label's position, ``0`` elsewhere;
+* ``presto_spans``, with ``presto`` on (PRESTO's attention regulariser,
+  :func:`deepalign.training.losses.presto_term`): one row ``(row, prefix start, prefix end,
+  sequence end)`` per record with a harmful prefix, in batch coordinates (packed rows
+  included), as a ``[N, 4]`` LongTensor. Without ``presto`` the batch has no such entry.
 
 RTO keep ratio: each RTO record keeps ``max(1, ceil(keep * n))`` of its ``n`` RTO positions
 (reference: 5% for full fine-tuning, all for LoRA), drawn from a generator seeded with
@@ -40,7 +44,9 @@ from deepalign.tokens import Encoder, PromptFormat
 
 
 def encode_records(records: Sequence, encoder: Encoder, *, max_length: int | None = None) -> list[dict[str, Any]]:
-    """Tokenize records into ``{"input_ids", "rto_start", "mle_start", "key", "kind"}``.
+    """Tokenize records into ``{"input_ids", "rto_start", "mle_start", "key", "kind"}``, plus
+    ``prefix_start`` and ``prefix_end`` (absolute token positions; the prefix ends where the
+    next span starts) for a record with a harmful ``prefix`` span.
 
     Records marked ``verbatim`` (a reference line whose prompt did not use the reference
     template) are tokenised in the raw format. Sequences longer than ``max_length`` are cut
@@ -65,8 +71,22 @@ def encode_records(records: Sequence, encoder: Encoder, *, max_length: int | Non
         if max_length is not None and len(ids) > max_length:
             ids = ids[:max_length]
             rto_start, mle_start = min(rto_start, max_length), min(mle_start, max_length)
-        feats.append({"input_ids": ids, "rto_start": rto_start, "mle_start": mle_start, "key": r.id, "kind": r.kind})
+        feat = {"input_ids": ids, "rto_start": rto_start, "mle_start": mle_start, "key": r.id, "kind": r.kind}
+        if "prefix" in at and at["prefix"] < len(ids):  # the prefix ends where the next span starts
+            feat["prefix_start"], feat["prefix_end"] = at["prefix"], min(rto_start, len(ids))
+        feats.append(feat)
     return feats
+
+
+def prefix_spans(features: list[dict[str, Any]], places: list[tuple[int, int]]):
+    """``[N, 4]`` LongTensor of ``(row, prefix start, prefix end, sequence end)`` in batch
+    coordinates, one row per feature with a non-empty harmful prefix (``places``: each
+    feature's row and start column)."""
+    import torch
+
+    spans = [(row, at + f["prefix_start"], at + f["prefix_end"], at + len(f["input_ids"]))
+             for f, (row, at) in zip(features, places) if f.get("prefix_end", 0) > f.get("prefix_start", 0)]
+    return torch.tensor(spans, dtype=torch.long).reshape(-1, 4)
 
 
 class FeatureDataset:
@@ -106,6 +126,7 @@ class DeRTaCollator:
     pad_to_multiple_of: int | None = None
     epoch: int = 0
     padding_free: bool = False
+    presto: bool = False
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
@@ -148,6 +169,8 @@ class DeRTaCollator:
                 values = torch.as_tensor(f["ref_logps"], dtype=torch.float32)
                 ref[row, at + f["mle_start"]:at + f["mle_start"] + len(values)] = values
             batch["ref_logps"] = ref
+        if self.presto:
+            batch["presto_spans"] = prefix_spans(features, places)
         return batch
 
     def _places(self, features: list[dict[str, Any]]) -> list[tuple[int, int]]:

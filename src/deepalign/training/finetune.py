@@ -63,7 +63,8 @@ _RESUME_KEYS = ("recipe", "model_name_or_path", "seed", "triples", "helpful", "r
                 "per_device_train_batch_size", "gradient_accumulation_steps", "rto_keep", "prefix_unit",
                 "k_zero_share", "helpful_count", "safety_count", "safety_ratio", "prompt_format", "max_steps",
                 "num_train_epochs", "fields", "subset", "split", "sample", "limit", "sample_seed", "dataset_name",
-                "persona", "objective", "ref_model", "beta", "bias_factor", "first_token_bias_factor", "bias_length")
+                "persona", "objective", "ref_model", "beta", "bias_factor", "first_token_bias_factor", "bias_length",
+                "presto_weight")
 # what transformers' TrainingArguments (5.x) calls an output_dir that was not given
 _HF_UNSET_OUTPUT = "trainer_output"
 
@@ -282,12 +283,14 @@ def _records_trainer(opts: BaseTrainOptions, run_args, net, inputs: Inputs, run:
             info["persona"] = persona_record(inputs.persona, run.out, opts)
     else:
         info.update({"refusal_token": {"id": inputs.refusal_id, "piece": inputs.refusal_piece},
-                     "rto_keep": trainer.rto_keep, "rto_weight": run_args.rto_weight})
+                     "rto_keep": trainer.rto_keep, "rto_weight": run_args.rto_weight,
+                     "presto_weight": run_args.presto_weight})
     if not opts.quiet and run.state.is_main_process:
         shown = ", ".join(f"{k} {v}" for k, v in sorted(inputs.counts.items()))
         tok = (f"; refusal token {inputs.refusal_piece!r} ({inputs.refusal_id}), keep {trainer.rto_keep:g}"
                if inputs.refusal_id is not None else "")
-        print(f"recipe {opts.recipe}: {shown}{tok}")
+        presto = f"; PRESTO weight {run_args.presto_weight:g} (eager attention)" if run_args.presto_weight > 0 else ""
+        print(f"recipe {opts.recipe}: {shown}{tok}{presto}")
     return trainer
 
 

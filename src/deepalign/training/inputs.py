@@ -144,9 +144,19 @@ def _records(opts: DeRTaOptions, args: DeRTaConfig, inputs: Inputs, refusal_word
                              n_helpful=opts.helpful_count, n_safety=opts.safety_count, safety_ratio=opts.safety_ratio,
                              rto_share=opts.rto_share, prefix_unit=opts.prefix_unit, k_zero_share=opts.k_zero_share,
                              k_min=opts.k_min, k_max=opts.k_max, rto_append_safe=opts.rto_append_safe, seed=args.seed)
+    _check_presto(opts, args, recs)
     _hold_out(opts, recs, inputs)
     if inputs.counts.get("rto") or refusal_word is not None:
         inputs.refusal_id, inputs.refusal_piece = find_refusal_token(inputs.tokenizer, refusal_word)
+
+
+def _check_presto(opts: DeRTaOptions, args: DeRTaConfig, recs: list) -> None:
+    """PRESTO regularises the attention paid to a harmful prefix: it needs records that have one."""
+    if args.presto_weight <= 0 or any(r.prefix for r in recs):
+        return
+    where = (f"--records {opts.records} has none" if opts.records is not None else
+             f"the records built for --recipe {opts.recipe} have none (each got k = 0, or none is a safety record)")
+    raise DeepAlignError(f"--presto_weight needs records with a harmful prefix (a non-empty prefix span); {where}")
 
 
 def _hold_out(opts: DeRTaOptions | FinetuneAttackOptions, recs: list, inputs: Inputs) -> None:

@@ -12,6 +12,9 @@ and takes the mean cross-entropy over all non-ignored labels. A position may car
 MLE and an RTO target (an RTO span followed by an appended safe response); each pair then
 counts.
 
+PRESTO (:func:`presto_term`, ``--presto_weight W``) adds ``W x`` its attention regulariser
+to the CE sum before the division by the same ``N``.
+
 Memory. The model's final hidden states ``[B, T, H]`` are gathered at labelled positions
 (after the causal shift) into ``[N, H]`` rows, and the output projection is applied to these
 rows only, one tile of logits at a time, so no ``[B, T, V]`` logits (nor ``[N, V]`` when
@@ -391,14 +394,78 @@ def derta_loss(hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor,
     rows, targets, weights, is_rto = label_rows(hidden, labels, rto_labels, rto_weight)
     total, per_row = linear_cross_entropy(rows, head, targets, weights, chunk_rows=chunk_rows,
                                           vocab_chunk=vocab_chunk, softcap=softcap, impl=impl)
-    n = rows.shape[0] if num_items is None else num_items
-    if torch.is_tensor(n):
-        n = n.to(total.device).clamp_min(1)
-    else:
-        n = max(int(n), 1)
+    n = normaliser(rows.shape[0] if num_items is None else num_items, total.device)
     stats = {"mle_sum": per_row[~is_rto].sum(), "rto_sum": per_row[is_rto].sum(),
              "n_mle": int((~is_rto).sum()), "n_rto": int(is_rto.sum())}
     return total / n, stats
+
+
+def normaliser(n: int | torch.Tensor, device: torch.device) -> int | torch.Tensor:
+    """The loss denominator ``N`` from a count of labelled pairs: at least 1, a tensor on
+    ``device`` when the count is one."""
+    if torch.is_tensor(n):
+        return n.to(device).clamp_min(1)
+    return max(int(n), 1)
+
+
+# --------------------------------------------------------------------------------------
+# PRESTO: the attention to a harmful prefill (Vega & Singh, arXiv 2512.05518)
+# --------------------------------------------------------------------------------------
+
+
+def presto_mask(spans: torch.Tensor, batch: int, length: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The ``[B, T, T]`` 0/1 mask of the (query, key) pairs PRESTO sums: for each span ``(row,
+    ps, pe, end)`` of ``spans`` (``[N, 4]``), the queries ``ps <= q < end`` and the keys ``ps
+    <= k < pe`` of its row. Causal attention gives the keys ``k > q`` no probability, so a
+    query's block holds exactly its prefill keys ``[ps, min(pe, q + 1))``."""
+    spans = spans.to(device)
+    row, ps, pe, end = spans.unbind(1)
+    pos = torch.arange(length, device=device)
+    queries = (pos >= ps[:, None]) & (pos < end[:, None])
+    prefill = (pos >= ps[:, None]) & (pos < pe[:, None])
+    blocks = (queries[:, :, None] & prefill[:, None, :]).to(dtype)
+    return torch.zeros(batch, length, length, dtype=dtype, device=device).index_add_(0, row, blocks)
+
+
+class _MaskedSum(torch.autograd.Function):
+    """``(attn * mask[:, None]).sum()`` of a ``[B, heads, T, T]`` attention and a ``[B, T, T]``
+    0/1 mask without a ``[B, heads, T, T]`` temporary: forward as one batched matrix-vector
+    product, backward as a broadcast view of the mask (autograd adds it to the attention's
+    other gradient)."""
+
+    @staticmethod
+    def forward(ctx, attn: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(mask)
+        ctx.shape = attn.shape
+        b, heads = attn.shape[:2]
+        return torch.bmm(attn.reshape(b, heads, -1), mask.reshape(b, -1, 1)).sum(dtype=torch.float32)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (mask,) = ctx.saved_tensors
+        return (grad.to(mask.dtype) * mask)[:, None].expand(ctx.shape), None
+
+
+def presto_term(attentions, spans: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """PRESTO's regulariser: for every span ``(row, ps, pe, end)`` (``ps``: the first token of
+    the harmful prefill, ``pe``: the first token after it, ``end``: the sequence's end) and
+    every query position ``ps <= q < end``, twice the attention probability (summed over
+    heads) from ``q`` to the prefill keys ``[ps, min(pe, q + 1))``; summed over spans and
+    query positions and averaged over the layers of ``attentions`` (a ``[B, heads, T, T]``
+    tensor per layer, eager attention's probabilities).
+
+    The authors' code writes each query's term as ``prefill - (before + after) + heads``, the
+    attention to the prefill minus that to the tokens before and after it plus the number of
+    heads, which equals ``2 x prefill`` because each head's row sums to 1. Returns the term
+    (an fp32 scalar that carries the attentions' graph) and the number of query positions.
+    Extra memory: one ``[B, T, T]`` mask, shared by the layers."""
+    first = attentions[0]
+    n_queries = int((spans[:, 3] - spans[:, 1]).sum()) if spans.numel() else 0
+    if not n_queries:
+        return first.new_zeros((), dtype=torch.float32), 0
+    mask = presto_mask(spans, first.shape[0], first.shape[-1], first.dtype, first.device)
+    total = sum(_MaskedSum.apply(a, mask.to(a.dtype)) for a in attentions)
+    return 2 * total / len(attentions), n_queries
 
 
 def reference_loss(logits: torch.Tensor, labels: torch.Tensor, rto_labels: torch.Tensor | None = None, *,

@@ -378,6 +378,7 @@ _WITHIN_FAMILIES = {
     ("rto_share", "rto_append_safe"): _recipes(*RTO_RECIPES) & _BUILT,
     ("prefix_unit", "k_zero_share", "k_min", "k_max"): _recipes(*PREFIX_RECIPES) & _BUILT,
     ("refusal_word", "rto_keep", "rto_weight"): _recipes(*RTO_RECIPES) | On("records"),
+    "presto_weight": _recipes(*PREFIX_RECIPES) | On("records"),
     "eval_share": _not_recipe("dpo") & Is("eval_strategy", "steps", "epoch"),
 }
 

@@ -48,7 +48,7 @@ def objective_record(opts: FinetuneAttackOptions, trainer) -> dict[str, Any]:
 def run_record(opts: BaseTrainOptions, args: DeRTaConfig, run_args, trainer, seconds: float,
                command: str) -> dict[str, Any]:
     """The train record's entries that exist once training is over."""
-    curve = [{k: h[k] for k in ("step", "loss", "mle_loss", "rto_loss", "eval_loss") if k in h}
+    curve = [{k: h[k] for k in ("step", "loss", "mle_loss", "rto_loss", "presto_attention", "eval_loss") if k in h}
              for h in trainer.state.log_history if "loss" in h or "eval_loss" in h]
     return {"steps": trainer.state.global_step, "train_seconds": round(seconds, 1), "loss_curve": curve,
             "lora": opts.use_peft, "adapter_kept": bool(opts.use_peft and opts.keep_adapter), "seed": args.seed,
@@ -61,6 +61,8 @@ def hyperparameters(opts: BaseTrainOptions, args) -> dict[str, Any]:
             "gradient_accumulation_steps", "lr_scheduler_type", "warmup_steps", "weight_decay", "max_grad_norm",
             "adam_beta1", "adam_beta2", "max_length", "bf16", "seed")
     hp = {k: _value(getattr(args, k)) for k in keys if hasattr(args, k)}
+    if getattr(args, "presto_weight", 0) > 0:
+        hp["presto_weight"] = args.presto_weight
     hp.update(opts.hyperparameters())
     if opts.use_peft:
         hp.update(lora_r=opts.lora_r, lora_alpha=opts.lora_alpha or 2 * opts.lora_r, lora_dropout=opts.lora_dropout,

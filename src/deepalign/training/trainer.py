@@ -10,6 +10,12 @@ stock. The loss is normalised by the number of labelled pairs (MLE + RTO) of the
 accumulated batch across devices, so gradient accumulation and multi-process runs give the
 same gradient as one large batch.
 
+With ``presto_weight > 0`` (PRESTO, Vega & Singh, arXiv 2512.05518) the model is switched to
+eager attention before training, the forward pass also returns the attention probabilities,
+and ``presto_weight x`` :func:`deepalign.training.losses.presto_term` (the attention that the
+positions from a harmful prefill onward pay to the prefill) joins the CE sum over the same
+denominator.
+
 :func:`save_final_model` writes the final model (``save_pretrained``, safetensors) plus
 the tokenizer into a directory without ever leaving a half-written model there.
 """
@@ -29,10 +35,10 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import SchedulerType
 
-from deepalign.errors import OptionError
+from deepalign.errors import DeepAlignError, OptionError
 from deepalign.utils import current_umask
 from deepalign.training.collator import DeRTaCollator, FeatureDataset, encode_records
-from deepalign.training.losses import count_label_tokens, derta_loss
+from deepalign.training.losses import count_label_tokens, derta_loss, normaliser, presto_term
 
 # reference RTO keep ratios: a random 5% of RTO positions for full fine-tuning, all for LoRA
 RTO_KEEP_FULL = 0.05
@@ -61,6 +67,9 @@ class DeRTaConfig(TrainingArguments):
     rto_keep: float | None = field(default=None, metadata={
         "help": "share of RTO positions kept per sequence; None = 0.05 for full fine-tuning, 1.0 with LoRA"})
     rto_weight: float = field(default=1.0, metadata={"help": "weight of an RTO pair relative to an MLE pair"})
+    presto_weight: float = field(default=0.0, metadata={
+        "help": "weight of PRESTO's regulariser (Vega & Singh, arXiv 2512.05518) on the attention paid to a harmful "
+                "prefix, added to the CE sum; 1 is the authors' weight, 0 is off. Trains with eager attention"})
     loss_chunk_rows: int | None = field(default=None, metadata={
         "help": "rows per head chunk on the module path of the loss (wrapped or sharded heads); None = about 2**26 logits per chunk. The fused path of a plain head tiles the vocabulary on its own"})
     loss_impl: str = field(default="auto", metadata={"help": "auto, fused or module (see losses.py)"})
@@ -100,6 +109,7 @@ class DeRTaConfig(TrainingArguments):
         number("learning_rate", self.learning_rate, low=0, low_open=True, optional=True)
         number("rto_keep", self.rto_keep, low=0, high=1, optional=True)
         number("rto_weight", self.rto_weight, low=0)
+        number("presto_weight", self.presto_weight, low=0)
         number("max_length", self.max_length, low=2, integer=True)
         number("loss_chunk_rows", self.loss_chunk_rows, low=1, integer=True, optional=True)
         choice("loss_impl", self.loss_impl, ("auto", "fused", "module"))
@@ -186,7 +196,10 @@ class DeRTaTrainer(Trainer):
             if pad is None:
                 pad = processing_class.eos_token_id
             data_collator = DeRTaCollator(pad_token_id=pad, refusal_token_id=refusal_token_id, rto_keep=keep,
-                                          seed=args.seed, padding_free=bool(args.padding_free))
+                                          seed=args.seed, padding_free=bool(args.padding_free),
+                                          presto=self._presto(args))
+        if self._presto(args):
+            use_eager_attention(model)
         if getattr(args, "padding_free", False):
             check_packing(model)
         callbacks = list(callbacks or [])
@@ -205,6 +218,10 @@ class DeRTaTrainer(Trainer):
         if len(items) and hasattr(items[0], "parts") and hasattr(items[0], "rto"):
             return FeatureDataset(encode_records(list(items), encoder, max_length=max_length))
         return dataset
+
+    @staticmethod
+    def _presto(args) -> bool:
+        return getattr(args, "presto_weight", 0) > 0
 
     # -- the loss ------------------------------------------------------------------------
 
@@ -244,11 +261,44 @@ class DeRTaTrainer(Trainer):
         inputs = dict(inputs)
         labels = inputs.pop("labels")
         rto_labels = inputs.pop("rto_labels", None)
+        spans = self._presto_spans(inputs)
+        if spans is not None:
+            inputs["output_attentions"] = True
         hidden, head, softcap, outputs = self.final_hidden(model, inputs)
         loss, stats = derta_loss(hidden, head, labels, rto_labels, num_items=num_items_in_batch,
                                  rto_weight=self.args.rto_weight, chunk_rows=self.args.loss_chunk_rows,
                                  softcap=softcap, impl=self.args.loss_impl)
+        if spans is not None:
+            n = normaliser(count_label_tokens(labels, rto_labels) if num_items_in_batch is None else num_items_in_batch,
+                           loss.device)
+            loss = loss + self._presto_loss(model, outputs, spans, stats) / n
         return self._finish_loss(model, loss, stats, outputs, return_outputs, num_items_in_batch)
+
+    def _presto_spans(self, inputs: dict[str, Any]) -> torch.Tensor | None:
+        """The batch's PRESTO spans (taken out of ``inputs``), or None when PRESTO is off or the
+        batch has no harmful prefix."""
+        spans = inputs.pop("presto_spans", None)
+        if not self._presto(self.args):
+            return None
+        if spans is None:
+            raise ValueError("presto_weight > 0 needs batches with presto_spans (DeRTaCollator(presto=True))")
+        return spans if spans.numel() else None
+
+    def _presto_loss(self, model, outputs, spans: torch.Tensor, stats: dict[str, Any]) -> torch.Tensor:
+        """``presto_weight x`` PRESTO's term of this batch (to be divided by the loss's ``N``);
+        the term and its query positions go to ``stats`` for the log."""
+        attentions = getattr(outputs, "attentions", None)
+        if not attentions or any(a is None for a in attentions):
+            name = type(_peft_base(self.accelerator.unwrap_model(model))[0]).__name__
+            raise DeepAlignError(f"--presto_weight: {name} returned no attention probabilities "
+                                 "(PRESTO needs eager attention)")
+        if torch.is_grad_enabled() and model.training and not any(a.requires_grad for a in attentions):
+            raise DeepAlignError("--presto_weight: no attention probability carries a gradient (reentrant activation "
+                                 "checkpointing does that), so PRESTO would change nothing; use non-reentrant "
+                                 "checkpointing (the default) or none")
+        term, n_queries = presto_term(attentions, spans)
+        stats["presto_sum"], stats["presto_queries"] = term.detach(), n_queries
+        return self.args.presto_weight * term
 
     def _finish_loss(self, model, loss, stats, outputs, return_outputs, num_items_in_batch):
         if num_items_in_batch is not None and self.args.average_tokens_across_devices and self.args.world_size > 1:
@@ -277,8 +327,26 @@ class DeRTaTrainer(Trainer):
             logs["rto_share"] = round(s["n_rto"] / (s["n_mle"] + s["n_rto"]), 4)
             if s["weight_sum"] and s["n_mle"]:  # the constrained objective's mean token weight
                 logs["weight"] = round(s["weight_sum"] / s["n_mle"], 4)
+            if s["presto_queries"]:  # PRESTO: the mean term per prefill query position
+                logs["presto_attention"] = round(s["presto_sum"] / s["presto_queries"], 4)
             self._stats = defaultdict(float)
         super().log(logs, start_time)
+
+
+def use_eager_attention(model) -> None:
+    """Switch ``model`` (the base model of a PEFT model) to eager attention, the one
+    implementation that returns the attention probabilities PRESTO reads; a model that
+    cannot switch is a one-line error."""
+    base, _ = _peft_base(model)
+    config = getattr(base, "config", None)
+    if getattr(config, "_attn_implementation", None) != "eager":
+        try:
+            base.set_attn_implementation("eager")
+        except (AttributeError, ValueError, ImportError):
+            pass
+    if getattr(config, "_attn_implementation", None) != "eager":
+        raise DeepAlignError(f"--presto_weight: {type(base).__name__} cannot switch to eager attention, which PRESTO "
+                             "needs to read the attention probabilities")
 
 
 def check_packing(model) -> None:
@@ -286,8 +354,6 @@ def check_packing(model) -> None:
     (transformers derives per-sequence attention from restarting positions for most decoder
     architectures, not for all): two short sequences in one row must give the logits each
     gives alone, else a one-line error."""
-    from deepalign.errors import DeepAlignError
-
     device = next(model.parameters()).device
     vocab = model.get_input_embeddings().weight.shape[0]
     ids = (torch.arange(6, device=device) * 7 + 3) % vocab
@@ -368,8 +434,6 @@ def save_final_model(trainer: Trainer, out: str | os.PathLike, tokenizer, *, mer
     try:
         if is_peft and merge_lora:
             if getattr(trainer, "is_deepspeed_enabled", False) or getattr(trainer, "is_fsdp_enabled", False):
-                from deepalign.errors import DeepAlignError
-
                 raise DeepAlignError("merging LoRA under DeepSpeed/FSDP is not supported; pass --keep-adapter "
                                      "and merge the adapter afterwards")
             if acc.is_main_process:
