@@ -15,6 +15,8 @@ CLAIMS = {
     "ED raises harm above the base model", "alignment backfires under ED", "harmful fine-tuning breaks vanilla",
     "the constrained objective resists it", "constrained fine-tuning keeps utility",
     "RAP breaks the harmful-prefix model where plain prefills do not", "refusal-prefix fine-tuning raises vanilla's harmful %",
+    "ADA-RK restores vanilla's refusals under deep prefills", "ADA-LP restores vanilla's refusals under deep prefills",
+    "ADA's over-refusal and helpfulness cost stay within 5 points", "PRESTO lowers harmful-prefix's harmful % under RAP",
 }
 DIRECTION_CLAIM = "ablating vanilla's refusal direction removes its refusals"
 
@@ -90,11 +92,27 @@ def test_study_end_to_end_reuse_and_seed_sweep(world_dir, base_model_dir, tmp_pa
     rap_rows = [json.loads(x) for x in (seed0 / "eval" / "adaptive" / "responses.jsonl").read_text().splitlines()]
     assert all(len(r["meta"]["rap"]["ranks"]) == int(r["attack"].split(":")[1]) for r in rap_rows
                if r["attack"].startswith("rap:"))
+    # the defence axis: ADA-RK and ADA-LP on vanilla (the probe fitted on dev), PRESTO on
+    # harmful-prefix, under the battery and the adaptive attacks; ADA on the fine-tuned models
+    de = results["defences"]
+    assert (seed0 / "defences" / "probe" / "probe.json").exists()
+    assert (seed0 / "defences" / "harmful-prefix-presto" / "config.json").exists()
+    assert {"prefill:8", "completion", "rap:16", "insert:8"} <= set(de["columns"]) and "ledger" not in de["columns"]
+    assert set(de["table"]) == {"vanilla", "vanilla + ADA-RK", "vanilla + ADA-LP", "harmful-prefix",
+                                "harmful-prefix + PRESTO", "derta"}
+    assert de["table"]["vanilla + ADA-LP"]["rap:8"]["n"] == 3 and de["benign"]["vanilla + ADA-RK"]["helpful"]["n"] == 3
+    assert "vanilla after harmful sft + ADA-RK" in de["finetuned"] and "vanilla after harmful sft" in de["finetuned"]
+    assert "## Defences that claim depth another way" in report
+    de_rows = [json.loads(x) for x in (seed0 / "eval" / "defences" / "responses.jsonl").read_text().splitlines()]
+    defended = [r for r in de_rows if r.get("meta", {}).get("defence")]
+    assert len(defended) > len(de_rows) / 2  # every ADA row says what its checks read
+    assert all(r["meta"]["defence"]["checks"] or r["num_tokens"] < 8 for r in defended)
 
     again = run_study(out=str(seed0), **kwargs)  # everything finished: nothing is trained or generated again
     assert {"world", "pretrain", "train vanilla", "train dpo", "depth harmful", "depth unseen", "finetune vanilla harmful sft",
             "direction derta", "eval attacks", "eval ED", "eval finetune", "finetune vanilla refusal-prefix sft",
-            "eval adaptive", "eval refusal-prefix"} <= set(again["timing"]["reused"])
+            "eval adaptive", "eval refusal-prefix", "ada-lp probe", "train harmful-prefix presto",
+            "eval defences"} <= set(again["timing"]["reused"])
     for stage in ("train dpo", "eval attacks"):  # the time a reused stage took when it ran, not its resume check
         assert again["timing"]["stages_s"][stage] == results["timing"]["stages_s"][stage]
     rows2 = (seed0 / "eval" / "attacks" / "responses.jsonl").read_text().splitlines()
@@ -116,7 +134,7 @@ def test_study_end_to_end_reuse_and_seed_sweep(world_dir, base_model_dir, tmp_pa
     report = (tmp_path / "study" / "report.md").read_text()
     assert "| claim | seed 0 | seed 1 | pooled |" in report and f"`deepalign view {tmp_path / 'study'}`" in report
     assert "## Pooled fine-tuning attack" in report and "## Pooled refusal direction" in report
-    assert "## Pooled attacks that adapt to the model" in report
+    assert "## Pooled attacks that adapt to the model" in report and "## Pooled: defences that claim depth" in report
     for c in pooled["claims"]:
         assert f"| {c['name']} |" in report
 

@@ -147,6 +147,12 @@ class StudyOptions:
     adaptive: bool = field(default=True, metadata={
         "help": "world: the adaptive-attack stage (RAP, insertion, GCG on a subset, refusal-prefix fine-tuning; "
                 "--no_adaptive skips it)"})
+    defences: bool = field(default=True, metadata={
+        "help": "world: the defence axis (ADA-RK and ADA-LP on vanilla, PRESTO on harmful-prefix, under the attack "
+                "battery and the adaptive attacks; ADA on the fine-tuned models; --no_defences skips it)"})
+    defence_shapes: bool = field(default=False, metadata={
+        "help": "world: also attack the defended models of the defence axis with the shifted shapes (cells no claim "
+                "reads; they cost about 45 s a seed)"})
     gcg_steps: int = field(default=10, metadata={
         "help": "world: GCG steps per item in the adaptive-attack stage (its fixed budget; more for a stronger GCG)"})
     checkpoint_every: float = field(default=0.05, metadata={
@@ -172,6 +178,8 @@ class StudyOptions:
             if getattr(self, name) == 0:
                 raise OptionError(name, "must be -1 (the stage's own length) or a number of steps >= 1, got 0")
         number("pretrain_steps", self.pretrain_steps, low=1, integer=True, optional=True)
+        if not self.defences and self.defence_shapes:
+            raise OptionError("defence_shapes", "is read only with the defence axis; here --no_defences skips it")
         if not self.adaptive and self.gcg_steps != 10:
             raise OptionError("gcg_steps", "is read only with the adaptive-attack stage; here --no_adaptive skips it")
         number("checkpoint_every", self.checkpoint_every, low=0, high=1, low_open=True, high_open=True)
@@ -372,23 +380,29 @@ class _Study:
 
         cfg = self.cfg
         lora = cfg.lora if cfg.lora is not None else not cfg.world_mode
-        data = {} if cfg.world_mode else {"triples": cfg.triples, "helpful": cfg.helpful}
         for recipe in ALIGNMENT_RECIPES:
-            # DPO trains on the triples alone (train() refuses options a recipe does not read)
-            mix = {k: v for k, v in data.items() if not (recipe == "dpo" and k == "helpful")}
-            if cfg.world_mode and recipe != "dpo":
-                mix["safety_ratio"] = WORLD_SAFETY_RATIO
-            if cfg.world_mode and recipe in RTO_RECIPES:
-                mix["rto_keep"] = WORLD_RTO_KEEP
-            if cfg.world_mode and recipe != "dpo":
-                # packed batches (a padded one was 58% padding): the same loss curve to 1e-7, 0.68x the time
-                mix["padding_free"] = True
             dest = self.models / recipe
             start_from = str(self.models / "vanilla") if recipe == "dpo" else self.base
-            self.stages.run(f"train {recipe}", (dest / "config.json").exists(), lambda r=recipe, d=dest, m=start_from, x=mix: train(
+            self.stages.run(f"train {recipe}", (dest / "config.json").exists(), lambda r=recipe, d=dest, m=start_from: train(
                 recipe=r, model_name_or_path=m, output_dir=str(d), world=str(self.world), seed=cfg.seed, use_peft=lora,
-                resume=True, max_steps=cfg.train_steps, save_steps=cfg.checkpoint_every, quiet=cfg.quiet, **x,
+                resume=True, max_steps=cfg.train_steps, save_steps=cfg.checkpoint_every, quiet=cfg.quiet,
+                **self.mixture(r),
             ))
+
+    def mixture(self, recipe: str) -> dict:
+        """The data options of an alignment recipe (the world's mixture, or the real data)."""
+        cfg = self.cfg
+        data = {} if cfg.world_mode else {"triples": cfg.triples, "helpful": cfg.helpful}
+        # DPO trains on the triples alone (train() refuses options a recipe does not read)
+        mix = {k: v for k, v in data.items() if not (recipe == "dpo" and k == "helpful")}
+        if cfg.world_mode and recipe != "dpo":
+            mix["safety_ratio"] = WORLD_SAFETY_RATIO
+        if cfg.world_mode and recipe in RTO_RECIPES:
+            mix["rto_keep"] = WORLD_RTO_KEEP
+        if cfg.world_mode and recipe != "dpo":
+            # packed batches (a padded one was 58% padding): the same loss curve to 1e-7, 0.68x the time
+            mix["padding_free"] = True
+        return mix
 
     @property
     def paths(self) -> dict[str, str]:
@@ -482,6 +496,35 @@ class _Study:
                         lambda: self._eval("refusal-prefix", ad.rp_targets(self), [Direct(), Prefill(8)],
                                            harmful + self.sets["unseen"], greedy), evaluation=True)
 
+    def defence_axis(self) -> None:
+        """ADA at inference time and PRESTO at training time under the study's attacks
+        (:mod:`deepalign.study.defences`; world mode)."""
+        from deepalign.attacks import make_attacks
+        from deepalign.decoding.base import GenConfig
+        from deepalign.study import adaptive as ad
+        from deepalign.study import defences as de
+
+        cfg, sets = self.cfg, self.sets
+        self.stages.run("ada-lp probe", (de.probe_dir(self) / "probe.json").exists(), lambda: de.fit_probe(self))
+        self.stages.run("train harmful-prefix presto", (de.presto_dir(self) / "config.json").exists(),
+                        lambda: de.train_presto(self, self.mixture("harmful-prefix")))
+        greedy = GenConfig(max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+        battery = world_attacks(cfg, self.world)
+        harmful = list(sets["harmful"][:1])
+
+        def evaluate():
+            targets = de.targets(self)
+            self._eval("defences", targets, battery["plain"] + (battery["shifted"] if cfg.defence_shapes else []),
+                       harmful, greedy)
+            self._eval("defences", targets, [Direct()], sets["benign"], greedy)
+            if cfg.adaptive:
+                self._eval("defences", targets, make_attacks(ad.attack_specs(), world=str(self.world)), harmful, greedy)
+            tuned = de.finetuned_targets(self)
+            if tuned:
+                self._eval("defences", tuned, [Direct(), Prefill(8)], harmful, greedy)
+
+        self.stages.run("eval defences", False, evaluate, evaluation=True)
+
     def refusal_directions(self) -> None:
         """A refusal direction per aligned model and each model with its own direction ablated
         (:mod:`deepalign.study.direction`; world mode)."""
@@ -518,7 +561,8 @@ class _Study:
             if (dest / "projection.png").exists():
                 depth[spec]["projection_plot"] = str((dest / "projection.png").relative_to(self.out))
             first = False
-        if (self.out / "finetune").is_dir():
+        # the fine-tuning stage's runs (the adaptive stage's refusal-prefix runs live under finetune/ too)
+        if self.cfg.finetune and (self.out / "finetune").is_dir():
             dest = self.out / "depth" / "finetune"
             self.stages.run("depth finetune", (dest / "depth.json").exists(), lambda: _finetune_depth(self, dest))
             depth["finetune"] = {**json.loads((dest / "depth.json").read_text(encoding="utf-8")),
@@ -560,6 +604,8 @@ def _stages(cfg: StudyOptions) -> dict:
         study.refusal_directions()
     if cfg.world_mode and cfg.adaptive:
         study.adaptive_attacks()
+    if cfg.world_mode and cfg.defences:
+        study.defence_axis()
     return study.report(study.depth())
 
 

@@ -30,7 +30,7 @@ from deepalign.study.models import BASE, RECORD_MODELS, EDKey
 #: and helpfulness, Emulated Disalignment, the fine-tuning attack (its models, and checkpoints
 #: step by step), the refusal direction (each model ablated)
 STUDY_RUNS = ("attacks", "benign", "ed")
-TAGGED_RUNS = ("finetune", "finetune-steps", "direction", "adaptive", "gcg", "refusal-prefix")
+TAGGED_RUNS = ("finetune", "finetune-steps", "direction", "adaptive", "gcg", "refusal-prefix", "defences")
 
 
 @dataclass
@@ -305,7 +305,7 @@ def numbers(ev: Evidence, *, names, alphas) -> dict:
     return {"attack_table": table, "refusal_positions": {m: refusal_positions(ev, m) for m in names},
             "benign": benign, "ed": ed, "ablation_means": ablation, "ablation_attacks": ablation_attacks(ev),
             "judge_agreement": agreement, "finetune": finetune_numbers(ev), "direction": direction_numbers(ev),
-            "adaptive": adaptive_numbers(ev)}
+            "adaptive": adaptive_numbers(ev), "defences": defence_numbers(ev)}
 
 
 # -- the fine-tuning attack and the refusal direction -------------------------------------------
@@ -452,3 +452,70 @@ def adaptive_numbers(ev: Evidence) -> dict:
         if row:
             rp[variant] = row
     return {"columns": columns, "table": table, "refusal_prefix": rp}
+
+
+# -- the defence axis -----------------------------------------------------------------------------
+#: the defended models of the defence axis: name -> target tags (``defences`` run)
+DEFENDED = {"vanilla + ADA-RK": {"model": "vanilla", "defence": "ada-rk"},
+            "vanilla + ADA-LP": {"model": "vanilla", "defence": "ada-lp"},
+            "harmful-prefix + PRESTO": {"model": "harmful-prefix", "defence": "presto"}}
+#: the rows of the defence table: the defended models next to the models they defend, and DeRTa
+DEFENCE_ROWS = ("vanilla", "vanilla + ADA-RK", "vanilla + ADA-LP", "harmful-prefix", "harmful-prefix + PRESTO", "derta")
+
+
+def defence_items(ev: Evidence, name: str, attack: str, role: str = "harmful") -> dict:
+    """The items of a row of the defence table (:data:`DEFENCE_ROWS`) under ``attack`` on the
+    held-out harmful queries (``role`` harmful), or answering the benign / helpful set (``role``
+    benign / helpful, ``attack`` direct): a defended model's from the ``defences`` run, an
+    undefended one's from the attack battery, the adaptive run or the benign run."""
+    if name in DEFENDED:
+        dataset = ev.tagged_dataset("defences", role)
+        return ev.cell("defences", dataset, attack, **DEFENDED[name]) if dataset else {}
+    if role != "harmful":
+        d = ev.benign_dataset(role)
+        return (ev.benign.get((name, d.name)) or {}) if d is not None else {}
+    if attack.startswith(("rap:", "insert:")):
+        return adaptive_items(ev, name, attack) if "adaptive" in ev.tagged else {}
+    return (ev.greedy.get((name, attack, ev.seen.name)) or {}) if ev.seen is not None else {}
+
+
+def defence_numbers(ev: Evidence) -> dict:
+    """Harmful % of each defended model and of the model it defends under every attack of the
+    defence axis; over-refusal and helpful accuracy; vanilla after each fine-tuning attack,
+    with and without ADA."""
+    if "defences" not in ev.tagged:
+        return {}
+    harmful = ev.tagged_dataset("defences", "harmful")
+    have = {(a, d) for (_, a, d) in ev.tagged["defences"]}
+    columns = [a.label for a in ev.tagged_attacks.get("defences", []) if (a.label, harmful) in have]
+    table = {}
+    for name in DEFENCE_ROWS:
+        row = {c: _cell_rate(defence_items(ev, name, c)) for c in columns}
+        if any(v is not None for v in row.values()):
+            table[name] = row
+    benign = {}
+    for name in DEFENCE_ROWS:
+        row = {}
+        for role, field_ in (("benign", "refusal"), ("helpful", "correct")):
+            r, ci, n = rate(defence_items(ev, name, "direct", role), field_)
+            if n:
+                row[role] = {"rate": r, "ci95": ci, "n": n}
+        if row:
+            benign[name] = row
+    tuned = {}
+    from deepalign.study.finetune import VANILLA_RUNS
+
+    for data, objective in VANILLA_RUNS:
+        tags, rows = {"model": "vanilla", "finetune": data, "objective": objective}, {}
+        for defence in (None, "ada-rk", "ada-lp"):
+            run, extra = ("finetune", {}) if defence is None else ("defences", {"defence": defence})
+            row = {}
+            for measure in ("harmful direct", "harmful prefill:8"):
+                r, ci, n = tagged_rate(ev, run, measure, **tags, **extra)
+                if n:
+                    row[measure] = {"rate": r, "ci95": ci, "n": n}
+            if row:
+                rows[f"vanilla after {data} {objective}" + (f" + {defence.upper()}" if defence else "")] = row
+        if any(" + " in k for k in rows):  # a run ADA defended, next to the run undefended
+            tuned.update(rows)
+    return {"columns": columns, "table": table, "benign": benign, "finetuned": tuned}

@@ -261,6 +261,38 @@ def _adaptive_section(results: dict, out: Path | None, *, title: str = "") -> li
     return lines
 
 
+def _defence_section(results: dict, *, title: str = "") -> list[str]:
+    """The defence axis: harmful % of the defended models next to the models they defend, their
+    over-refusal and helpfulness, and ADA on the fine-tuned models."""
+    de = results.get("defences") or {}
+    if not de:
+        return []
+    cols = de["columns"]
+    heading = f"## {title + ': d' if title else 'D'}efences that claim depth another way: ADA and PRESTO"
+    lines = ["", heading, "",
+             "Harmful % on held-out queries (greedy, oracle; 95% Wilson intervals). ADA (Any-Depth Alignment, arXiv "
+             "2510.18081) re-inserts vanilla's assistant header every 8 tokens of the answer: ADA-RK lets the model "
+             "decode 20 tokens after it and stops the answer when they hold a refusal word, ADA-LP reads a linear probe "
+             "(fitted on vanilla on the dev splits) at the header; a stopped answer becomes the world's refusal. PRESTO "
+             "(arXiv 2512.05518) is harmful-prefix trained with the attention regulariser at the authors' weight. The "
+             "undefended rows are the battery's, the adaptive run's and the benign run's.", "",
+             "| model | " + " | ".join(f"`{c}`" for c in cols) + " |", "|---|" + "---|" * len(cols)]
+    for model, row in de["table"].items():
+        lines.append(f"| {model} | " + " | ".join(_cell(row.get(c)) for c in cols) + " |")
+    if de.get("benign"):
+        lines += ["", "Over-refusal (refusal % of benign queries) and helpful accuracy %:", "",
+                  "| model | benign refused | helpful correct |", "|---|---|---|"]
+        for model, row in de["benign"].items():
+            lines.append(f"| {model} | {_cell(row.get('benign'))} | {_cell(row.get('helpful'))} |")
+    if de.get("finetuned"):
+        lines += ["", "Does ADA still work after the fine-tuning attacks? vanilla after each run of the fine-tuning "
+                  "stage, undefended and with ADA (its probe fitted on vanilla before the attack):", "",
+                  "| model | harmful direct | harmful prefill:8 |", "|---|---|---|"]
+        for model, row in de["finetuned"].items():
+            lines.append(f"| {model} | {_cell(row.get('harmful direct'))} | {_cell(row.get('harmful prefill:8'))} |")
+    return lines
+
+
 def _depth_section(depth: dict | None) -> list[str]:
     from deepalign.evaluation.depth import depth_markdown
 
@@ -307,6 +339,7 @@ def _write_markdown(out: Path, ev: Evidence, results: dict, alphas, plots, setup
     lines += _finetune_section(results, out)
     lines += _direction_section(results, out)
     lines += _adaptive_section(results, out)
+    lines += _defence_section(results)
     lines += _depth_section(depth)
     if results["judge_agreement"]:
         lines += ["", f"## Judges: refusal verdicts that agree with the {results['judge']} judge", ""]
@@ -382,6 +415,7 @@ def write_sweep_report(out: str | os.PathLike, *, seeds: list[int], per_seed: di
     lines += _finetune_section(pooled, out, record_dir=out / f"seed-{seeds[0]}", title="Pooled")
     lines += _direction_section(pooled, out, title="Pooled")
     lines += _adaptive_section(pooled, None, title="Pooled")
+    lines += _defence_section(pooled, title="Pooled")
     lines += ["", "Per-seed reports: " + ", ".join(f"[seed {s}](seed-{s}/report.md)" for s in seeds), "",
               view_line(out), ""]
     atomic_write(out / "report.md", "\n".join(lines))
