@@ -169,6 +169,14 @@ def test_a_format_without_header_is_refused():
         AdaTarget(target, AdaSettings("rk"))
 
 
+def test_a_header_the_tokenizer_cannot_encode_is_refused():
+    fam = family("world")
+    target = HFTarget(tiny_model(fam.arch, len(fam.tokenizer)), fam.tokenizer,
+                      prompt_format="text:{query} zorblax answer :")
+    with pytest.raises(DeepAlignError, match="cannot encode"):
+        AdaTarget(target, AdaSettings("rk"))
+
+
 @pytest.mark.parametrize("spec,message", [
     ("ada-lp:openai:m@http://localhost:1/v1:runs/p", "is a server"),
     ("ada-rk:runs/x,every=0", "out of range"),

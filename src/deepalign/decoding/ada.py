@@ -135,7 +135,14 @@ def header_ids(encoder) -> list[int]:
         raise DeepAlignError(f"{encoder.name}: its prompt format ({encoder.format.describe()}) puts no token between "
                              "the query and the response, so ADA has no assistant header to re-insert; use a chat "
                              "format or a text template with a header after the query")
-    return prompt[-n:]
+    header = prompt[-n:]
+    unk = getattr(encoder.tokenizer, "unk_token_id", None)
+    if unk is not None and unk in header:
+        text = encoder.tokenizer.decode(header, skip_special_tokens=False)
+        raise DeepAlignError(f"{encoder.name}: the assistant header {text!r} of its prompt format holds a token its "
+                             "tokenizer cannot encode (the unknown token), so ADA cannot re-insert it; give the target "
+                             "a format whose header the tokenizer knows")
+    return header
 
 
 def role_cut(tokenizer, ids: Sequence[int]) -> int:
