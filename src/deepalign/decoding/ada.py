@@ -212,7 +212,7 @@ class AdaTarget(Batched):
     # -- the loop --------------------------------------------------------------------------
     @torch.inference_mode()
     def _generate_batch(self, requests: list[Request], config: GenConfig) -> list[list[Generation]]:
-        from transformers import DynamicCache
+        from deepalign.decoding.cache import reserved_cache
 
         inner, every = self.inner, self.settings.every
         extra = len(self.header) + (self.settings.lookahead if self.probe is None else 0)
@@ -226,7 +226,9 @@ class AdaTarget(Batched):
         rows.new, rows.running = [[] for _ in range(n)], [True] * n
         first = min(every, min(len(f) for f in rows.forced))
         ids, mask = left_pad([p + f[:first] for p, f in zip(prompts, rows.forced)], inner.pad, inner.device)
-        self.cache = DynamicCache()
+        # the KV cache that grows in place (decoding/cache.py): a check's side branch is cut back
+        # with crop(), which leaves the kept positions a view of the same buffer
+        self.cache = reserved_cache(inner.model, config.max_new_tokens + extra + max(len(f) for f in rows.forced))
         pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
         logits = self._forward(ids, mask, pos)
         self.mask, self.last = mask, pos[:, -1:]
@@ -253,8 +255,14 @@ class AdaTarget(Batched):
     def _forward(self, ids, mask, pos):
         from deepalign.decoding.cache import cache_kwarg
 
-        out = self.inner.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
-                               **{cache_kwarg(self.inner.model): self.cache})
+        model = self.inner.model
+        if not hasattr(self, "_keep"):
+            import inspect
+
+            self._keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+        extra = {"logits_to_keep": 1} if self._keep else {}
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                    **{cache_kwarg(model): self.cache}, **extra)
         return out.logits[:, -1, :].float()
 
     def _feed(self, tokens: torch.Tensor) -> torch.Tensor:
