@@ -212,3 +212,15 @@ def test_every_attack_runs_against_ada(tmp_path, world_dir, base_model_dir):
         d = r["meta"]["defence"]
         assert d["defence"] in ("ada-rk", "ada-lp")
         assert all(depth % 4 == 0 for depth, _ in d["checks"])
+
+
+def test_sampling_under_ada_is_seeded_per_row_and_gives_every_sample():
+    target, _ = _target("world")
+    ada = AdaTarget(target, AdaSettings("rk", every=4, lookahead=3, refuse=("zzzqqq",)))
+    config = GenConfig(max_new_tokens=10, do_sample=True, temperature=1.0, top_k=20, top_p=0.9, num_samples=3, seed=5)
+    reqs = _requests()
+    a, b = ada.generate(reqs, config), ada.generate(reqs[::-1], config)[::-1]
+    assert all(len(per) == 3 for per in a)
+    # a row's samples depend on its request and seed, not on the batch around it
+    assert [[g.text for g in per] for per in a] == [[g.text for g in per] for per in b]
+    assert len({g.text for per in a for g in per}) > len(reqs)  # the samples differ
