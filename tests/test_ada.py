@@ -183,12 +183,20 @@ def test_a_header_the_tokenizer_cannot_encode_is_refused():
     ("ada-lp:runs/x", "needs its probe"),
     ("ada-rk:runs/x,probe=runs/p", "takes no probe"),
     ("ada-lp:runs/x:runs/p,threshold=1.5", "out of range"),
+    ("ada-rk:ed:base=runs/b", "a composed target (ed:) is not wrapped"),
 ])
 def test_bad_specs(spec, message):
     from deepalign.decoding.spec import parse_target
 
-    with pytest.raises(DeepAlignError, match=message):
+    with pytest.raises(DeepAlignError, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse_target(spec)
+
+
+def test_an_hf_spec_and_a_probe_after_the_model():
+    from deepalign.decoding.spec import parse_target
+
+    parsed = parse_target("ada-lp:hf:runs/vanilla:runs/probe,every=8")
+    assert parsed.model.path == "runs/vanilla" and parsed.ada.probe == "runs/probe" and parsed.ada.every == 8
 
 
 def test_every_attack_runs_against_ada(tmp_path, world_dir, base_model_dir):

@@ -517,10 +517,17 @@ def _ada(args: SpecArgs, mode: str) -> HFSpec:
     from deepalign.decoding.ada import AdaSettings
     from deepalign.decoding.compose import refuse_servers
 
+    kind = args.spec.partition(":")[2].partition(":")[0].strip().lower()
+    if kind in ("ed", "eft", "w2s", "ablate", "actadd", "ada-rk", "ada-lp"):
+        raise DeepAlignError(f"target {args.spec!r}: ADA wraps one local model, given as a directory or hub id "
+                             "(ablate=<dir> / actadd=<dir> add a refusal direction to it); a composed target "
+                             f"({kind}:) is not wrapped: logit arithmetic has no one model whose cache ADA rewinds")
     if len(args.positional) != 1:
         raise DeepAlignError(f"target {args.spec!r}: give one model, ada-{mode}:<model>"
                              + (":<probe dir>" if mode == "lp" else ""))
     model, probe = args.positional[0], args.option("probe")
+    if kind == "hf":
+        model = model.partition(":")[2]
     if mode == "lp" and probe is None and ":" in model:
         model, _, probe = model.rpartition(":")
     refuse_servers({"model": model}, f"target {label(args.spec)!r}: ADA reads and rewinds the model's own KV cache"
