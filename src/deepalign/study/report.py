@@ -213,6 +213,12 @@ def _direction_section(results: dict, out: Path, *, title: str = "") -> list[str
     return lines
 
 
+def _rate_table(cols: list[str], table: dict) -> list[str]:
+    """A table of harmful % cells: a row per model, a column per attack."""
+    return (["| model | " + " | ".join(f"`{c}`" for c in cols) + " |", "|---|" + "---|" * len(cols)]
+            + [f"| {model} | " + " | ".join(_cell(row.get(c)) for c in cols) + " |" for model, row in table.items()])
+
+
 def _adaptive_section(results: dict, out: Path | None, *, title: str = "") -> list[str]:
     """The adaptive attacks: harmful % per model, RAP's ranks (``out``: the study directory, whose
     ``eval/adaptive`` run holds them; None for pooled seeds), and the refusal-prefix attack."""
@@ -228,9 +234,7 @@ def _adaptive_section(results: dict, out: Path | None, *, title: str = "") -> li
              "the model's own; `gcg`: an optimised suffix (fixed budget, the first items only). The judges see the "
              "continuation after what was forced. DeRTa and RTO under these attacks are the open question: reported "
              "with their intervals, no threshold.", "",
-             "| model | " + " | ".join(f"`{c}`" for c in cols) + " |", "|---|" + "---|" * len(cols)]
-    for model, row in ad["table"].items():
-        lines.append(f"| {model} | " + " | ".join(_cell(row.get(c)) for c in cols) + " |")
+             *_rate_table(cols, ad["table"])]
     if out is not None:
         from deepalign.study.adaptive import rap_ranks
 
@@ -276,9 +280,7 @@ def _defence_section(results: dict, *, title: str = "") -> list[str]:
              "(fitted on vanilla on the dev splits) at the header; a stopped answer becomes the world's refusal. PRESTO "
              "(arXiv 2512.05518) is harmful-prefix trained with the attention regulariser at the authors' weight. The "
              "undefended rows are the battery's, the adaptive run's and the benign run's.", "",
-             "| model | " + " | ".join(f"`{c}`" for c in cols) + " |", "|---|" + "---|" * len(cols)]
-    for model, row in de["table"].items():
-        lines.append(f"| {model} | " + " | ".join(_cell(row.get(c)) for c in cols) + " |")
+             *_rate_table(cols, de["table"])]
     if de.get("benign"):
         lines += ["", "Over-refusal (refusal % of benign queries) and helpful accuracy %:", "",
                   "| model | benign refused | helpful correct |", "|---|---|---|"]
