@@ -111,7 +111,7 @@ def test_probe_fit_load_and_its_probability(tmp_path, world_dir, base_model_dir)
     from deepalign.decoding.ada_probe import load_probe
 
     out = tmp_path / "probe"
-    rc = main(["ada-probe", "--model", str(base_model_dir), "--world", str(world_dir), "--every", "4",
+    rc = main(["ada-probe", "--model", str(base_model_dir), "--world", str(world_dir), "--every", "4", "--limit", "10",
                "--harmful", "world:dev/harmful", "--harmless", "world:dev/benign", "--out", str(out), "--quiet"])
     assert rc == 0
     meta = json.loads((out / "probe.json").read_text())
@@ -144,7 +144,8 @@ def test_probe_that_does_not_fit_is_refused(tmp_path, world_dir, base_model_dir)
 
     out = tmp_path / "probe"
     assert main(["ada-probe", "--model", str(base_model_dir), "--world", str(world_dir), "--every", "4", "--layer", "1",
-                 "--harmful", "world:dev/harmful", "--harmless", "world:dev/benign", "--out", str(out), "--quiet"]) == 0
+                 "--limit", "6", "--harmful", "world:dev/harmful", "--harmless", "world:dev/benign", "--out", str(out),
+                 "--quiet"]) == 0
     llama, ltok = _target("llama3-bpe")
     with pytest.raises(DeepAlignError, match="hidden size|tokenizer"):
         load_probe(out, llama.model, ltok, header_ids(llama.encoder))
