@@ -105,6 +105,21 @@ def test_encode_records_marks_the_harmful_prefix_span():
     assert "prefix_start" not in encode_records([r], Encoder(tok), max_length=f["prefix_start"])[0]
 
 
+@pytest.mark.parametrize("name", ["llama3-bpe", "mistral-tekken", "chatml-bpe"])
+def test_the_prefix_span_on_real_chat_templates(name):
+    """On real tokenizers and chat templates the span PRESTO reads is the harmful prefix itself:
+    it starts where the template's generation prompt ends and ends where the refusal starts."""
+    from realtok import family
+
+    enc = Encoder(family(name).tokenizer)
+    recs = [r for r in _records() if r.prefix]
+    for r, f in zip(recs, encode_records(recs, enc)):
+        ps, pe = f["prefix_start"], f["prefix_end"]
+        assert f["input_ids"][:ps] == enc.prompt_ids(r.query)
+        assert enc.decode(f["input_ids"][ps:pe]).strip() == r.prefix
+        assert enc.decode(f["input_ids"][pe:]).strip().startswith(r.target)
+
+
 @pytest.mark.parametrize("padding_free", [False, True])
 def test_collator_emits_spans_in_batch_coordinates_only_when_asked(tmp_path, padding_free):
     trainer, recs = _trainer(tmp_path, presto_weight=1.0)

@@ -197,6 +197,11 @@ class AdaTarget(Batched):
 
             self.probe = load_probe(settings.probe, inner.model, inner.tokenizer, self.header)
             self.header = self.header[: self.probe.cut]
+        import inspect
+
+        # ids past the tokenizer (padding rows of the output layer) are never tokens to emit
+        self._past_vocab = list(range(len(inner.tokenizer), logits_width(inner.model)))
+        self._keep = "logits_to_keep" in inspect.signature(inner.model.forward).parameters
 
     def __getattr__(self, name):  # the model's own attributes (model, tokenizer, encoder, ids, ...)
         if name == "inner":
@@ -256,10 +261,6 @@ class AdaTarget(Batched):
         from deepalign.decoding.cache import cache_kwarg
 
         model = self.inner.model
-        if not hasattr(self, "_keep"):
-            import inspect
-
-            self._keep = "logits_to_keep" in inspect.signature(model.forward).parameters
         extra = {"logits_to_keep": 1} if self._keep else {}
         out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
                     **{cache_kwarg(model): self.cache}, **extra)
@@ -274,10 +275,7 @@ class AdaTarget(Batched):
         return self._forward(tokens, self.mask, pos)
 
     def _suppressed(self, config: GenConfig) -> torch.Tensor | None:
-        inner = self.inner
-        ids = set(range(len(inner.tokenizer), logits_width(inner.model)))
-        if config.suppress_eos:
-            ids |= inner.eos
+        ids = set(self._past_vocab) | (self.inner.eos if config.suppress_eos else set())
         return torch.tensor(sorted(ids), dtype=torch.long) if ids else None
 
     def _pick(self, logits: torch.Tensor, config: GenConfig, suppress, gen, rows: "_Rows", which: list[int]) -> dict:
@@ -379,8 +377,7 @@ class AdaTarget(Batched):
         n = header.shape[0]
         said: list[list[int]] = [[] for _ in range(n)]
         open_ = [rows.running[i] for i in range(n)]
-        width = logits.shape[-1]
-        banned = [i for i in range(len(inner.tokenizer), width)]
+        banned = self._past_vocab
         hit = [False] * n
         for step in range(self.settings.lookahead):
             scores = logits.clone()

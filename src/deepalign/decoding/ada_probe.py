@@ -201,6 +201,7 @@ def _states(target, rows: list[tuple[str, str | None, list[int]]], header: list[
     """Per layer the states at the header's last token after every ``every`` tokens of each
     response; and per state the index of its row."""
     from deepalign.decoding.hf import chunks
+    from deepalign.models import left_pad
 
     seqs, owner = [], []
     for r, (query, system, resp) in enumerate(rows):
@@ -213,8 +214,6 @@ def _states(target, rows: list[tuple[str, str | None, list[int]]], header: list[
     try:
         with torch.inference_mode():
             for batch in chunks(seqs, batch_size):
-                from deepalign.models import left_pad
-
                 ids, mask = left_pad(batch, target.pad, target.device)
                 pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
                 target.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
@@ -290,7 +289,7 @@ def fit_probe(options: ProbeOptions | None = None, **kwargs) -> Path:
         "position": "the last inserted header token, at the input norm of the layer", "header_ids": header,
         "cut": cut, "header_text": target.tokenizer.decode(header[:cut], skip_special_tokens=False),
         "every": opts.every, "max_tokens": opts.max_tokens, "tokenizer": tokenizer_identity(target.tokenizer),
-        "prompt_format": enc.format.describe(), "model": {k: v for k, v in model_identity(target.model, opts.model).items()},
+        "prompt_format": enc.format.describe(), "model": model_identity(target.model, opts.model),
         "data": {"harmful": opts.harmful, "harmless": list(opts.harmless), "items": {"harmful": len(harmful),
                  "harmless": len(harmless)}, "states": {"harmful": int((y == 1).sum()), "harmless": int((y == 0).sum())},
                  "item_ids_sha256": hashlib.sha256("\n".join([it.id for it in harmful] + [it.id for it in harmless])

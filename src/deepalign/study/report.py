@@ -213,9 +213,11 @@ def _direction_section(results: dict, out: Path, *, title: str = "") -> list[str
     return lines
 
 
-def _rate_table(cols: list[str], table: dict) -> list[str]:
-    """A table of harmful % cells: a row per model, a column per attack."""
-    return (["| model | " + " | ".join(f"`{c}`" for c in cols) + " |", "|---|" + "---|" * len(cols)]
+def _rate_table(cols: list[str], table: dict, headers: list[str] | None = None) -> list[str]:
+    """A table of rate cells: a row per model, a column per key of ``cols`` (headed by
+    ``headers``, by default the keys as code: attack labels)."""
+    heads = headers or [f"`{c}`" for c in cols]
+    return (["| model | " + " | ".join(heads) + " |", "|---|" + "---|" * len(cols)]
             + [f"| {model} | " + " | ".join(_cell(row.get(c)) for c in cols) + " |" for model, row in table.items()])
 
 
@@ -259,10 +261,12 @@ def _adaptive_section(results: dict, out: Path | None, *, title: str = "") -> li
         measures = ("harmful direct", "harmful prefill:8", "unseen direct")
         lines += ["", "Refusal-prefix fine-tuning (arXiv 2601.19231): the benign fine-tuning pairs with every answer "
                   "after the world's refusal (`sorry , i cannot help with that .`), the fine-tuning stage's settings:", "",
-                  "| model | " + " | ".join(measures) + " |", "|---|" + "---|" * len(measures)]
-        for variant, row in rp.items():
-            lines.append(f"| {variant} | " + " | ".join(_cell(row.get(m)) for m in measures) + " |")
+                  *_rate_table(list(measures), rp, list(measures))]
     return lines
+
+
+#: the cells of each fine-tuned model with and without ADA
+FT_MEASURES = ["harmful direct", "harmful prefill:8"]
 
 
 def _defence_section(results: dict, *, title: str = "") -> list[str]:
@@ -283,15 +287,11 @@ def _defence_section(results: dict, *, title: str = "") -> list[str]:
              *_rate_table(cols, de["table"])]
     if de.get("benign"):
         lines += ["", "Over-refusal (refusal % of benign queries) and helpful accuracy %:", "",
-                  "| model | benign refused | helpful correct |", "|---|---|---|"]
-        for model, row in de["benign"].items():
-            lines.append(f"| {model} | {_cell(row.get('benign'))} | {_cell(row.get('helpful'))} |")
+                  *_rate_table(["benign", "helpful"], de["benign"], ["benign refused", "helpful correct"])]
     if de.get("finetuned"):
         lines += ["", "Does ADA still work after the fine-tuning attacks? vanilla after each run of the fine-tuning "
                   "stage, undefended and with ADA (its probe fitted on vanilla before the attack):", "",
-                  "| model | harmful direct | harmful prefill:8 |", "|---|---|---|"]
-        for model, row in de["finetuned"].items():
-            lines.append(f"| {model} | {_cell(row.get('harmful direct'))} | {_cell(row.get('harmful prefill:8'))} |")
+                  *_rate_table(FT_MEASURES, de["finetuned"], FT_MEASURES)]
     return lines
 
 
