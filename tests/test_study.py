@@ -258,7 +258,7 @@ def test_a_real_model_study_gives_each_recipe_only_the_options_it_reads(tmp_path
     monkeypatch.setattr(finetune, "train", checked_train)
     study = _Study(StudyOptions(out=str(tmp_path / "s"), base="org/model", triples="t.jsonl", helpful="h.jsonl",
                                 eval_datasets=["harmful:x.jsonl"], quiet=True))
-    study.align()
+    study.train_all()
     assert set(given) == {"vanilla", "harmful-prefix", "rto", "derta", "dpo"}
     assert given["dpo"]["triples"] == "t.jsonl" and "helpful" not in given["dpo"]
     assert all(given[r]["helpful"] == "h.jsonl" for r in given if r != "dpo")

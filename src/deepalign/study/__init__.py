@@ -133,8 +133,9 @@ class StudyOptions:
     max_new_tokens: int = 64
     batch_size: int = 64
     workers: int | None = field(default=None, metadata={
-        "help": "local processes per evaluation (deepalign eval --workers; default: 2 for the world on a CPU with 2 "
-                "or more cores, else 1): the world's small models decode faster as two one-thread processes"})
+        "help": "local processes per evaluation (deepalign eval --workers) and for the trainings after pretraining "
+                "(default: 2 for the world on a CPU with 2 or more cores, else 1): the world's small models decode "
+                "and train faster as two one-thread processes (deepalign.study.jobs)"})
     limit: int | None = field(default=None, metadata={"help": "items per evaluation dataset (default: all)"})
     train_steps: int = field(default=-1, metadata={"help": "optimizer steps per alignment run (-1: recipe default)"})
     pretrain_steps: int | None = field(default=None, metadata={"help": "pretraining steps (default: pretrain's default)"})
@@ -223,11 +224,16 @@ class _Stages:
         self.cfg = cfg
         self.path = out / "timing.json"
         self.times: dict[str, float] = {}
+        self.parallel: list[str] = []  # the stages that ran beside others, in one-thread processes
         if self.path.exists() and not cfg.fresh:
             try:
-                self.times = {str(k): float(v) for k, v in json.loads(self.path.read_text(encoding="utf-8")).items()}
-            except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
-                self.times = {}
+                saved = json.loads(self.path.read_text(encoding="utf-8"))
+                if "stages_s" not in saved:  # the earlier format: {stage: seconds}
+                    saved = {"stages_s": saved}
+                self.times = {str(k): float(v) for k, v in saved["stages_s"].items()}
+                self.parallel = [str(n) for n in saved.get("parallel", [])]
+            except (json.JSONDecodeError, AttributeError, TypeError, ValueError, KeyError):
+                self.times, self.parallel = {}, []
         self.reused: list[str] = []
 
     def run(self, name: str, done: bool, fn, *, evaluation: bool = False) -> None:
@@ -246,9 +252,39 @@ class _Stages:
             self.reused.append(name)
             self.say(f"[study] {name}: every row was already there, reusing it")
             return
-        self.times[name] = round(time.time() - start, 1)
-        write_json(self.path, self.times)
+        self._record(name, time.time() - start)
         self.say(f"[study] {name}: done in {self.times[name]:.0f}s")
+
+    def _record(self, name: str, seconds: float, *, parallel: bool = False) -> None:
+        self.times[name] = round(seconds, 1)
+        if parallel and name not in self.parallel:
+            self.parallel.append(name)
+        elif not parallel and name in self.parallel:
+            self.parallel.remove(name)
+        write_json(self.path, {"stages_s": self.times, "parallel": self.parallel})
+
+    def run_jobs(self, jobs: list, workers: int, logs: Path) -> None:
+        """Run independent trainings (:class:`deepalign.study.jobs.Job`): with ``workers`` > 1
+        side by side in forked one-thread processes, their wall time as the stage
+        ``GROUP``; else one after another in this process, as :meth:`run` runs a stage."""
+        from deepalign.study.jobs import run_jobs
+
+        if workers <= 1:
+            for job in jobs:
+                self.run(job.name, job.done(), job.fn)
+            return
+        todo = []
+        for job in jobs:
+            if job.done() and not self.cfg.fresh:
+                self.reused.append(job.name)
+                self.say(f"[study] {job.name}: reusing finished output")
+            else:
+                todo.append(job.name)
+        if not todo:
+            return
+        start = time.time()
+        run_jobs(jobs, workers, logs, say=self.say, on_done=lambda name, s: self._record(name, s, parallel=True))
+        self._record(GROUP.format(workers=workers), time.time() - start)
 
     def _rows(self) -> dict[str, int]:
         """Size of every evaluation run's rows file (an evaluation stage that adds none reused them)."""
@@ -257,6 +293,10 @@ class _Stages:
     def say(self, msg: str) -> None:
         if not self.cfg.quiet:
             print(msg, flush=True)
+
+
+#: the stage row of the trainings run side by side (their wall time)
+GROUP = "trainings, {workers} at a time (wall)"
 
 
 def world_attacks(cfg: StudyOptions, world=None) -> dict[str, list[Attack]]:
@@ -374,20 +414,58 @@ class _Study:
                                     save_steps=cfg.checkpoint_every, **pre_opts))
         self.base = str(base)
 
-    def align(self) -> None:
-        """The five alignment recipes (DPO on top of vanilla)."""
+    def trainings(self) -> list:
+        """Every training after pretraining, as jobs (:mod:`deepalign.study.jobs`): the five
+        alignment recipes (DPO on top of vanilla), and in world mode the fine-tuning attack's
+        runs, the refusal-prefix runs, PRESTO and ADA-LP's probe, each after the models it reads.
+        None of them reads an evaluation."""
+        from deepalign.study.jobs import Job
         from deepalign.training.finetune import train
 
         cfg = self.cfg
         lora = cfg.lora if cfg.lora is not None else not cfg.world_mode
-        for recipe in ALIGNMENT_RECIPES:
+        jobs = []
+        # DPO (the longest) right after vanilla, so that it starts as soon as vanilla is there
+        order = ["vanilla", "dpo"] + [r for r in ALIGNMENT_RECIPES if r not in ("vanilla", "dpo")]
+        for recipe in order:
             dest = self.models / recipe
             start_from = str(self.models / "vanilla") if recipe == "dpo" else self.base
-            self.stages.run(f"train {recipe}", (dest / "config.json").exists(), lambda r=recipe, d=dest, m=start_from: train(
-                recipe=r, model_name_or_path=m, output_dir=str(d), world=str(self.world), seed=cfg.seed, use_peft=lora,
-                resume=True, max_steps=cfg.train_steps, save_steps=cfg.checkpoint_every, quiet=cfg.quiet,
-                **self.mixture(r),
-            ))
+            jobs.append(Job(f"train {recipe}", lambda d=dest: (d / "config.json").exists(),
+                            lambda r=recipe, d=dest, m=start_from: train(
+                                recipe=r, model_name_or_path=m, output_dir=str(d), world=str(self.world), seed=cfg.seed,
+                                use_peft=lora, resume=True, max_steps=cfg.train_steps, save_steps=cfg.checkpoint_every,
+                                quiet=cfg.quiet, **self.mixture(r)),
+                            after=("train vanilla",) if recipe == "dpo" else ()))
+        if not cfg.world_mode:
+            return jobs
+        if cfg.defences:
+            from deepalign.study import defences as de
+
+            jobs.append(Job("train harmful-prefix presto", lambda: (de.presto_dir(self) / "config.json").exists(),
+                            lambda: de.train_presto(self, self.mixture("harmful-prefix"))))
+            jobs.append(Job("ada-lp probe", lambda: (de.probe_dir(self) / "probe.json").exists(),
+                            lambda: de.fit_probe(self), after=("train vanilla",)))
+        if cfg.finetune:
+            from deepalign.study import finetune as ft
+
+            for model, data, objective in ft.runs():
+                dest = ft.run_dir(self.out / "finetune", model, data, objective)
+                jobs.append(Job(f"finetune {model} {data} {objective}", lambda d=dest: (d / "config.json").exists(),
+                                lambda m=model, d=data, o=objective: ft.train_run(self, m, d, o),
+                                after=(f"train {model}",)))
+        if cfg.adaptive:
+            from deepalign.study import adaptive as ad
+
+            for model, objective in ad.RP_RUNS:
+                dest = ad.rp_dir(self, model, objective)
+                jobs.append(Job(f"finetune {model} refusal-prefix {objective}",
+                                lambda d=dest: (d / "config.json").exists(),
+                                lambda m=model, o=objective: ad.train_rp(self, m, o), after=(f"train {model}",)))
+        return jobs
+
+    def train_all(self) -> None:
+        """:meth:`trainings`, side by side (``--workers``; :mod:`deepalign.study.jobs`)."""
+        self.stages.run_jobs(self.trainings(), eval_workers(self.cfg), self.out / "logs")
 
     def mixture(self, recipe: str) -> dict:
         """The data options of an alignment recipe (the world's mixture, or the real data)."""
@@ -449,16 +527,12 @@ class _Study:
                                                              sets["harmful"][:1], sampled), evaluation=True)
 
     def finetune_attack(self) -> None:
-        """The fine-tuning attack (:mod:`deepalign.study.finetune`): the runs, their evaluation
-        and harmful % step by step (world mode)."""
+        """The fine-tuning attack's evaluation (:mod:`deepalign.study.finetune`; its runs are
+        among :meth:`trainings`) and harmful % step by step (world mode)."""
         from deepalign.decoding.base import GenConfig
         from deepalign.study import finetune as ft
 
         cfg = self.cfg
-        for model, data, objective in ft.runs():
-            dest = ft.run_dir(self.out / "finetune", model, data, objective)
-            self.stages.run(f"finetune {model} {data} {objective}", (dest / "config.json").exists(),
-                            lambda m=model, d=data, o=objective: ft.train_run(self, m, d, o))
         greedy = GenConfig(max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
 
         def evaluate():
@@ -471,7 +545,7 @@ class _Study:
 
     def adaptive_attacks(self) -> None:
         """The attacks that adapt to each model and the refusal-prefix fine-tuning attack
-        (:mod:`deepalign.study.adaptive`; world mode)."""
+        (:mod:`deepalign.study.adaptive`; world mode; its runs are among :meth:`trainings`)."""
         from deepalign.attacks import make_attacks
         from deepalign.decoding.base import GenConfig
         from deepalign.study import adaptive as ad
@@ -488,26 +562,20 @@ class _Study:
                        limit=ad.GCG_ITEMS, batch_size=ad.GCG_BATCH)
 
         self.stages.run("eval adaptive", False, evaluate, evaluation=True)
-        for model, objective in ad.RP_RUNS:
-            dest = ad.rp_dir(self, model, objective)
-            self.stages.run(f"finetune {model} refusal-prefix {objective}", (dest / "config.json").exists(),
-                            lambda m=model, o=objective: ad.train_rp(self, m, o))
         self.stages.run("eval refusal-prefix", False,
                         lambda: self._eval("refusal-prefix", ad.rp_targets(self), [Direct(), Prefill(8)],
                                            harmful + self.sets["unseen"], greedy), evaluation=True)
 
     def defence_axis(self) -> None:
         """ADA at inference time and PRESTO at training time under the study's attacks
-        (:mod:`deepalign.study.defences`; world mode)."""
+        (:mod:`deepalign.study.defences`; world mode; the probe and PRESTO's run are among
+        :meth:`trainings`)."""
         from deepalign.attacks import make_attacks
         from deepalign.decoding.base import GenConfig
         from deepalign.study import adaptive as ad
         from deepalign.study import defences as de
 
         cfg, sets = self.cfg, self.sets
-        self.stages.run("ada-lp probe", (de.probe_dir(self) / "probe.json").exists(), lambda: de.fit_probe(self))
-        self.stages.run("train harmful-prefix presto", (de.presto_dir(self) / "config.json").exists(),
-                        lambda: de.train_presto(self, self.mixture("harmful-prefix")))
         greedy = GenConfig(max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
         battery = world_attacks(cfg, self.world)
         harmful = list(sets["harmful"][:1])
@@ -573,7 +641,8 @@ class _Study:
         from deepalign.study.report import write_study_report
 
         cfg, stages = self.cfg, self.stages
-        timing = {"stages_s": stages.times, "reused": stages.reused, "wall_s": round(time.time() - self.started, 1)}
+        timing = {"stages_s": stages.times, "reused": stages.reused, "parallel": stages.parallel,
+                  "wall_s": round(time.time() - self.started, 1)}
         results = write_study_report(self.out, depths=cfg.depths, alphas=cfg.alphas, judge=_judge(cfg),
                                      setup=_setup_line(cfg, stages, self.started), timing=timing, depth=depth)
         results.update(timing=timing, config=asdict(cfg), targets=self.paths)
@@ -596,7 +665,7 @@ def _run_one(cfg: StudyOptions) -> dict:
 def _stages(cfg: StudyOptions) -> dict:
     study = _Study(cfg)
     study.world_and_base()
-    study.align()
+    study.train_all()
     study.evaluate()
     if cfg.world_mode and cfg.finetune:
         study.finetune_attack()

@@ -371,10 +371,15 @@ def timing_lines(timing: dict | None) -> list[str]:
         return []
     lines = ["| stage | seconds |", "|---|---|"]
     reused = set(timing.get("reused", []))
+    parallel = set(timing.get("parallel", []))
     for name, s in timing.get("stages_s", {}).items():
-        lines.append(f"| {name} | {s:.0f}{' (earlier run, reused now)' if name in reused else ''} |")
+        mark = " (side by side)" if name in parallel else ""
+        lines.append(f"| {name}{mark} | {s:.0f}{' (earlier run, reused now)' if name in reused else ''} |")
     if timing.get("wall_s") is not None:
         lines.append(f"| **whole study (this invocation)** | {timing['wall_s']:.0f} |")
+    if parallel:
+        lines += ["", "Stages marked *side by side* ran in one-thread processes beside one another "
+                      "(`deepalign.study.jobs`): their own times overlap; the *trainings* row is their wall time."]
     return lines
 
 
