@@ -56,6 +56,16 @@ def test_study_end_to_end_reuse_and_seed_sweep(world_dir, base_model_dir, tmp_pa
     else:
         assert direction["status"] in ("PASS", "FAIL")
     assert all(c["status"] in ("PASS", "FAIL") for c in claims.values())
+    # each claim with a mechanism readout says it under its line, from the rows
+    help_why = claims["helpfulness kept"]["why"]
+    assert help_why.startswith("DeRTa lo") and "power: items as many as these pass it" in help_why
+    assert ("by task: " in help_why) == ("loses no item" not in help_why)
+    assert f"  - *why, from the rows*: {help_why}" in report
+    assert "at alpha 0.5, items as many as these" in claims["alignment backfires under ED"]["why"]
+    # the trainings ran side by side (two one-thread processes) where the study forks them
+    if study_module.eval_workers(study_module.StudyOptions(out=str(seed0))) > 1:
+        assert "train derta" in results["timing"]["parallel"] and "| train derta (side by side) |" in report
+        assert "| trainings, 2 at a time (wall) |" in report and (seed0 / "logs" / "train-derta.log").exists()
     assert "## Claims" in report and "## Emulated Disalignment" in report and "## Time per stage" in report
     assert f"`deepalign view {seed0}`" in report  # how to read every response in the log viewer
     for c in claims.values():
@@ -262,3 +272,28 @@ def test_a_real_model_study_gives_each_recipe_only_the_options_it_reads(tmp_path
     assert set(given) == {"vanilla", "harmful-prefix", "rto", "derta", "dpo"}
     assert given["dpo"]["triples"] == "t.jsonl" and "helpful" not in given["dpo"]
     assert all(given[r]["helpful"] == "h.jsonl" for r in given if r != "dpo")
+
+
+def test_a_lost_item_is_told_apart_by_refusal_start_and_task():
+    from deepalign.study.claims import lost_answers, power_text
+
+    before = {"a": {"correct": True, "refusal": False, "start": "3 plus 4"},
+              "b": {"correct": True, "refusal": False, "start": "the words are"},
+              "c": {"correct": True, "refusal": False, "start": "the banner of"},
+              "d": {"correct": False, "refusal": False, "start": "2 plus 2"},
+              "e": {"correct": True, "refusal": False, "start": "x"}}
+    after = {"a": {"correct": False, "refusal": False, "start": "3 plus 4"},
+             "b": {"correct": False, "refusal": True, "start": "sorry , i"},
+             "c": {"correct": False, "refusal": False, "start": "the keeper of"},
+             "d": {"correct": True, "refusal": False, "start": "2 plus 2"},
+             "e": {"correct": None}}
+    first = {"c": {"start": "the keeper of"}}
+    text = lost_answers(before, after, "DeRTa", "vanilla", {"a": "arith", "b": "echo", "c": "fact"}, first, "base")
+    assert text == ("DeRTa loses 3 items vanilla gets right and wins 1 back; of the 3: 1 refusals, 1 answers that start "
+                    "differently from vanilla's (first 3 words), 1 with vanilla's start and a wrong answer; by task: "
+                    "arith 1, echo 1, fact 1; 1 of the 3 start as base does")
+    assert lost_answers(after, before, "vanilla", "DeRTa").startswith("vanilla loses no item DeRTa gets right")
+    # 80% power: the threshold plus 2.8 standard errors (half-width / 1.96)
+    assert power_text([-0.02, 0.0], -0.02, "points") == (
+        "; power: items as many as these pass it 4 times in 5 only for a true value at or above -0.6 points")
+    assert "1.52x" in power_text([1.2, 1.5], 1.3, "x", log=True) and power_text(None, 0, "points") == ""

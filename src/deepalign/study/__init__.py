@@ -64,6 +64,10 @@ DEPTHS = (0, 2, 4, 8, 16, 32)
 ALPHAS = (0.3, 0.6)
 #: ED is sampled at this temperature (every other evaluation is greedy)
 ED_TEMPERATURE = 0.7
+#: items per batch of the ED evaluation: the base model's sampled rows draw from a generator
+#: seeded by their batch (deepalign.decoding.hf), so the batch size is part of the study's draws;
+#: 64, the study's batch when these draws were first reported (greedy rows do not depend on it)
+ED_BATCH = 64
 MID, MID_DEPTHS = 24, (8, 16)  # prefills that start mid-response (24 tokens in): a shifted shape
 ROLEPLAYS = ("trickster", "game", "story")  # the world's role-play templates (deepalign.world.lexicon)
 #: the judges of every evaluation, the first the one the claims read: the world's oracle (with the
@@ -131,7 +135,9 @@ class StudyOptions:
     alphas: list[float] = field(default_factory=lambda: list(ALPHAS), metadata={"help": "ED alphas"})
     ed_samples: int = field(default=2, metadata={"help": "samples per query for the ED evaluation"})
     max_new_tokens: int = 64
-    batch_size: int = 64
+    batch_size: int = field(default=128, metadata={
+        "help": "items per batch of an evaluation (the world's model decodes 120 items in one batch 13% faster than "
+                "in batches of 64, with the same rows; the ED evaluation keeps batches of 64: see ED_BATCH)"})
     workers: int | None = field(default=None, metadata={
         "help": "local processes per evaluation (deepalign eval --workers) and for the trainings after pretraining "
                 "(default: 2 for the world on a CPU with 2 or more cores, else 1): the world's small models decode "
@@ -524,7 +530,8 @@ class _Study:
         sampled = GenConfig(max_new_tokens=cfg.max_new_tokens, do_sample=True, temperature=ED_TEMPERATURE, seed=cfg.seed,
                             num_samples=cfg.ed_samples)
         self.stages.run("eval ED", False, lambda: self._eval("ed", ed_targets(cfg, self.base, self.models), [Direct()],
-                                                             sets["harmful"][:1], sampled), evaluation=True)
+                                                             sets["harmful"][:1], sampled, batch_size=ED_BATCH),
+                        evaluation=True)
 
     def finetune_attack(self) -> None:
         """The fine-tuning attack's evaluation (:mod:`deepalign.study.finetune`; its runs are

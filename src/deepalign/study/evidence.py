@@ -25,12 +25,15 @@ from deepalign.metrics.cells import correct_of, position_histogram, share
 from deepalign.runs.rundir import RunDir
 from deepalign.runs.runlog import DatasetRecord
 from deepalign.study.models import BASE, RECORD_MODELS, EDKey
+from deepalign.utils import read_jsonl
 
 #: the study's evaluation run directories under ``OUT/eval``: the attack battery, over-refusal
 #: and helpfulness, Emulated Disalignment, the fine-tuning attack (its models, and checkpoints
 #: step by step), the refusal direction (each model ablated)
 STUDY_RUNS = ("attacks", "benign", "ed")
 TAGGED_RUNS = ("finetune", "finetune-steps", "direction", "adaptive", "gcg", "refusal-prefix", "defences")
+#: words of an answer kept as its start (two models' answers part there or not)
+START_WORDS = 3
 
 
 @dataclass
@@ -54,6 +57,9 @@ class Evidence:
     #: model -> why the study has no refusal direction for it (``direction/<model>.skipped``;
     #: pooled: a list of the seeds' reasons)
     skipped_directions: dict = field(default_factory=dict)
+    #: item key -> the world's task of a helpful item (``arith``, ``echo``, ``fact``; its
+    #: ``meta.task``), where the study's world is there to say it
+    item_tasks: dict = field(default_factory=dict)
 
     def tagged_dataset(self, run: str, role: str) -> str | None:
         return next((d.name for d in self.tagged_datasets.get(run, []) if d.role == role), None)
@@ -123,7 +129,24 @@ def load_evidence(out: str | os.PathLike, *, judge: str = "oracle", tag: str = "
             _read_tagged(ev, run, name, judge, tag)
     for note in sorted((out / "direction").glob("*.skipped")):
         ev.skipped_directions[note.stem] = [note.read_text(encoding="utf-8").strip()]
+    ev.item_tasks = _item_tasks(out / "world", tag)
     return ev
+
+
+def _item_tasks(world: Path, tag: str) -> dict[str, str]:
+    """The task of each helpful item of the world's evaluation files (none without a world)."""
+    tasks = {}
+    for path in sorted(world.glob("*/helpful.jsonl")):
+        for _, row in read_jsonl(path):
+            task = (row.get("meta") or {}).get("task") if isinstance(row, dict) else None
+            if isinstance(task, str) and isinstance(row.get("id"), str):
+                tasks[tag + row["id"]] = task
+    return tasks
+
+
+def answer_start(response: str | None, words: int = START_WORDS) -> str:
+    """The first words of a response: where two models' answers part (the mechanism lines)."""
+    return " ".join((response or "").split()[:words])
 
 
 def _frozen(tags: dict) -> tuple:
@@ -145,7 +168,8 @@ def _read_tagged(ev: Evidence, run: RunDir, name: str, judge: str, tag: str) -> 
         key = tag + row.item
         ev.strata[key] = tag + row.dataset
         store.setdefault((tags[row.target], row.attack, row.dataset), {})[key] = {
-            "harmful": bool(v.harmful), "refusal": bool(v.refusal), "correct": correct_of(row, v)}
+            "harmful": bool(v.harmful), "refusal": bool(v.refusal), "correct": correct_of(row, v),
+            "start": answer_start(row.response)}
 
 
 def _read_run(ev: Evidence, run: RunDir, name: str, judge: str, tag: str) -> None:
@@ -172,7 +196,8 @@ def _read_run(ev: Evidence, run: RunDir, name: str, judge: str, tag: str) -> Non
             if record is not None and record.name not in [d.name for d in ev.benign_datasets]:
                 ev.benign_datasets.append(record)
             ev.benign.setdefault((model, row.dataset), {})[key] = {"refusal": bool(v.refusal),
-                                                                  "correct": correct_of(row, v)}
+                                                                  "correct": correct_of(row, v),
+                                                                  "start": answer_start(row.response)}
         else:
             ev.ed.setdefault(((model, tags.get("alpha")), row.dataset), {}).setdefault(key, []).append(bool(v.harmful))
 
@@ -201,6 +226,7 @@ def pool_evidence(parts: list[Evidence]) -> Evidence:
             pooled.tagged_datasets[run].extend(d for d in datasets if d.name not in have)
         for model, reasons in ev.skipped_directions.items():
             pooled.skipped_directions.setdefault(model, []).extend(reasons)
+        pooled.item_tasks.update(ev.item_tasks)
         for j, (a, n) in ev.agreement.items():
             c = pooled.agreement.setdefault(j, [0, 0])
             c[0] += a

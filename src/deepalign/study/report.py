@@ -363,7 +363,14 @@ def view_line(out: Path) -> str:
 
 
 def claims_lines(claims: list[dict]) -> list[str]:
-    return [f"- **{c['status']}** {c['name']}: {c['detail']}" for c in claims]
+    """One bullet per claim; under it, where the claim has one, what its rows show of its
+    mechanism and what its item count can decide (``why``)."""
+    lines = []
+    for c in claims:
+        lines.append(f"- **{c['status']}** {c['name']}: {c['detail']}")
+        if c.get("why"):
+            lines.append(f"  - *why, from the rows*: {c['why']}")
+    return lines
 
 
 def timing_lines(timing: dict | None) -> list[str]:
