@@ -169,9 +169,11 @@ def stage_section(study: Path, run: bool) -> None:
 
 
 def _later_stage(name: str) -> bool:
-    """The evaluations of the stages issue 27's 6 minutes came before (adaptive attacks,
+    """The evaluations of the stages the main job's 6 minutes came before (adaptive attacks,
     defences); their trainings run inside the trainings row."""
-    return name in ("eval adaptive", "eval refusal-prefix", "eval defences")
+    from deepalign.study.report import LATER_EVALUATIONS
+
+    return name in LATER_EVALUATIONS
 
 
 def main() -> int:

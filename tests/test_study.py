@@ -61,7 +61,7 @@ def test_study_end_to_end_reuse_and_seed_sweep(world_dir, base_model_dir, tmp_pa
     assert help_why.startswith("DeRTa lo") and "power: items as many as these pass it" in help_why
     assert ("by task: " in help_why) == ("loses no item" not in help_why)
     assert f"  - *why, from the rows*: {help_why}" in report
-    assert "at alpha 0.5, items as many as these" in claims["alignment backfires under ED"]["why"]
+    assert "true difference at or above, at alpha 0.5: " in claims["alignment backfires under ED"]["why"]
     # the trainings ran side by side (two one-thread processes) where the study forks them
     if study_module.eval_workers(study_module.StudyOptions(out=str(seed0))) > 1:
         assert "train derta" in results["timing"]["parallel"] and "| train derta (side by side) |" in report
@@ -289,10 +289,11 @@ def test_a_lost_item_is_told_apart_by_refusal_start_and_task():
              "e": {"correct": None}}
     first = {"c": {"start": "the keeper of"}}
     text = lost_answers(before, after, "DeRTa", "vanilla", {"a": "arith", "b": "echo", "c": "fact"}, first, "base")
-    assert text == ("DeRTa loses 3 items vanilla gets right and wins 1 back; of the 3: 1 refusals, 1 answers that start "
-                    "differently from vanilla's (first 3 words), 1 with vanilla's start and a wrong answer; by task: "
-                    "arith 1, echo 1, fact 1; 1 of the 3 start as base does")
-    assert lost_answers(after, before, "vanilla", "DeRTa").startswith("vanilla loses no item DeRTa gets right")
+    assert text == ("DeRTa loses 3 items vanilla gets right and wins 1 back; of the 3 lost, 1 refused, 1 started "
+                    "differently from vanilla's answer (first 3 words), 1 kept vanilla's start with a wrong answer; by "
+                    "task: arith 1, echo 1, fact 1; 1 of the 3 start as base does")
+    assert lost_answers({"d": before["d"]}, {"d": after["d"]}, "DeRTa", "vanilla") == (
+        "DeRTa loses no item vanilla gets right (and gets 1 right that vanilla misses)")
     # 80% power: the threshold plus 2.8 standard errors (half-width / 1.96)
     assert power_text([-0.02, 0.0], -0.02, "points") == (
         "; power: items as many as these pass it 4 times in 5 only for a true value at or above -0.6 points")

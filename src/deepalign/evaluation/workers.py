@@ -114,17 +114,22 @@ class LocalWorkers:
     def stop(self) -> None:
         """The coordinator was interrupted: end the workers (their finished rows stay in their
         shards)."""
-        for pid, read in self.children:
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            os.close(read)
-            try:
-                os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
+        stop_children(self.children)
         self.children = []
+
+
+def stop_children(children: list[tuple[int, int]]) -> None:
+    """End forked processes, given as ``(pid, read end of its pipe)``, and wait for each."""
+    for pid, read in children:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        os.close(read)
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
 
 
 def check_workers(workers: int, device, targets, judges, attacker) -> None:

@@ -68,6 +68,11 @@ ED_TEMPERATURE = 0.7
 #: seeded by their batch (deepalign.decoding.hf), so the batch size is part of the study's draws;
 #: 64, the study's batch when these draws were first reported (greedy rows do not depend on it)
 ED_BATCH = 64
+#: items per batch, at most, of the evaluations that decode in their own row-by-row loops (RAP,
+#: insertion, ADA's checks), of ADA-LP's probe and of the teacher-forced depth scoring: at 128
+#: the adaptive and defence evaluations took 70 and 72 s of seed 0 against 56 and 53 s at 64
+#: (the same rows), as rows of a longer batch wait for its slowest row
+STEP_BATCH = 64
 MID, MID_DEPTHS = 24, (8, 16)  # prefills that start mid-response (24 tokens in): a shifted shape
 ROLEPLAYS = ("trickster", "game", "story")  # the world's role-play templates (deepalign.world.lexicon)
 #: the judges of every evaluation, the first the one the claims read: the world's oracle (with the
@@ -137,7 +142,8 @@ class StudyOptions:
     max_new_tokens: int = 64
     batch_size: int = field(default=128, metadata={
         "help": "items per batch of an evaluation (the world's model decodes 120 items in one batch 13% faster than "
-                "in batches of 64, with the same rows; the ED evaluation keeps batches of 64: see ED_BATCH)"})
+                "in batches of 64, with the same rows); the ED evaluation, the row-by-row loops (RAP, insertion, "
+                "ADA) and the depth scoring take at most 64 (ED_BATCH, STEP_BATCH)"})
     workers: int | None = field(default=None, metadata={
         "help": "local processes per evaluation (deepalign eval --workers) and for the trainings after pretraining "
                 "(default: 2 for the world on a CPU with 2 or more cores, else 1): the world's small models decode "
@@ -489,6 +495,11 @@ class _Study:
         return mix
 
     @property
+    def step_batch(self) -> int:
+        """Items per batch of the row-by-row evaluations and the depth scoring (:data:`STEP_BATCH`)."""
+        return min(self.cfg.batch_size, STEP_BATCH)
+
+    @property
     def paths(self) -> dict[str, str]:
         return {BASE: self.base, **{m: str(self.models / m) for m in ALIGNED_MODELS}}
 
@@ -564,7 +575,8 @@ class _Study:
 
         def evaluate():
             targets = ad.targets(self)
-            self._eval("adaptive", targets, make_attacks(ad.attack_specs(), world=world), harmful, greedy)
+            self._eval("adaptive", targets, make_attacks(ad.attack_specs(), world=world), harmful, greedy,
+                       batch_size=self.step_batch)
             self._eval("gcg", targets, make_attacks([ad.gcg_spec(cfg.gcg_steps)], world=world), harmful, greedy,
                        limit=ad.GCG_ITEMS, batch_size=ad.GCG_BATCH)
 
@@ -588,15 +600,16 @@ class _Study:
         harmful = list(sets["harmful"][:1])
 
         def evaluate():
-            targets = de.targets(self)
+            targets, batch = de.targets(self), self.step_batch
             self._eval("defences", targets, battery["plain"] + (battery["shifted"] if cfg.defence_shapes else []),
-                       harmful, greedy)
-            self._eval("defences", targets, [Direct()], sets["benign"], greedy)
+                       harmful, greedy, batch_size=batch)
+            self._eval("defences", targets, [Direct()], sets["benign"], greedy, batch_size=batch)
             if cfg.adaptive:
-                self._eval("defences", targets, make_attacks(ad.attack_specs(), world=str(self.world)), harmful, greedy)
+                self._eval("defences", targets, make_attacks(ad.attack_specs(), world=str(self.world)), harmful, greedy,
+                           batch_size=batch)
             tuned = de.finetuned_targets(self)
             if tuned:
-                self._eval("defences", tuned, [Direct(), Prefill(8)], harmful, greedy)
+                self._eval("defences", tuned, [Direct(), Prefill(8)], harmful, greedy, batch_size=batch)
 
         self.stages.run("eval defences", False, evaluate, evaluation=True)
 
@@ -718,7 +731,7 @@ def _depth_stage(study, spec: str, dest: Path, directions: Path | None) -> None:
     items = load_dataset(spec, world=str(study.world) if cfg.world_mode else None, limit=cfg.limit)
     results = depth_profiles(study.base, {m: str(study.models / m) for m in ALIGNED_MODELS}, items,
                              base_format="chat" if cfg.world_mode else None, refusal_words=_refusal_words(study),
-                             max_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
+                             max_tokens=cfg.max_new_tokens, batch_size=study.step_batch)
     projections = None
     if directions is not None:
         from deepalign.study import direction as rd
@@ -738,7 +751,7 @@ def _finetune_depth(study, dest: Path) -> None:
     items = load_dataset(spec, world=str(study.world), limit=study.cfg.limit)
     tuned = {ft.run_name(d, o): str(ft.run_dir(study.out / "finetune", "vanilla", d, o)) for d, o in ft.VANILLA_RUNS}
     results = depth_profiles(str(study.models / "vanilla"), tuned, items, refusal_words=_refusal_words(study),
-                             max_tokens=study.cfg.max_new_tokens, batch_size=study.cfg.batch_size)
+                             max_tokens=study.cfg.max_new_tokens, batch_size=study.step_batch)
     write_depth(dest, results, dataset=f"{spec}: fine-tuned vanilla models against vanilla")
 
 

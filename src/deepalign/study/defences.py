@@ -54,7 +54,7 @@ def fit_probe(study) -> None:
     cfg = study.cfg
     fit(model=str(study.models / "vanilla"), harmful="world:dev/harmful",
         harmless=["world:dev/benign", "world:dev/helpful"], out=str(probe_dir(study)), world=str(study.world),
-        every=EVERY, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed,
+        every=EVERY, max_new_tokens=cfg.max_new_tokens, batch_size=study.step_batch, seed=cfg.seed,
         limit=min(cfg.limit or PROBE_ITEMS, PROBE_ITEMS), overwrite=True, quiet=cfg.quiet)
 
 

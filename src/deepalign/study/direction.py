@@ -93,4 +93,4 @@ def projections(study, items) -> dict[str, dict] | None:
         return None
     return projection_profiles({m: str(study.models / m) for m in models},
                                {m: str(direction_dir(study, m)) for m in models}, items,
-                               max_tokens=study.cfg.max_new_tokens, batch_size=study.cfg.batch_size)
+                               max_tokens=study.cfg.max_new_tokens, batch_size=study.step_batch)

@@ -158,14 +158,7 @@ def _fork(job: Job, log: Path) -> tuple[int, int]:
 
 
 def _stop(running: dict[int, tuple[Job, int, float]]) -> None:
-    for pid, (_, read, _) in list(running.items()):
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        os.close(read)
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
+    from deepalign.evaluation.workers import stop_children
+
+    stop_children([(pid, read) for pid, (_, read, _) in running.items()])
     running.clear()

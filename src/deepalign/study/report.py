@@ -373,6 +373,11 @@ def claims_lines(claims: list[dict]) -> list[str]:
     return lines
 
 
+#: the evaluations of the stages added after the main job's 6-minute budget was set (their
+#: trainings run among the others, side by side): the time table gives their sum
+LATER_EVALUATIONS = ("eval adaptive", "eval refusal-prefix", "eval defences")
+
+
 def timing_lines(timing: dict | None) -> list[str]:
     if not timing:
         return []
@@ -384,6 +389,10 @@ def timing_lines(timing: dict | None) -> list[str]:
         lines.append(f"| {name}{mark} | {s:.0f}{' (earlier run, reused now)' if name in reused else ''} |")
     if timing.get("wall_s") is not None:
         lines.append(f"| **whole study (this invocation)** | {timing['wall_s']:.0f} |")
+        later = sum(s for name, s in timing.get("stages_s", {}).items() if name in LATER_EVALUATIONS
+                    and name not in reused)
+        if later:
+            lines.append(f"| of which the adaptive-attack and defence evaluations | {later:.0f} |")
     if parallel:
         lines += ["", "Stages marked *side by side* ran in one-thread processes beside one another "
                       "(`deepalign.study.jobs`): their own times overlap; the *trainings* row is their wall time."]
