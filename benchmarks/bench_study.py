@@ -14,8 +14,14 @@ does not depend on the weights):
 * **an evaluation in one process against ``--workers 2``** (:mod:`deepalign.evaluation.workers`):
   the study's prefill battery on the world's harmful test queries, oracle and keyword judges,
   through ``run_eval``; the rows (all but their timings) must be equal, else the script fails.
+* **an evaluation in batches of 64 against batches of 128** (the study's batch now: its 120
+  held-out queries in one batch), both with ``--workers 2``; the rows must be equal;
+* **the study's trainings one after another against side by side** (:mod:`deepalign.study.jobs`:
+  two forked one-thread processes): the four record recipes, 40 steps each, from the
+  random-init model;
 * **the main job's stage times**: with ``--study DIR``, the table of a finished ``deepalign
-  study``'s ``timing.json`` (``--run-study`` runs the study into DIR first: about 7 minutes).
+  study``'s ``timing.json`` (``--run-study`` runs the study into DIR first: about 9 minutes),
+  the trainings that ran side by side inside their wall-time row.
 
     .venv/bin/python benchmarks/bench_study.py [--batch 64] [--new-tokens 64] [--limit 48] [--study DIR [--run-study]]
     .venv/bin/python benchmarks/bench_study.py --smoke     # a few rows and tokens (CI)
@@ -142,6 +148,65 @@ def eval_section(world: Path, model_dir: Path, limit: int, new: int) -> None:
     print(f"ratio workers 2/one process = {times[2] / times[1]:.3f}x wall time")
 
 
+def batch_section(world: Path, model_dir: Path, items: int, new: int) -> None:
+    """The study's evaluations in batches of 64 (before) and of 128 (now: the world's 120
+    items in one batch), both with --workers 2; the rows must be equal."""
+    from deepalign.evaluation.runner import run_eval
+    from deepalign.runs.rundir import RunDir
+    from deepalign.utils import no_weight_bars
+
+    times, rows = {64: [], 128: []}, {}
+    for rep in range(2):  # interleaved
+        for batch in (64, 128):
+            out = world.parent / f"batch-{batch}-{rep}"
+            t0 = time.perf_counter()
+            with no_weight_bars():
+                run_eval(targets=[f"hf:{model_dir}"], attacks=BATTERY, datasets=["world:harmful"], world=str(world),
+                         limit=items, judges=["oracle"], out_dir=str(out), batch_size=batch, quiet=True,
+                         max_new_tokens=new, allow_unknown_tokens=True, workers=2)
+            times[batch].append(time.perf_counter() - t0)
+            rows[batch] = [{k: v for k, v in r.to_dict().items() if k != "timing"} for r in RunDir(out).rows()]
+    if rows[64] != rows[128]:
+        raise SystemExit("batches of 128 wrote other rows than batches of 64: they must not")
+    best = {b: min(t) for b, t in times.items()}
+    print(f"evaluation in batches ({len(rows[64])} rows: {BATTERY} on {items} harmful queries, {new} tokens, "
+          f"--workers 2, best of 2): 64 {best[64]:.1f} s, 128 {best[128]:.1f} s; same rows")
+    print(f"ratio batches of 128/64 = {best[128] / best[64]:.3f}x wall time")
+
+
+def train_section(world: Path, model_dir: Path, steps: int) -> None:
+    """The study's four record recipes trained one after another in this process (as before)
+    and side by side in two forked one-thread processes (deepalign.study.jobs, as now)."""
+    from deepalign.study.jobs import Job, run_jobs
+    from deepalign.training.finetune import train
+    from deepalign.utils import no_weight_bars
+
+    recipes = ("vanilla", "harmful-prefix", "rto", "derta")
+
+    def job(recipe: str, out: Path) -> Job:
+        extra = {"rto_keep": 0.2} if recipe in ("rto", "derta") else {}
+        return Job(f"train {recipe}", lambda: (out / "config.json").exists(), lambda: train(
+            recipe=recipe, model_name_or_path=str(model_dir), output_dir=str(out), world=str(world), seed=0,
+            max_steps=steps, quiet=True, safety_ratio=0.2, padding_free=True, **extra))
+
+    times = {}
+    with no_weight_bars():
+        t0 = time.perf_counter()
+        for recipe in recipes:
+            job(recipe, world.parent / "one" / recipe).fn()
+        times["one"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        run_jobs([job(r, world.parent / "two" / r) for r in recipes], 2, world.parent / "logs", say=lambda _: None)
+        times["two"] = time.perf_counter() - t0
+    for r in recipes:
+        if not (world.parent / "two" / r / "config.json").exists():
+            raise SystemExit(f"the side-by-side run made no {r} model")
+    print(f"trainings ({', '.join(recipes)}, {steps} steps each, the study's mixture): one after another in this "
+          f"process ({torch.get_num_threads()} threads) {times['one']:.1f} s, two at a time in one-thread processes "
+          f"{times['two']:.1f} s")
+    print(f"ratio side by side/one after another = {times['two'] / times['one']:.3f}x wall time")
+
+
 def stage_section(study: Path, run: bool) -> None:
     if run:
         subprocess.run([sys.executable, "-m", "deepalign", "study", "--out", str(study), "--quiet"], check=True)
@@ -186,17 +251,21 @@ def main() -> int:
     ap.add_argument("--run-study", action="store_true", help="run the study into --study first")
     ap.add_argument("--smoke", action="store_true", help="8 rows, 8 tokens, 1 rep, no study (CI)")
     args = ap.parse_args()
+    items, steps = 120, 40  # the study's held-out harmful queries; steps per training
     if args.smoke:
         args.batch, args.new_tokens, args.reps, args.limit, args.study = 8, 8, 1, 4, None
+        items, steps = 6, 2
     from deepalign.world.tiny import random_model, small_world
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_study."))
     try:
-        world = small_world(tmp / "world", max(args.limit, 2), n_pretrain=500)
+        world = small_world(tmp / "world", max(args.limit, items, 2), n_pretrain=500)
         model = random_model(world, tmp / "model", **SHAPE)
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
         decode_section(world, model, args.batch, args.new_tokens, args.reps)
         eval_section(world, model, args.limit, args.new_tokens)
+        batch_section(world, model, items, args.new_tokens)
+        train_section(world, model, steps)
         if args.study is not None:
             stage_section(args.study, args.run_study)
     finally:

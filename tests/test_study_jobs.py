@@ -75,3 +75,17 @@ def test_a_job_runs_only_after_earlier_jobs():
     with pytest.raises(ValueError, match="'train c' runs after 'train d'"):
         check_jobs([Job("train c", lambda: False, lambda: None, after=("train d",)),
                     Job("train d", lambda: False, lambda: None)])
+
+
+def test_a_study_that_would_fork_on_a_gpu_is_refused_before_any_stage(tmp_path, monkeypatch):
+    import torch
+
+    from deepalign.errors import OptionError
+    from deepalign.study import StudyOptions, _Study
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    study = _Study(StudyOptions(out=str(tmp_path / "s"), workers=2, quiet=True))
+    with pytest.raises(OptionError, match="workers.*on a GPU run the study with --workers 1"):
+        study.check_workers()
+    assert not (tmp_path / "s" / "world").exists()
+    _Study(StudyOptions(out=str(tmp_path / "s"), workers=1, quiet=True)).check_workers()  # one process: fine

@@ -475,6 +475,15 @@ class _Study:
                                 lambda m=model, o=objective: ad.train_rp(self, m, o), after=(f"train {model}",)))
         return jobs
 
+    def check_workers(self) -> None:
+        """``--workers`` > 1 forks CPU processes: refused on a GPU before any stage runs (a
+        CUDA context does not survive a fork; the evaluations refuse it the same way)."""
+        import torch
+
+        if eval_workers(self.cfg) > 1 and torch.cuda.is_available():
+            raise OptionError("workers", "> 1 forks CPU processes for the trainings and evaluations; on a GPU run the "
+                                         "study with --workers 1")
+
     def train_all(self) -> None:
         """:meth:`trainings`, side by side (``--workers``; :mod:`deepalign.study.jobs`)."""
         self.stages.run_jobs(self.trainings(), eval_workers(self.cfg), self.out / "logs")
@@ -684,6 +693,7 @@ def _run_one(cfg: StudyOptions) -> dict:
 
 def _stages(cfg: StudyOptions) -> dict:
     study = _Study(cfg)
+    study.check_workers()
     study.world_and_base()
     study.train_all()
     study.evaluate()

@@ -200,6 +200,8 @@ def power_value(ci, threshold: float, unit: str, *, above: bool = True, log: boo
     se = (hi - lo) / (2 * 1.96)
     edge = math.log(threshold) if log else threshold
     need = edge + 2.80 * se if above else edge - 2.80 * se
+    if not log and abs(100 * need) < 0.05:
+        need = 0.0  # no "-0.0"
     return f"{math.exp(need):.2f}x" if log else (f"{100 * need:+.1f} {unit}" if unit == "points" else f"{100 * need:.1f}%")
 
 
