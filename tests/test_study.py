@@ -62,6 +62,9 @@ def test_study_end_to_end_reuse_and_seed_sweep(world_dir, base_model_dir, tmp_pa
     assert ("by task: " in help_why) == ("loses no item" not in help_why)
     assert f"  - *why, from the rows*: {help_why}" in report
     assert "true difference at or above, at alpha 0.5: " in claims["alignment backfires under ED"]["why"]
+    # ED on both harmful splits (the ED claims are a question of power): 3 items each, 1 sample
+    assert results["ed_datasets"] == ["world:harmful", "world:unseen"] and results["ed"]["base"]["n"] == 6
+    assert "On `world:harmful`, `world:unseen` (6 samples a model)." in report
     # the trainings ran side by side (two one-thread processes) where the study forks them
     if study_module.eval_workers(study_module.StudyOptions(out=str(seed0))) > 1:
         assert "train derta" in results["timing"]["parallel"] and "| train derta (side by side) |" in report

@@ -25,6 +25,11 @@ user calls one by one:
    claim from the measured numbers with its 95% interval (PASS / FAIL / N/A, with the
    numbers), and the time each stage took.
 
+Every training after pretraining (step 3, step 5's runs, the adaptive stage's refusal-prefix
+runs, the defence axis's PRESTO run and probe) reads no evaluation, so the study makes them
+all right after pretraining, two at a time in forked one-thread processes on a CPU
+(:mod:`deepalign.study.jobs`; ``--workers 1``: one after another), and evaluates after.
+
 ``--seeds 0 1 2`` runs the whole study once per seed into ``OUT/seed-<n>/`` and writes
 ``OUT/report.md`` with one claims table (each seed and pooled over seeds) and
 ``OUT/study.json``.
@@ -549,8 +554,10 @@ class _Study:
                             lambda: self._eval("benign", hf, [Direct()], sets["benign"], greedy), evaluation=True)
         sampled = GenConfig(max_new_tokens=cfg.max_new_tokens, do_sample=True, temperature=ED_TEMPERATURE, seed=cfg.seed,
                             num_samples=cfg.ed_samples)
+        # both harmful splits: the ED claims are a question of power on one split (docs/study.md#power)
         self.stages.run("eval ED", False, lambda: self._eval("ed", ed_targets(cfg, self.base, self.models), [Direct()],
-                                                             sets["harmful"][:1], sampled, batch_size=ED_BATCH),
+                                                             sets["harmful"][:1] + sets["unseen"], sampled,
+                                                             batch_size=ED_BATCH),
                         evaluation=True)
 
     def finetune_attack(self) -> None:

@@ -34,6 +34,8 @@ STUDY_RUNS = ("attacks", "benign", "ed")
 TAGGED_RUNS = ("finetune", "finetune-steps", "direction", "adaptive", "gcg", "refusal-prefix", "defences")
 #: words of an answer kept as its start (two models' answers part there or not)
 START_WORDS = 3
+#: ``Evidence.ed_dataset`` when the ED rows span several datasets: all of them at once
+ALL_ED = "*"
 
 
 @dataclass
@@ -93,11 +95,26 @@ class Evidence:
         return next((a.label for a in self.attacks if prefill_depth(a) == k), None)
 
     def ed_rows(self, model: str, alpha: float | None, dataset: str) -> dict[str, list[bool]]:
+        """An ED target's samples per item of ``dataset`` (:data:`ALL_ED`: of every ED dataset;
+        item keys differ between datasets)."""
+        if dataset == ALL_ED:
+            out: dict[str, list[bool]] = {}
+            for (key, _), items in self.ed.items():
+                if key == (model, alpha):
+                    out.update(items)
+            return out
         return self.ed.get(((model, alpha), dataset)) or {}
 
     @property
     def ed_dataset(self) -> str | None:
-        return next((d for (_, d) in self.ed), None)
+        """The ED evaluation's dataset, or :data:`ALL_ED` where it spans several (the study's
+        two harmful splits): the ED claims and table read every item of every one."""
+        names = sorted({d for (_, d) in self.ed})
+        return None if not names else names[0] if len(names) == 1 else ALL_ED
+
+    @property
+    def ed_datasets(self) -> list[str]:
+        return sorted({d for (_, d) in self.ed})
 
 
 def prefill_depth(info: AttackInfo) -> int | None:
@@ -329,7 +346,7 @@ def numbers(ev: Evidence, *, names, alphas) -> dict:
             ablation[m] = ablation_mean(c)
     agreement = {j: {"agree": a, "n": n, "rate": a / n if n else None} for j, (a, n) in ev.agreement.items()}
     return {"attack_table": table, "refusal_positions": {m: refusal_positions(ev, m) for m in names},
-            "benign": benign, "ed": ed, "ablation_means": ablation, "ablation_attacks": ablation_attacks(ev),
+            "benign": benign, "ed": ed, "ed_datasets": ev.ed_datasets, "ablation_means": ablation, "ablation_attacks": ablation_attacks(ev),
             "judge_agreement": agreement, "finetune": finetune_numbers(ev), "direction": direction_numbers(ev),
             "adaptive": adaptive_numbers(ev), "defences": defence_numbers(ev)}
 

@@ -4,15 +4,17 @@ Every training of the study after pretraining (the five alignment recipes, the f
 attack's runs, the refusal-prefix runs, PRESTO and ADA-LP's probe) depends only on models made
 before it, never on an evaluation. On a CPU a model this small trains faster as two
 one-thread processes than as one two-thread process (its matrices are too small for two
-threads to share a step: the world's vanilla recipe takes 10.5 s on two threads and 12.9 s on
-one, so two at a time finish two recipes in 0.6x the time; ``benchmarks/bench_study.py``).
+threads to share a step well: the world's vanilla recipe takes 10.5 s on two threads and 12.9 s
+on one), so two at a time take 0.81x the wall time of one after another
+(``benchmarks/bench_study.py``; the study's seventeen trainings: about 107 s against 136 s).
 :func:`run_jobs` starts each job in a process forked for it, at most ``workers`` at a time,
 a job once every job it names in ``after`` has finished, in the order given.
 
 A job's arithmetic is that of a one-thread process, which is not bit for bit that of two
 threads: the study's models change in their last bits (and so may a greedy token) against
 a study that trains in one process (``--workers 1``, which runs the same jobs one after
-another in the study's own process). Each run is seeded and deterministic either way.
+another in the study's own process). Each run is seeded and deterministic either way; over
+the three seeds of the README's run no greedy token of the study changed.
 
 The process that forks the jobs computes nothing and keeps its own torch settings (see
 :mod:`deepalign.evaluation.workers`). A job's output is written atomically by the job itself

@@ -121,7 +121,9 @@ def _ed_table(results: dict, alphas, title: str) -> list[str]:
     if not ed:
         return []
     base = ed.get(EDKey(BASE).label, {})
-    lines = ["", title, "", f"Base model alone: {pct(base.get('harmful'))}%{ci_text(base.get('ci95'))}", "",
+    sets = results.get("ed_datasets") or []
+    on = f" On {', '.join(f'`{d}`' for d in sets)} ({base.get('n', 0)} samples a model)." if sets else ""
+    lines = ["", title, "", f"Base model alone: {pct(base.get('harmful'))}%{ci_text(base.get('ci95'))}.{on}", "",
              "| aligned model | " + " | ".join(f"alpha {a}" for a in alphas) + " |", "|---|" + "---|" * len(alphas)]
     for m in results["models"]:
         if m != BASE:
