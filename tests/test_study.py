@@ -126,6 +126,8 @@ def test_study_end_to_end_reuse_and_seed_sweep(world_dir, base_model_dir, tmp_pa
             "direction derta", "eval attacks", "eval ED", "eval finetune", "finetune vanilla refusal-prefix sft",
             "eval adaptive", "eval refusal-prefix", "ada-lp probe", "train harmful-prefix presto",
             "eval defences"} <= set(again["timing"]["reused"])
+    if "train derta" in results["timing"]["parallel"]:  # the trainings' wall time is the earlier run's too
+        assert "trainings, 2 at a time (wall)" in again["timing"]["reused"]
     for stage in ("train dpo", "eval attacks"):  # the time a reused stage took when it ran, not its resume check
         assert again["timing"]["stages_s"][stage] == results["timing"]["stages_s"][stage]
     rows2 = (seed0 / "eval" / "attacks" / "responses.jsonl").read_text().splitlines()

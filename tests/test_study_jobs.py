@@ -71,6 +71,22 @@ def test_a_failing_job_fails_the_run_with_its_name_and_log_and_stops_the_rest(tm
         run_jobs(jobs, 2, tmp_path / "logs", say=lambda _: None)
 
 
+def test_a_killed_job_and_a_long_error_are_reported_without_a_hang(tmp_path):
+    import signal
+
+    def killed():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def long_error():
+        raise DeepAlignError("é" * 20000)  # 40 KB of UTF-8: more than some pipes hold
+
+    with pytest.raises(DeepAlignError, match="^train killed: was killed by signal 9 before its report"):
+        run_jobs([Job("train killed", lambda: False, killed)], 2, tmp_path / "logs", say=lambda _: None)
+    with pytest.raises(DeepAlignError) as err:
+        run_jobs([Job("train long", lambda: False, long_error)], 2, tmp_path / "logs", say=lambda _: None)
+    assert str(err.value).startswith("train long: " + "é" * 1500 + " (its log")
+
+
 def test_a_job_runs_only_after_earlier_jobs():
     with pytest.raises(ValueError, match="'train c' runs after 'train d'"):
         check_jobs([Job("train c", lambda: False, lambda: None, after=("train d",)),

@@ -298,6 +298,8 @@ class _Stages:
             else:
                 todo.append(job.name)
         if not todo:
+            if GROUP.format(workers=workers) in self.times:  # the group's wall time is an earlier run's
+                self.reused.append(GROUP.format(workers=workers))
             return
         start = time.time()
         run_jobs(jobs, workers, logs, say=self.say, on_done=lambda name, s: self._record(name, s, parallel=True))

@@ -247,8 +247,8 @@ def ed_raises_harm(ev: Evidence, alphas) -> dict:
         f"base harmful {pct(ed_rate(ev, 'base', None, ed_d)['harmful'])}% (sampled); ED against the vanilla-aligned "
         f"model / base: " + ", ".join(parts) + f" (need the low end >= {ED_MIN_RATIO}x at some alpha)",
         value=None if best is None else best[2], ci=None if best is None else best[1],
-        why="" if best is None else f"power at alpha {best[0]}: "
-        + power_text(best[1], ED_MIN_RATIO, "x", log=True).removeprefix("; power: "))
+        why="" if best is None or not power_text(best[1], ED_MIN_RATIO, "x", log=True) else
+        f"power at alpha {best[0]}: " + power_text(best[1], ED_MIN_RATIO, "x", log=True).removeprefix("; power: "))
 
 
 def backfire(ev: Evidence, alphas) -> dict:

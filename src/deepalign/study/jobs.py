@@ -85,8 +85,13 @@ def run_jobs(jobs: list[Job], workers: int, logs: Path, *, say: Callable[[str], 
                     break
                 pending.remove(ready)
                 say(f"[study] {ready.name} ... (log: {logs / log_name(ready.name)})")
-                pid, read = _fork(ready, logs / log_name(ready.name))
-                running[pid] = (ready, read, time.time())
+                # Ctrl-C or SIGTERM held back until the new process is on the list _stop ends
+                mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+                try:
+                    pid, read = _fork(ready, logs / log_name(ready.name), mask)
+                    running[pid] = (ready, read, time.time())
+                finally:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             if not running:
                 break
             pid, status = os.waitpid(-1, 0)
@@ -95,10 +100,12 @@ def run_jobs(jobs: list[Job], workers: int, logs: Path, *, say: Callable[[str], 
             job, read, start = running.pop(pid)
             with os.fdopen(read, "rb") as pipe:
                 data = pipe.read()
+            code = os.waitstatus_to_exitcode(status)  # negative: killed by that signal
+            ended = f"ended with exit code {code}" if code >= 0 else f"was killed by signal {-code}"
             try:
-                kind, value = pickle.loads(data) if data else ("error", f"ended with status {status} before its report")
+                kind, value = pickle.loads(data) if data else ("error", f"{ended} before its report")
             except Exception:  # a torn message: the process died while writing it
-                kind, value = "error", f"ended with status {status} mid-report"
+                kind, value = "error", f"{ended} mid-report"
             if kind == "ok":
                 finished.add(job.name)
                 if on_done is not None:
@@ -114,7 +121,9 @@ def run_jobs(jobs: list[Job], workers: int, logs: Path, *, say: Callable[[str], 
         raise DeepAlignError(error + "; rerun the same command to resume")
 
 
-def _fork(job: Job, log: Path) -> tuple[int, int]:
+def _fork(job: Job, log: Path, mask) -> tuple[int, int]:
+    """Fork the job's process (called with SIGINT and SIGTERM blocked; ``mask``: the signal
+    mask to restore in the child once its own handlers are set)."""
     sys.stdout.flush()
     sys.stderr.flush()
     read, write = os.pipe()
@@ -123,13 +132,15 @@ def _fork(job: Job, log: Path) -> tuple[int, int]:
         os.close(write)
         return pid, read
     # the job's process: one thread, its own signal defaults, its output to its log
-    os.close(read)
     status, payload = 1, pickle.dumps(("error", "failed before it started"))
     try:
-        import torch
-
+        os.close(read)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _end_with_parent()
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        import torch
+
         torch.set_num_threads(1)
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(fd, 1)
@@ -148,7 +159,8 @@ def _fork(job: Job, log: Path) -> tuple[int, int]:
             text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()
             print(text, file=sys.stderr)
             message = text.splitlines()[-1]
-        payload = pickle.dumps(("error", message[:4000]))  # well inside a pipe's buffer
+        # at most 3000 bytes: a pipe holds at least a page, so the write never waits for a reader
+        payload = pickle.dumps(("error", message.encode("utf-8")[:3000].decode("utf-8", "ignore")))
     finally:
         try:
             sys.stdout.flush()
@@ -157,6 +169,19 @@ def _fork(job: Job, log: Path) -> tuple[int, int]:
             os.close(write)
         finally:
             os._exit(status)
+
+
+def _end_with_parent() -> None:
+    """On Linux, have the kernel send this process SIGTERM when the study's process dies (killed
+    by a scheduler, not only by Ctrl-C): a training never goes on unsupervised."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
 
 
 def _stop(running: dict[int, tuple[Job, int, float]]) -> None:
