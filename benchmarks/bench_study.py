@@ -177,17 +177,19 @@ def batch_section(world: Path, model_dir: Path, items: int, new: int) -> None:
 def train_section(world: Path, model_dir: Path, steps: int) -> None:
     """The study's four record recipes trained one after another in this process (as before)
     and side by side in two forked one-thread processes (deepalign.study.jobs, as now)."""
+    from deepalign.data.recipes import RTO_RECIPES
+    from deepalign.study import WORLD_RTO_KEEP, WORLD_SAFETY_RATIO
     from deepalign.study.jobs import Job, run_jobs
     from deepalign.training.finetune import train
     from deepalign.utils import no_weight_bars
 
     recipes = ("vanilla", "harmful-prefix", "rto", "derta")
 
-    def job(recipe: str, out: Path) -> Job:
-        extra = {"rto_keep": 0.2} if recipe in ("rto", "derta") else {}
+    def job(recipe: str, out: Path) -> Job:  # the study's mixture (_Study.mixture)
+        extra = {"rto_keep": WORLD_RTO_KEEP} if recipe in RTO_RECIPES else {}
         return Job(f"train {recipe}", lambda: (out / "config.json").exists(), lambda: train(
             recipe=recipe, model_name_or_path=str(model_dir), output_dir=str(out), world=str(world), seed=0,
-            max_steps=steps, quiet=True, safety_ratio=0.2, padding_free=True, **extra))
+            max_steps=steps, quiet=True, safety_ratio=WORLD_SAFETY_RATIO, padding_free=True, **extra))
 
     times = {}
     with no_weight_bars():

@@ -347,8 +347,9 @@ def world_attacks(cfg: StudyOptions, world=None) -> dict[str, list[Attack]]:
 
 
 def eval_workers(cfg: StudyOptions) -> int:
-    """Processes per evaluation: ``--workers``, else 2 for the world on a CPU-only machine with 2
-    or more cores (deepalign.evaluation.workers: the same rows as one process), else 1."""
+    """Processes per evaluation, and trainings at a time after pretraining (deepalign.study.jobs):
+    ``--workers``, else 2 for the world on a CPU-only machine with 2 or more cores
+    (deepalign.evaluation.workers: the same rows as one process), else 1."""
     if cfg.workers is not None:
         return cfg.workers
     import os

@@ -13,8 +13,8 @@ from __future__ import annotations
 import math
 
 from deepalign.metrics.intervals import paired_bootstrap, wilson
-from deepalign.study.evidence import (MEASURES, START_WORDS, Evidence, ablation_cells, ablation_mean, adaptive_items,
-                                     defence_items, ed_rate, ed_scores, rate, tagged_items, tagged_rate)
+from deepalign.study.evidence import (START_WORDS, Evidence, ablation_cells, ablation_mean, adaptive_items,
+                                     defence_items, ed_rate, ed_scores, rate, tagged_cell, tagged_items, tagged_rate)
 from deepalign.study.models import RECORD_MODELS
 
 # DeRTa (arXiv 2407.09121), on LLaMA-3-70B-Instruct: 99.5% of refusals start within the first 5
@@ -302,9 +302,7 @@ def finetune_constrained(ev: Evidence) -> dict:
     gap, gap_ci = paired_bootstrap(tagged_items(ev, "finetune", "harmful direct", **VANILLA_SFT),
                                    tagged_items(ev, "finetune", "harmful direct", **VANILLA_CONSTRAINED), ev.strata)
     ok = ci[1] <= FT_CONSTRAINED_MAX and gap_ci is not None and gap_ci[0] > 0
-    role, family, depth, _ = MEASURES["harmful direct"]
-    cells = ev.cell("finetune", ev.tagged_dataset("finetune", role), ev.attack_label("finetune", family, depth),
-                    **VANILLA_CONSTRAINED)
+    cells = tagged_cell(ev, "finetune", "harmful direct", **VANILLA_CONSTRAINED)
     harmful = [v for v in cells.values() if v["harmful"]]
     late = sum(1 for v in harmful if v["refusal"])
     why = (f"of its {len(harmful)} harmful answers, {late} refuse first and then give the steps (the "
@@ -324,11 +322,9 @@ def finetune_utility(ev: Evidence) -> dict:
         return claim("constrained fine-tuning keeps utility", None, "no benign fine-tuning evaluation")
     diff, ci = paired_bootstrap(con, sft, ev.strata)
     before = tagged_rate(ev, "finetune", "task", model="vanilla", steps=0)[0]
-    role, family, depth, _ = MEASURES["task"]
-    dataset, attack = ev.tagged_dataset("finetune", role), ev.attack_label("finetune", family, depth)
-    why = lost_answers(ev.cell("finetune", dataset, attack, model="vanilla", finetune="benign", objective="sft"),
-                       ev.cell("finetune", dataset, attack, model="vanilla", finetune="benign", objective="constrained"),
-                       "constrained", "plain SFT", first=ev.cell("finetune", dataset, attack, model="vanilla", steps=0),
+    why = lost_answers(tagged_cell(ev, "finetune", "task", model="vanilla", finetune="benign", objective="sft"),
+                       tagged_cell(ev, "finetune", "task", model="vanilla", finetune="benign", objective="constrained"),
+                       "constrained", "plain SFT", first=tagged_cell(ev, "finetune", "task", model="vanilla", steps=0),
                        first_name="vanilla before fine-tuning") + power_text(ci, -FT_TASK_MAX_LOSS, "points")
     return claim("constrained fine-tuning keeps utility", ci is not None and ci[0] >= -FT_TASK_MAX_LOSS,
                  f"the benign task (two facts in one answer; vanilla {pct(before)}% before): plain SFT "
@@ -355,9 +351,7 @@ def direction_ablation(ev: Evidence) -> dict:
     helpful_plain = {k: int(bool(v["correct"])) for k, v in (ev.benign.get(("vanilla", hd.name)) or {}).items()
                      if v["correct"] is not None} if hd else {}
     hdiff, hci = paired_bootstrap(helpful_ab, helpful_plain, ev.strata) if helpful_plain else (None, None)
-    role, family, depth, _ = MEASURES["helpful"]
-    ablated_rows = ev.cell("direction", ev.tagged_dataset("direction", role), ev.attack_label("direction", family, depth),
-                           model="vanilla", ablated=True)
+    ablated_rows = tagged_cell(ev, "direction", "helpful", model="vanilla", ablated=True)
     why = lost_answers(ev.benign.get(("vanilla", hd.name)) or {}, ablated_rows, "the ablated model", "vanilla",
                        ev.item_tasks) if hd and ablated_rows else ""
     harmful_ok = harm[1][0] >= ABLATION_HARMFUL_MIN or (to_base_ci is not None and to_base_ci[0] >= -ABLATION_BASE_MARGIN)
@@ -409,10 +403,8 @@ def refusal_prefix_raises(ev: Evidence) -> dict:
     if not after or not before:
         return claim(name, None, "no refusal-prefix fine-tuning evaluation")
     gap, ci = paired_bootstrap(after, before, ev.strata)
-    role, family, depth, _ = MEASURES["harmful direct"]
-    rows = ev.cell("refusal-prefix", ev.tagged_dataset("refusal-prefix", role),
-                   ev.attack_label("refusal-prefix", family, depth), model="vanilla", finetune="refusal-prefix",
-                   objective="sft")
+    rows = tagged_cell(ev, "refusal-prefix", "harmful direct", model="vanilla", finetune="refusal-prefix",
+                       objective="sft")
     return claim(name, ci is not None and ci[0] > RP_MIN_GAP,
                  f"vanilla on held-out direct queries: before {pct(sum(before.values()) / len(before))}%, after "
                  f"refusal-prefix SFT {pct(sum(after.values()) / len(after))}%; after - before {_points(gap, ci)} "

@@ -161,7 +161,7 @@ def _item_tasks(world: Path, tag: str) -> dict[str, str]:
     return tasks
 
 
-def answer_start(response: str | None, words: int = START_WORDS) -> str:
+def first_words(response: str | None, words: int = START_WORDS) -> str:
     """The first words of a response: where two models' answers part (the mechanism lines)."""
     return " ".join((response or "").split()[:words])
 
@@ -186,7 +186,7 @@ def _read_tagged(ev: Evidence, run: RunDir, name: str, judge: str, tag: str) -> 
         ev.strata[key] = tag + row.dataset
         store.setdefault((tags[row.target], row.attack, row.dataset), {})[key] = {
             "harmful": bool(v.harmful), "refusal": bool(v.refusal), "correct": correct_of(row, v),
-            "start": answer_start(row.response)}
+            "start": first_words(row.response)}
 
 
 def _read_run(ev: Evidence, run: RunDir, name: str, judge: str, tag: str) -> None:
@@ -214,7 +214,7 @@ def _read_run(ev: Evidence, run: RunDir, name: str, judge: str, tag: str) -> Non
                 ev.benign_datasets.append(record)
             ev.benign.setdefault((model, row.dataset), {})[key] = {"refusal": bool(v.refusal),
                                                                   "correct": correct_of(row, v),
-                                                                  "start": answer_start(row.response)}
+                                                                  "start": first_words(row.response)}
         else:
             ev.ed.setdefault(((model, tags.get("alpha")), row.dataset), {}).setdefault(key, []).append(bool(v.harmful))
 
@@ -367,19 +367,23 @@ MEASURES = {"harmful direct": ("harmful", "direct", 0, "harmful"), "harmful pref
             "task": ("task", "direct", 0, "correct")}
 
 
+def tagged_cell(ev: Evidence, run: str, measure: str, **tags) -> dict:
+    """The items of a tagged target in the cell one measure (:data:`MEASURES`) reads, each with
+    every verdict field and its answer's first words."""
+    role, family, depth, _ = MEASURES[measure]
+    dataset, attack = ev.tagged_dataset(run, role), ev.attack_label(run, family, depth)
+    return ev.cell(run, dataset, attack, **tags) if dataset and attack else {}
+
+
 def tagged_rate(ev: Evidence, run: str, measure: str, **tags) -> tuple[float | None, list | None, int]:
     """``(rate, Wilson interval, n)`` of one measure (:data:`MEASURES`) of a tagged target."""
-    role, family, depth, name = MEASURES[measure]
-    dataset, attack = ev.tagged_dataset(run, role), ev.attack_label(run, family, depth)
-    return rate(ev.cell(run, dataset, attack, **tags) if dataset and attack else {}, name)
+    return rate(tagged_cell(ev, run, measure, **tags), MEASURES[measure][3])
 
 
 def tagged_items(ev: Evidence, run: str, measure: str, **tags) -> dict[str, int]:
     """Per item, the measure as 0/1 (for paired intervals)."""
-    role, family, depth, name = MEASURES[measure]
-    dataset, attack = ev.tagged_dataset(run, role), ev.attack_label(run, family, depth)
-    items = ev.cell(run, dataset, attack, **tags) if dataset and attack else {}
-    return {k: int(bool(v[name])) for k, v in items.items() if v[name] is not None}
+    name = MEASURES[measure][3]
+    return {k: int(bool(v[name])) for k, v in tagged_cell(ev, run, measure, **tags).items() if v[name] is not None}
 
 
 def finetune_numbers(ev: Evidence) -> dict:
